@@ -1,0 +1,11 @@
+"""sparsecircuits: weight-sparse transformers and their circuits."""
+
+from .config import Config, load_config
+from .data.dataset import TokenData, load_tokenizer
+from .data.prepare import prepare
+from .errors import SparseCircuitsError
+from .model.gpt import SparseGPT
+from .train.trainer import train
+
+__all__ = ["Config", "SparseCircuitsError", "SparseGPT", "TokenData", "load_config", "load_tokenizer", "prepare", "train"]
+__version__ = "0.1.0"

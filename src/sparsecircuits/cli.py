@@ -1,0 +1,155 @@
+"""The `sparsecircuits` command: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import SparseCircuitsError
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from .data.prepare import prepare
+
+    prepare(args.out, corpus=args.corpus, vocab_size=args.vocab_size, val_fraction=args.val_fraction, force=args.force)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .data.dataset import ensure_default_data
+    from .model.gpt import read_run_config
+    from .train.evaluation import evaluate_run
+    from .train.trainer import train
+
+    run_dir = Path(args.out)
+    if args.config is None:
+        if not args.resume:
+            raise SparseCircuitsError("give --config NAME_OR_FILE (e.g. --config small), or --resume to continue a run")
+        config = read_run_config(run_dir)
+        if args.set:
+            raise SparseCircuitsError("--set changes the config, and a resumed run must keep its own: drop --set")
+    else:
+        config = load_config(args.config, args.set)
+        if args.resume:  # the run recorded the vocabulary it took from its tokenizer
+            saved = read_run_config(run_dir)
+            if config.model.vocab_size == 0:
+                config.model.vocab_size = saved.model.vocab_size
+    if args.data is None and args.resume and (run_dir / "run.json").is_file():
+        data_dir = json.loads((run_dir / "run.json").read_text())["data"]
+    else:
+        data_dir = args.data or ensure_default_data()
+    try:
+        train(config, data_dir, run_dir, resume=args.resume)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    result = evaluate_run(run_dir, data_dir)
+    print(_format_eval(run_dir, result))
+
+
+def _format_eval(run_dir: Path, result: dict) -> str:
+    return (f"{run_dir}: validation loss {result['val_loss']:.4f} nats/token over {result['val_tokens']:,} tokens"
+            f" (bigram baseline {result['bigram_loss']:.4f}, unigram {result['unigram_loss']:.4f});"
+            f" dead MLP neurons {result['dead_neurons']}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .train.evaluation import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.data, max_tokens=args.max_tokens)
+    print(json.dumps(result, indent=1) if args.json else _format_eval(Path(args.run_dir), result))
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import torch
+
+    from .model.gpt import SparseGPT
+
+    model = SparseGPT.from_pretrained(args.run_dir)
+    tokenizer = model.tokenizer
+    ids = tokenizer.encode(args.prompt).ids
+    if not ids:
+        raise SparseCircuitsError("--prompt is empty: give some text to continue, e.g. --prompt 'def '")
+    generator = torch.Generator().manual_seed(args.seed)
+    for _ in range(args.num_samples):
+        out = model.generate(torch.tensor([ids]), args.max_new_tokens, args.temperature, args.top_k, generator)
+        print(tokenizer.decode(out[0].tolist(), skip_special_tokens=False))
+        print("-" * 40)
+
+
+def cmd_configs(args: argparse.Namespace) -> None:
+    from .config import CONFIG_DIR, builtin_config_names, load_config
+
+    if args.name is None:
+        for name in builtin_config_names():
+            first = (CONFIG_DIR / f"{name}.toml").read_text().splitlines()[0].lstrip("# ")
+            print(f"{name:10s} {first}")
+        return
+    print(json.dumps(load_config(args.name, args.set).to_dict(), indent=1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import builtin_config_names
+
+    parser = argparse.ArgumentParser(prog="sparsecircuits", description=(
+        "Train weight-sparse transformers and find the circuits behind their predictions."))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="build a tokenized data directory from Python source",
+                       description="Scan a corpus (default: this interpreter's standard library), train a byte-level BPE, "
+                                   "and write token arrays and a manifest into DATA_DIR.")
+    p.add_argument("--out", required=True, metavar="DATA_DIR", help="directory to create")
+    p.add_argument("--corpus", nargs="+", metavar="PATH",
+                   help="folders of .py/.txt/.jsonl files or single files (default: the standard library)")
+    p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (default 2048)")
+    p.add_argument("--val-fraction", type=float, default=0.02, help="fraction of files held out for validation (default 0.02)")
+    p.add_argument("--force", action="store_true", help="replace DATA_DIR if it exists")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a weight-sparse model",
+                       description="Train a model into RUN_DIR, then print its validation loss beside a bigram baseline.")
+    p.add_argument("--config", metavar="NAME_OR_FILE",
+                   help=f"built-in config ({', '.join(builtin_config_names())}) or a TOML file")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set train.steps=500 (repeatable)")
+    p.add_argument("--data", metavar="DATA_DIR", help="prepared data (default: the standard library, prepared and cached on first use)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create (or continue with --resume)")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="validation loss of a trained run, beside n-gram baselines")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--data", metavar="DATA_DIR", help="data to evaluate on (default: the run's own)")
+    p.add_argument("--max-tokens", type=int, default=262144, help="validation tokens to use (default 262144)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sample", help="continue a prompt with a trained model")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--prompt", default="def ", help="text to continue (default 'def ')")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("configs", help="list the built-in configs, or show one fully resolved")
+    p.add_argument("name", nargs="?", metavar="NAME_OR_FILE")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.set_defaults(func=cmd_configs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SparseCircuitsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

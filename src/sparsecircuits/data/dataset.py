@@ -1,0 +1,100 @@
+"""Reading a prepared data directory: token arrays through np.memmap, batches, the tokenizer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import SparseCircuitsError
+from .prepare import MANIFEST, default_corpus_root, prepare
+
+
+def load_tokenizer(path: str | Path):
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise SparseCircuitsError(f"tokenizer not found: {path}")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception on bad JSON
+        raise SparseCircuitsError(f"{path} is not a valid tokenizer.json ({str(err).splitlines()[0]})") from None
+
+
+class TokenData:
+    """A prepared data directory. Batches are a pure function of (seed, step), so resuming
+    at step n reads exactly the batches an uninterrupted run would have."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        manifest_path = self.directory / MANIFEST
+        if not manifest_path.is_file():
+            raise SparseCircuitsError(
+                f"{self.directory} is not a prepared data directory (no {MANIFEST}): run `sparsecircuits prepare --out {self.directory}`"
+            )
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError:
+            raise SparseCircuitsError(f"{manifest_path} is corrupted: prepare the data again") from None
+        self.tokenizer_path = self.directory / "tokenizer.json"
+        digest = hashlib.sha256(self.tokenizer_path.read_bytes()).hexdigest() if self.tokenizer_path.is_file() else None
+        if digest != self.manifest.get("tokenizer_sha256"):
+            raise SparseCircuitsError(f"{self.tokenizer_path} is missing or does not match {MANIFEST}: prepare the data again")
+        self.vocab_size = int(self.manifest["vocab_size"])
+        self.eot_id = int(self.manifest["eot_id"])
+        self.splits = {}
+        for split in ("train", "val"):
+            path = self.directory / f"{split}.bin"
+            expected = self.manifest["tokens"][split]
+            if not path.is_file() or path.stat().st_size != 2 * expected:
+                raise SparseCircuitsError(f"{path} is missing or truncated: prepare the data again")
+            self.splits[split] = np.memmap(path, dtype=np.uint16, mode="r")
+
+    def tokenizer(self):
+        return load_tokenizer(self.tokenizer_path)
+
+    def check_context(self, ctx_len: int) -> None:
+        for split, tokens in self.splits.items():
+            if len(tokens) < ctx_len + 2:
+                raise SparseCircuitsError(
+                    f"the {split} split has {len(tokens)} tokens, fewer than model.ctx_len + 2 = {ctx_len + 2}:"
+                    " give a larger corpus or a smaller model.ctx_len"
+                )
+
+    def batch(self, split: str, batch_size: int, ctx_len: int, seed: int, step: int,
+              rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random windows of ctx_len + 1 tokens; rank r of w takes rows r, r + w, ... of the global batch."""
+        tokens = self.splits[split]
+        rng = np.random.default_rng([seed, step, 0 if split == "train" else 1])
+        starts = rng.integers(0, len(tokens) - ctx_len - 1, size=batch_size)[rank::world_size]
+        windows = np.stack([tokens[s : s + ctx_len + 1] for s in starts]).astype(np.int64)
+        windows = torch.from_numpy(windows)
+        return windows[:, :-1], windows[:, 1:]
+
+    def eval_windows(self, split: str, ctx_len: int, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Consecutive, non-overlapping windows from the start of a split (a fixed evaluation set)."""
+        tokens = self.splits[split]
+        n = max(1, min(len(tokens) - 1, max_tokens) // ctx_len)
+        n = min(n, (len(tokens) - 1) // ctx_len)
+        array = np.asarray(tokens[: n * ctx_len + 1]).astype(np.int64)
+        return torch.from_numpy(array[:-1].reshape(n, ctx_len)), torch.from_numpy(array[1:].reshape(n, ctx_len))
+
+
+def default_data_dir(vocab_size: int = 2048) -> Path:
+    """Where the implicit `prepare` of the standard library is cached."""
+    cache = Path(os.environ.get("SPARSECIRCUITS_CACHE", Path.home() / ".cache" / "sparsecircuits"))
+    stdlib = default_corpus_root()
+    tag = hashlib.sha256(str(stdlib).encode()).hexdigest()[:8]
+    return cache / f"stdlib-{stdlib.name}-{tag}-v{vocab_size}"
+
+
+def ensure_default_data(vocab_size: int = 2048) -> Path:
+    directory = default_data_dir(vocab_size)
+    if not (directory / MANIFEST).is_file():
+        prepare(directory, vocab_size=vocab_size, force=True)
+    return directory

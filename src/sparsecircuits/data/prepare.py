@@ -1,0 +1,217 @@
+"""Corpus discovery, tokenizer training and token arrays: `sparsecircuits prepare`.
+
+A prepared data directory holds `tokenizer.json`, `train.bin` and `val.bin` (uint16 token
+ids, documents separated by `<|endoftext|>`) and `manifest.json`, which is written last,
+so a directory without it is never taken for a finished one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import SparseCircuitsError
+
+EOT = "<|endoftext|>"
+MANIFEST = "manifest.json"
+TEXT_SUFFIXES = (".py", ".txt")
+
+
+@dataclass
+class Document:
+    source: str  # path, or path:line for a JSONL record
+    text: str
+    sha256: str
+
+
+@dataclass
+class CorpusScan:
+    documents: list[Document] = field(default_factory=list)
+    undecodable: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    empty: int = 0
+
+
+def default_corpus_root() -> Path:
+    """The running interpreter's standard library (site-packages is skipped by the scan)."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _is_site_packages(path: Path) -> bool:
+    return any(part in ("site-packages", "dist-packages") for part in path.parts)
+
+
+def _iter_files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__"))
+        for name in sorted(filenames):
+            if name.endswith(TEXT_SUFFIXES + (".jsonl",)):
+                found.append(Path(dirpath) / name)
+    return found
+
+
+def scan_corpus(paths: list[Path]) -> CorpusScan:
+    """Read every document under `paths` in a deterministic order, dropping exact duplicates."""
+    scan = CorpusScan()
+    seen: set[str] = set()
+    for root in paths:
+        if not root.exists():
+            raise SparseCircuitsError(f"corpus path not found: {root}")
+        files = [f for f in _iter_files(root) if not _is_site_packages(f.relative_to(root) if f != root else Path(f.name))]
+        if root.is_file() and not root.name.endswith(TEXT_SUFFIXES + (".jsonl",)):
+            raise SparseCircuitsError(f"unsupported corpus file {root}: give .py, .txt or .jsonl files or folders of them")
+        for path in files:
+            for source, text in _read_documents(path, scan):
+                if not text.strip():
+                    scan.empty += 1
+                    continue
+                digest = hashlib.sha256(text.encode()).hexdigest()
+                if digest in seen:
+                    scan.duplicates += 1
+                    continue
+                seen.add(digest)
+                scan.documents.append(Document(source, text, digest))
+    return scan
+
+
+def _read_documents(path: Path, scan: CorpusScan):
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
+    except (UnicodeDecodeError, OSError):
+        scan.undecodable.append(str(path))
+        return
+    if not path.name.endswith(".jsonl"):
+        yield str(path), text
+        return
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SparseCircuitsError(f"{path}:{line_no}: bad JSON ({err.msg}); each line must be an object with a 'text' field") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise SparseCircuitsError(f"{path}:{line_no}: each line must be a JSON object with a string 'text' field")
+        yield f"{path}:{line_no}", record["text"]
+
+
+def _is_validation(doc: Document, val_fraction: float) -> bool:
+    # Split by content hash: stable when files are added or removed elsewhere.
+    return int(doc.sha256[:8], 16) / 0xFFFFFFFF < val_fraction
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    return tokenizer
+
+
+def _write_tokens(path: Path, token_lists: list[list[int]], eot_id: int) -> int:
+    total = sum(len(t) + 1 for t in token_lists)
+    array = np.memmap(path, dtype=np.uint16, mode="w+", shape=(max(total, 1),))
+    position = 0
+    for tokens in token_lists:
+        array[position : position + len(tokens)] = tokens
+        array[position + len(tokens)] = eot_id
+        position += len(tokens) + 1
+    array.flush()
+    del array
+    return total
+
+
+def prepare(
+    out: str | Path,
+    corpus: list[str | Path] | None = None,
+    vocab_size: int = 2048,
+    val_fraction: float = 0.02,
+    force: bool = False,
+    show_progress: bool = True,
+) -> dict:
+    """Build a data directory from `corpus` (default: the standard library). Returns the manifest."""
+    out = Path(out)
+    if vocab_size < 257 or vocab_size > 65535:
+        raise SparseCircuitsError(f"--vocab-size {vocab_size} is out of range: use 257..65535 (byte-level BPE, uint16 tokens)")
+    if not 0 < val_fraction < 1:
+        raise SparseCircuitsError(f"validation fraction {val_fraction} must be in (0, 1)")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise SparseCircuitsError(f"{out} already exists and is not empty: choose another --out or pass --force")
+    roots = [Path(p) for p in corpus] if corpus else [default_corpus_root()]
+    say = print if show_progress else (lambda *a, **k: None)
+    say(f"scanning {', '.join(map(str, roots))}", file=sys.stderr)
+    scan = scan_corpus(roots)
+    if not scan.documents:
+        raise SparseCircuitsError(
+            f"the corpus at {', '.join(map(str, roots))} has no non-empty .py, .txt or .jsonl documents"
+            f" ({len(scan.undecodable)} undecodable); point --corpus at Python source"
+        )
+    val_docs = [d for d in scan.documents if _is_validation(d, val_fraction)]
+    train_docs = [d for d in scan.documents if not _is_validation(d, val_fraction)]
+    if not val_docs:  # tiny corpora: the last document validates
+        val_docs, train_docs = train_docs[-1:], train_docs[:-1]
+    if not train_docs:
+        raise SparseCircuitsError("the corpus has a single document: give at least two so training and validation can be split")
+    say(f"{len(scan.documents)} documents ({len(train_docs)} train, {len(val_docs)} validation); "
+        f"skipped {scan.duplicates} duplicates, {scan.empty} empty, {len(scan.undecodable)} undecodable", file=sys.stderr)
+    say(f"training a byte-level BPE with {vocab_size} tokens", file=sys.stderr)
+    tokenizer = train_tokenizer([d.text for d in train_docs], vocab_size)
+    eot_id = tokenizer.token_to_id(EOT)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tokenizer.save(str(staging / "tokenizer.json"))
+        files, counts = [], {}
+        for split, docs in (("train", train_docs), ("val", val_docs)):
+            token_lists = []
+            for start in tqdm(range(0, len(docs), 256), desc=f"tokenizing {split}", unit="batch", disable=not show_progress):
+                batch = docs[start : start + 256]
+                token_lists += [e.ids for e in tokenizer.encode_batch([d.text for d in batch])]
+            counts[split] = _write_tokens(staging / f"{split}.bin", token_lists, eot_id)
+            files += [{"path": d.source, "sha256": d.sha256, "split": split, "tokens": len(t)} for d, t in zip(docs, token_lists)]
+        if counts["train"] - len(train_docs) <= 0:
+            raise SparseCircuitsError("the corpus yields no tokens: give non-empty Python or text files")
+        manifest = {
+            "format": 1,
+            "corpus": [str(r) for r in roots],
+            "vocab_size": tokenizer.get_vocab_size(),
+            "eot_id": eot_id,
+            "tokenizer_sha256": hashlib.sha256((staging / "tokenizer.json").read_bytes()).hexdigest(),
+            "tokens": counts,
+            "documents": {"train": len(train_docs), "val": len(val_docs)},
+            "skipped": {"duplicates": scan.duplicates, "empty": scan.empty, "undecodable": len(scan.undecodable)},
+            "undecodable_files": scan.undecodable,
+            "files": files,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    say(f"wrote {out}: {counts['train']:,} train and {counts['val']:,} validation tokens", file=sys.stderr)
+    return manifest

@@ -1,0 +1,205 @@
+"""SparseGPT: the one forward pass, with a named site at every node and residual point.
+
+Pre-norm GPT with RMSNorm, untied embedding and unembedding, optional learned absolute
+positions, attention sinks, a dense bigram table added to the logits, a GELU MLP, biases,
+and AbsTopK at the eight node sites of every block (METHOD.md 1.2 and 1.3).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import NODE_SITE_KINDS, Config, ModelConfig
+from ..errors import SparseCircuitsError
+from .sites import Hook, SiteHooks, record_into, residual_sites
+from .sparsity import abs_topk
+
+
+def attention_with_sinks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink_logit: torch.Tensor | None) -> torch.Tensor:
+    """Causal attention over (B, H, T, D) with an extra always-visible key of logit `sink_logit`
+    (one per head) and value zero.
+
+    The sink is folded into the fused kernel instead of a (B, H, T, T+1) mask: queries and
+    keys get one more dimension (1 for queries, sink / scale for the sink key), the sink key
+    goes first, and a dummy first query keeps the kernel's top-left causal alignment, so
+    query t sees the sink and keys 0..t."""
+    if sink_logit is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    batch, heads, _, d_head = q.shape
+    scale = 1.0 / math.sqrt(d_head)
+    q_aug = F.pad(q, (0, 1), value=1.0)
+    q_aug = F.pad(q_aug, (0, 0, 1, 0))  # dummy query at position 0
+    sink_key = F.pad((sink_logit / scale).view(1, heads, 1, 1), (d_head, 0)).expand(batch, heads, 1, d_head + 1)
+    k_aug = torch.cat([sink_key.to(k.dtype), F.pad(k, (0, 1))], dim=2)
+    v_aug = F.pad(v, (0, 1, 1, 0))  # zero value for the sink, zero extra dim
+    out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, is_causal=True, scale=scale)
+    return out[:, :, 1:, :d_head]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, width: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.heads, self.d_head = config.heads, config.d_head
+        inner = self.heads * self.d_head
+        self.attn_norm = RMSNorm(config.d_model)
+        self.q_proj = nn.Linear(config.d_model, inner)
+        self.k_proj = nn.Linear(config.d_model, inner)
+        self.v_proj = nn.Linear(config.d_model, inner)
+        self.o_proj = nn.Linear(inner, config.d_model)
+        self.sink_logit = nn.Parameter(torch.zeros(self.heads)) if config.attention_sinks else None
+        self.mlp_norm = RMSNorm(config.d_model)
+        self.fc = nn.Linear(config.d_model, config.mlp_width)
+        self.proj = nn.Linear(config.mlp_width, config.d_model)
+        widths = {"attn.act_in": config.d_model, "attn.q": inner, "attn.k": inner, "attn.v": inner,
+                  "attn.resid_delta": config.d_model, "mlp.act_in": config.d_model,
+                  "mlp.post_act": config.mlp_width, "mlp.resid_delta": config.d_model}
+        self.site_width = {f"{layer}.{kind}": widths[kind] for kind in NODE_SITE_KINDS}
+        self.keep = {f"{layer}.{kind}": max(1, round(config.keep_fraction_at(kind) * widths[kind])) for kind in NODE_SITE_KINDS}
+
+    def node(self, hooks: SiteHooks, kind: str, x: torch.Tensor) -> torch.Tensor:
+        """AbsTopK, then the site's hook: hooks see exactly what flows on."""
+        site = f"{self.layer}.{kind}"
+        return hooks(site, abs_topk(x, self.keep[site]))
+
+    def forward(self, x: torch.Tensor, hooks: SiteHooks) -> torch.Tensor:
+        batch, T, _ = x.shape
+        x = hooks(f"{self.layer}.resid_in", x)
+        a = self.node(hooks, "attn.act_in", self.attn_norm(x))
+        q = self.node(hooks, "attn.q", self.q_proj(a))
+        k = self.node(hooks, "attn.k", self.k_proj(a))
+        v = self.node(hooks, "attn.v", self.v_proj(a))
+        split = lambda t: t.view(batch, T, self.heads, self.d_head).transpose(1, 2)
+        z = attention_with_sinks(split(q), split(k), split(v), self.sink_logit)
+        z = z.transpose(1, 2).reshape(batch, T, self.heads * self.d_head)
+        x = x + self.node(hooks, "attn.resid_delta", self.o_proj(z))
+        x = hooks(f"{self.layer}.resid_mid", x)
+        m = self.node(hooks, "mlp.act_in", self.mlp_norm(x))
+        h = self.node(hooks, "mlp.post_act", F.gelu(self.fc(m)))
+        return x + self.node(hooks, "mlp.resid_delta", self.proj(h))
+
+
+class SparseGPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.vocab_size <= 0:
+            raise SparseCircuitsError("model.vocab_size must be set (it comes from the tokenizer when training)")
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.d_model)
+        self.wpe = nn.Embedding(config.ctx_len, config.d_model) if config.positional == "learned" else None
+        self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
+        self.final_norm = RMSNorm(config.d_model)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size)
+        self.bigram = nn.Embedding(config.vocab_size, config.vocab_size) if config.bigram_table else None
+        self.site_width = {site: w for block in self.blocks for site, w in block.site_width.items()}
+        self.hook_points = SiteHooks(list(self.site_width) + residual_sites(config.n_layer))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        for name, param in self.named_parameters():
+            if name.endswith(".bias") or name.endswith("sink_logit") or name.startswith("bigram"):
+                nn.init.zeros_(param)
+            elif "norm" in name:
+                nn.init.ones_(param)
+            elif name.endswith(("o_proj.weight", ".proj.weight")):
+                nn.init.normal_(param, std=std / math.sqrt(2 * self.config.n_layer))  # residual writes
+            else:
+                nn.init.normal_(param, std=std)
+
+    # --- sites ---
+    @property
+    def node_sites(self) -> dict[str, int]:
+        """Node site name -> width, in forward order."""
+        return dict(self.site_width)
+
+    @property
+    def site_names(self) -> tuple[str, ...]:
+        return self.hook_points.site_names
+
+    def hooks(self, hooks: Mapping[str, Hook | list[Hook]]):
+        """Context manager: run the model with these hooks at these sites."""
+        return self.hook_points.active(hooks)
+
+    def run_with_cache(self, tokens: torch.Tensor, sites: Iterable[str] | None = None, detach: bool = True):
+        """Logits and a dict of the activations at `sites` (default: every site)."""
+        cache: dict[str, torch.Tensor] = {}
+        recorder = record_into(cache, detach)
+        with self.hooks({site: recorder for site in (sites if sites is not None else self.site_names)}):
+            logits = self(tokens)
+        return logits, cache
+
+    # --- the forward pass ---
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        T = tokens.shape[1]
+        if T > self.config.ctx_len:
+            raise ValueError(f"sequence of {T} tokens is longer than the model's context ({self.config.ctx_len})")
+        x = self.wte(tokens)
+        if self.wpe is not None:
+            x = x + self.wpe.weight[:T]
+        for block in self.blocks:
+            x = block(x, self.hook_points)
+        x = self.hook_points("final_resid", x)
+        logits = self.lm_head(self.final_norm(x))
+        if self.bigram is not None:
+            logits = logits + self.bigram(tokens)
+        return logits
+
+    def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self(tokens)
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+
+    @torch.no_grad()
+    def generate(self, tokens: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        for _ in range(max_new_tokens):
+            logits = self(tokens[:, -self.config.ctx_len :])[:, -1].float()
+            if temperature <= 0:
+                next_token = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    cutoff = logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]
+                    logits = logits.masked_fill(logits < cutoff, -math.inf)
+                next_token = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            tokens = torch.cat([tokens, next_token], dim=1)
+        return tokens
+
+    # --- saving and loading ---
+    @classmethod
+    def from_pretrained(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> "SparseGPT":
+        """Load the trained model of a run directory (`model.safetensors` + `config.json`)."""
+        from ..train.checkpoint import load_run_model
+
+        return load_run_model(run_dir, device)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def read_run_config(run_dir: str | Path) -> Config:
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise SparseCircuitsError(f"{run_dir} is not a run directory (no config.json): train one with `sparsecircuits train`")
+    try:
+        return Config.from_dict(json.loads(path.read_text()), origin=str(path))
+    except json.JSONDecodeError:
+        raise SparseCircuitsError(f"{path} is not valid JSON: the run directory is damaged") from None

@@ -1,0 +1,151 @@
+"""Checkpoint and model I/O: safetensors for tensors, JSON for the rest, every write atomic.
+
+A run directory:
+    config.json        the resolved config (written first)
+    run.json           where the data came from, the tokenizer's hash, the config hash
+    tokenizer.json     the run's tokenizer
+    metrics.jsonl      one JSON record per log / evaluation
+    checkpoint/        model.safetensors, optimizer.safetensors, state.json (for --resume)
+    model.safetensors  the trained model, written last: a run without it is unfinished
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import SparseCircuitsError
+
+CHECKPOINT = "checkpoint"
+MODEL_FILE = "model.safetensors"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not Path(path).is_file():
+        raise SparseCircuitsError(f"{path} not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SparseCircuitsError(f"{path} is corrupted or truncated ({err}): retrain, or resume from an earlier copy") from None
+
+
+def load_state_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    found = {k: v.shape for k, v in tensors.items()}
+    if expected != found:
+        missing = sorted(set(expected) - set(found))
+        extra = sorted(set(found) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+        detail = (f"missing {missing[0]}" if missing else f"unexpected {extra[0]}" if extra
+                  else f"{wrong[0]} has shape {tuple(found[wrong[0]])}, the config says {tuple(expected[wrong[0]])}")
+        raise SparseCircuitsError(f"{source} does not fit the model its config describes ({detail}): it comes from another model")
+    model.load_state_dict(tensors)
+
+
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Write checkpoint/ as a whole: a staging folder renamed into place."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT}.", dir=run_dir))
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(staging / MODEL_FILE))
+        opt_state = optimizer.state_dict()
+        tensors, per_param = {}, {}
+        for index, entries in opt_state["state"].items():
+            per_param[str(index)] = {}
+            for key, value in entries.items():
+                if torch.is_tensor(value):
+                    tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+                else:
+                    per_param[str(index)][key] = value
+        tensors["rng.torch"] = torch.get_rng_state()
+        save_file(tensors, str(staging / "optimizer.safetensors"))
+        state = {**state, "param_groups": opt_state["param_groups"], "optimizer_scalars": per_param}
+        (staging / "state.json").write_text(json.dumps(state, indent=1))
+        final, old = run_dir / CHECKPOINT, run_dir / f".{CHECKPOINT}.old"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    directory = run_dir / CHECKPOINT
+    if not (directory / "state.json").is_file():
+        raise SparseCircuitsError(f"{run_dir} has no checkpoint to resume from: start it again without --resume")
+    try:
+        state = json.loads((directory / "state.json").read_text())
+    except json.JSONDecodeError:
+        raise SparseCircuitsError(f"{directory / 'state.json'} is corrupted: start the run again without --resume") from None
+    load_state_into(model, load_tensors(directory / MODEL_FILE), directory / MODEL_FILE)
+    tensors = load_tensors(directory / "optimizer.safetensors")
+    torch.set_rng_state(tensors.pop("rng.torch"))
+    opt_state: dict[str, Any] = {"state": {}, "param_groups": state.pop("param_groups")}
+    for index, scalars in state.pop("optimizer_scalars").items():
+        opt_state["state"][int(index)] = dict(scalars)
+    for name, tensor in tensors.items():
+        index, key = name.split(".", 1)
+        opt_state["state"].setdefault(int(index), {})[key] = tensor
+    try:
+        optimizer.load_state_dict(opt_state)
+    except (ValueError, KeyError) as err:
+        raise SparseCircuitsError(f"{directory} holds optimizer state for another model ({err})") from None
+    return state
+
+
+def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """The trained model of a run directory, checked against its config and tokenizer."""
+    from ..data.dataset import load_tokenizer
+    from ..model.gpt import SparseGPT, read_run_config
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SparseCircuitsError(f"run directory not found: {run_dir}")
+    config = read_run_config(run_dir)
+    if not (run_dir / MODEL_FILE).is_file():
+        hint = "continue it with `sparsecircuits train --resume`" if (run_dir / CHECKPOINT).exists() else "train it first"
+        raise SparseCircuitsError(f"{run_dir} has no trained model ({MODEL_FILE} is missing): {hint}")
+    tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    if tokenizer.get_vocab_size() != config.model.vocab_size:
+        raise SparseCircuitsError(
+            f"{run_dir}/tokenizer.json has {tokenizer.get_vocab_size()} tokens but the model has {config.model.vocab_size}:"
+            " the tokenizer belongs to another run"
+        )
+    model = SparseGPT(config.model)
+    load_state_into(model, load_tensors(run_dir / MODEL_FILE), run_dir / MODEL_FILE)
+    model.run_config = config
+    model.tokenizer = tokenizer
+    return model.to(device).eval()

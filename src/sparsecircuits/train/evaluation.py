@@ -1,0 +1,61 @@
+"""`sparsecircuits eval`: validation loss of a trained run beside count-based baselines."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.dataset import TokenData
+from ..errors import SparseCircuitsError
+from ..model.gpt import SparseGPT
+from .trainer import evaluate
+
+
+def run_data(run_dir: Path, data_dir: str | Path | None) -> TokenData:
+    """The data a run was trained on (from run.json), or `data_dir` when given."""
+    if data_dir is None:
+        info_path = Path(run_dir) / "run.json"
+        if not info_path.is_file():
+            raise SparseCircuitsError(f"{run_dir} has no run.json: pass --data DATA_DIR")
+        data_dir = json.loads(info_path.read_text())["data"]
+        if not Path(data_dir).is_dir():
+            raise SparseCircuitsError(f"the run's data directory {data_dir} is gone: pass --data DATA_DIR")
+    return TokenData(data_dir)
+
+
+def ngram_baselines(data: TokenData, max_tokens: int) -> dict[str, float]:
+    """Validation cross-entropy of unigram and bigram models counted on the training split.
+
+    The bigram is interpolated with the unigram, P(b|a) = (c(a,b) + beta P(b)) / (c(a) + beta),
+    and the best beta of a small grid is reported, so the baseline is a strong one."""
+    vocab = data.vocab_size
+    train = np.asarray(data.splits["train"], dtype=np.int64)
+    val = np.asarray(data.splits["val"][: max_tokens + 1], dtype=np.int64)
+    unigram = (np.bincount(train, minlength=vocab) + 0.5) / (len(train) + 0.5 * vocab)
+    pairs = np.bincount(train[:-1] * vocab + train[1:], minlength=vocab * vocab).reshape(vocab, vocab)
+    row_totals = pairs.sum(1)
+    prev, nxt = val[:-1], val[1:]
+    best = math.inf
+    for beta in (0.1, 1.0, 10.0, 100.0):
+        p = (pairs[prev, nxt] + beta * unigram[nxt]) / (row_totals[prev] + beta)
+        best = min(best, float(-np.log(p).mean()))
+    return {"unigram_loss": float(-np.log(unigram[nxt]).mean()), "bigram_loss": best}
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, max_tokens: int = 262144,
+                 device: str = "cpu") -> dict[str, float]:
+    run_dir = Path(run_dir)
+    model = SparseGPT.from_pretrained(run_dir, device)
+    data = run_data(run_dir, data_dir)
+    if data.manifest["tokenizer_sha256"] != json.loads((run_dir / "run.json").read_text())["tokenizer_sha256"]:
+        raise SparseCircuitsError(f"{data.directory} was tokenized with another tokenizer than {run_dir}: pass the run's own --data")
+    ctx = model.config.ctx_len
+    inputs, targets = data.eval_windows("val", ctx, max_tokens)
+    result = evaluate(model, inputs, targets, batch_size=16, device=torch.device(device))
+    result.update(ngram_baselines(data, inputs.numel()))
+    result["val_tokens"] = int(inputs.numel())
+    return result
