@@ -1,0 +1,154 @@
+"""Every bad input gives one line saying what is wrong, exit status 2, and no half-written output."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sparsecircuits.cli import build_parser, main
+from tests.conftest import TINY_OVERRIDES
+
+TINY_SET = [arg for o in TINY_OVERRIDES for arg in ("--set", o)]
+
+
+def fails(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1], err
+    assert not any("Traceback" in line for line in err)
+
+
+def test_every_subcommand_has_help(capsys):
+    for command in ("prepare", "train", "eval", "sample", "configs"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: sparsecircuits " + command in capsys.readouterr().out
+
+
+def test_prepare_bad_corpora(capsys, tmp_path):
+    fails(capsys, ["prepare", "--out", str(tmp_path / "d"), "--corpus", str(tmp_path / "nope")], "corpus path not found")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fails(capsys, ["prepare", "--out", str(tmp_path / "d"), "--corpus", str(empty)], "has no non-empty")
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    (blank / "a.py").write_text("   \n")
+    (blank / "b.py").write_text("\n")
+    fails(capsys, ["prepare", "--out", str(tmp_path / "d"), "--corpus", str(blank)], "has no non-empty")
+    bad_jsonl = tmp_path / "bad.jsonl"
+    bad_jsonl.write_text('{"text": "x = 1"}\n{"txt": 3}\n')
+    fails(capsys, ["prepare", "--out", str(tmp_path / "d"), "--corpus", str(bad_jsonl)], "bad.jsonl:2")
+    assert not (tmp_path / "d").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".d.")]  # no staging left behind
+
+
+def test_prepare_refuses_to_overwrite(capsys, data_dir, corpus_dir):
+    fails(capsys, ["prepare", "--out", str(data_dir), "--corpus", str(corpus_dir)], "already exists")
+
+
+def test_prepare_reads_jsonl_and_txt(tmp_path, corpus_dir):
+    from sparsecircuits.data.prepare import prepare
+
+    texts = sorted(corpus_dir.glob("*.py"))
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": p.read_text()}) + "\n" for p in texts[:6]))
+    (tmp_path / "notes.txt").write_text(texts[7].read_text())
+    manifest = prepare(tmp_path / "out", corpus=[tmp_path / "docs.jsonl", tmp_path / "notes.txt"], vocab_size=300,
+                       show_progress=False)
+    assert manifest["documents"]["train"] + manifest["documents"]["val"] == 7
+
+
+def test_train_bad_configs(capsys, tmp_path, data_dir):
+    base = ["train", "--data", str(data_dir), "--out", str(tmp_path / "run")]
+    fails(capsys, base + ["--config", "tiny", "--set", "model.widht=3"], "unknown config key 'model.widht'")
+    fails(capsys, base + ["--config", "tiny", "--set", "optim.lr=-1"], "optim.lr")
+    fails(capsys, base + ["--config", "tiny", "--set", "model.vocab_size=999"], "model.vocab_size is 999")
+    fails(capsys, base + ["--config", "nonexistent.toml"], "config file not found")
+    fails(capsys, base + ["--config", "tiny", "--set", "model.ctx_len=100000"], "fewer than model.ctx_len")
+    fails(capsys, ["train", "--config", "tiny", "--data", str(tmp_path), "--out", str(tmp_path / "run")],
+          "not a prepared data directory")
+    assert not (tmp_path / "run").exists()
+
+
+def test_not_a_run_directory(capsys, tmp_path):
+    fails(capsys, ["eval", str(tmp_path)], "not a run directory")
+    fails(capsys, ["sample", str(tmp_path / "missing")], "run directory not found")
+
+
+def test_damaged_runs(capsys, tmp_path, trained_run):
+    truncated = tmp_path / "truncated"
+    shutil.copytree(trained_run, truncated)
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    fails(capsys, ["eval", str(truncated)], "corrupted or truncated")
+
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(trained_run, mismatched)
+    tokenizer = json.loads((mismatched / "tokenizer.json").read_text())
+    tokenizer["model"]["vocab"]["extra-token"] = len(tokenizer["model"]["vocab"])
+    (mismatched / "tokenizer.json").write_text(json.dumps(tokenizer))
+    fails(capsys, ["sample", str(mismatched)], "tokenizer.json has 321 tokens but the model has 320")
+
+    other = tmp_path / "other"
+    shutil.copytree(trained_run, other)
+    config = json.loads((other / "config.json").read_text())
+    config["model"]["d_model"] = 48
+    (other / "config.json").write_text(json.dumps(config))
+    fails(capsys, ["eval", str(other)], "does not fit the model")
+
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(trained_run, unfinished)
+    (unfinished / "model.safetensors").unlink()
+    fails(capsys, ["eval", str(unfinished)], "--resume")
+
+
+def test_resume_with_a_different_config(capsys, tmp_path, trained_run):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    fails(capsys, ["train", "--config", "tiny", "--out", str(run), "--resume"] + TINY_SET + ["--set", "train.steps=99"],
+          "different config")
+    fails(capsys, ["train", "--config", "tiny", "--out", str(run)] + TINY_SET, "already exists")
+    fails(capsys, ["train", "--out", str(tmp_path / "fresh"), "--resume"], "not a run directory")
+
+
+def test_ctrl_c_checkpoints_and_resume_finishes(tmp_path, data_dir):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "sparsecircuits", "train", "--config", "tiny", "--data", str(data_dir), "--out", str(run)]
+    cmd += TINY_SET + ["--set", "train.steps=300", "--set", "train.log_interval=1", "--set", "train.eval_interval=100"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (run / "metrics.jsonl").is_file():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "continue with --resume" in err
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert 0 < state["step"] < 300 and not (run / "model.safetensors").exists()
+    result = subprocess.run([sys.executable, "-m", "sparsecircuits", "train", "--out", str(run), "--resume"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (run / "model.safetensors").is_file() and "validation loss" in result.stdout
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 300
+
+
+def test_cli_eval_and_sample(capsys, trained_run):
+    main(["eval", str(trained_run), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert {"val_loss", "bigram_loss", "unigram_loss", "dead_neurons"} <= set(result)
+    main(["sample", str(trained_run), "--prompt", "def ", "--max-new-tokens", "8"])
+    assert capsys.readouterr().out.startswith("def ")
+
+
+def test_no_traceback_from_the_real_command(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sparsecircuits", "eval", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

@@ -1,0 +1,72 @@
+import math
+
+import pytest
+import torch
+
+from sparsecircuits.config import NODE_SITE_KINDS, ModelConfig
+from sparsecircuits.model.gpt import SparseGPT, attention_with_sinks
+from sparsecircuits.model.sites import replace_with
+
+
+def small_model(**changes) -> SparseGPT:
+    config = ModelConfig(vocab_size=64, d_model=32, n_layer=2, d_head=16, ctx_len=16, **changes)
+    return SparseGPT(config)
+
+
+def test_sink_attention_matches_explicit_softmax():
+    B, H, T, D = 2, 3, 9, 16
+    q, k, v = torch.randn(3, B, H, T, D).unbind(0)
+    sink = torch.randn(H)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(D)
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), -math.inf)
+    scores = torch.cat([sink.view(1, H, 1, 1).expand(B, H, T, 1), scores], dim=-1)
+    expected = scores.softmax(-1)[..., 1:] @ v
+    torch.testing.assert_close(attention_with_sinks(q, k, v, sink), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_sites_are_named_as_in_the_method():
+    model = small_model()
+    assert list(model.node_sites) == [f"{layer}.{kind}" for layer in range(2) for kind in NODE_SITE_KINDS]
+    assert model.node_sites["1.mlp.post_act"] == 128
+    assert {"0.resid_in", "1.resid_mid", "final_resid"} <= set(model.site_names)
+
+
+def test_abstopk_keeps_exactly_k_per_token():
+    model = small_model(site_keep_fraction={"mlp.post_act": 0.5})
+    tokens = torch.randint(0, 64, (3, 16))
+    _, cache = model.run_with_cache(tokens, list(model.node_sites))
+    for site, width in model.node_sites.items():
+        k = round((0.5 if site.endswith("post_act") else 0.25) * width)
+        assert (cache[site] != 0).sum(-1).eq(k).all(), site
+
+
+def test_hooks_record_replace_and_carry_gradients():
+    model = small_model()
+    tokens = torch.randint(0, 64, (2, 16))
+    plain = model(tokens)
+    logits, cache = model.run_with_cache(tokens)
+    assert set(cache) == set(model.site_names)
+    torch.testing.assert_close(logits, plain, rtol=0, atol=0)
+    # Replacing every node of the last residual write changes the output; the hook is removed afterwards.
+    with model.hooks({"1.mlp.resid_delta": replace_with(torch.zeros(32))}):
+        patched = model(tokens)
+    assert not torch.allclose(patched, plain)
+    torch.testing.assert_close(model(tokens), plain, rtol=0, atol=0)
+    # A multiplicative mask at a site receives a gradient through the forward pass.
+    mask = torch.ones(128, requires_grad=True)
+    with model.hooks({"0.mlp.post_act": lambda x, site: x * mask}):
+        model(tokens).sum().backward()
+    assert mask.grad is not None and mask.grad.abs().sum() > 0
+
+
+def test_unknown_site_is_refused():
+    model = small_model()
+    with pytest.raises(KeyError, match="unknown site '9.attn.q'"):
+        with model.hooks({"9.attn.q": lambda x, s: None}):
+            pass
+
+
+def test_learned_positions_and_no_sinks_or_bigram():
+    model = small_model(positional="learned", attention_sinks=False, bigram_table=False)
+    assert model.wpe is not None and model.bigram is None
+    assert model(torch.randint(0, 64, (1, 16))).shape == (1, 16, 64)

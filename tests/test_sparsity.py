@@ -1,0 +1,57 @@
+import torch
+
+from sparsecircuits.config import SparsityConfig
+from sparsecircuits.model.sparsity import (abs_topk, l0_fraction_at, nonzeros_to_keep, sparse_parameters,
+                                           topk_keep_mask)
+
+
+def test_topk_mask_is_exact_with_ties():
+    weight = torch.tensor([[3.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.5, 2.0]])
+    mask = topk_keep_mask(weight, 3, min_per_neuron=0)
+    assert int(mask.sum()) == 3 and mask[0, 0] and mask[1, 3]
+
+
+def test_topk_mask_keeps_the_largest_and_the_per_neuron_minimum():
+    weight = torch.randn(64, 48)
+    weight[5] *= 1e-3  # a row that would lose every entry without the minimum
+    k = nonzeros_to_keep(weight.numel(), 1 / 8)
+    mask = topk_keep_mask(weight, k, min_per_neuron=2)
+    assert int(mask.sum()) == k
+    assert mask.sum(1).min() >= 2 and mask.sum(0).min() >= 2
+    free = mask.clone()
+    # Apart from protected entries, everything kept is at least as large as everything dropped.
+    protected = torch.zeros_like(mask)
+    protected.scatter_(1, weight.abs().topk(2, dim=1).indices, True)
+    protected.scatter_(0, weight.abs().topk(2, dim=0).indices, True)
+    free &= ~protected
+    assert weight.abs()[free].min() >= weight.abs()[~mask].max()
+
+
+def test_per_neuron_minimum_binds_when_budget_is_small():
+    weight = torch.randn(16, 16)
+    mask = topk_keep_mask(weight, 8, min_per_neuron=4)
+    assert int(mask.sum()) > 8 and mask.sum(1).min() >= 4 and mask.sum(0).min() >= 4
+
+
+def test_l0_schedule_anneals_linearly_between_bounds():
+    config = SparsityConfig(l0_fraction=0.1, anneal_start=0.1, anneal_end=0.5)
+    assert l0_fraction_at(0, 100, config) == 1.0
+    assert l0_fraction_at(10, 100, config) == 1.0
+    assert abs(l0_fraction_at(30, 100, config) - 0.55) < 1e-9
+    assert l0_fraction_at(50, 100, config) == 0.1 == l0_fraction_at(99, 100, config)
+
+
+def test_abs_topk_keeps_largest_magnitudes_with_sign():
+    x = torch.tensor([[0.1, -5.0, 2.0, -0.2]])
+    assert abs_topk(x, 2).tolist() == [[0.0, -5.0, 2.0, 0.0]]
+
+
+def test_sparse_parameter_selection_follows_config():
+    from tests.test_model import small_model
+
+    model = small_model()
+    names = set(sparse_parameters(model, SparsityConfig()))
+    assert {"wte.weight", "lm_head.weight", "lm_head.bias", "blocks.0.fc.weight", "blocks.0.q_proj.bias"} <= names
+    assert not any("norm" in n or "bigram" in n or "sink" in n for n in names)
+    dense_ends = set(sparse_parameters(model, SparsityConfig(sparse_embedding=False, sparse_unembedding=False, sparse_biases=False)))
+    assert "wte.weight" not in dense_ends and "lm_head.weight" not in dense_ends and not any(n.endswith("bias") for n in dense_ends)

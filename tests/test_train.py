@@ -1,0 +1,95 @@
+import json
+import math
+
+import torch
+from safetensors.torch import load_file
+
+from sparsecircuits.config import load_config
+from sparsecircuits.data.dataset import TokenData
+from sparsecircuits.model.gpt import SparseGPT
+from sparsecircuits.model.sparsity import nonzeros_to_keep, sparse_parameters, topk_keep_mask
+from sparsecircuits.train.trainer import lr_at, train
+from tests.conftest import TINY_OVERRIDES
+
+
+def test_prepare_writes_a_self_describing_data_dir(data_dir, corpus_dir):
+    data = TokenData(data_dir)
+    manifest = data.manifest
+    assert manifest["skipped"]["undecodable"] == 1 and manifest["skipped"]["duplicates"] == 1
+    assert manifest["tokens"]["train"] == len(data.splits["train"]) and manifest["tokens"]["val"] > 0
+    splits = {f["split"] for f in manifest["files"]}
+    assert splits == {"train", "val"}
+    assert sum(f["tokens"] + 1 for f in manifest["files"] if f["split"] == "train") == manifest["tokens"]["train"]
+    tokenizer = data.tokenizer()
+    assert tokenizer.get_vocab_size() == 320 and tokenizer.token_to_id("<|endoftext|>") == data.eot_id
+    text = "def f(x):\n    return x\n"
+    assert tokenizer.decode(tokenizer.encode(text).ids) == text
+    assert (data.splits["train"] == data.eot_id).sum() == manifest["documents"]["train"]
+
+
+def test_trained_matrices_hold_exactly_k_nonzeros(trained_run):
+    model = SparseGPT.from_pretrained(trained_run)
+    config = load_config("tiny", TINY_OVERRIDES)
+    for name, param in sparse_parameters(model, config.sparsity).items():
+        k = nonzeros_to_keep(param.numel(), config.sparsity.l0_fraction)
+        expected = k
+        if param.dim() == 2:  # where the per-neuron minimum binds, it sets the count
+            protected = topk_keep_mask(param, 1, config.sparsity.min_nonzero_per_neuron)
+            expected = max(k, int(protected.sum()))
+        assert int(param.count_nonzero()) == expected, name
+
+
+def test_trained_abstopk_sites_keep_at_most_k(trained_run, data_dir):
+    model = SparseGPT.from_pretrained(trained_run)
+    tokens, _ = TokenData(data_dir).eval_windows("val", 32, 4 * 32)
+    _, cache = model.run_with_cache(tokens, list(model.node_sites))
+    for site, width in model.node_sites.items():
+        counts = (cache[site] != 0).sum(-1)
+        k = round(0.25 * width)
+        assert counts.max() <= k, site
+        assert counts.float().mean() >= 0.9 * k, site  # a site is only below k where its input has fewer nonzeros
+
+
+def test_from_pretrained_gives_the_saved_logits(trained_run):
+    model = SparseGPT.from_pretrained(trained_run)
+    reference = SparseGPT(model.config)
+    reference.load_state_dict(load_file(str(trained_run / "model.safetensors")))
+    tokens = torch.randint(0, model.config.vocab_size, (2, 32))
+    torch.testing.assert_close(model(tokens), reference.eval()(tokens), rtol=0, atol=0)
+    assert model.tokenizer.get_vocab_size() == model.config.vocab_size
+
+
+def test_metrics_log_losses_l0_nonzeros_and_dead_neurons(trained_run):
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in evals] == [10, 20]
+    assert all("nonzeros" in r and "dead_neurons" in r and "l0_fraction" in r for r in evals)
+    assert evals[-1]["l0_fraction"] == 0.25
+    assert any("train_loss" in r and "tokens_per_s" in r for r in records)
+    assert math.isfinite(evals[-1]["val_loss"])
+
+
+def test_resume_is_bit_identical(tmp_path, data_dir):
+    config = load_config("tiny", TINY_OVERRIDES)
+    train(config, data_dir, tmp_path / "whole", show_progress=False)
+    train(load_config("tiny", TINY_OVERRIDES), data_dir, tmp_path / "split", show_progress=False, stop_after=7)
+    assert not (tmp_path / "split" / "model.safetensors").exists()
+    resumed = load_config("tiny", TINY_OVERRIDES)
+    resumed.model.vocab_size = config.model.vocab_size
+    train(resumed, data_dir, tmp_path / "split", resume=True, show_progress=False)
+    whole = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    split = load_file(str(tmp_path / "split" / "model.safetensors"))
+    assert whole.keys() == split.keys()
+    for name in whole:
+        assert torch.equal(whole[name], split[name]), name
+    steps = [json.loads(l)["step"] for l in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and len(steps) == len(set((s, i) for i, s in enumerate(steps)))
+
+
+def test_sharkfin_schedule():
+    optim = load_config("tiny").optim
+    optim.warmup_fraction = 0.1
+    assert lr_at(0, 100, 1.0, optim) == optim.lr * 0.1
+    assert lr_at(9, 100, 1.0, optim) == optim.lr
+    assert abs(lr_at(55, 100, 1.0, optim) - optim.lr * 0.5) < 1e-12
+    assert abs(lr_at(55, 100, 0.25, optim) - optim.lr) < 1e-12  # times 1/sqrt(L0 fraction)
