@@ -89,6 +89,40 @@ def cmd_configs(args: argparse.Namespace) -> None:
     print(json.dumps(load_config(args.name, args.set).to_dict(), indent=1))
 
 
+def cmd_tasks_list(args: argparse.Namespace) -> None:
+    from .tasks import DESCRIPTIONS
+
+    for name, description in DESCRIPTIONS.items():
+        print(f"{name:28s} {description}")
+
+
+def cmd_tasks_eval(args: argparse.Namespace) -> None:
+    from .model.gpt import SparseGPT
+    from .tasks import BUILTIN_TASKS, evaluate_task, load_task
+
+    model = SparseGPT.from_pretrained(args.run_dir)
+    names = args.task or list(BUILTIN_TASKS)
+    rows = []
+    for name in names:
+        try:
+            task = load_task(name, model.tokenizer, split=args.split, max_len=model.config.ctx_len, warn=len(names) == 1)
+        except SparseCircuitsError as err:
+            if len(names) == 1:
+                raise
+            rows.append({"task": name, "error": str(err)})
+            continue
+        rows.append({"task": task.name, **evaluate_task(model, task), "dropped": task.dropped})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+    print(f"{'task':28s} {'loss':>7s} {'accuracy':>8s} {'records':>7s}")
+    for row in rows:
+        if "error" in row:
+            print(f"{row['task']:28s} {'-':>7s} {'-':>8s} {'-':>7s}  unavailable: {row['error']}")
+        else:
+            print(f"{row['task']:28s} {row['loss']:7.4f} {row['accuracy']:8.3f} {row['records']:7d}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import builtin_config_names
 
@@ -134,6 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
+
+    tasks = sub.add_parser("tasks", help="list the built-in tasks, or score a model on tasks")
+    tasks_sub = tasks.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
+    p = tasks_sub.add_parser("list", help="the built-in tasks and what each one tests")
+    p.set_defaults(func=cmd_tasks_list)
+    p = tasks_sub.add_parser("eval", help="task loss and accuracy of a trained model",
+                             description="Task loss (two-way cross-entropy at the last position) and accuracy per task.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--task", action="append", metavar="NAME_OR_FILE", help="a built-in task or a JSONL file (repeatable; default: all built-in)")
+    p.add_argument("--split", choices=["train", "test"], default="test", help="which records to score (default test)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_tasks_eval)
 
     p = sub.add_parser("configs", help="list the built-in configs, or show one fully resolved")
     p.add_argument("name", nargs="?", metavar="NAME_OR_FILE")

@@ -1,0 +1,234 @@
+"""The 20 built-in tasks of METHOD.md section 2 as seeded generators of paired records.
+
+Each generator takes a `random.Random` and returns one minimal pair: two records whose prompts
+differ in the one detail that decides the answer, with the answers swapped. The prompts are
+short, ordinary Python; none of this text is written into any training corpus.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+Record = dict[str, str]
+Pair = tuple[Record, Record]
+
+# Identifiers common enough in Python to be single tokens in most code tokenizers.
+NAMES = ["data", "value", "result", "count", "name", "path", "text", "line", "node", "key", "size", "index",
+         "config", "source", "prefix", "token", "message", "offset", "args", "obj", "item", "first", "last",
+         "start", "end", "state", "mode", "file", "func", "other"]
+FUNCS = ["load", "parse", "update", "render", "compute", "process", "build", "check", "handle", "convert", "read",
+         "write", "merge", "split", "format", "apply", "collect", "filter", "resolve", "encode"]
+WORDS = ["hello", "world", "error", "done", "ready", "value", "name", "path", "data", "test", "file", "line", "start",
+         "stop", "open", "close", "left", "right", "empty", "full"]
+CLASSES = ["Point", "Node", "Config", "Parser", "Buffer", "Record", "Item", "Entry", "Token", "Message"]
+
+
+def _names(rng: random.Random, n: int) -> list[str]:
+    return rng.sample(NAMES, n)
+
+
+def _record(prompt: str, correct: str, incorrect: str) -> Record:
+    return {"prompt": prompt, "correct": correct, "incorrect": incorrect}
+
+
+def _function_head(rng: random.Random, *avoid: str) -> str:
+    """A random `def name(arg):` line and body indent, so short prompts vary in their context."""
+    func = rng.choice(FUNCS)
+    arg = rng.choice([n for n in NAMES if n not in avoid])
+    return f"def {func}({arg}):\n    "
+
+
+def _pair(make: Callable[[bool], tuple[str, str, str]]) -> Pair:
+    """Build both members of a pair from one function of the deciding bit."""
+    return _record(*make(True)), _record(*make(False))
+
+
+def single_double_quote(rng: random.Random) -> Pair:
+    func, word = rng.choice(FUNCS), rng.choice(WORDS)
+    var = rng.choice(NAMES)
+    return _pair(lambda single: (f"{var} = {func}({chr(39) if single else chr(34)}{word}",
+                                 "')" if single else '")', '")' if single else "')"))
+
+
+def final_kwarg(rng: random.Random) -> Pair:
+    func = rng.choice(FUNCS)
+    a, b, c = _names(rng, 3)
+    return _pair(lambda kw: (f"def {func}({a}, {b}=None, {c}" if kw else f"def {func}({a}, {b}, {c}",
+                             "=" if kw else "):", "):" if kw else "="))
+
+
+def _set_or_string(rng: random.Random, var: str) -> Pair:
+    item, loop = rng.sample([n for n in NAMES if n != var], 2)
+    return _pair(lambda is_set: (f"{var} = {'set()' if is_set else chr(34) * 2}\nfor {item} in {loop}:\n    {var}",
+                                 "." if is_set else " +=", " +=" if is_set else "."))
+
+
+def set_or_string(rng: random.Random) -> Pair:
+    return _set_or_string(rng, rng.choice(NAMES))
+
+
+def set_or_string_fixedvarname(rng: random.Random) -> Pair:
+    return _set_or_string(rng, "current")
+
+
+def class_init(rng: random.Random) -> Pair:
+    names = _names(rng, 4)
+    cls = rng.choice(CLASSES)
+    head = f"class {cls}:\n    def __init__(self, {', '.join(names)}):\n"
+    done = rng.randint(1, 2)
+    body = "".join(f"        self.{n} = {n}\n" for n in names[:done])
+    first, second = names[done], names[done + 1]
+    return (_record(f"{head}{body}        self.{first} =", f" {first}", f" {second}"),
+            _record(f"{head}{body}        self.{second} =", f" {second}", f" {first}"))
+
+
+def with_as(rng: random.Random) -> Pair:
+    var, path = _names(rng, 2)
+    head = _function_head(rng, var, path)
+    mode = rng.choice(["", ", 'rb'", ", 'w'", ", encoding='utf-8'"])
+    return _pair(lambda in_with: (f"{head}with open({path}{mode})" if in_with else f"{head}{var} = open({path}{mode})",
+                                  " as" if in_with else "\n", "\n" if in_with else " as"))
+
+
+def bracket_brace(rng: random.Random) -> Pair:
+    var, a, b = _names(rng, 3)
+    return _pair(lambda is_dict: (f"{var} = {{{a}: 1, {b}" if is_dict else f"{var} = [{a}, {b}",
+                                  ":" if is_dict else ",", "," if is_dict else ":"))
+
+
+def with_open(rng: random.Random) -> Pair:
+    reading = rng.choice(["input", "source", "config", "data", "template", "settings"])
+    writing = rng.choice(["output", "report", "log", "result", "backup", "export"])
+    suffix = rng.choice(["path", "file", "name", "filename"])
+    head = _function_head(rng)
+    return _pair(lambda read: (f"{head}with open({reading if read else writing}_{suffix}, '",
+                               "r" if read else "w", "w" if read else "r"))
+
+
+def bracket_counting(rng: random.Random) -> Pair:
+    var = rng.choice(NAMES)
+    items = ", ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(1, 3)))
+    return _pair(lambda nested: (f"{var} = [[{items}" if nested else f"{var} = [{items}",
+                                 "]]" if nested else "]", "]" if nested else "]]"))
+
+
+def for_while(rng: random.Random) -> Pair:
+    var = rng.choice(NAMES)
+    head = _function_head(rng, var)
+    return _pair(lambda is_for: (f"{head}for {var}" if is_for else f"{head}while {var}", " in" if is_for else ":",
+                                 ":" if is_for else " in"))
+
+
+def else_elif(rng: random.Random) -> Pair:
+    var = rng.choice(NAMES)
+    value = rng.randint(0, 9)
+    head = f"if {var} > {value}:\n    return {var}\n"
+    return _pair(lambda is_else: (f"{head}else" if is_else else f"{head}elif", ":" if is_else else f" {var}",
+                                  f" {var}" if is_else else ":"))
+
+
+def fstring_brace(rng: random.Random) -> Pair:
+    first, second = rng.sample(WORDS, 2)
+    return _pair(lambda is_f: (f"print({'f' if is_f else ''}'{first} {second}", " {" if is_f else "'",
+                               "'" if is_f else " {"))
+
+
+def if_ternary(rng: random.Random) -> Pair:
+    a, b, c = _names(rng, 3)
+    head = _function_head(rng, a, b, c)
+    return _pair(lambda ternary: (f"{head}{a} = {b} if {c}" if ternary else f"{head}if {c}", " else" if ternary else ":",
+                                  ":" if ternary else " else"))
+
+
+def var_swap(rng: random.Random) -> Pair:
+    x, y = _names(rng, 2)
+    return (_record(f"{x}, {y} = {y},", f" {x}", f" {y}"), _record(f"{y}, {x} = {x},", f" {y}", f" {x}"))
+
+
+def indent_for(rng: random.Random) -> Pair:
+    var, seq = _names(rng, 2)
+    call = rng.choice(FUNCS)
+    return _pair(lambda in_loop: (f"{seq} = {call}()\nfor {var} in {seq}:" if in_loop else f"{seq} = {call}()\n{var} = {seq}",
+                                  "\n    " if in_loop else "\n", "\n" if in_loop else "\n    "))
+
+
+def lambda_func(rng: random.Random) -> Pair:
+    var = rng.choice(NAMES)
+    func = f"{rng.choice(FUNCS)}_{rng.choice(NAMES)}"
+    return _pair(lambda is_lambda: (f"{func} = lambda {var}" if is_lambda else f"def {func}", ":" if is_lambda else "(",
+                                    "(" if is_lambda else ":"))
+
+
+def if_equals(rng: random.Random) -> Pair:
+    a, b = _names(rng, 2)
+    func = rng.choice(FUNCS)
+    head = f"def {func}({a}, {b}):\n    "
+    return _pair(lambda in_if: (f"{head}if {a}" if in_if else f"{head}{a}", " ==" if in_if else " =",
+                                " =" if in_if else " =="))
+
+
+def enumerate_range(rng: random.Random) -> Pair:
+    # " enumerate" is several tokens in small vocabularies; zip is the two-variable loop that stays one.
+    i, item = _names(rng, 2)
+    head = _function_head(rng, i, item)
+    return _pair(lambda two: (f"{head}for {i}, {item} in" if two else f"{head}for {i} in", " zip" if two else " range",
+                              " range" if two else " zip"))
+
+
+def var_if(rng: random.Random) -> Pair:
+    var = rng.choice(NAMES)
+    head = _function_head(rng, var)
+    value = rng.choice(["True", "False", "None"])
+    return _pair(lambda in_if: (f"{head}if {var} == {value}" if in_if else f"{head}{var} = {value}", ":" if in_if else "\n",
+                                "\n" if in_if else ":"))
+
+
+def while_return_true(rng: random.Random) -> Pair:
+    func = rng.choice(FUNCS)
+    var = rng.choice(NAMES)
+    head = f"def {func}({var}):\n    "
+    return _pair(lambda is_while: (f"{head}while True" if is_while else f"{head}return True",
+                                   ":" if is_while else "\n", "\n" if is_while else ":"))
+
+
+BUILTIN_TASKS: dict[str, Callable[[random.Random], Pair]] = {
+    f.__name__: f for f in (
+        single_double_quote, final_kwarg, set_or_string, set_or_string_fixedvarname, class_init, with_as,
+        bracket_brace, with_open, bracket_counting, for_while, else_elif, fstring_brace, if_ternary, var_swap,
+        indent_for, lambda_func, if_equals, enumerate_range, var_if, while_return_true,
+    )
+}
+
+DESCRIPTIONS = {
+    "single_double_quote": "close a string with ') or \") according to its opening quote",
+    "final_kwarg": "after a keyword argument, the next def argument gets =None, else ):",
+    "set_or_string": "a variable initialised as set() or \"\": .add vs +=",
+    "set_or_string_fixedvarname": "set_or_string with the variable always named current",
+    "class_init": "copy the right name after self.x = in __init__",
+    "with_as": "open() in a with statement is followed by ' as'",
+    "bracket_brace": "':' inside a dict, ',' inside a list",
+    "with_open": "'r' vs 'w' in open() from the file's role",
+    "bracket_counting": "] vs ]] by list nesting depth",
+    "for_while": "' in' after a for target, ':' after a while condition",
+    "else_elif": "':' after else, a condition after elif",
+    "fstring_brace": "an f-string goes on to a ' {', a plain string closes",
+    "if_ternary": "' else' inside a ternary, ':' after an if statement",
+    "var_swap": "x, y = y, x",
+    "indent_for": "a newline and an indent after a for header, a bare newline after a statement",
+    "lambda_func": "':' after lambda name, '(' after def name",
+    "if_equals": "' ==' in an if condition, ' =' in an assignment",
+    "enumerate_range": "zip with two loop variables, range with one",
+    "var_if": "':' after if x == True, newline after x = True",
+    "while_return_true": "':' after while True, newline after return True",
+}
+
+
+def generate(name: str, n_pairs: int, seed: int) -> list[Record]:
+    """`n_pairs` pairs (2 * n_pairs records) of a built-in task, deterministic in `seed`."""
+    rng = random.Random(f"{name}:{seed}")
+    make = BUILTIN_TASKS[name]
+    records: list[Record] = []
+    for _ in range(n_pairs):
+        records.extend(make(rng))
+    return records

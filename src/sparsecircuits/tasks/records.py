@@ -1,0 +1,170 @@
+"""Tasks as data: records `{prompt, correct, incorrect}`, loading, the tokenisation check, the loss.
+
+Task loss (METHOD.md 2): at the prompt's last position take the log-softmax over just the two
+candidate tokens; the loss is the cross-entropy of the correct one, averaged over records.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import SparseCircuitsError
+from .builtin import BUILTIN_TASKS, generate
+
+MIN_RECORDS = 32
+N_TRAIN, N_TEST = 512, 256
+FIELDS = ("prompt", "correct", "incorrect")
+
+
+def builtin_records(name: str, n_train: int = N_TRAIN, n_test: int = N_TEST) -> tuple[list[dict], list[dict]]:
+    """Train records from seed 0; test records from seed 1 whose prompts never occur in train."""
+    train = generate(name, n_train // 2, seed=0)
+    seen = {r["prompt"] for r in train}
+    test: list[dict] = []
+    batch_seed = 1
+    while len(test) < n_test and batch_seed < 64:
+        for first, second in zip(*[iter(generate(name, n_test, seed=batch_seed))] * 2):
+            if first["prompt"] not in seen and second["prompt"] not in seen and len(test) < n_test:
+                test += [first, second]
+                seen.update((first["prompt"], second["prompt"]))
+        batch_seed += 1
+    return train, test
+
+
+def read_jsonl_records(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise SparseCircuitsError(f"task file not found: {path}")
+    records = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SparseCircuitsError(f"{path}:{line_no}: bad JSON ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise SparseCircuitsError(f"{path}:{line_no}: each line must be a JSON object with {', '.join(FIELDS)}")
+        missing = [f for f in FIELDS if not isinstance(record.get(f), str)]
+        if missing:
+            raise SparseCircuitsError(f"{path}:{line_no}: missing or non-string field '{missing[0]}' (need {', '.join(FIELDS)})")
+        records.append({f: record[f] for f in FIELDS})
+    return records
+
+
+def task_records(name_or_path: str) -> tuple[str, list[dict], list[dict]]:
+    """(task name, train records, test records) for a built-in name or a JSONL file.
+
+    A JSONL task's records are taken in consecutive pairs; every third pair is held out for testing."""
+    if name_or_path in BUILTIN_TASKS:
+        return (name_or_path, *builtin_records(name_or_path))
+    path = Path(name_or_path)
+    if path.suffix != ".jsonl" and not path.exists():
+        raise SparseCircuitsError(
+            f"unknown task '{name_or_path}': give a JSONL file or one of {', '.join(BUILTIN_TASKS)}"
+        )
+    records = read_jsonl_records(path)
+    train = [r for i, r in enumerate(records) if (i // 2) % 3 != 2]
+    test = [r for i, r in enumerate(records) if (i // 2) % 3 == 2]
+    return path.stem, train, test
+
+
+@dataclass
+class TokenizedTask:
+    """A task's records as token ids, ready for batches. Prompts are right-padded; the loss reads
+    the logits at each prompt's own last position, which causal attention keeps independent of
+    the padding."""
+
+    name: str
+    split: str
+    prompts: list[list[int]]
+    correct: torch.Tensor
+    incorrect: torch.Tensor
+    dropped: int
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def batch(self, indices: torch.Tensor | list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens (B, L), last positions (B,), correct ids (B,), incorrect ids (B,))."""
+        if indices is None:
+            indices = range(len(self.prompts))
+        indices = [int(i) for i in indices]
+        width = max(len(self.prompts[i]) for i in indices)
+        tokens = torch.full((len(indices), width), self.pad_id, dtype=torch.long)
+        for row, i in enumerate(indices):
+            tokens[row, : len(self.prompts[i])] = torch.tensor(self.prompts[i])
+        last = torch.tensor([len(self.prompts[i]) - 1 for i in indices])
+        return tokens, last, self.correct[indices], self.incorrect[indices]
+
+
+def tokenize_records(name: str, split: str, records: list[dict], tokenizer, max_len: int | None = None,
+                     warn: bool = True) -> TokenizedTask:
+    """Keep the records whose completions are single tokens that follow the prompt's own tokens."""
+    prompts, correct, incorrect = [], [], []
+    dropped = 0
+    for record in records:
+        ids = tokenizer.encode(record["prompt"]).ids
+        candidates = []
+        for completion in (record["correct"], record["incorrect"]):
+            completion_ids = tokenizer.encode(completion).ids
+            joined = tokenizer.encode(record["prompt"] + completion).ids
+            candidates.append(completion_ids[0] if len(completion_ids) == 1 and joined == ids + completion_ids else None)
+        if not ids or None in candidates or candidates[0] == candidates[1] or (max_len and len(ids) > max_len):
+            dropped += 1
+            continue
+        prompts.append(ids)
+        correct.append(candidates[0])
+        incorrect.append(candidates[1])
+    if dropped and warn:
+        print(f"warning: task {name} ({split}): dropped {dropped} of {len(records)} records whose completions are not"
+              " single tokens after the prompt (or whose prompt is empty or too long)", file=sys.stderr)
+    if len(prompts) < MIN_RECORDS:
+        raise SparseCircuitsError(
+            f"task {name} ({split}) has {len(prompts)} usable records of {len(records)}, fewer than {MIN_RECORDS}:"
+            " each completion must be one token of this model's tokenizer, and prompt + completion must tokenise as"
+            " the prompt's tokens followed by it"
+        )
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    return TokenizedTask(name, split, prompts, torch.tensor(correct), torch.tensor(incorrect), dropped,
+                         eot if eot is not None else 0)
+
+
+def load_task(name_or_path: str, tokenizer, split: str = "train", max_len: int | None = None,
+              warn: bool = True) -> TokenizedTask:
+    """A built-in task or a JSONL file, tokenised and checked against `tokenizer`."""
+    name, train, test = task_records(name_or_path)
+    return tokenize_records(name, split, train if split == "train" else test, tokenizer, max_len, warn)
+
+
+def candidate_logits(logits: torch.Tensor, last: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor) -> torch.Tensor:
+    """(B, 2) logits of [correct, incorrect] at each prompt's last position."""
+    final = logits[torch.arange(len(last), device=logits.device), last.to(logits.device)]
+    return torch.stack([final.gather(-1, correct.to(final.device)[:, None])[:, 0],
+                        final.gather(-1, incorrect.to(final.device)[:, None])[:, 0]], dim=-1).float()
+
+
+def task_loss(pair_logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the correct candidate under a softmax over the two candidates."""
+    return F.cross_entropy(pair_logits, torch.zeros(len(pair_logits), dtype=torch.long, device=pair_logits.device))
+
+
+def task_accuracy(pair_logits: torch.Tensor) -> float:
+    return float((pair_logits[:, 0] > pair_logits[:, 1]).float().mean())
+
+
+@torch.no_grad()
+def evaluate_task(model, task: TokenizedTask, batch_size: int = 128, device: str | torch.device = "cpu") -> dict[str, float]:
+    pair_logits = []
+    for start in range(0, len(task), batch_size):
+        tokens, last, correct, incorrect = task.batch(range(start, min(start + batch_size, len(task))))
+        logits = model(tokens.to(device))
+        pair_logits.append(candidate_logits(logits, last, correct, incorrect))
+    pair_logits = torch.cat(pair_logits)
+    return {"loss": float(task_loss(pair_logits)), "accuracy": task_accuracy(pair_logits), "records": len(task)}
