@@ -123,6 +123,31 @@ def cmd_tasks_eval(args: argparse.Namespace) -> None:
             print(f"{row['task']:28s} {row['loss']:7.4f} {row['accuracy']:8.3f} {row['records']:7d}")
 
 
+def cmd_prune(args: argparse.Namespace) -> None:
+    from .circuits import PruneSettings, prune
+
+    settings = PruneSettings(target_loss=args.target_loss, ablation=args.ablation, steps=args.steps,
+                             k_coef=args.k_coef, lr=args.lr, seed=args.seed)
+    circuit = prune(args.run_dir, args.task, args.out, settings, search_trials=args.search, force=args.force)
+    m = circuit.metrics
+    print(f"{circuit.task}: {m['n_nodes']} nodes, {m['n_edges']} edges; task loss: full model {m['loss_full_model']:.4f},"
+          f" circuit {m['loss_circuit']:.4f}, circuit ablated {m['loss_circuit_ablated']:.4f},"
+          f" random same size {m['loss_random_same_size']:.4f}; wrote {args.out}/circuit.json ({m['seconds']:.0f} s)")
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from .circuits.validate import format_validation, validate
+
+    result = validate(args.circuit_dir, args.run_dir, control=not args.no_control)
+    print(format_validation(result))
+
+
+def _prune_default(name: str):
+    from .circuits.prune import PruneSettings
+
+    return getattr(PruneSettings(), name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import builtin_config_names
 
@@ -180,6 +205,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "test"], default="test", help="which records to score (default test)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tasks_eval)
+
+    p = sub.add_parser("prune", help="find the smallest circuit that does a task",
+                       description="Learn a node mask, bisect the number of kept nodes to meet --target-loss on held-out "
+                                   "records, calibrate a logit scale, count edges, and write CIRCUIT_DIR/circuit.json.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--task", required=True, metavar="NAME_OR_FILE", help="a built-in task (see `tasks list`) or a JSONL file")
+    p.add_argument("--out", required=True, metavar="CIRCUIT_DIR")
+    p.add_argument("--target-loss", type=float, default=0.15, help="held-out task loss the circuit must reach (default 0.15)")
+    p.add_argument("--ablation", choices=["mean", "zero"], default="mean", help="what pruned nodes are frozen at (default mean)")
+    p.add_argument("--search", type=int, default=0, metavar="N", help="run N Optuna trials over the pruning hyperparameters")
+    p.add_argument("--steps", type=int, default=_prune_default("steps"), help="mask training steps")
+    p.add_argument("--k-coef", type=float, default=_prune_default("k_coef"), help="penalty per active node")
+    p.add_argument("--lr", type=float, default=_prune_default("lr"), help="mask learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace CIRCUIT_DIR if it exists")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("validate", help="check a circuit's sufficiency, necessity and controls",
+                       description="Writes CIRCUIT_DIR/validation.json and prints a table.")
+    p.add_argument("circuit_dir", metavar="CIRCUIT_DIR")
+    p.add_argument("--run-dir", metavar="RUN_DIR", help="the model's run directory, if it moved")
+    p.add_argument("--no-control", action="store_true", help="skip the shuffled-label pruning control")
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("configs", help="list the built-in configs, or show one fully resolved")
     p.add_argument("name", nargs="?", metavar="NAME_OR_FILE")

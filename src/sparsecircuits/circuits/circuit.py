@@ -1,0 +1,196 @@
+"""`prune` end to end, the circuit directory, and `Circuit` for using one from Python.
+
+CIRCUIT_DIR/circuit.json holds the task, the model (run directory and config hash), the target,
+the ablation, the nodes, the edges, the metrics and the pruning settings; CIRCUIT_DIR/scores.safetensors
+holds every node's learned τ. The directory is written to a staging folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import SparseCircuitsError
+from ..model.gpt import SparseGPT, read_run_config
+from ..tasks.records import TokenizedTask, load_task, task_accuracy, task_loss
+from ..train.checkpoint import atomic_save_tensors, load_tensors
+from .graph import circuit_edges
+from .masks import ablation_hooks
+from .means import load_or_compute_means
+from .prune import CircuitEvaluator, PruneSettings, find_circuit, settings_dict
+
+CIRCUIT_FILE = "circuit.json"
+RANDOM_CONTROLS = 8
+
+
+def ablation_values(model: SparseGPT, run_dir: Path, ablation: str, show_progress: bool = True) -> dict[str, torch.Tensor]:
+    if ablation == "zero":
+        return {site: torch.zeros(width) for site, width in model.node_sites.items()}
+    return load_or_compute_means(model, run_dir, show_progress=show_progress)
+
+
+def load_task_splits(model: SparseGPT, task: str) -> tuple[TokenizedTask, TokenizedTask]:
+    return (load_task(task, model.tokenizer, "train", max_len=model.config.ctx_len),
+            load_task(task, model.tokenizer, "test", max_len=model.config.ctx_len))
+
+
+def nodes_of(keep: Mapping[str, torch.Tensor]) -> list[dict]:
+    return [{"site": site, "index": int(i)} for site, k in keep.items() for i in k.nonzero().flatten().tolist()]
+
+
+def keep_from_nodes(model: SparseGPT, nodes: list[dict]) -> dict[str, torch.Tensor]:
+    keep = {site: torch.zeros(width, dtype=torch.bool) for site, width in model.node_sites.items()}
+    for node in nodes:
+        if node["site"] not in keep or not 0 <= node["index"] < len(keep[node["site"]]):
+            raise SparseCircuitsError(f"node {node['site']}:{node['index']} does not exist in this model")
+        keep[node["site"]][node["index"]] = True
+    return keep
+
+
+def random_same_size(keep: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A random node set with the same number of nodes at every site."""
+    out = {}
+    for site, k in keep.items():
+        chosen = torch.zeros_like(k)
+        chosen[torch.randperm(len(k), generator=generator)[: int(k.sum())]] = True
+        out[site] = chosen
+    return out
+
+
+def circuit_metrics(evaluator: CircuitEvaluator, keep: Mapping[str, torch.Tensor], scale: float, seed: int = 0) -> dict:
+    """Losses on the held-out records: full model, circuit alone (calibrated), circuit ablated,
+    and random node sets of the same size per site."""
+    circuit_logits = evaluator.logits(keep) * scale
+    inverse = {site: ~k for site, k in keep.items()}
+    generator = torch.Generator().manual_seed(seed)
+    random_losses = [float(task_loss(evaluator.logits(random_same_size(keep, generator)) * scale))
+                     for _ in range(RANDOM_CONTROLS)]
+    return {
+        "loss_full_model": float(task_loss(evaluator.logits(None))),
+        "loss_circuit": float(task_loss(circuit_logits)),
+        "loss_circuit_uncalibrated": float(task_loss(evaluator.logits(keep))),
+        "loss_circuit_ablated": float(task_loss(evaluator.logits(inverse))),
+        "loss_random_same_size": sum(random_losses) / len(random_losses),
+        "accuracy_full_model": task_accuracy(evaluator.logits(None)),
+        "accuracy_circuit": task_accuracy(circuit_logits),
+    }
+
+
+def write_circuit_dir(out: Path, record: dict, scores: Mapping[str, torch.Tensor]) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (staging / CIRCUIT_FILE).write_text(json.dumps(record, indent=1))
+        atomic_save_tensors(staging / "scores.safetensors", dict(scores))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def prune(run_dir: str | Path, task: str, out: str | Path, settings: PruneSettings | None = None,
+          search_trials: int = 0, show_progress: bool = True, force: bool = False) -> "Circuit":
+    """Find, measure and save the circuit of `task` in the model of `run_dir`."""
+    settings = settings or PruneSettings()
+    settings.validate()
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise SparseCircuitsError(f"{out} already exists and is not empty: choose another --out or pass --force")
+    start = time.perf_counter()
+    model = SparseGPT.from_pretrained(run_dir)
+    train, test = load_task_splits(model, task)
+    means = ablation_values(model, run_dir, settings.ablation, show_progress)
+    if search_trials > 0:
+        from .search import search_settings
+
+        settings, found = search_settings(model, train, test, means, settings, search_trials, show_progress)
+    else:
+        found = find_circuit(model, train, test, means, settings, show_progress)
+    keep, scale = found["keep"], found["logit_scale"]
+    nodes = nodes_of(keep)
+    edges = circuit_edges(model, keep)
+    metrics = circuit_metrics(found["evaluator"], keep, scale, settings.seed)
+    metrics.update({"n_nodes": len(nodes), "n_edges": len(edges), "logit_scale": scale,
+                    "nodes_active_after_mask_training": found["active_after_training"],
+                    "seconds": round(time.perf_counter() - start, 1)})
+    config = read_run_config(run_dir)
+    record = {
+        "format": 1,
+        "task": train.name,
+        "task_source": task,
+        "model": {"run_dir": str(run_dir.resolve()), "name": run_dir.name, "config_hash": config.hash()},
+        "target_loss": settings.target_loss,
+        "ablation": settings.ablation,
+        "records": {"train": len(train), "test": len(test), "dropped": train.dropped + test.dropped},
+        "nodes": nodes,
+        "edges": edges,
+        "metrics": metrics,
+        "settings": settings_dict(settings),
+        "search_trials": search_trials,
+    }
+    write_circuit_dir(out, record, found["scores"])
+    return Circuit.load(out)
+
+
+@dataclass
+class Circuit:
+    directory: Path
+    data: dict
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Circuit":
+        directory = Path(directory)
+        path = directory / CIRCUIT_FILE
+        if not path.is_file():
+            raise SparseCircuitsError(f"{directory} holds no circuit ({CIRCUIT_FILE} is missing): make one with `sparsecircuits prune`")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise SparseCircuitsError(f"{path} is not valid JSON: prune the task again") from None
+        return cls(directory, data)
+
+    task = property(lambda self: self.data["task"])
+    nodes = property(lambda self: self.data["nodes"])
+    edges = property(lambda self: self.data["edges"])
+    metrics = property(lambda self: self.data["metrics"])
+    logit_scale = property(lambda self: self.data["metrics"].get("logit_scale", 1.0))
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.data["model"]["run_dir"])
+
+    def load_model(self, run_dir: str | Path | None = None) -> SparseGPT:
+        """The circuit's model, checked to be the one it was pruned from."""
+        run_dir = Path(run_dir) if run_dir else self.run_dir
+        if not (run_dir / "config.json").is_file():
+            raise SparseCircuitsError(f"the circuit's model {run_dir} is not there any more: pass the run directory it came from")
+        if read_run_config(run_dir).hash() != self.data["model"]["config_hash"]:
+            raise SparseCircuitsError(f"{self.directory} was pruned from a different model than {run_dir} (config hashes differ)")
+        return SparseGPT.from_pretrained(run_dir)
+
+    def keep(self, model: SparseGPT) -> dict[str, torch.Tensor]:
+        return keep_from_nodes(model, self.nodes)
+
+    def scores(self) -> dict[str, torch.Tensor]:
+        return load_tensors(self.directory / "scores.safetensors")
+
+    @contextmanager
+    def only(self, model: SparseGPT, means: Mapping[str, torch.Tensor] | None = None):
+        """Run `model` with only the circuit kept, every other node ablated as when it was pruned."""
+        if means is None:
+            means = ablation_values(model, self.run_dir, self.data["ablation"], show_progress=False)
+        with model.hooks(ablation_hooks(model, self.keep(model), means)):
+            yield model

@@ -1,0 +1,199 @@
+"""Pruning a model to the smallest set of nodes that still does a task (METHOD.md section 3).
+
+1. Learn a mask τ over every node: task loss + k_coef * (active nodes), Heaviside forward with a
+   sigmoid surrogate gradient, AdamW, τ clamped to [-1, 1].
+2. Rank nodes by τ and bisect the number kept so the held-out task loss just meets the target
+   (each candidate's loss after fitting one logit scale on the training records).
+3. Fit that logit scale (LBFGS) for the circuit found.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import SparseCircuitsError
+from ..model.gpt import SparseGPT
+from ..tasks.records import TokenizedTask, candidate_logits, task_accuracy, task_loss
+from .masks import NodeMask, ablation_hooks, keep_top_n
+
+
+@dataclass
+class PruneSettings:
+    target_loss: float = 0.15
+    ablation: str = "mean"  # "mean" or "zero"
+    steps: int = 200
+    batch_pairs: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
+    beta2: float = 0.95
+    warmup_fraction: float = 0.05
+    k_coef: float = 1e-4
+    init_mean: float = 0.1  # τ starts at N(init_mean, init_std)
+    init_std: float = 0.01
+    temperature: float = 1.0
+    calibration_steps: int = 16
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.ablation not in ("mean", "zero"):
+            raise SparseCircuitsError(f"--ablation must be 'mean' or 'zero', not '{self.ablation}'")
+        if not 0 < self.target_loss < math.log(2):
+            raise SparseCircuitsError(f"--target-loss {self.target_loss} must be between 0 and ln 2 (chance)")
+        if self.steps <= 0 or self.batch_pairs <= 0 or self.lr <= 0 or self.k_coef < 0 or self.temperature <= 0:
+            raise SparseCircuitsError("pruning steps, batch, lr and temperature must be positive, k_coef >= 0")
+
+
+@torch.no_grad()
+def pair_logits(model: SparseGPT, task: TokenizedTask, hooks: Mapping | None = None, batch_size: int = 256) -> torch.Tensor:
+    """(N, 2) candidate logits of every record, under optional hooks."""
+    device = next(model.parameters()).device
+    out = []
+    with model.hooks(hooks or {}):
+        for start in range(0, len(task), batch_size):
+            tokens, last, correct, incorrect = task.batch(range(start, min(start + batch_size, len(task))))
+            out.append(candidate_logits(model(tokens.to(device)), last, correct, incorrect))
+    return torch.cat(out)
+
+
+def fit_logit_scale(logits: torch.Tensor, steps: int = 16) -> float:
+    """The single positive logit scale that minimises the two-way task loss (LBFGS on its log)."""
+    log_scale = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_scale], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = task_loss(logits * log_scale.exp())
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    scale = float(log_scale.detach().exp())
+    return scale if math.isfinite(scale) else 1.0
+
+
+class CircuitEvaluator:
+    """Task loss of any set of kept nodes, every other node ablated, on one task's records."""
+
+    def __init__(self, model: SparseGPT, train: TokenizedTask, test: TokenizedTask, means: Mapping[str, torch.Tensor],
+                 calibration_steps: int = 16):
+        self.model, self.train, self.test, self.means = model, train, test, means
+        self.calibration_steps = calibration_steps
+
+    def hooks(self, keep: Mapping[str, torch.Tensor]):
+        return ablation_hooks(self.model, keep, self.means)
+
+    def logits(self, keep: Mapping[str, torch.Tensor] | None, split: str = "test") -> torch.Tensor:
+        task = self.test if split == "test" else self.train
+        return pair_logits(self.model, task, self.hooks(keep) if keep is not None else None)
+
+    def calibrated(self, keep: Mapping[str, torch.Tensor]) -> tuple[float, float, float]:
+        """(held-out loss after a logit scale fitted on the training records, accuracy, the scale)."""
+        scale = fit_logit_scale(self.logits(keep, "train"), self.calibration_steps)
+        test_logits = self.logits(keep, "test") * scale
+        return float(task_loss(test_logits)), task_accuracy(test_logits), scale
+
+
+def train_mask(model: SparseGPT, task: TokenizedTask, means: Mapping[str, torch.Tensor], settings: PruneSettings,
+               show_progress: bool = True) -> NodeMask:
+    """Learn τ for every node of every node site."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(settings.seed)
+    mask = NodeMask(model.node_sites, settings.init_mean, settings.init_std, settings.temperature, generator).to(device)
+    optimizer = torch.optim.AdamW(mask.parameters(), lr=settings.lr, betas=(0.9, settings.beta2),
+                                  weight_decay=settings.weight_decay)
+    warmup = max(1, round(settings.warmup_fraction * settings.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (settings.steps - step) / max(1, settings.steps - warmup))))
+    model.requires_grad_(False)
+    gates: dict[str, torch.Tensor] = {}
+
+    def masked(x: torch.Tensor, site: str) -> torch.Tensor:
+        gate = gates[site]
+        return x * gate + means[site] * (1 - gate)
+
+    batch_size = min(len(task), 2 * settings.batch_pairs)
+    bar = tqdm(range(settings.steps), desc=f"mask {task.name}", unit="step", disable=not show_progress, file=sys.stderr)
+    with model.hooks({site: masked for site in model.node_sites}):
+        for step in bar:
+            indices = torch.randperm(len(task), generator=generator)[:batch_size]
+            tokens, last, correct, incorrect = task.batch(indices)
+            gates.update(mask.gates())
+            logits = candidate_logits(model(tokens.to(device)), last, correct, incorrect)
+            loss = task_loss(logits)
+            active = mask.active_count(gates)
+            (loss + settings.k_coef * active).backward()
+            params = list(mask.parameters())
+            rms = torch.sqrt(sum(p.grad.pow(2).sum() for p in params) / sum(p.numel() for p in params))
+            if rms > 1.0:  # RMS gradient clip
+                for p in params:
+                    p.grad.div_(rms)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            mask.clamp_()
+            if step % 10 == 0 or step == settings.steps - 1:
+                bar.set_postfix(task_loss=f"{float(loss):.3f}", active=int(active))
+    return mask
+
+
+def smallest_passing(loss_at: Callable[[int], float], target: float, hi: int, guess: int | None = None) -> int:
+    """The smallest n in [1, hi] with loss_at(n) <= target, by bisection (assumes loss falls as n grows).
+    `loss_at(hi)` must meet the target; `guess` narrows the first bracket."""
+    lo = 0  # never evaluated: an empty circuit is taken to fail
+    if guess is not None and 0 < guess < hi:
+        if loss_at(guess) <= target:
+            hi = guess
+        else:
+            lo = guess
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if loss_at(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def find_circuit(model: SparseGPT, train: TokenizedTask, test: TokenizedTask, means: Mapping[str, torch.Tensor],
+                 settings: PruneSettings, show_progress: bool = True, require_target: bool = True) -> dict:
+    """Mask training, then bisection over the number of kept nodes ranked by τ.
+
+    Returns keep masks, the logit scale and the figures of the search. With require_target=False
+    (the shuffled-label control) a target the full model cannot reach on these records is
+    allowed; the search then reports `reached: False` and the full node count."""
+    evaluator = CircuitEvaluator(model, train, test, means, settings.calibration_steps)
+    total = sum(model.node_sites.values())
+    everything = {site: torch.ones(width, dtype=torch.bool) for site, width in model.node_sites.items()}
+    full_loss = float(task_loss(evaluator.logits(None)))
+    if require_target and full_loss > settings.target_loss:
+        raise SparseCircuitsError(
+            f"the full model's loss on task {test.name} is {full_loss:.4f}, above the target {settings.target_loss}:"
+            " no circuit can reach it; raise --target-loss or train a stronger model"
+        )
+    mask = train_mask(model, train, means, settings, show_progress)
+    scores = mask.scores()
+    active = int(sum((t > 0).sum() for t in scores.values()))
+    cache: dict[int, float] = {}
+
+    def loss_at(n: int) -> float:
+        if n not in cache:
+            cache[n] = evaluator.calibrated(keep_top_n(scores, n))[0]
+        return cache[n]
+
+    reached = loss_at(total) <= settings.target_loss
+    n_nodes = smallest_passing(loss_at, settings.target_loss, total, guess=active) if reached else total
+    keep = keep_top_n(scores, n_nodes)
+    loss, accuracy, scale = evaluator.calibrated(keep)
+    return {"keep": keep, "scores": scores, "logit_scale": scale, "loss": loss, "accuracy": accuracy,
+            "reached": reached, "active_after_training": active, "full_loss": full_loss,
+            "evaluations": len(cache), "everything": everything, "evaluator": evaluator}
+
+
+def settings_dict(settings: PruneSettings) -> dict:
+    return asdict(settings)

@@ -1,0 +1,167 @@
+import json
+
+import pytest
+import torch
+
+from sparsecircuits.circuits.graph import circuit_edges
+from sparsecircuits.circuits.masks import NodeMask, ablation_hooks, keep_top_n
+from sparsecircuits.circuits.prune import fit_logit_scale, smallest_passing
+from sparsecircuits.config import ModelConfig
+from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.model.gpt import SparseGPT
+from sparsecircuits.model.sparsity import apply_weight_topk, sparse_parameters
+from sparsecircuits.config import SparsityConfig
+from sparsecircuits.tasks.records import read_jsonl_records, tokenize_records, task_records
+
+
+def sparse_model() -> SparseGPT:
+    model = SparseGPT(ModelConfig(vocab_size=64, d_model=32, n_layer=2, d_head=16, ctx_len=16))
+    with torch.no_grad():
+        for p in model.parameters():  # give biases and norms real values so no path is trivially zero
+            p.add_(0.05 * torch.randn_like(p))
+    apply_weight_topk(sparse_parameters(model, SparsityConfig()), 0.2, 2)
+    return model.eval()
+
+
+def random_means(model):
+    return {site: torch.randn(width) for site, width in model.node_sites.items()}
+
+
+def test_every_mask_on_equals_the_plain_model():
+    model = sparse_model()
+    tokens = torch.randint(0, 64, (3, 16))
+    with torch.no_grad():
+        plain = model(tokens)
+    keep = {site: torch.ones(width, dtype=torch.bool) for site, width in model.node_sites.items()}
+    with model.hooks(ablation_hooks(model, keep, random_means(model))), torch.no_grad():
+        masked = model(tokens)
+    assert torch.equal(masked, plain)
+    mask = NodeMask(model.node_sites, init_mean=0.5, init_std=0.01)  # every τ > 0: every gate is exactly 1
+    means = random_means(model)
+    with model.hooks({s: (lambda x, site: x * mask.gate(site) + means[site] * (1 - mask.gate(site))) for s in model.node_sites}):
+        with torch.no_grad():
+            assert torch.equal(model(tokens), plain)
+        # With gradients flowing into τ, attention may take another kernel: equal to float tolerance.
+        torch.testing.assert_close(model(tokens), plain)
+
+
+def test_every_node_ablated_leaves_only_the_direct_path():
+    """With all node sites ablated the attention and MLPs contribute constants: a position's logits
+    depend on its own token only (through the embedding-unembedding path and the bigram table)."""
+    model = sparse_model()
+    keep = {site: torch.zeros(width, dtype=torch.bool) for site, width in model.node_sites.items()}
+    a = torch.randint(0, 64, (2, 16))
+    b = torch.randint(0, 64, (2, 16))
+    b[:, -1] = a[:, -1]
+    with model.hooks(ablation_hooks(model, keep, random_means(model))):
+        la, lb = model(a)[:, -1], model(b)[:, -1]
+    torch.testing.assert_close(la, lb, rtol=0, atol=1e-6)
+    assert not torch.allclose(model(a)[:, -1], model(b)[:, -1])
+
+
+def brute_force_edges(model, keep):
+    count = 0
+    live = lambda w, i, j: w[i, j] != 0
+    for layer, block in enumerate(model.blocks):
+        k = lambda kind: keep[f"{layer}.{kind}"]
+        for kind, proj in (("attn.q", block.q_proj), ("attn.k", block.k_proj), ("attn.v", block.v_proj)):
+            for i in range(len(k(kind))):
+                for j in range(len(k("attn.act_in"))):
+                    count += bool(k(kind)[i] and k("attn.act_in")[j] and live(proj.weight, i, j))
+        count += sum(bool(k("attn.q")[j] and k("attn.k")[j]) for j in range(len(k("attn.q"))))
+        for d in range(len(k("attn.resid_delta"))):
+            for j in range(len(k("attn.v"))):
+                count += bool(k("attn.resid_delta")[d] and k("attn.v")[j] and live(block.o_proj.weight, d, j))
+        for n in range(len(k("mlp.post_act"))):
+            for c in range(len(k("mlp.act_in"))):
+                count += bool(k("mlp.post_act")[n] and k("mlp.act_in")[c] and live(block.fc.weight, n, c))
+            for d in range(len(k("mlp.resid_delta"))):
+                count += bool(k("mlp.post_act")[n] and k("mlp.resid_delta")[d] and live(block.proj.weight, d, n))
+    # Residual edges: every write to every later read on the same channel, embedding reads, unembedding writes.
+    order = [f"{l}.{s}" for l in range(len(model.blocks)) for s in ("attn.act_in", "attn.resid_delta", "mlp.act_in", "mlp.resid_delta")]
+    for c in range(model.config.d_model):
+        embed = bool((model.wte.weight[:, c] != 0).any())
+        unembed = bool((model.lm_head.weight[:, c] != 0).any())
+        for i, src in enumerate(order):
+            if src.endswith("act_in"):
+                count += bool(embed and keep[src][c])
+                continue
+            count += bool(unembed and keep[src][c])
+            for dst in order[i + 1:]:
+                count += bool(dst.endswith("act_in") and keep[src][c] and keep[dst][c])
+    return count
+
+
+def test_edge_count_matches_a_brute_force_count():
+    model = sparse_model()
+    generator = torch.Generator().manual_seed(1)
+    keep = {site: torch.rand(width, generator=generator) < 0.4 for site, width in model.node_sites.items()}
+    edges = circuit_edges(model, keep)
+    assert len(edges) == brute_force_edges(model, keep) > 0
+    assert all(e["kind"] != "weight" or e["weight"] != 0 for e in edges)
+
+
+def test_bisection_finds_the_smallest_passing_count():
+    losses = {n: 1.0 / n for n in range(1, 101)}  # monotone: passes (<= 0.05) from n = 20
+    calls = []
+
+    def loss_at(n):
+        calls.append(n)
+        return losses[n]
+
+    assert smallest_passing(loss_at, 0.05, 100) == 20
+    assert len(calls) <= 8
+    assert smallest_passing(lambda n: losses[n], 0.05, 100, guess=60) == 20
+    assert smallest_passing(lambda n: losses[n], 0.05, 100, guess=5) == 20
+    assert smallest_passing(lambda n: losses[n], 2.0, 100) == 1
+
+
+def test_keep_top_n_and_logit_scale():
+    scores = {"a": torch.tensor([0.5, -0.2, 0.9]), "b": torch.tensor([0.1, 0.7])}
+    keep = keep_top_n(scores, 3)
+    assert keep["a"].tolist() == [False, False, True] or keep["a"].tolist() == [True, False, True]
+    assert sum(int(k.sum()) for k in keep.values()) == 3 and keep["b"][1]
+    logits = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.5, 0.0]])
+    assert fit_logit_scale(logits) > 1.0  # all correct: sharpening lowers the loss
+
+
+def test_jsonl_loader_errors(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"prompt": "a", "correct": "b", "incorrect": "c"}\n{"prompt": "a", "correct": "b"\n')
+    with pytest.raises(SparseCircuitsError, match="t.jsonl:2: bad JSON"):
+        read_jsonl_records(path)
+    path.write_text('{"prompt": "a", "correct": "b", "incorrect": "c"}\n\n{"prompt": "a", "correct": "b"}\n')
+    with pytest.raises(SparseCircuitsError, match="t.jsonl:3: missing or non-string field 'incorrect'"):
+        read_jsonl_records(path)
+    with pytest.raises(SparseCircuitsError, match="task file not found"):
+        task_records(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(SparseCircuitsError, match="unknown task 'nonsense'.*single_double_quote"):
+        task_records("nonsense")
+
+
+def test_tokenisation_check_drops_and_counts(data_dir, capsys):
+    from sparsecircuits.data.dataset import TokenData
+
+    tokenizer = TokenData(data_dir).tokenizer()
+    good = [{"prompt": f"for x{i % 7} in data", "correct": ":", "incorrect": ","} for i in range(40)]
+    multi = [{"prompt": "x = 1", "correct": " supercalifragilistic", "incorrect": ":"}] * 5
+    # A completion that merges with the prompt's last characters into one token breaks the check.
+    pair = next(p for p in ("()", "):", "))", "],", "==", "+=", "\n\n") if len(tokenizer.encode(p).ids) == 1)
+    merged = [{"prompt": "x = foo" + pair[0], "correct": pair[1], "incorrect": "#"}] * 3
+    task = tokenize_records("mine", "train", good + multi + merged, tokenizer)
+    assert len(task) == 40 and task.dropped == 8
+    assert "dropped 8 of 48" in capsys.readouterr().err
+    with pytest.raises(SparseCircuitsError, match="fewer than 32"):
+        tokenize_records("mine", "train", good[:20] + multi, tokenizer)
+
+
+def test_builtin_tasks_are_paired_and_large_enough():
+    from sparsecircuits.tasks.builtin import BUILTIN_TASKS
+
+    assert len(BUILTIN_TASKS) == 20
+    for name in BUILTIN_TASKS:
+        _, train, test = task_records(name)
+        assert len(train) >= 512 and len(test) >= 256, name
+        assert not {r["prompt"] for r in test} & {r["prompt"] for r in train}, name
+        first, second = train[0], train[1]
+        assert first["correct"] == second["incorrect"] and first["incorrect"] == second["correct"], name
