@@ -56,3 +56,47 @@ def trained_run(tmp_path_factory, data_dir) -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def task_run(tmp_path_factory):
+    """A tiny model trained on text rich in one idiom (lambda vs def), and a JSONL task of that idiom:
+    small enough to train in seconds, trained enough to do the task better than chance."""
+    import json
+    import random
+
+    from sparsecircuits.tasks.builtin import generate
+    from sparsecircuits.train.trainer import train
+
+    root = tmp_path_factory.mktemp("task_run")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for i in range(40):
+        records = generate("lambda_func", 30, 100 + i) + generate("while_return_true", 30, 200 + i)
+        random.Random(i).shuffle(records)
+        (corpus / f"f{i}.py").write_text("\n\n".join(r["prompt"] + r["correct"] for r in records) + "\n")
+    prepare(root / "data", corpus=[corpus], vocab_size=300, show_progress=False)
+    config = load_config("tiny", ["model.ctx_len=64", "train.steps=300", "train.batch_size=8",
+                                  "optim.grad_clip=normalize", "optim.lr=0.01"])
+    train(config, root / "data", root / "run", show_progress=False)
+    task = root / "lambda.jsonl"
+    task.write_text("".join(json.dumps(r) + "\n" for r in generate("lambda_func", 200, 7)))
+    return root / "run", task
+
+
+@pytest.fixture(scope="session")
+def circuit_dir(task_run, tmp_path_factory):
+    """A circuit pruned (quickly) from the task model, with a target the model reaches."""
+    from sparsecircuits.circuits import PruneSettings, prune
+    from sparsecircuits.circuits.prune import pair_logits
+    from sparsecircuits.model.gpt import SparseGPT
+    from sparsecircuits.tasks.records import load_task, task_loss
+
+    run, task = task_run
+    model = SparseGPT.from_pretrained(run)
+    full = float(task_loss(pair_logits(model, load_task(str(task), model.tokenizer, "test"))))
+    assert full < 0.5, "the fixture model should do its task"
+    out = tmp_path_factory.mktemp("circuits") / "lambda"
+    prune(run, str(task), out, PruneSettings(target_loss=min(0.6, full + 0.15), steps=60, calibration_steps=8),
+          show_progress=False)
+    return out

@@ -142,6 +142,25 @@ def cmd_validate(args: argparse.Namespace) -> None:
     print(format_validation(result))
 
 
+def cmd_view(args: argparse.Namespace) -> None:
+    from .viewer import view
+
+    view(args.circuit_dir, args.out, args.run_dir)
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from .circuits.explain import format_contexts, node_examples
+    from .model.gpt import SparseGPT
+    from .train.evaluation import run_data
+
+    model = SparseGPT.from_pretrained(args.run_dir)
+    examples = node_examples(model, run_data(Path(args.run_dir), args.data), node_names=args.node, top=args.top,
+                             n_tokens=args.tokens)
+    for name, example in examples.items():
+        print(f"== {name}")
+        print(format_contexts(example, color=sys.stdout.isatty() and not args.no_color))
+
+
 def _prune_default(name: str):
     from .circuits.prune import PruneSettings
 
@@ -228,6 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", metavar="RUN_DIR", help="the model's run directory, if it moved")
     p.add_argument("--no-control", action="store_true", help="skip the shuffled-label pruning control")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("view", help="write a circuit's interactive HTML page and Markdown summary",
+                       description="One self-contained HTML file (works offline) and circuit.md beside it.")
+    p.add_argument("circuit_dir", metavar="CIRCUIT_DIR")
+    p.add_argument("--out", metavar="HTML", help="where to write the page (default CIRCUIT_DIR/circuit.html)")
+    p.add_argument("--run-dir", metavar="RUN_DIR", help="the model's run directory, if it moved")
+    p.set_defaults(func=cmd_view)
+
+    p = sub.add_parser("explain", help="top and bottom activating contexts of a node, in the terminal")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--node", required=True, action="append", metavar="SITE:INDEX", help="e.g. 0.mlp.post_act:12 (repeatable)")
+    p.add_argument("--top", type=int, default=20, help="contexts of each kind to show (default 20)")
+    p.add_argument("--tokens", type=int, default=32768, help="validation tokens to scan (default 32768)")
+    p.add_argument("--data", metavar="DATA_DIR", help="text to scan (default: the run's own data)")
+    p.add_argument("--no-color", action="store_true")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("configs", help="list the built-in configs, or show one fully resolved")
     p.add_argument("name", nargs="?", metavar="NAME_OR_FILE")

@@ -113,6 +113,7 @@ def prune(run_dir: str | Path, task: str, out: str | Path, settings: PruneSettin
     model = SparseGPT.from_pretrained(run_dir)
     train, test = load_task_splits(model, task)
     means = ablation_values(model, run_dir, settings.ablation, show_progress)
+    means_seconds = time.perf_counter() - start
     if search_trials > 0:
         from .search import search_settings
 
@@ -125,7 +126,8 @@ def prune(run_dir: str | Path, task: str, out: str | Path, settings: PruneSettin
     metrics = circuit_metrics(found["evaluator"], keep, scale, settings.seed)
     metrics.update({"n_nodes": len(nodes), "n_edges": len(edges), "logit_scale": scale,
                     "nodes_active_after_mask_training": found["active_after_training"],
-                    "seconds": round(time.perf_counter() - start, 1)})
+                    "seconds": round(time.perf_counter() - start, 1),
+                    "seconds_by_stage": {"load_and_means": round(means_seconds, 1), **found["seconds"]}})
     config = read_run_config(run_dir)
     record = {
         "format": 1,

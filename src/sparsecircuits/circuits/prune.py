@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
@@ -138,7 +139,7 @@ def train_mask(model: SparseGPT, task: TokenizedTask, means: Mapping[str, torch.
             optimizer.zero_grad(set_to_none=True)
             mask.clamp_()
             if step % 10 == 0 or step == settings.steps - 1:
-                bar.set_postfix(task_loss=f"{float(loss):.3f}", active=int(active))
+                bar.set_postfix(task_loss=f"{loss.item():.3f}", active=int(active.item()))
     return mask
 
 
@@ -176,7 +177,9 @@ def find_circuit(model: SparseGPT, train: TokenizedTask, test: TokenizedTask, me
             f"the full model's loss on task {test.name} is {full_loss:.4f}, above the target {settings.target_loss}:"
             " no circuit can reach it; raise --target-loss or train a stronger model"
         )
+    started = time.perf_counter()
     mask = train_mask(model, train, means, settings, show_progress)
+    mask_seconds = time.perf_counter() - started
     scores = mask.scores()
     active = int(sum((t > 0).sum() for t in scores.values()))
     cache: dict[int, float] = {}
@@ -190,7 +193,8 @@ def find_circuit(model: SparseGPT, train: TokenizedTask, test: TokenizedTask, me
     n_nodes = smallest_passing(loss_at, settings.target_loss, total, guess=active) if reached else total
     keep = keep_top_n(scores, n_nodes)
     loss, accuracy, scale = evaluator.calibrated(keep)
-    return {"keep": keep, "scores": scores, "logit_scale": scale, "loss": loss, "accuracy": accuracy,
+    seconds = {"mask_training": round(mask_seconds, 1), "bisection": round(time.perf_counter() - started - mask_seconds, 1)}
+    return {"seconds": seconds, "keep": keep, "scores": scores, "logit_scale": scale, "loss": loss, "accuracy": accuracy,
             "reached": reached, "active_after_training": active, "full_loss": full_loss,
             "evaluations": len(cache), "everything": everything, "evaluator": evaluator}
 

@@ -77,12 +77,14 @@ class TokenData:
         return windows[:, :-1], windows[:, 1:]
 
     def eval_windows(self, split: str, ctx_len: int, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Consecutive, non-overlapping windows from the start of a split (a fixed evaluation set)."""
+        """A fixed evaluation set of up to `max_tokens` tokens: non-overlapping windows spread evenly
+        over the whole split (the start of a split alone is a few files, not a fair sample)."""
         tokens = self.splits[split]
-        n = max(1, min(len(tokens) - 1, max_tokens) // ctx_len)
-        n = min(n, (len(tokens) - 1) // ctx_len)
-        array = np.asarray(tokens[: n * ctx_len + 1]).astype(np.int64)
-        return torch.from_numpy(array[:-1].reshape(n, ctx_len)), torch.from_numpy(array[1:].reshape(n, ctx_len))
+        available = (len(tokens) - 1) // ctx_len
+        n = max(1, min(available, max_tokens // ctx_len))
+        starts = np.linspace(0, available - 1, n).round().astype(np.int64) * ctx_len
+        windows = np.stack([tokens[s : s + ctx_len + 1] for s in starts]).astype(np.int64)
+        return torch.from_numpy(windows[:, :-1]), torch.from_numpy(windows[:, 1:])
 
 
 def default_data_dir(vocab_size: int = 2048) -> Path:

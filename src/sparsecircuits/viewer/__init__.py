@@ -1,0 +1,3 @@
+from .render import circuit_page_data, render_html, render_markdown, view
+
+__all__ = ["circuit_page_data", "render_html", "render_markdown", "view"]

@@ -1,0 +1,245 @@
+// The circuit viewer: plain SVG and DOM, no libraries. Data comes from the JSON block in the page.
+"use strict";
+(function () {
+  const data = JSON.parse(document.getElementById("circuit-data").textContent);
+  const SVG = "http://www.w3.org/2000/svg";
+  const KINDS = ["attn.act_in", "attn.q", "attn.k", "attn.v", "attn.resid_delta", "mlp.act_in", "mlp.post_act", "mlp.resid_delta"];
+  const RESIDUAL_KINDS = new Set(["attn.act_in", "attn.resid_delta", "mlp.act_in", "mlp.resid_delta"]);
+  const ROW = 18, COL = 74, TOP = 46, LEFT = 60;
+
+  const el = (tag, attrs, parent, ns) => {
+    const node = ns ? document.createElementNS(SVG, tag) : document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "text") node.textContent = v; else node.setAttribute(k, v);
+    }
+    if (parent) parent.appendChild(node);
+    return node;
+  };
+  const fmt = (x, digits = 4) => (typeof x === "number" ? x.toFixed(digits) : String(x));
+  const nodeName = (n) => `${n.site}:${n.index}`;
+  const kindOf = (site) => site.split(".").slice(1).join(".");
+  const layerOf = (site) => Number(site.split(".")[0]);
+
+  // ---- layout: one column per site, residual-width nodes on the lane of their channel ----
+  const layers = [...new Set(data.nodes.map((n) => layerOf(n.site)))].sort((a, b) => a - b);
+  const columns = ["embed"];
+  for (const layer of layers) for (const kind of KINDS) columns.push(`${layer}.${kind}`);
+  columns.push("unembed");
+  const colX = new Map(columns.map((c, i) => [c, LEFT + i * COL]));
+  const lanes = new Set();
+  for (const n of data.nodes) if (RESIDUAL_KINDS.has(kindOf(n.site))) lanes.add(n.index);
+  for (const e of data.edges) for (const end of [e.src, e.dst]) if (end.site === "embed" || end.site === "unembed") lanes.add(end.index);
+  const laneList = [...lanes].sort((a, b) => a - b);
+  const laneY = new Map(laneList.map((c, i) => [c, TOP + i * ROW]));
+  const stacked = new Map();
+  const position = new Map();
+  for (const n of [...data.nodes].sort((a, b) => a.index - b.index)) {
+    let y;
+    if (RESIDUAL_KINDS.has(kindOf(n.site))) y = laneY.get(n.index);
+    else {
+      const used = stacked.get(n.site) || 0;
+      stacked.set(n.site, used + 1);
+      y = TOP + used * ROW;
+    }
+    position.set(nodeName(n), { x: colX.get(n.site), y });
+  }
+  const terminalPos = (end) => ({ x: colX.get(end.site), y: laneY.get(end.index) });
+  const posOf = (end) => position.get(nodeName(end)) || terminalPos(end);
+  const rows = Math.max(laneList.length, ...[...stacked.values()], 1);
+  const width = LEFT + columns.length * COL + 20, height = TOP + rows * ROW + 20;
+
+  const svg = document.getElementById("graph");
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", height);
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  for (const c of laneList) {
+    el("line", { class: "lane", x1: LEFT - 20, x2: width - 10, y1: laneY.get(c), y2: laneY.get(c) }, svg, true);
+    el("text", { x: 4, y: laneY.get(c) + 3, text: `resid ${c}` }, svg, true);
+  }
+  columns.forEach((c, i) => {
+    const label = c === "embed" || c === "unembed" ? c : `${layerOf(c)}.${kindOf(c).replace("attn.", "").replace("mlp.", "m.")}`;
+    el("text", { class: "column-label", x: colX.get(c), y: 16 + (i % 2) * 12, "text-anchor": "middle", text: label }, svg, true);
+  });
+
+  // ---- edges ----
+  const maxWeight = Math.max(1e-9, ...data.edges.filter((e) => e.kind === "weight").map((e) => Math.abs(e.weight)));
+  const edgeGroup = el("g", {}, svg, true);
+  const edgeElements = [];
+  data.edges.forEach((e, i) => {
+    const a = posOf(e.src), b = posOf(e.dst);
+    const bend = e.kind === "qk" ? `Q ${(a.x + b.x) / 2} ${Math.min(a.y, b.y) - 14} ${b.x} ${b.y}`
+      : `C ${(a.x + b.x) / 2} ${a.y} ${(a.x + b.x) / 2} ${b.y} ${b.x} ${b.y}`;
+    const strength = e.kind === "weight" ? Math.abs(e.weight) / maxWeight : 0.35;
+    const path = el("path", {
+      class: "edge", d: `M ${a.x} ${a.y} ${bend}`,
+      stroke: e.kind === "qk" ? "#8a5cf6" : e.weight >= 0 ? "#2463eb" : "#dc2626",
+      "stroke-width": (0.6 + 3.4 * Math.sqrt(strength)).toFixed(2),
+      "data-src": nodeName(e.src), "data-dst": nodeName(e.dst), "data-index": i,
+    }, edgeGroup, true);
+    el("title", { text: `${nodeName(e.src)} → ${nodeName(e.dst)} (${e.kind}): weight ${fmt(e.weight)}` }, path, true);
+    edgeElements.push(path);
+  });
+
+  // ---- nodes ----
+  const terminals = new Set();
+  for (const e of data.edges) for (const end of [e.src, e.dst]) if (end.site === "embed" || end.site === "unembed") terminals.add(nodeName(end));
+  for (const name of terminals) {
+    const [site, index] = name.split(":");
+    const p = terminalPos({ site, index: Number(index) });
+    el("rect", { class: "terminal", x: p.x - 4, y: p.y - 4, width: 8, height: 8 }, svg, true);
+  }
+  const nodeColors = { q: "#fde68a", k: "#fcd34d", v: "#fbbf24", act_in: "#bfdbfe", resid_delta: "#a7f3d0", post_act: "#f9a8d4" };
+  const nodeElements = new Map();
+  for (const n of data.nodes) {
+    const name = nodeName(n), p = position.get(name);
+    const circle = el("circle", {
+      class: "node", cx: p.x, cy: p.y, r: 6, tabindex: 0, "data-node": name, "data-layer": layerOf(n.site),
+      "data-kind": kindOf(n.site), fill: nodeColors[n.site.split(".").pop()] || "#ddd",
+    }, svg, true);
+    el("title", { text: name }, circle, true);
+    circle.addEventListener("click", () => select(name));
+    circle.addEventListener("focus", () => select(name));
+    nodeElements.set(name, circle);
+  }
+
+  // ---- filters ----
+  const filters = document.getElementById("filters");
+  const hidden = { layer: new Set(), kind: new Set() };
+  const addFilter = (title, key, values) => {
+    const box = el("fieldset", {}, filters);
+    el("legend", { text: title }, box);
+    for (const v of values) {
+      const label = el("label", {}, box);
+      const input = el("input", { type: "checkbox", checked: "checked", "data-filter": key, value: v }, label);
+      label.append(` ${v}`);
+      input.addEventListener("change", () => {
+        if (input.checked) hidden[key].delete(String(v)); else hidden[key].add(String(v));
+        applyFilters();
+      });
+    }
+  };
+  addFilter("layers", "layer", layers);
+  addFilter("sites", "kind", KINDS);
+  function applyFilters() {
+    const visible = new Set();
+    for (const [name, circle] of nodeElements) {
+      const show = !hidden.layer.has(circle.dataset.layer) && !hidden.kind.has(circle.dataset.kind);
+      circle.style.display = show ? "" : "none";
+      if (show) visible.add(name);
+    }
+    for (const path of edgeElements) {
+      const ok = (end) => visible.has(end) || terminals.has(end);
+      path.style.display = ok(path.dataset.src) && ok(path.dataset.dst) ? "" : "none";
+    }
+  }
+
+  // ---- details panel ----
+  const details = document.getElementById("details");
+  const shade = (act, scale) => {
+    if (!act) return "transparent";
+    const s = Math.min(1, Math.abs(act) / scale);
+    return act > 0 ? `rgba(34, 160, 70, ${0.15 + 0.75 * s})` : `rgba(220, 38, 38, ${0.15 + 0.75 * s})`;
+  };
+  function contexts(parent, list, title) {
+    el("h3", { text: title }, parent);
+    if (!list || !list.length) { el("p", { class: "hint", text: "none" }, parent); return; }
+    const scale = Math.max(1e-9, ...list.map((c) => Math.abs(c.value)));
+    for (const ctx of list) {
+      const line = el("div", { class: "context" }, parent);
+      el("span", { class: "value", text: fmt(ctx.value, 3) }, line);
+      ctx.tokens.forEach((tok, i) => {
+        const span = el("span", { class: "tok" + (i === ctx.focus ? " focus" : ""), text: tok.replace(/\n/g, "↵"), title: fmt(ctx.acts[i], 3) }, line);
+        span.style.background = shade(ctx.acts[i], scale);
+      });
+    }
+  }
+  function histogram(parent, h) {
+    const w = 380, hgt = 90, max = Math.max(1, ...h.counts);
+    const box = el("svg", { width: w, height: hgt + 16, class: "histogram" }, parent, true);
+    const bw = w / h.counts.length;
+    h.counts.forEach((c, i) => {
+      const bh = c ? Math.max(1, (Math.log1p(c) / Math.log1p(max)) * hgt) : 0;
+      const bar = el("rect", { x: i * bw, y: hgt - bh, width: bw - 1, height: bh, fill: "#64748b" }, box, true);
+      el("title", { text: `[${h.edges[i]}, ${h.edges[i + 1]}): ${c}` }, bar, true);
+    });
+    el("text", { x: 0, y: hgt + 12, text: fmt(h.edges[0], 2) }, box, true);
+    el("text", { x: w, y: hgt + 12, "text-anchor": "end", text: fmt(h.edges[h.edges.length - 1], 2) }, box, true);
+  }
+  function select(name) {
+    for (const c of nodeElements.values()) c.classList.remove("selected");
+    nodeElements.get(name).classList.add("selected");
+    for (const path of edgeElements) {
+      const touches = path.dataset.src === name || path.dataset.dst === name;
+      path.classList.toggle("highlight", touches);
+      path.classList.toggle("dim", !touches);
+    }
+    details.innerHTML = "";
+    const [site, index] = name.split(":");
+    el("h2", { text: `${site} : ${index}` }, details);
+    const info = data.node_info[name] || {};
+    const ablation = data.node_ablation[name];
+    if (ablation) {
+      const t = el("table", {}, details);
+      for (const [label, value] of [["task loss, full model without this node", ablation.loss_full_model_without_node],
+                                    ["task loss, circuit without this node", ablation.loss_circuit_without_node]]) {
+        if (value === undefined) continue;
+        const tr = el("tr", {}, t);
+        el("td", { text: label }, tr);
+        el("td", { class: "num", text: fmt(value) }, tr);
+      }
+    }
+    if (info.histogram) {
+      el("h3", { text: `activations on ${info.tokens_seen} validation tokens (nonzero on ${(100 * info.fraction_nonzero).toFixed(1)}%; log-scale counts)` }, details);
+      histogram(details, info.histogram);
+    }
+    contexts(details, info.top, "top activating contexts");
+    contexts(details, info.bottom, "bottom activating contexts");
+    for (const [title, key, other] of [["incoming edges", "dst", "src"], ["outgoing edges", "src", "dst"]]) {
+      const list = data.edges.filter((e) => nodeName(e[key]) === name);
+      el("h3", { text: `${title} (${list.length})` }, details);
+      const ul = el("ul", { class: "edges-list" }, details);
+      for (const e of list.slice(0, 60)) el("li", { text: `${nodeName(e[other])}  ${e.kind}  ${fmt(e.weight)}` }, ul);
+      if (list.length > 60) el("li", { text: `… ${list.length - 60} more` }, ul);
+    }
+  }
+
+  // ---- tables ----
+  const tables = document.getElementById("tables");
+  function table(title, header, rowsData) {
+    el("h2", { text: title }, tables);
+    const t = el("table", {}, tables);
+    const head = el("tr", {}, t);
+    for (const h of header) el("th", { text: h }, head);
+    for (const r of rowsData) {
+      const tr = el("tr", {}, t);
+      for (const cell of r) {
+        const td = el("td", { text: typeof cell === "number" ? fmt(cell) : cell }, tr);
+        if (typeof cell === "number") td.classList.add("num");
+        if (cell === "pass") td.classList.add("pass");
+        if (cell === "FAIL") td.classList.add("fail");
+      }
+    }
+  }
+  const m = data.circuit.metrics;
+  document.getElementById("summary").textContent =
+    `${m.n_nodes} nodes, ${m.n_edges} edges; task loss ${fmt(m.loss_full_model)} (full model), ` +
+    `${fmt(m.loss_circuit)} (circuit), ${fmt(m.loss_circuit_ablated)} (circuit ablated); target ${data.circuit.target_loss}, ` +
+    `${data.circuit.ablation} ablation; model ${data.circuit.model.name}`;
+  table("metrics", ["metric", "value"], Object.entries(m).filter(([, v]) => typeof v !== "object").map(([k, v]) => [k, v]));
+  const v = data.validation;
+  if (v) {
+    const rows = [["full model", v.loss_full_model, ""],
+      ["circuit only (sufficiency)", v.loss_circuit, v.sufficient ? "pass" : "FAIL"],
+      ["circuit ablated (necessity)", v.loss_circuit_ablated, v.necessary ? "pass" : "FAIL"],
+      ["random nodes, same size per site", v.loss_random_same_size, ""]];
+    if (v.control_shuffled) rows.push([`shuffled-label control: ${v.control_shuffled.n_nodes} nodes` +
+      (v.control_shuffled.reached_target ? "" : " (did not reach the target)"), v.control_shuffled.loss, ""]);
+    table("validation", ["check", "task loss", "verdict"], rows);
+  } else {
+    el("p", { class: "hint", text: "No validation.json yet: run `sparsecircuits validate` and view again." }, tables);
+  }
+  table("examples (held-out records)", ["prompt (end)", "correct", "incorrect", "full p(correct)", "full p(incorrect)",
+    "circuit p(correct)", "circuit p(incorrect)"],
+    data.examples.map((x) => [x.prompt.slice(-60), JSON.stringify(x.correct), JSON.stringify(x.incorrect),
+      x.full[0], x.full[1], x.circuit[0], x.circuit[1]]));
+})();

@@ -1,0 +1,133 @@
+"""`sparsecircuits view`: one self-contained HTML page per circuit (plain SVG and JavaScript, no
+server, no CDN) and a Markdown summary beside it.
+
+`circuit_page_data` returns the plain data behind the page, for notebooks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..circuits.circuit import Circuit, ablation_values, load_task_splits
+from ..circuits.explain import node_examples
+from ..circuits.prune import CircuitEvaluator
+from ..tasks.records import task_loss
+from ..train.checkpoint import atomic_write_text
+from ..train.evaluation import run_data
+
+ASSETS = Path(__file__).parent / "assets"
+N_EXAMPLES = 16
+
+
+@torch.no_grad()
+def _candidate_probs(model, task, hooks=None) -> torch.Tensor:
+    """p(correct), p(incorrect) under the full-vocabulary softmax at each prompt's last position."""
+    tokens, last, correct, incorrect = task.batch()
+    with model.hooks(hooks or {}):
+        logits = model(tokens)
+    probs = logits[torch.arange(len(last)), last].float().softmax(-1)
+    return torch.stack([probs.gather(-1, correct[:, None])[:, 0], probs.gather(-1, incorrect[:, None])[:, 0]], -1)
+
+
+def circuit_page_data(circuit_dir: str | Path, run_dir: str | Path | None = None, n_tokens: int = 16384,
+                      top: int = 6, show_progress: bool = True) -> dict:
+    """Everything the page shows: the circuit, validation, node examples and histograms, per-node
+    ablation effects, and held-out examples with both models' probabilities."""
+    circuit = Circuit.load(circuit_dir)
+    model = circuit.load_model(run_dir)
+    model_dir = Path(run_dir) if run_dir else circuit.run_dir
+    train, test = load_task_splits(model, circuit.data["task_source"])
+    means = ablation_values(model, model_dir, circuit.data["ablation"], show_progress)
+    keep = circuit.keep(model)
+    validation_path = Path(circuit_dir) / "validation.json"
+    validation = json.loads(validation_path.read_text()) if validation_path.is_file() else None
+    if validation is not None:
+        ablation = {f"{r['site']}:{r['index']}": r for r in validation["per_node"]}
+    else:  # the full model's loss with each node ablated alone: cheap, and the page needs it
+        evaluator = CircuitEvaluator(model, train, test, means)
+        everything = {site: torch.ones_like(k) for site, k in keep.items()}
+        ablation = {}
+        for node in circuit.nodes:
+            alone = {site: k.clone() for site, k in everything.items()}
+            alone[node["site"]][node["index"]] = False
+            ablation[f"{node['site']}:{node['index']}"] = {"loss_full_model_without_node": float(task_loss(evaluator.logits(alone)))}
+    info = node_examples(model, run_data(model_dir, None), nodes=[(n["site"], n["index"]) for n in circuit.nodes],
+                         n_tokens=n_tokens, top=top, show_progress=show_progress)
+    shown = dataclasses.replace(test, prompts=test.prompts[:N_EXAMPLES], correct=test.correct[:N_EXAMPLES],
+                                incorrect=test.incorrect[:N_EXAMPLES])
+    full = _candidate_probs(model, shown)
+    with circuit.only(model, means):
+        in_circuit = _candidate_probs(model, shown)
+    decode = lambda ids: model.tokenizer.decode(ids, skip_special_tokens=False)
+    examples = [{"prompt": decode(shown.prompts[i]), "correct": decode([int(shown.correct[i])]),
+                 "incorrect": decode([int(shown.incorrect[i])]),
+                 "full": [round(float(p), 4) for p in full[i]], "circuit": [round(float(p), 4) for p in in_circuit[i]]}
+                for i in range(len(shown))]
+    return {"circuit": {k: v for k, v in circuit.data.items() if k not in ("nodes", "edges")},
+            "nodes": circuit.nodes, "edges": circuit.edges, "validation": validation,
+            "node_info": info, "node_ablation": ablation, "examples": examples}
+
+
+def render_html(data: dict) -> str:
+    title = f"Circuit for {data['circuit']['task']} ({data['circuit']['model']['name']})"
+    blob = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")  # safe inside <script>
+    page = (ASSETS / "page.html").read_text()
+    for key, value in (("__CSS__", (ASSETS / "viewer.css").read_text()), ("__JS__", (ASSETS / "viewer.js").read_text()),
+                       ("__TITLE__", _escape(title)), ("__DATA__", blob)):
+        page = page.replace(key, value)
+    return page
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def render_markdown(data: dict) -> str:
+    c, m = data["circuit"], data["circuit"]["metrics"]
+    lines = [f"# Circuit for `{c['task']}`", "",
+             f"Model `{c['model']['name']}` (config {c['model']['config_hash']}), target loss {c['target_loss']},"
+             f" {c['ablation']} ablation.", "", "## Metrics", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in m.items() if not isinstance(v, dict)]
+    v = data["validation"]
+    if v:
+        lines += ["", "## Validation", "", "| check | task loss | verdict |", "|---|---|---|",
+                  f"| full model | {v['loss_full_model']:.4f} | |",
+                  f"| circuit only (sufficiency) | {v['loss_circuit']:.4f} | {'pass' if v['sufficient'] else 'FAIL'} |",
+                  f"| circuit ablated (necessity) | {v['loss_circuit_ablated']:.4f} | {'pass' if v['necessary'] else 'FAIL'} |",
+                  f"| random nodes, same size per site | {v['loss_random_same_size']:.4f} | |"]
+        if "control_shuffled" in v:
+            s = v["control_shuffled"]
+            lines.append(f"| shuffled-label control ({s['n_nodes']} nodes{'' if s['reached_target'] else ', target not reached'}) | {s['loss']:.4f} | |")
+    lines += ["", "## Nodes", "", "| node | full-model loss without it | top activating token |", "|---|---|---|"]
+    for node in data["nodes"]:
+        name = f"{node['site']}:{node['index']}"
+        effect = data["node_ablation"].get(name, {}).get("loss_full_model_without_node")
+        top = data["node_info"].get(name, {}).get("top") or []
+        token = top[0]["tokens"][top[0]["focus"]] if top else ""
+        lines.append(f"| `{name}` | {effect:.4f} | `{json.dumps(token)[1:-1]}` |" if effect is not None else f"| `{name}` | | |")
+    lines += ["", "## Examples (held-out)", "", "| prompt (end) | correct | incorrect | full p(correct) | circuit p(correct) |",
+              "|---|---|---|---|---|"]
+    for x in data["examples"]:
+        prompt = json.dumps(x["prompt"][-50:])[1:-1].replace("|", "\\|")
+        lines.append(f"| `{prompt}` | `{json.dumps(x['correct'])[1:-1]}` | `{json.dumps(x['incorrect'])[1:-1]}` |"
+                     f" {x['full'][0]:.3f} | {x['circuit'][0]:.3f} |")
+    lines += ["", f"{len(data['edges'])} edges; open the HTML page to see them.", ""]
+    return "\n".join(lines)
+
+
+def view(circuit_dir: str | Path, out: str | Path | None = None, run_dir: str | Path | None = None,
+         show_progress: bool = True) -> Path:
+    """Write circuit.html (default inside CIRCUIT_DIR) and circuit.md beside it."""
+    out = Path(out) if out else Path(circuit_dir) / "circuit.html"
+    data = circuit_page_data(circuit_dir, run_dir, show_progress=show_progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, render_html(data))
+    atomic_write_text(out.with_suffix(".md"), render_markdown(data))
+    if show_progress:
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) and {out.with_suffix('.md')}", file=sys.stderr)
+    return out

@@ -1,0 +1,68 @@
+"""Pruning, the circuit directory and validation end to end on a tiny trained model."""
+
+import json
+
+import pytest
+
+from sparsecircuits.circuits import Circuit, validate
+from sparsecircuits.circuits.graph import circuit_edges
+from sparsecircuits.circuits.prune import pair_logits
+from sparsecircuits.cli import main
+from sparsecircuits.tasks.records import load_task, task_loss
+
+
+def test_circuit_json_is_complete_and_consistent(circuit_dir, task_run):
+    run, _ = task_run
+    data = json.loads((circuit_dir / "circuit.json").read_text())
+    assert {"task", "model", "target_loss", "ablation", "nodes", "edges", "metrics", "settings"} <= set(data)
+    m = data["metrics"]
+    for key in ("n_nodes", "n_edges", "loss_full_model", "loss_circuit", "loss_circuit_ablated",
+                "loss_random_same_size", "accuracy_circuit"):
+        assert key in m, key
+    assert m["n_nodes"] == len(data["nodes"]) > 0 and m["n_edges"] == len(data["edges"])
+    assert m["loss_circuit"] <= data["target_loss"]
+    assert data["model"]["name"] == run.name and data["ablation"] == "mean"
+    circuit = Circuit.load(circuit_dir)
+    model = circuit.load_model()
+    assert len(circuit_edges(model, circuit.keep(model))) == m["n_edges"]
+
+
+def test_running_only_the_circuit_reproduces_its_loss(circuit_dir, task_run):
+    _, task_path = task_run
+    circuit = Circuit.load(circuit_dir)
+    model = circuit.load_model()
+    task = load_task(str(task_path), model.tokenizer, "test")
+    with circuit.only(model):
+        logits = pair_logits(model, task)
+    assert abs(float(task_loss(logits * circuit.logit_scale)) - circuit.metrics["loss_circuit"]) < 1e-4
+    assert abs(float(task_loss(logits)) - circuit.metrics["loss_circuit_uncalibrated"]) < 1e-4
+
+
+def test_validate_writes_its_table(circuit_dir):
+    result = validate(circuit_dir, show_progress=False)
+    assert result["sufficient"]
+    assert result["loss_circuit_ablated"] > result["loss_circuit"]
+    assert "control_shuffled" in result and result["control_shuffled"]["n_nodes"] > 0
+    assert len(result["per_node"]) == result["n_nodes"]
+    assert json.loads((circuit_dir / "validation.json").read_text())["task"] == result["task"]
+
+
+def test_prune_bad_input(capsys, task_run, trained_run, tmp_path, circuit_dir):
+    run, task = task_run
+
+    def fails(argv, message):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("error: ") and message in err, err
+
+    out = tmp_path / "c"
+    fails(["prune", str(run), "--task", "no_such_task", "--out", str(out)], "unknown task 'no_such_task'")
+    fails(["prune", str(run), "--task", str(tmp_path / "none.jsonl"), "--out", str(out)], "task file not found")
+    fails(["prune", str(run), "--task", str(task), "--out", str(out), "--target-loss", "0.001", "--steps", "5"],
+          "full model's loss")
+    fails(["prune", str(tmp_path), "--task", str(task), "--out", str(out)], "not a run directory")
+    assert not out.exists() and not list(tmp_path.glob(".c.*"))
+    fails(["validate", str(tmp_path)], "holds no circuit")
+    fails(["validate", str(circuit_dir), "--run-dir", str(trained_run)], "different model")

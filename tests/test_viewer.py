@@ -1,0 +1,95 @@
+"""The circuit page in a real headless browser, the Markdown summary, and `explain`."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sparsecircuits.cli import main
+from sparsecircuits.viewer import circuit_page_data, view
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def page_path(circuit_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("view") / "circuit.html"
+    view(circuit_dir, out, show_progress=False)
+    return out
+
+
+def test_page_is_self_contained_and_has_a_markdown_twin(page_path, circuit_dir):
+    html = page_path.read_text()
+    assert "http://" not in html.replace("http://www.w3.org/2000/svg", "") and "https://" not in html
+    assert "<script src" not in html and "<link" not in html
+    md = page_path.with_suffix(".md").read_text()
+    circuit = json.loads((circuit_dir / "circuit.json").read_text())
+    assert f"{circuit['metrics']['n_nodes']}" in md and "## Nodes" in md
+    assert md.count("\n| `") >= len(circuit["nodes"])
+
+
+def test_page_data_is_plain(circuit_dir):
+    data = circuit_page_data(circuit_dir, show_progress=False)
+    json.dumps(data)  # plain objects all the way down
+    name = f"{data['nodes'][0]['site']}:{data['nodes'][0]['index']}"
+    assert set(data["node_info"][name]) >= {"top", "bottom", "histogram"}
+    assert len(data["examples"]) > 0 and len(data["examples"][0]["full"]) == 2
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed: `apt-get install chromium` (Debian) to run the browser test")
+def test_page_in_headless_chromium(page_path, circuit_dir, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    circuit = json.loads((circuit_dir / "circuit.json").read_text())
+    errors = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(page_path.as_uri())
+        assert page.locator("circle.node").count() == len(circuit["nodes"])
+        assert page.locator("path.edge").count() == len(circuit["edges"])
+        first = page.locator("circle.node").first
+        name = first.get_attribute("data-node")
+        first.click()
+        assert page.locator("#details h2").inner_text().replace(" ", "") == name
+        assert page.locator("#details .context").count() > 0
+        assert page.locator("#details svg.histogram rect").count() > 0
+        # Filtering a layer hides its nodes.
+        page.locator("input[data-filter=layer]").first.uncheck()
+        hidden = page.locator("circle.node[data-layer='0']").evaluate_all("els => els.filter(e => e.style.display === 'none').length")
+        assert hidden == page.locator("circle.node[data-layer='0']").count()
+        shot = Path(page_path).with_suffix(".png")
+        page.screenshot(path=str(shot))
+        browser.close()
+    assert shot.stat().st_size > 10_000
+    assert errors == []
+
+
+def test_explain_and_bad_nodes(task_run, capsys, tmp_path):
+    run, _ = task_run
+    main(["explain", str(run), "--node", "0.mlp.post_act:3", "--top", "2", "--no-color"])
+    out = capsys.readouterr().out
+    assert "top activations" in out and "[[" in out
+    for node, message in (("0.mlp.post_act:9999", "does not exist"), ("7.attn.q:1", "does not exist"),
+                          ("0.mlp.post_act", "SITE:INDEX")):
+        with pytest.raises(SystemExit):
+            main(["explain", str(run), "--node", node])
+        assert message in capsys.readouterr().err
+
+
+def test_view_bad_input(capsys, tmp_path, circuit_dir):
+    with pytest.raises(SystemExit):
+        main(["view", str(tmp_path)])
+    assert "holds no circuit" in capsys.readouterr().err
+    moved = tmp_path / "moved"
+    shutil.copytree(circuit_dir, moved)
+    data = json.loads((moved / "circuit.json").read_text())
+    data["model"]["run_dir"] = str(tmp_path / "gone")
+    (moved / "circuit.json").write_text(json.dumps(data))
+    with pytest.raises(SystemExit):
+        main(["view", str(moved)])
+    assert "is not there any more" in capsys.readouterr().err
