@@ -23,7 +23,7 @@ import torch
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT, read_run_config
 from ..tasks.records import TokenizedTask, load_task, task_accuracy, task_loss
-from ..train.checkpoint import atomic_save_tensors, load_tensors
+from ..io import atomic_save_tensors, load_tensors, publish
 from .graph import circuit_edges
 from .masks import ablation_hooks
 from .means import load_or_compute_means
@@ -69,12 +69,12 @@ def random_same_size(keep: Mapping[str, torch.Tensor], generator: torch.Generato
 
 def circuit_metrics(evaluator: CircuitEvaluator, keep: Mapping[str, torch.Tensor], scale: float, seed: int = 0) -> dict:
     """Losses on the held-out records: full model, circuit alone (calibrated), circuit ablated,
-    and random node sets of the same size per site."""
+    and random node sets of the same size per site (each calibrated the same way)."""
     circuit_logits = evaluator.logits(keep) * scale
     inverse = {site: ~k for site, k in keep.items()}
     generator = torch.Generator().manual_seed(seed)
-    random_losses = [float(task_loss(evaluator.logits(random_same_size(keep, generator)) * scale))
-                     for _ in range(RANDOM_CONTROLS)]
+    # Each random set gets its own logit scale, fitted like the circuit's.
+    random_losses = [evaluator.calibrated(random_same_size(keep, generator))[0] for _ in range(RANDOM_CONTROLS)]
     return {
         "loss_full_model": float(task_loss(evaluator.logits(None))),
         "loss_circuit": float(task_loss(circuit_logits)),
@@ -95,7 +95,7 @@ def write_circuit_dir(out: Path, record: dict, scores: Mapping[str, torch.Tensor
         atomic_save_tensors(staging / "scores.safetensors", dict(scores))
         if out.exists():
             shutil.rmtree(out)
-        os.replace(staging, out)
+        publish(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import TokenData
 from ..model.gpt import SparseGPT
-from ..train.checkpoint import MODEL_FILE, atomic_save_tensors
+from ..io import atomic_save_tensors
+from ..train.checkpoint import MODEL_FILE
 from ..train.evaluation import run_data
 
 MEANS_FILE = "node_means.safetensors"

@@ -25,7 +25,7 @@ def search_settings(model: SparseGPT, train: TokenizedTask, test: TokenizedTask,
     def objective(trial: optuna.Trial) -> float:
         settings = dataclasses.replace(
             base,
-            k_coef=trial.suggest_float("k_coef", 1e-5, 1e-3, log=True),
+            k_coef=trial.suggest_float("k_coef", 1e-4, 3e-2, log=True),
             lr=trial.suggest_float("lr", 1e-3, 3e-2, log=True),
             init_mean=trial.suggest_float("init_mean", 0.02, 0.5, log=True),
             temperature=trial.suggest_float("temperature", 0.3, 3.0, log=True),

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..tasks.records import TokenizedTask, task_loss
-from ..train.checkpoint import atomic_write_text
+from ..io import atomic_write_text
 from .circuit import Circuit, ablation_values, circuit_metrics, load_task_splits
 from .prune import CircuitEvaluator, PruneSettings, find_circuit
 

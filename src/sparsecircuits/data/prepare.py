@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import SparseCircuitsError
+from ..io import publish
 
 EOT = "<|endoftext|>"
 MANIFEST = "manifest.json"
@@ -209,7 +210,7 @@ def prepare(
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if out.exists():
             shutil.rmtree(out)
-        os.replace(staging, out)
+        publish(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -20,8 +20,8 @@ from ..data.dataset import TokenData
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparsity import apply_weight_topk, l0_fraction_at, sparse_parameters
-from .checkpoint import (CHECKPOINT, MODEL_FILE, atomic_save_tensors, atomic_write_text, load_checkpoint,
-                         save_checkpoint)
+from ..io import atomic_save_tensors, atomic_write_text
+from .checkpoint import CHECKPOINT, MODEL_FILE, load_checkpoint, save_checkpoint
 
 
 def resolve_device(name: str) -> torch.device:

@@ -17,7 +17,7 @@ from ..circuits.circuit import Circuit, ablation_values, load_task_splits
 from ..circuits.explain import node_examples
 from ..circuits.prune import CircuitEvaluator
 from ..tasks.records import task_loss
-from ..train.checkpoint import atomic_write_text
+from ..io import atomic_write_text
 from ..train.evaluation import run_data
 
 ASSETS = Path(__file__).parent / "assets"

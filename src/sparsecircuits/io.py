@@ -1,0 +1,59 @@
+"""Writing files so that a reader never sees half of one: stage, then rename into place."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import SparseCircuitsError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish(path: Path, final: Path) -> None:
+    """Give a staged file or folder (mkstemp/mkdtemp make them private) the usual permissions,
+    then rename it into place."""
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_umask())
+    os.replace(path, final)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        publish(Path(tmp), path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        publish(Path(tmp), path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not Path(path).is_file():
+        raise SparseCircuitsError(f"{path} not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SparseCircuitsError(f"{path} is corrupted or truncated ({err}): retrain, or resume from an earlier copy") from None
