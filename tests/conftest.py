@@ -63,18 +63,12 @@ def task_run(tmp_path_factory):
     """A tiny model trained on text rich in one idiom (lambda vs def), and a JSONL task of that idiom:
     small enough to train in seconds, trained enough to do the task better than chance."""
     import json
-    import random
 
     from sparsecircuits.tasks.builtin import generate
     from sparsecircuits.train.trainer import train
 
     root = tmp_path_factory.mktemp("task_run")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    for i in range(40):
-        records = generate("lambda_func", 30, 100 + i) + generate("while_return_true", 30, 200 + i)
-        random.Random(i).shuffle(records)
-        (corpus / f"f{i}.py").write_text("\n\n".join(r["prompt"] + r["correct"] for r in records) + "\n")
+    corpus = write_idiom_corpus(root / "corpus")
     prepare(root / "data", corpus=[corpus], vocab_size=300, show_progress=False)
     config = load_config("tiny", ["model.ctx_len=64", "train.steps=300", "train.batch_size=8",
                                   "optim.grad_clip=normalize", "optim.lr=0.01"])
@@ -100,3 +94,17 @@ def circuit_dir(task_run, tmp_path_factory):
     prune(run, str(task), out, PruneSettings(target_loss=min(0.6, full + 0.15), steps=60, calibration_steps=8),
           show_progress=False)
     return out
+
+
+def write_idiom_corpus(root: Path) -> Path:
+    """Text rich in two idioms (lambda vs def, while True vs return True) that a tiny model learns fast."""
+    import random
+
+    from sparsecircuits.tasks.builtin import generate
+
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(40):
+        records = generate("lambda_func", 30, 100 + i) + generate("while_return_true", 30, 200 + i)
+        random.Random(i).shuffle(records)
+        (root / f"f{i}.py").write_text("\n\n".join(r["prompt"] + r["correct"] for r in records) + "\n")
+    return root

@@ -161,6 +161,14 @@ def cmd_explain(args: argparse.Namespace) -> None:
         print(format_contexts(example, color=sys.stdout.isatty() and not args.no_color))
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .experiments.demo import demo
+
+    tasks = args.tasks if args.tasks in ("auto", "all") else [t for t in args.tasks.split(",") if t]
+    demo(args.out, minutes=args.minutes, tasks=tasks, max_tasks=args.max_tasks, target_loss=args.target_loss,
+         config=args.config, overrides=args.set, corpus=args.corpus, control=not args.no_control)
+
+
 def _prune_default(name: str):
     from .circuits.prune import PruneSettings
 
@@ -263,6 +271,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DATA_DIR", help="text to scan (default: the run's own data)")
     p.add_argument("--no-color", action="store_true")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("demo", help="the main job: corpus -> sparse and dense models -> validated circuits -> report",
+                       description="Prepare the standard library, train a weight-sparse model and a dense model of the same "
+                                   "shape (stopped at the sparse model's validation loss), prune the tasks both do, validate "
+                                   "and view every circuit, and write DIR/report.html and DIR/summary.json. Resumable.")
+    p.add_argument("--out", default="demo", metavar="DIR", help="output directory (default ./demo)")
+    p.add_argument("--minutes", type=float, default=30.0, help="time budget; training steps scale with it (default 30)")
+    p.add_argument("--tasks", default="auto", help="'auto' (up to --max-tasks both models do best), 'all', or a comma list")
+    p.add_argument("--max-tasks", type=int, default=6)
+    p.add_argument("--target-loss", type=float, default=0.15)
+    p.add_argument("--config", default="small", metavar="NAME_OR_FILE")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--corpus", nargs="+", metavar="PATH", help="corpus instead of the standard library")
+    p.add_argument("--no-control", action="store_true", help="skip the shuffled-label pruning control in validation")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("configs", help="list the built-in configs, or show one fully resolved")
     p.add_argument("name", nargs="?", metavar="NAME_OR_FILE")

@@ -143,9 +143,10 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False,
-          show_progress: bool = True, stop_after: int | None = None) -> Path:
+          show_progress: bool = True, stop_after: int | None = None, stop_at_val_loss: float | None = None) -> Path:
     """Train a model into `run_dir`. `stop_after` ends the run early at that step with a checkpoint
-    (as Ctrl-C does), for tests of --resume."""
+    (as Ctrl-C does), for tests of --resume. `stop_at_val_loss` finishes the run at the first
+    evaluation whose validation loss is at or under it (to match another model's loss)."""
     data = TokenData(data_dir)
     run_dir = Path(run_dir)
     model_cfg, train_cfg = config.model, config.train
@@ -211,6 +212,9 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
                 record = eval_record(step, l0)
                 bar.write(f"step {step}: val_loss {record['val_loss']:.4f}, dead neurons {record['dead_neurons']}",
                           file=sys.stderr)
+                if stop_at_val_loss is not None and record["val_loss"] <= stop_at_val_loss:
+                    log({"step": step, "stopped": f"validation loss reached {stop_at_val_loss:.4f}"})
+                    break
             if step % train_cfg.checkpoint_interval == 0 and step < train_cfg.steps:
                 checkpoint(step)
             if interrupted.requested or (stop_after is not None and step >= stop_after and step < train_cfg.steps):

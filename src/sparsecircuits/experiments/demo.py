@@ -1,0 +1,247 @@
+"""`sparsecircuits demo`: corpus -> a weight-sparse and a dense model -> task circuits -> validation -> report.
+
+Every stage writes into DIR and is skipped when its output is already there, so an interrupted
+demo continues where it stopped. The dense model has the sparse model's shape and activation
+sparsity, with weight sparsity off; it is trained with the same recipe and stopped at the first
+evaluation where its validation loss reaches the sparse model's, so the two are compared at
+matched pretraining loss.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from ..config import load_config
+from ..data.prepare import MANIFEST, prepare
+from ..errors import SparseCircuitsError
+from ..io import atomic_write_text
+from ..model.gpt import SparseGPT
+from ..tasks import BUILTIN_TASKS, evaluate_task, load_task
+from ..train.checkpoint import MODEL_FILE
+from ..train.evaluation import evaluate_run
+from ..train.trainer import train
+
+MODELS = ("sparse", "dense")
+
+
+class Stages:
+    """Prints each stage with the time spent so far and the time left against the budget."""
+
+    def __init__(self, names: list[str], budget_s: float):
+        self.names, self.budget_s, self.start = names, budget_s, time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, fn):
+        elapsed = time.perf_counter() - self.start
+        left = max(0.0, self.budget_s - elapsed)
+        print(f"[{self.names.index(name) + 1}/{len(self.names)}] {name}  (elapsed {elapsed / 60:.1f} min,"
+              f" about {left / 60:.1f} min of the budget left)", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        result = fn()
+        self.seconds[name] = round(time.perf_counter() - started, 1)
+        return result
+
+
+def _last_val_loss(run_dir: Path) -> float:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["val_loss"] for r in records if "val_loss" in r][-1]
+
+
+def _train_stage(config_name: str, overrides: list[str], data_dir: Path, run_dir: Path,
+                 stop_at_val_loss: float | None = None) -> None:
+    if (run_dir / MODEL_FILE).is_file():
+        return
+    config = load_config(config_name, overrides)
+    resume = (run_dir / "checkpoint" / "state.json").is_file()
+    if resume:
+        config.model.vocab_size = json.loads((run_dir / "config.json").read_text())["model"]["vocab_size"]
+    train(config, data_dir, run_dir, resume=resume, stop_at_val_loss=stop_at_val_loss)
+
+
+def _task_table(run_dir: Path, tasks: list[str]) -> dict[str, dict]:
+    model = SparseGPT.from_pretrained(run_dir)
+    table = {}
+    for name in tasks:
+        try:
+            task = load_task(name, model.tokenizer, "test", max_len=model.config.ctx_len, warn=False)
+        except SparseCircuitsError as err:
+            table[name] = {"error": str(err)}
+            continue
+        table[name] = evaluate_task(model, task)
+    return table
+
+
+def choose_tasks(task_losses: dict[str, dict[str, dict]], target: float, limit: int | None) -> list[str]:
+    """Tasks both models do to loss <= target, those both do best first."""
+    both = [t for t in task_losses["sparse"]
+            if all("loss" in task_losses[m].get(t, {}) and task_losses[m][t]["loss"] <= target for m in MODELS)]
+    both.sort(key=lambda t: max(task_losses[m][t]["loss"] for m in MODELS))
+    return both[:limit] if limit else both
+
+
+def geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(max(v, 1)) for v in values) / len(values)) if values else float("nan")
+
+
+def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto", max_tasks: int = 6,
+         target_loss: float = 0.15, config: str = "small", overrides: list[str] | None = None,
+         corpus: list[str] | None = None, control: bool = True) -> dict:
+    from ..circuits import PruneSettings, prune, validate
+    from ..viewer import view
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = list(overrides or [])
+    base_steps = load_config(config, overrides).train.steps
+    steps = max(50, round(base_steps * minutes / 30.0))  # the default budget is sized for 30 minutes
+    overrides.append(f"train.steps={steps}")
+    dense_overrides = overrides + ["sparsity.l0_fraction=1.0", f"train.eval_interval={max(10, steps // 36)}"]
+    names = ["prepare corpus", "train sparse model", "train dense model", "evaluate tasks", "prune circuits",
+             "validate circuits", "view circuits", "report"]
+    stages = Stages(names, minutes * 60)
+    data_dir = out / "data"
+
+    if not (data_dir / MANIFEST).is_file():
+        stages.run("prepare corpus", lambda: prepare(data_dir, corpus=corpus, force=True))
+    stages.run("train sparse model", lambda: _train_stage(config, overrides, data_dir, out / "sparse"))
+    sparse_val = _last_val_loss(out / "sparse")
+    stages.run("train dense model", lambda: _train_stage(config, dense_overrides, data_dir, out / "dense", sparse_val))
+
+    candidates = list(BUILTIN_TASKS) if tasks in ("auto", "all") else list(tasks)
+    task_losses = stages.run("evaluate tasks", lambda: {m: _task_table(out / m, candidates) for m in MODELS})
+    atomic_write_text(out / "tasks.json", json.dumps(task_losses, indent=1))
+    chosen = choose_tasks(task_losses, target_loss, max_tasks if tasks == "auto" else None)
+    if not chosen:
+        print(f"no task is done to loss <= {target_loss} by both models: the report lists the task losses only", file=sys.stderr)
+
+    def circuit_dir(model: str, task: str) -> Path:
+        return out / "circuits" / model / Path(task).stem
+
+    def prune_all():
+        for task in chosen:
+            for model in MODELS:
+                if not (circuit_dir(model, task) / "circuit.json").is_file():
+                    prune(out / model, task, circuit_dir(model, task), PruneSettings(target_loss=target_loss), force=True)
+
+    def validate_all():
+        for task in chosen:
+            for model in MODELS:
+                if not (circuit_dir(model, task) / "validation.json").is_file():
+                    validate(circuit_dir(model, task), control=control)
+
+    def view_all():
+        for task in chosen:
+            for model in MODELS:
+                if not (circuit_dir(model, task) / "circuit.html").is_file():
+                    view(circuit_dir(model, task))
+
+    stages.run("prune circuits", prune_all)
+    stages.run("validate circuits", validate_all)
+    stages.run("view circuits", view_all)
+    summary = stages.run("report", lambda: write_report(out, chosen, task_losses, circuit_dir, target_loss))
+    summary["seconds_by_stage"] = stages.seconds
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    print(format_summary(summary))
+    return summary
+
+
+def write_report(out: Path, chosen: list[str], task_losses: dict, circuit_dir, target_loss: float) -> dict:
+    per_task = {}
+    for task in chosen:
+        row = {}
+        for model in MODELS:
+            directory = circuit_dir(model, task)
+            circuit = json.loads((directory / "circuit.json").read_text())
+            validation = json.loads((directory / "validation.json").read_text())
+            row[model] = {
+                "task_loss": task_losses[model][task]["loss"],
+                "nodes": circuit["metrics"]["n_nodes"], "edges": circuit["metrics"]["n_edges"],
+                "loss_circuit": validation["loss_circuit"], "loss_circuit_ablated": validation["loss_circuit_ablated"],
+                "loss_random_same_size": validation["loss_random_same_size"],
+                "control_nodes": validation.get("control_shuffled", {}).get("n_nodes"),
+                "page": str((directory / "circuit.html").relative_to(out)),
+            }
+        per_task[Path(task).stem] = row
+    summary = {
+        "target_loss": target_loss,
+        "models": {m: {"val_loss": evaluate_run(out / m)["val_loss"], "run_dir": m} for m in MODELS},
+        "tasks": per_task,
+        "task_losses": task_losses,
+    }
+    sparse_edges = [r["sparse"]["edges"] for r in per_task.values()]
+    dense_edges = [r["dense"]["edges"] for r in per_task.values()]
+    summary["edges_geomean"] = {"sparse": geomean(sparse_edges), "dense": geomean(dense_edges)}
+    summary["edges_ratio_geomean"] = (summary["edges_geomean"]["dense"] / summary["edges_geomean"]["sparse"]
+                                      if per_task else None)
+    plot_edges(out / "edges.png", per_task)
+    atomic_write_text(out / "report.html", render_report(summary))
+    return summary
+
+
+def plot_edges(path: Path, per_task: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(per_task) + 2), 3.6))
+    names = list(per_task)
+    for offset, model, color in ((-0.2, "sparse", "#2463eb"), (0.2, "dense", "#9ca3af")):
+        ax.bar([i + offset for i in range(len(names))], [per_task[t][model]["edges"] for t in names], width=0.4,
+               label=f"{model} model", color=color)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("circuit edges")
+    ax.set_title("Circuit size at matched pretraining loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render_report(summary: dict) -> str:
+    e = html.escape
+    rows = []
+    for task, r in summary["tasks"].items():
+        cells = [f"<td>{e(task)}</td>"]
+        for m in MODELS:
+            x = r[m]
+            cells += [f"<td class=num>{x['task_loss']:.4f}</td>", f"<td class=num><a href='{e(x['page'])}'>{x['nodes']}</a></td>",
+                      f"<td class=num>{x['edges']}</td>", f"<td class=num>{x['loss_circuit']:.4f}</td>",
+                      f"<td class=num>{x['loss_circuit_ablated']:.4f}</td>"]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    head = "".join(f"<th>{m} {h}</th>" for m in MODELS for h in ("task loss", "nodes", "edges", "circuit loss", "ablated loss"))
+    losses = "".join(
+        f"<tr><td>{e(t)}</td>" + "".join(f"<td class=num>{summary['task_losses'][m][t].get('loss', float('nan')):.4f}</td>" for m in MODELS) + "</tr>"
+        for t in summary["task_losses"]["sparse"])
+    ratio = summary["edges_ratio_geomean"]
+    models = ", ".join(f"{m} validation loss {summary['models'][m]['val_loss']:.4f}" for m in MODELS)
+    return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>sparsecircuits demo report</title>
+<style>body{{font:14px/1.4 system-ui,sans-serif;margin:20px;color:#1d232a}}table{{border-collapse:collapse;margin:6px 0 16px}}
+th,td{{border:1px solid #ddd;padding:3px 8px}}td.num{{text-align:right;font-variant-numeric:tabular-nums}}</style></head><body>
+<h1>Weight-sparse vs dense circuits</h1>
+<p>{e(models)}. Target task loss {summary['target_loss']}.</p>
+<p>Geometric mean of circuit edges: sparse {summary['edges_geomean']['sparse']:.1f}, dense {summary['edges_geomean']['dense']:.1f};
+dense / sparse = <b>{'n/a' if ratio is None else f'{ratio:.2f}'}</b> over {len(summary['tasks'])} tasks both models learned.</p>
+<h2>Circuits (click a node count for the circuit page)</h2>
+<table><tr><th>task</th>{head}</tr>{''.join(rows)}</table>
+<img src="edges.png" alt="circuit edges per task">
+<h2>Task losses of both models (held-out records)</h2>
+<table><tr><th>task</th><th>sparse</th><th>dense</th></tr>{losses}</table>
+</body></html>"""
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{'task':28s} {'sparse loss':>11s} {'nodes':>6s} {'edges':>6s} {'dense loss':>10s} {'nodes':>6s} {'edges':>6s}"]
+    for task, r in summary["tasks"].items():
+        s, d = r["sparse"], r["dense"]
+        lines.append(f"{task:28s} {s['task_loss']:11.4f} {s['nodes']:6d} {s['edges']:6d} {d['task_loss']:10.4f} {d['nodes']:6d} {d['edges']:6d}")
+    ratio = summary["edges_ratio_geomean"]
+    lines.append("validation loss: " + ", ".join(f"{m} {summary['models'][m]['val_loss']:.4f}" for m in MODELS))
+    lines.append(f"edges_ratio_geomean (dense / sparse): {'n/a' if ratio is None else f'{ratio:.2f}'}")
+    return "\n".join(lines)
