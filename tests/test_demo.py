@@ -3,6 +3,8 @@
 import json
 import re
 
+import pytest
+
 from sparsecircuits.experiments.demo import demo
 from tests.conftest import write_idiom_corpus
 
@@ -34,3 +36,36 @@ def test_demo_on_tiny_models(tmp_path, task_run):
     before = (out / "circuits" / "sparse" / "lambda" / "circuit.json").stat().st_mtime
     demo(out, tasks=[str(task)], target_loss=0.68, config="tiny", overrides=TINY, corpus=[str(corpus)], control=False)
     assert (out / "circuits" / "sparse" / "lambda" / "circuit.json").stat().st_mtime == before
+
+
+def test_compare_two_models(tmp_path, task_run, capsys):
+    from sparsecircuits.cli import main
+
+    run, task = task_run
+    out = tmp_path / "cmp"
+    main(["compare", str(run), str(run), "--out", str(out), "--tasks", str(task), "--targets", "0.68,0.6",
+          "--learned-below", "0.68"])
+    rows = (out / "compare.csv").read_text().splitlines()
+    assert rows[0] == "model,task,target_loss,loss,nodes,edges" and len(rows) >= 3
+    assert (out / "compare.png").stat().st_size > 1000
+    assert "geometric-mean edges" in capsys.readouterr().out
+
+
+def test_sweep_reuses_runs_and_draws_the_frontier(tmp_path, task_run, capsys):
+    from sparsecircuits.cli import main
+
+    run, task = task_run
+    data = run.parent / "data"
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'config = "tiny"\nset = {json.dumps(TINY[:-1] + ["train.steps=60"])}\ntarget_loss = 0.68\n'
+                    f'tasks = [{json.dumps(str(task))}]\n[grid]\nd_model = [32]\nl0_fraction = [0.5, 0.25]\n')
+    main(["sweep", "--grid", str(grid), "--out", str(tmp_path / "sweep"), "--data", str(data)])
+    rows = (tmp_path / "sweep" / "frontier.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("run,d_model,l0_fraction")
+    assert (tmp_path / "sweep" / "frontier.png").stat().st_size > 1000
+    stamp = (tmp_path / "sweep" / "runs" / "d_model-32_l0_fraction-0.5" / "model.safetensors").stat().st_mtime
+    main(["sweep", "--grid", str(grid), "--out", str(tmp_path / "sweep"), "--data", str(data)])
+    assert (tmp_path / "sweep" / "runs" / "d_model-32_l0_fraction-0.5" / "model.safetensors").stat().st_mtime == stamp
+    with pytest.raises(SystemExit):
+        main(["sweep", "--grid", "nope", "--out", str(tmp_path / "x")])
+    assert "grid not found" in capsys.readouterr().err

@@ -66,3 +66,16 @@ def test_prune_bad_input(capsys, task_run, trained_run, tmp_path, circuit_dir):
     assert not out.exists() and not list(tmp_path.glob(".c.*"))
     fails(["validate", str(tmp_path)], "holds no circuit")
     fails(["validate", str(circuit_dir), "--run-dir", str(trained_run)], "different model")
+
+
+def test_search_keeps_the_smallest_circuit_that_meets_the_target(task_run, tmp_path):
+    from sparsecircuits.circuits import Circuit, PruneSettings, prune
+
+    run, task = task_run
+    circuit = prune(run, str(task), tmp_path / "searched", PruneSettings(target_loss=0.6, steps=30, calibration_steps=4),
+                    search_trials=3, show_progress=False)
+    assert circuit.data["search_trials"] == 3
+    assert circuit.metrics["loss_circuit"] <= 0.6
+    settings = circuit.data["settings"]
+    assert settings["steps"] == 30 and 1e-4 <= settings["k_coef"] <= 3e-2
+    assert Circuit.load(tmp_path / "searched").nodes == circuit.nodes

@@ -169,6 +169,32 @@ def cmd_demo(args: argparse.Namespace) -> None:
          config=args.config, overrides=args.set, corpus=args.corpus, control=not args.no_control)
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .experiments.compare import compare, geomean_edges
+
+    targets = tuple(float(t) for t in args.targets.split(","))
+    rows = compare(args.run_a, args.run_b, args.out, tasks=args.tasks.split(",") if args.tasks else None,
+                   targets=targets, learned_below=args.learned_below)
+    labels = list(dict.fromkeys(r["model"] for r in rows))
+    print(f"{'target':>7s} " + " ".join(f"{label[:20]:>20s}" for label in labels) + "   (geometric-mean edges)")
+    for target in sorted(targets):
+        cells = [geomean_edges(rows, label, target) for label in labels]
+        print(f"{target:7.3f} " + " ".join(f"{c:20.1f}" if c else f"{'-':>20s}" for c in cells))
+    print(f"wrote {args.out}/compare.csv and {args.out}/compare.png")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .data.dataset import ensure_default_data
+    from .experiments.sweep import sweep
+
+    rows = sweep(args.grid, args.out, args.data or ensure_default_data())
+    print(f"{'run':40s} {'val loss':>8s} {'tasks':>5s} {'edges (geo. mean)':>17s}")
+    for r in rows:
+        edges = f"{r['edges_geomean']:.1f}" if r["edges_geomean"] else "-"
+        print(f"{r['run']:40s} {r['val_loss']:8.4f} {r['tasks_learned']:5d} {edges:>17s}")
+    print(f"wrote {args.out}/frontier.csv and {args.out}/frontier.png")
+
+
 def _prune_default(name: str):
     from .circuits.prune import PruneSettings
 
@@ -286,6 +312,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", nargs="+", metavar="PATH", help="corpus instead of the standard library")
     p.add_argument("--no-control", action="store_true", help="skip the shuffled-label pruning control in validation")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("compare", help="circuit edges vs target loss for two models (PNG + CSV)")
+    p.add_argument("run_a", metavar="RUN_A")
+    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("--out", default="compare", metavar="DIR", help="where compare.csv and compare.png go (default ./compare)")
+    p.add_argument("--tasks", help="comma-separated tasks or JSONL files (default: every built-in task both models learned)")
+    p.add_argument("--targets", default="0.3,0.2,0.15,0.1,0.05", help="target losses (default 0.3,0.2,0.15,0.1,0.05)")
+    p.add_argument("--learned-below", type=float, default=0.15, help="a task counts as learned at this loss (default 0.15)")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sweep", help="train a grid of models, prune their tasks, plot the capability-interpretability frontier",
+                       description="Finished runs and circuits under DIR are reused, so a sweep can be stopped and continued.")
+    p.add_argument("--grid", required=True, metavar="GRID", help="a grid TOML file, or a built-in grid: cpu-overnight, gpu")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--data", metavar="DATA_DIR", help="prepared data (default: the standard library, prepared and cached)")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("configs", help="list the built-in configs, or show one fully resolved")
     p.add_argument("name", nargs="?", metavar="NAME_OR_FILE")

@@ -168,13 +168,20 @@ def find_circuit(model: SparseGPT, train: TokenizedTask, test: TokenizedTask, me
     Returns keep masks, the logit scale and the figures of the search. With require_target=False
     (the shuffled-label control) a target the full model cannot reach on these records is
     allowed; the search then reports `reached: False` and the full node count."""
+    return circuits_at_targets(model, train, test, means, settings, [settings.target_loss], show_progress,
+                               require_target)[0]
+
+
+def circuits_at_targets(model: SparseGPT, train: TokenizedTask, test: TokenizedTask, means: Mapping[str, torch.Tensor],
+                        settings: PruneSettings, targets: list[float], show_progress: bool = True,
+                        require_target: bool = True) -> list[dict]:
+    """One mask training, then one bisection per target loss (in the order given)."""
     evaluator = CircuitEvaluator(model, train, test, means, settings.calibration_steps)
     total = sum(model.node_sites.values())
-    everything = {site: torch.ones(width, dtype=torch.bool) for site, width in model.node_sites.items()}
     full_loss = float(task_loss(evaluator.logits(None)))
-    if require_target and full_loss > settings.target_loss:
+    if require_target and full_loss > max(targets):
         raise SparseCircuitsError(
-            f"the full model's loss on task {test.name} is {full_loss:.4f}, above the target {settings.target_loss}:"
+            f"the full model's loss on task {test.name} is {full_loss:.4f}, above the target {max(targets)}:"
             " no circuit can reach it; raise --target-loss or train a stronger model"
         )
     started = time.perf_counter()
@@ -189,14 +196,18 @@ def find_circuit(model: SparseGPT, train: TokenizedTask, test: TokenizedTask, me
             cache[n] = evaluator.calibrated(keep_top_n(scores, n))[0]
         return cache[n]
 
-    reached = loss_at(total) <= settings.target_loss
-    n_nodes = smallest_passing(loss_at, settings.target_loss, total, guess=active) if reached else total
-    keep = keep_top_n(scores, n_nodes)
-    loss, accuracy, scale = evaluator.calibrated(keep)
-    seconds = {"mask_training": round(mask_seconds, 1), "bisection": round(time.perf_counter() - started - mask_seconds, 1)}
-    return {"seconds": seconds, "keep": keep, "scores": scores, "logit_scale": scale, "loss": loss, "accuracy": accuracy,
-            "reached": reached, "active_after_training": active, "full_loss": full_loss,
-            "evaluations": len(cache), "everything": everything, "evaluator": evaluator}
+    results = []
+    for target in targets:
+        bisection_started = time.perf_counter()
+        reached = loss_at(total) <= target
+        n_nodes = smallest_passing(loss_at, target, total, guess=active) if reached else total
+        keep = keep_top_n(scores, n_nodes)
+        loss, accuracy, scale = evaluator.calibrated(keep)
+        seconds = {"mask_training": round(mask_seconds, 1), "bisection": round(time.perf_counter() - bisection_started, 1)}
+        results.append({"target_loss": target, "seconds": seconds, "keep": keep, "scores": scores, "logit_scale": scale,
+                        "loss": loss, "accuracy": accuracy, "reached": reached, "active_after_training": active,
+                        "full_loss": full_loss, "evaluations": len(cache), "evaluator": evaluator})
+    return results
 
 
 def settings_dict(settings: PruneSettings) -> dict:

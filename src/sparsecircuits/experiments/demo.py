@@ -27,6 +27,7 @@ from ..train.evaluation import evaluate_run
 from ..train.trainer import train
 
 MODELS = ("sparse", "dense")
+PAIR_MINUTES = 2.0  # pruning + validating + drawing one task on one small model, measured on 2 CPU cores
 
 
 class Stages:
@@ -116,16 +117,26 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
     task_losses = stages.run("evaluate tasks", lambda: {m: _task_table(out / m, candidates) for m in MODELS})
     atomic_write_text(out / "tasks.json", json.dumps(task_losses, indent=1))
     chosen = choose_tasks(task_losses, target_loss, max_tasks if tasks == "auto" else None)
+    if tasks == "auto":  # keep to the budget: each task costs about PAIR_MINUTES per model
+        left = minutes - (time.perf_counter() - stages.start) / 60
+        affordable = max(1, int(left // (PAIR_MINUTES * len(MODELS))))
+        if len(chosen) > affordable:
+            print(f"pruning {affordable} of {len(chosen)} tasks to stay within --minutes {minutes:g}", file=sys.stderr)
+            chosen = chosen[:affordable]
     if not chosen:
         print(f"no task is done to loss <= {target_loss} by both models: the report lists the task losses only", file=sys.stderr)
 
     def circuit_dir(model: str, task: str) -> Path:
         return out / "circuits" / model / Path(task).stem
 
+    def pruned(model: str, task: str) -> bool:
+        path = circuit_dir(model, task) / "circuit.json"
+        return path.is_file() and json.loads(path.read_text())["target_loss"] == target_loss
+
     def prune_all():
         for task in chosen:
             for model in MODELS:
-                if not (circuit_dir(model, task) / "circuit.json").is_file():
+                if not pruned(model, task):  # a circuit for another target is replaced
                     prune(out / model, task, circuit_dir(model, task), PruneSettings(target_loss=target_loss), force=True)
 
     def validate_all():

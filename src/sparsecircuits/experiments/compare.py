@@ -1,0 +1,103 @@
+"""`sparsecircuits compare RUN_A RUN_B`: circuit edges at a sweep of target losses for two models
+(paper Fig. 2), on the tasks both models learned, as a PNG plot and a CSV.
+
+For each model and task the mask is trained once and the kept-node count is bisected for every
+target, so the sweep costs little more than one pruning run per (model, task).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+
+from ..circuits.circuit import ablation_values, load_task_splits
+from ..circuits.graph import circuit_edges
+from ..circuits.prune import PruneSettings, circuits_at_targets
+from ..errors import SparseCircuitsError
+from ..io import atomic_write_text
+from ..model.gpt import SparseGPT
+from ..tasks import BUILTIN_TASKS, evaluate_task
+from .demo import geomean
+
+DEFAULT_TARGETS = (0.3, 0.2, 0.15, 0.1, 0.05)
+
+
+def compare(run_a: str | Path, run_b: str | Path, out: str | Path, tasks: list[str] | None = None,
+            targets: tuple[float, ...] = DEFAULT_TARGETS, learned_below: float = 0.15,
+            show_progress: bool = True) -> list[dict]:
+    runs = [Path(run_a), Path(run_b)]
+    labels = [r.name if r.name != runs[1 - i].name else str(r) for i, r in enumerate(runs)]
+    models = [SparseGPT.from_pretrained(r) for r in runs]
+    candidates = tasks or list(BUILTIN_TASKS)
+    learned = []
+    for name in candidates:
+        losses = []
+        for model in models:
+            try:
+                losses.append(evaluate_task(model, load_task_splits(model, name)[1])["loss"])
+            except SparseCircuitsError:
+                losses.append(float("inf"))
+        if max(losses) <= learned_below:
+            learned.append(name)
+    if not learned:
+        raise SparseCircuitsError(f"no task is done to loss <= {learned_below} by both models: nothing to compare")
+    rows = []
+    for label, run_dir, model in zip(labels, runs, models):
+        means = ablation_values(model, run_dir, "mean", show_progress)
+        for name in learned:
+            train, test = load_task_splits(model, name)
+            settings = PruneSettings(target_loss=max(targets))
+            found = circuits_at_targets(model, train, test, means, settings, sorted(targets, reverse=True),
+                                        show_progress, require_target=False)
+            for result in found:
+                if not result["reached"]:
+                    continue
+                rows.append({"model": label, "task": train.name, "target_loss": result["target_loss"],
+                             "loss": round(result["loss"], 5), "nodes": int(sum(k.sum() for k in result["keep"].values())),
+                             "edges": len(circuit_edges(model, result["keep"]))})
+            if show_progress:
+                print(f"{label} {name}: " + ", ".join(f"{r['target_loss']}: {r['edges']} edges" for r in rows
+                                                        if r["model"] == label and r["task"] == train.name), file=sys.stderr)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "compare.csv", buffer.getvalue())
+    plot_compare(out / "compare.png", rows, labels, targets)
+    return rows
+
+
+def geomean_edges(rows: list[dict], label: str, target: float) -> float | None:
+    """Geometric mean of edges over the tasks where this model's circuit reached this target."""
+    edges = [r["edges"] for r in rows if r["model"] == label and r["target_loss"] == target]
+    return geomean(edges) if edges else None
+
+
+def plot_compare(path: Path, rows: list[dict], labels: list[str], targets: tuple[float, ...]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, color in zip(labels, ("#2463eb", "#9ca3af")):
+        for task in sorted({r["task"] for r in rows}):
+            points = sorted((r["edges"], r["target_loss"]) for r in rows if r["model"] == label and r["task"] == task)
+            if points:
+                ax.plot(*zip(*points), color=color, alpha=0.3, lw=1)
+        means = [(geomean_edges(rows, label, t), t) for t in sorted(targets)]
+        means = [(e, t) for e, t in means if e is not None]
+        if means:
+            ax.plot(*zip(*means), color=color, lw=2.5, marker="o", label=f"{label} (geometric mean over tasks)")
+    ax.set_xscale("log")
+    ax.set_xlabel("circuit edges")
+    ax.set_ylabel("target task loss")
+    ax.set_title("Task loss vs circuit size")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
