@@ -39,7 +39,7 @@ def main() -> None:
         result = evaluate_run(run_dir)
         rows.append({"lr": lr, "settings": " ".join(args.set), "seconds": round(seconds), **result})
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\n| lr | settings | val loss | bigram baseline | dead neurons | seconds |\n|---|---|---|---|---|---|")
+    print("\n| lr | settings | val loss | bigram baseline | dead neurons | seconds |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['lr']} | {r['settings']} | {r['val_loss']:.4f} | {r['bigram_loss']:.4f} | {r['dead_neurons']} | {r['seconds']} |")
 

@@ -1,17 +1,15 @@
 """Every bad input gives one line saying what is wrong, exit status 2, and no half-written output."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from sparsecircuits.cli import build_parser, main
+from sparsecircuits.cli import main
 from tests.conftest import TINY_OVERRIDES
 
 TINY_SET = [arg for o in TINY_OVERRIDES for arg in ("--set", o)]

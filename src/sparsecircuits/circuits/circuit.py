@@ -8,10 +8,6 @@ holds every node's learned τ. The directory is written to a staging folder and 
 from __future__ import annotations
 
 import json
-import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -23,7 +19,7 @@ import torch
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT, read_run_config
 from ..tasks.records import TokenizedTask, load_task, task_accuracy, task_loss
-from ..io import atomic_save_tensors, load_tensors, publish
+from ..io import atomic_save_tensors, load_tensors, staged_directory
 from .graph import circuit_edges
 from .masks import ablation_hooks
 from .means import load_or_compute_means
@@ -87,18 +83,9 @@ def circuit_metrics(evaluator: CircuitEvaluator, keep: Mapping[str, torch.Tensor
 
 
 def write_circuit_dir(out: Path, record: dict, scores: Mapping[str, torch.Tensor]) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_directory(out) as staging:
         (staging / CIRCUIT_FILE).write_text(json.dumps(record, indent=1))
         atomic_save_tensors(staging / "scores.safetensors", dict(scores))
-        if out.exists():
-            shutil.rmtree(out)
-        publish(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def prune(run_dir: str | Path, task: str, out: str | Path, settings: PruneSettings | None = None,

@@ -10,10 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import sysconfig
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import SparseCircuitsError
-from ..io import publish
+from ..io import staged_directory
 
 EOT = "<|endoftext|>"
 MANIFEST = "manifest.json"
@@ -181,9 +179,7 @@ def prepare(
     tokenizer = train_tokenizer([d.text for d in train_docs], vocab_size)
     eot_id = tokenizer.token_to_id(EOT)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_directory(out) as staging:
         tokenizer.save(str(staging / "tokenizer.json"))
         files, counts = [], {}
         for split, docs in (("train", train_docs), ("val", val_docs)):
@@ -208,11 +204,5 @@ def prepare(
             "files": files,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        publish(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     say(f"wrote {out}: {counts['train']:,} train and {counts['val']:,} validation tokens", file=sys.stderr)
     return manifest

@@ -12,9 +12,6 @@ A run directory:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import SparseCircuitsError
-from ..io import load_tensors, publish
+from ..io import load_tensors, staged_directory
 
 CHECKPOINT = "checkpoint"
 MODEL_FILE = "model.safetensors"
@@ -43,8 +40,7 @@ def load_state_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], so
 
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Write checkpoint/ as a whole: a staging folder renamed into place."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT}.", dir=run_dir))
-    try:
+    with staged_directory(run_dir / CHECKPOINT) as staging:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(staging / MODEL_FILE))
         opt_state = optimizer.state_dict()
         tensors, per_param = {}, {}
@@ -59,14 +55,6 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
         save_file(tensors, str(staging / "optimizer.safetensors"))
         state = {**state, "param_groups": opt_state["param_groups"], "optimizer_scalars": per_param}
         (staging / "state.json").write_text(json.dumps(state, indent=1))
-        final, old = run_dir / CHECKPOINT, run_dir / f".{CHECKPOINT}.old"
-        if final.exists():
-            os.replace(final, old)
-        publish(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
