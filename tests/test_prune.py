@@ -20,7 +20,7 @@ def test_circuit_json_is_complete_and_consistent(circuit_dir, task_run):
                 "loss_random_same_size", "accuracy_circuit"):
         assert key in m, key
     assert m["n_nodes"] == len(data["nodes"]) > 0 and m["n_edges"] == len(data["edges"])
-    assert m["loss_circuit"] <= data["target_loss"]
+    assert m["loss_circuit_uncalibrated"] <= data["target_loss"]
     assert data["model"]["name"] == run.name and data["ablation"] == "mean"
     circuit = Circuit.load(circuit_dir)
     model = circuit.load_model()
@@ -75,7 +75,7 @@ def test_search_keeps_the_smallest_circuit_that_meets_the_target(task_run, tmp_p
     circuit = prune(run, str(task), tmp_path / "searched", PruneSettings(target_loss=0.6, steps=30, calibration_steps=4),
                     search_trials=3, show_progress=False)
     assert circuit.data["search_trials"] == 3
-    assert circuit.metrics["loss_circuit"] <= 0.6
+    assert circuit.metrics["loss_circuit_uncalibrated"] <= 0.6
     settings = circuit.data["settings"]
     assert settings["steps"] == 30 and 1e-4 <= settings["k_coef"] <= 3e-2
     assert Circuit.load(tmp_path / "searched").nodes == circuit.nodes

@@ -2,9 +2,8 @@
 
 1. Learn a mask τ over every node: task loss + k_coef * (active nodes), Heaviside forward with a
    sigmoid surrogate gradient, AdamW, τ clamped to [-1, 1].
-2. Rank nodes by τ and bisect the number kept so the held-out task loss just meets the target
-   (each candidate's loss after fitting one logit scale on the training records).
-3. Fit that logit scale (LBFGS) for the circuit found.
+2. Rank nodes by τ and bisect the number kept so the held-out task loss just meets the target.
+3. Fit one logit scale (LBFGS, on the training records) for the circuit found.
 """
 
 from __future__ import annotations
@@ -191,9 +190,9 @@ def circuits_at_targets(model: SparseGPT, train: TokenizedTask, test: TokenizedT
     active = int(sum((t > 0).sum() for t in scores.values()))
     cache: dict[int, float] = {}
 
-    def loss_at(n: int) -> float:
+    def loss_at(n: int) -> float:  # held-out loss before calibration, as the bisection is specified
         if n not in cache:
-            cache[n] = evaluator.calibrated(keep_top_n(scores, n))[0]
+            cache[n] = float(task_loss(evaluator.logits(keep_top_n(scores, n))))
         return cache[n]
 
     results = []

@@ -97,7 +97,8 @@ def render_markdown(data: dict) -> str:
     if v:
         lines += ["", "## Validation", "", "| check | task loss | verdict |", "|---|---|---|",
                   f"| full model | {v['loss_full_model']:.4f} | |",
-                  f"| circuit only (sufficiency) | {v['loss_circuit']:.4f} | {'pass' if v['sufficient'] else 'FAIL'} |",
+                  f"| circuit only (sufficiency) | {v['loss_circuit_uncalibrated']:.4f} | {'pass' if v['sufficient'] else 'FAIL'} |",
+                  f"| circuit only, logit scale calibrated | {v['loss_circuit']:.4f} | |",
                   f"| circuit ablated (necessity) | {v['loss_circuit_ablated']:.4f} | {'pass' if v['necessary'] else 'FAIL'} |",
                   f"| random nodes, same size per site | {v['loss_random_same_size']:.4f} | |"]
         if "control_shuffled" in v:
