@@ -7,8 +7,6 @@ target, so the sweep costs little more than one pruning run per (model, task).
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 from pathlib import Path
 
@@ -16,7 +14,8 @@ from ..circuits.circuit import ablation_values, load_task_splits
 from ..circuits.graph import circuit_edges
 from ..circuits.prune import PruneSettings, circuits_at_targets
 from ..errors import SparseCircuitsError
-from ..io import atomic_write_text
+from ..io import atomic_write_csv
+from .plots import pyplot
 from ..model.gpt import SparseGPT
 from ..tasks import BUILTIN_TASKS, evaluate_task
 from .demo import geomean
@@ -62,11 +61,7 @@ def compare(run_a: str | Path, run_b: str | Path, out: str | Path, tasks: list[s
                                                         if r["model"] == label and r["task"] == train.name), file=sys.stderr)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "compare.csv", buffer.getvalue())
+    atomic_write_csv(out / "compare.csv", rows, list(rows[0]))
     plot_compare(out / "compare.png", rows, labels, targets)
     return rows
 
@@ -78,11 +73,7 @@ def geomean_edges(rows: list[dict], label: str, target: float) -> float | None:
 
 
 def plot_compare(path: Path, rows: list[dict], labels: list[str], targets: tuple[float, ...]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, color in zip(labels, ("#2463eb", "#9ca3af")):
         for task in sorted({r["task"] for r in rows}):

@@ -20,6 +20,7 @@ from ..config import load_config
 from ..data.prepare import MANIFEST, prepare
 from ..errors import SparseCircuitsError
 from ..io import atomic_write_text
+from .plots import pyplot
 from ..model.gpt import SparseGPT
 from ..tasks import BUILTIN_TASKS, evaluate_task, load_task
 from ..train.checkpoint import MODEL_FILE
@@ -195,11 +196,7 @@ def write_report(out: Path, chosen: list[str], task_losses: dict, circuit_dir, t
 
 
 def plot_edges(path: Path, per_task: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(per_task) + 2), 3.6))
     names = list(per_task)
     for offset, model, color in ((-0.2, "sparse", "#2463eb"), (0.2, "dense", "#9ca3af")):

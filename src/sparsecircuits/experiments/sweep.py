@@ -18,8 +18,6 @@ A grid file:
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import json
 import sys
@@ -27,7 +25,8 @@ from pathlib import Path
 
 from ..config import _read_toml, load_config
 from ..errors import SparseCircuitsError
-from ..io import atomic_write_text
+from ..io import atomic_write_csv, atomic_write_text
+from .plots import pyplot
 from ..model.gpt import SparseGPT
 from ..tasks import BUILTIN_TASKS, evaluate_task, load_task
 from ..train.checkpoint import MODEL_FILE
@@ -111,13 +110,9 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
                     "edges": edges})
         rows.append(row)
     _common_geomean(rows)
-    buffer = io.StringIO()
     fields = ["run", "d_model", "l0_fraction", "keep_fraction", "val_loss", "tasks_learned", "edges_geomean",
               "common_tasks", "edges_geomean_common"]
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "frontier.csv", buffer.getvalue())
+    atomic_write_csv(out / "frontier.csv", rows, fields)
     atomic_write_text(out / "frontier.json", json.dumps(rows, indent=1))
     plot_frontier(out / "frontier.png", rows)
     return rows
@@ -132,11 +127,7 @@ def _common_geomean(rows: list[dict]) -> None:
 
 
 def plot_frontier(path: Path, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     key = "edges_geomean_common" if rows and rows[0]["common_tasks"] else "edges_geomean"
     fig, ax = plt.subplots(figsize=(6, 4))
     for width in sorted({r["d_model"] for r in rows}):
