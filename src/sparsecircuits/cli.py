@@ -32,10 +32,6 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise SparseCircuitsError("--set changes the config, and a resumed run must keep its own: drop --set")
     else:
         config = load_config(args.config, args.set)
-        if args.resume:  # the run recorded the vocabulary it took from its tokenizer
-            saved = read_run_config(run_dir)
-            if config.model.vocab_size == 0:
-                config.model.vocab_size = saved.model.vocab_size
     if args.data is None and args.resume and (run_dir / "run.json").is_file():
         data_dir = json.loads((run_dir / "run.json").read_text())["data"]
     else:

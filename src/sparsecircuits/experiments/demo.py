@@ -58,11 +58,8 @@ def _train_stage(config_name: str, overrides: list[str], data_dir: Path, run_dir
                  stop_at_val_loss: float | None = None) -> None:
     if (run_dir / MODEL_FILE).is_file():
         return
-    config = load_config(config_name, overrides)
     resume = (run_dir / "checkpoint" / "state.json").is_file()
-    if resume:
-        config.model.vocab_size = json.loads((run_dir / "config.json").read_text())["model"]["vocab_size"]
-    train(config, data_dir, run_dir, resume=resume, stop_at_val_loss=stop_at_val_loss)
+    train(load_config(config_name, overrides), data_dir, run_dir, resume=resume, stop_at_val_loss=stop_at_val_loss)
 
 
 def _task_table(run_dir: Path, tasks: list[str]) -> dict[str, dict]:

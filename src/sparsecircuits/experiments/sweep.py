@@ -85,11 +85,8 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
         run_dir = out / "runs" / tag
         print(f"[sweep {index}/{len(grid_runs(grid))}] {tag}", file=sys.stderr, flush=True)
         if not (run_dir / MODEL_FILE).is_file():
-            config = load_config(base, overrides)
             resume = (run_dir / "checkpoint" / "state.json").is_file()
-            if resume:
-                config.model.vocab_size = json.loads((run_dir / "config.json").read_text())["model"]["vocab_size"]
-            train(config, data_dir, run_dir, resume=resume, show_progress=show_progress)
+            train(load_config(base, overrides), data_dir, run_dir, resume=resume, show_progress=show_progress)
         model = SparseGPT.from_pretrained(run_dir)
         config = model.run_config
         row = {"run": tag, "d_model": config.model.d_model, "l0_fraction": config.sparsity.l0_fraction,
