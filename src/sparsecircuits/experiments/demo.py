@@ -170,7 +170,9 @@ def write_report(out: Path, chosen: list[str], task_losses: dict, circuit_dir, t
             row[model] = {
                 "task_loss": task_losses[model][task]["loss"],
                 "nodes": circuit["metrics"]["n_nodes"], "edges": circuit["metrics"]["n_edges"],
-                "loss_circuit": validation["loss_circuit"], "loss_circuit_ablated": validation["loss_circuit_ablated"],
+                "loss_circuit": validation["loss_circuit_uncalibrated"],
+                "loss_circuit_calibrated": validation["loss_circuit"],
+                "loss_circuit_ablated": validation["loss_circuit_ablated"],
                 "loss_random_same_size": validation["loss_random_same_size"],
                 "control_nodes": validation.get("control_shuffled", {}).get("n_nodes"),
                 "page": str((directory / "circuit.html").relative_to(out)),
