@@ -46,7 +46,8 @@ def test_compare_two_models(tmp_path, task_run, capsys):
     main(["compare", str(run), str(run), "--out", str(out), "--tasks", str(task), "--targets", "0.68,0.6",
           "--learned-below", "0.68"])
     rows = (out / "compare.csv").read_text().splitlines()
-    assert rows[0] == "model,task,target_loss,loss,nodes,edges" and len(rows) >= 3
+    assert rows[0] == "model,task,target_loss,loss,loss_calibrated,nodes,edges" and len(rows) >= 3
+    assert all(float(r.split(",")[3]) <= float(r.split(",")[2]) for r in rows[1:])  # each target met
     assert (out / "compare.png").stat().st_size > 1000
     assert "geometric-mean edges" in capsys.readouterr().out
 

@@ -91,3 +91,16 @@ def test_sharkfin_schedule():
     assert lr_at(9, 100, 1.0, optim) == optim.lr
     assert abs(lr_at(55, 100, 1.0, optim) - optim.lr * 0.5) < 1e-12
     assert abs(lr_at(55, 100, 0.25, optim) - optim.lr) < 1e-12  # times 1/sqrt(L0 fraction)
+
+
+def test_pipelines_restart_a_run_stopped_before_its_first_checkpoint(tmp_path, data_dir):
+    from sparsecircuits.train.trainer import train_or_continue
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")  # what a run killed before its first checkpoint leaves
+    train_or_continue(load_config("tiny", TINY_OVERRIDES), data_dir, run, show_progress=False)
+    assert (run / "model.safetensors").is_file()
+    stamp = (run / "model.safetensors").stat().st_mtime
+    train_or_continue(load_config("tiny", TINY_OVERRIDES), data_dir, run, show_progress=False)
+    assert (run / "model.safetensors").stat().st_mtime == stamp  # a finished run is left alone

@@ -204,7 +204,8 @@ def circuits_at_targets(model: SparseGPT, train: TokenizedTask, test: TokenizedT
         loss, accuracy, scale = evaluator.calibrated(keep)
         seconds = {"mask_training": round(mask_seconds, 1), "bisection": round(time.perf_counter() - bisection_started, 1)}
         results.append({"target_loss": target, "seconds": seconds, "keep": keep, "scores": scores, "logit_scale": scale,
-                        "loss": loss, "accuracy": accuracy, "reached": reached, "active_after_training": active,
+                        "loss": loss, "loss_uncalibrated": loss_at(n_nodes), "accuracy": accuracy, "reached": reached,
+                        "active_after_training": active,
                         "full_loss": full_loss, "evaluations": len(cache), "evaluator": evaluator})
     return results
 

@@ -54,7 +54,8 @@ def compare(run_a: str | Path, run_b: str | Path, out: str | Path, tasks: list[s
                 if not result["reached"]:
                     continue
                 rows.append({"model": label, "task": train.name, "target_loss": result["target_loss"],
-                             "loss": round(result["loss"], 5), "nodes": int(sum(k.sum() for k in result["keep"].values())),
+                             "loss": round(result["loss_uncalibrated"], 5), "loss_calibrated": round(result["loss"], 5),
+                             "nodes": int(sum(k.sum() for k in result["keep"].values())),
                              "edges": len(circuit_edges(model, result["keep"]))})
             if show_progress:
                 print(f"{label} {name}: " + ", ".join(f"{r['target_loss']}: {r['edges']} edges" for r in rows

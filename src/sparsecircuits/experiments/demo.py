@@ -23,9 +23,8 @@ from ..io import atomic_write_text
 from .plots import pyplot
 from ..model.gpt import SparseGPT
 from ..tasks import BUILTIN_TASKS, evaluate_task, load_task
-from ..train.checkpoint import MODEL_FILE
 from ..train.evaluation import evaluate_run
-from ..train.trainer import train
+from ..train.trainer import train_or_continue
 
 MODELS = ("sparse", "dense")
 PAIR_MINUTES = 2.0  # pruning + validating + drawing one task on one small model, measured on 2 CPU cores
@@ -56,10 +55,7 @@ def _last_val_loss(run_dir: Path) -> float:
 
 def _train_stage(config_name: str, overrides: list[str], data_dir: Path, run_dir: Path,
                  stop_at_val_loss: float | None = None) -> None:
-    if (run_dir / MODEL_FILE).is_file():
-        return
-    resume = (run_dir / "checkpoint" / "state.json").is_file()
-    train(load_config(config_name, overrides), data_dir, run_dir, resume=resume, stop_at_val_loss=stop_at_val_loss)
+    train_or_continue(load_config(config_name, overrides), data_dir, run_dir, stop_at_val_loss=stop_at_val_loss)
 
 
 def _task_table(run_dir: Path, tasks: list[str]) -> dict[str, dict]:

@@ -29,9 +29,8 @@ from ..io import atomic_write_csv, atomic_write_text
 from .plots import pyplot
 from ..model.gpt import SparseGPT
 from ..tasks import BUILTIN_TASKS, evaluate_task, load_task
-from ..train.checkpoint import MODEL_FILE
 from ..train.evaluation import evaluate_run
-from ..train.trainer import train
+from ..train.trainer import train_or_continue
 from .demo import geomean
 
 GRID_KEYS = {"d_model": "model.d_model", "l0_fraction": "sparsity.l0_fraction", "keep_fraction": "model.keep_fraction"}
@@ -84,9 +83,7 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
     for index, (tag, overrides) in enumerate(grid_runs(grid), 1):
         run_dir = out / "runs" / tag
         print(f"[sweep {index}/{len(grid_runs(grid))}] {tag}", file=sys.stderr, flush=True)
-        if not (run_dir / MODEL_FILE).is_file():
-            resume = (run_dir / "checkpoint" / "state.json").is_file()
-            train(load_config(base, overrides), data_dir, run_dir, resume=resume, show_progress=show_progress)
+        train_or_continue(load_config(base, overrides), data_dir, run_dir, show_progress=show_progress)
         model = SparseGPT.from_pretrained(run_dir)
         config = model.run_config
         row = {"run": tag, "d_model": config.model.d_model, "l0_fraction": config.sparsity.l0_fraction,

@@ -229,6 +229,18 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
     return run_dir
 
 
+def train_or_continue(config: Config, data_dir: str | Path, run_dir: str | Path, **kwargs) -> Path:
+    """For pipelines that own their run directories (demo, sweep): nothing if the run finished,
+    --resume if it has a checkpoint, and a fresh start if it was stopped before its first one."""
+    run_dir = Path(run_dir)
+    if (run_dir / MODEL_FILE).is_file():
+        return run_dir
+    resume = (run_dir / CHECKPOINT / "state.json").is_file()
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    return train(config, data_dir, run_dir, resume=resume, **kwargs)
+
+
 class _StopOnInterrupt:
     """The first Ctrl-C asks the loop to stop at the end of the current step (so the checkpoint
     is consistent); a second one interrupts at once."""
