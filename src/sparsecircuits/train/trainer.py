@@ -210,8 +210,9 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
                 bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{tokens_per_s:,.0f}", l0=f"{l0:.4f}")
             if step % train_cfg.eval_interval == 0 or step == train_cfg.steps:
                 record = eval_record(step, l0)
-                bar.write(f"step {step}: val_loss {record['val_loss']:.4f}, dead neurons {record['dead_neurons']}",
-                          file=sys.stderr)
+                if show_progress:
+                    bar.write(f"step {step}: val_loss {record['val_loss']:.4f}, dead neurons {record['dead_neurons']}",
+                              file=sys.stderr)
                 if stop_at_val_loss is not None and record["val_loss"] <= stop_at_val_loss:
                     log({"step": step, "stopped": f"validation loss reached {stop_at_val_loss:.4f}"})
                     break
