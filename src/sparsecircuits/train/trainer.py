@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import signal
 import threading
@@ -22,6 +23,7 @@ from ..model.gpt import SparseGPT
 from ..model.sparsity import apply_weight_topk, l0_fraction_at, sparse_parameters
 from ..io import atomic_save_tensors, atomic_write_text
 from .checkpoint import CHECKPOINT, MODEL_FILE, load_checkpoint, save_checkpoint
+from .distributed import Distributed
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,13 +97,16 @@ def evaluate(model: SparseGPT, inputs: torch.Tensor, targets: torch.Tensor, batc
 
 
 def training_step(model: SparseGPT, optimizer: torch.optim.Optimizer, sparse: dict[str, torch.nn.Parameter],
-                  x: torch.Tensor, y: torch.Tensor, lr: float, l0_fraction: float, config: Config) -> tuple[torch.Tensor, float]:
-    """One full step: forward, backward, gradient RMS clip, AdamW, weight top-k. Returns (loss, grad RMS)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+                  x: torch.Tensor, y: torch.Tensor, lr: float, l0_fraction: float, config: Config,
+                  group: Distributed = Distributed()) -> tuple[torch.Tensor, float]:
+    """One full step: forward, backward, gradient averaging across ranks, gradient RMS clip, AdamW,
+    weight top-k. Returns (loss on this rank's rows, grad RMS)."""
+    for param_group in optimizer.param_groups:
+        param_group["lr"] = lr
     with autocast(x.device):
         loss = model.loss(x, y)
     loss.backward()
+    group.average_gradients(model)
     grad_rms = scale_gradients(model, config.optim)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -158,8 +163,17 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
             " set model.vocab_size=0 to take it from the tokenizer, or prepare data with that --vocab-size"
         )
     data.check_context(model_cfg.ctx_len)
+    group = Distributed.from_environment()
+    if train_cfg.batch_size % group.world_size:
+        raise SparseCircuitsError(f"train.batch_size {train_cfg.batch_size} does not split over {group.world_size} processes:"
+                                  " make it a multiple of --nproc_per_node")
     device = resolve_device(train_cfg.device)
-    _prepare_run_dir(config, data, run_dir, resume)
+    if device.type == "cuda" and group.active:
+        device = torch.device("cuda", group.local_rank)
+    if group.is_main:  # only rank 0 writes the run directory; the others wait for it
+        _prepare_run_dir(config, data, run_dir, resume)
+    group.barrier()
+    show_progress = show_progress and group.is_main
 
     torch.manual_seed(train_cfg.seed)
     model = SparseGPT(model_cfg).to(device)
@@ -170,7 +184,7 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
         start = load_checkpoint(run_dir, model, optimizer)["step"]
         _truncate_metrics(run_dir / "metrics.jsonl", start)
     val_inputs, val_targets = data.eval_windows("val", model_cfg.ctx_len, train_cfg.eval_batches * train_cfg.batch_size * model_cfg.ctx_len)
-    metrics = open(run_dir / "metrics.jsonl", "a")
+    metrics = open(run_dir / "metrics.jsonl" if group.is_main else os.devnull, "a")
     tokens_per_step = train_cfg.batch_size * model_cfg.ctx_len
 
     def log(record: dict) -> None:
@@ -178,7 +192,8 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
         metrics.flush()
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(run_dir, model, optimizer, {"step": step, "config_hash": config.hash()})
+        if group.is_main:
+            save_checkpoint(run_dir, model, optimizer, {"step": step, "config_hash": config.hash()})
 
     def eval_record(step: int, l0: float) -> dict:
         record = {"step": step, "tokens": step * tokens_per_step, "l0_fraction": l0,
@@ -197,8 +212,9 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
         while step < train_cfg.steps:
             l0 = l0_fraction_at(step, train_cfg.steps, config.sparsity)
             lr = lr_at(step, train_cfg.steps, l0, config.optim)
-            x, y = (t.to(device) for t in data.batch("train", train_cfg.batch_size, model_cfg.ctx_len, train_cfg.seed, step))
-            loss, grad_rms = training_step(model, optimizer, sparse, x, y, lr, l0, config)
+            x, y = (t.to(device) for t in data.batch("train", train_cfg.batch_size, model_cfg.ctx_len, train_cfg.seed, step,
+                                                    group.rank, group.world_size))  # this rank's rows of the global batch
+            loss, grad_rms = training_step(model, optimizer, sparse, x, y, lr, l0, config, group)
             step += 1
             bar.update(1)
             if step % train_cfg.log_interval == 0 or step == train_cfg.steps:
@@ -208,25 +224,32 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
                 log({"step": step, "tokens": step * tokens_per_step, "train_loss": float(loss), "lr": lr,
                      "l0_fraction": l0, "grad_rms": grad_rms, "tokens_per_s": tokens_per_s})
                 bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{tokens_per_s:,.0f}", l0=f"{l0:.4f}")
-            if step % train_cfg.eval_interval == 0 or step == train_cfg.steps:
+            matched = False
+            if (step % train_cfg.eval_interval == 0 or step == train_cfg.steps) and group.is_main:
                 record = eval_record(step, l0)
                 if show_progress:
                     bar.write(f"step {step}: val_loss {record['val_loss']:.4f}, dead neurons {record['dead_neurons']}",
                               file=sys.stderr)
-                if stop_at_val_loss is not None and record["val_loss"] <= stop_at_val_loss:
+                matched = stop_at_val_loss is not None and record["val_loss"] <= stop_at_val_loss
+                if matched:
                     log({"step": step, "stopped": f"validation loss reached {stop_at_val_loss:.4f}"})
-                    break
+            if group.any(matched):
+                break
             if step % train_cfg.checkpoint_interval == 0 and step < train_cfg.steps:
                 checkpoint(step)
+            interrupted.requested = group.any(interrupted.requested)
             if interrupted.requested or (stop_after is not None and step >= stop_after and step < train_cfg.steps):
                 checkpoint(step)
                 if interrupted.requested:
-                    print(f"interrupted at step {step}: checkpoint written to {run_dir / CHECKPOINT};"
-                          " continue with --resume", file=sys.stderr)
+                    if group.is_main:
+                        print(f"interrupted at step {step}: checkpoint written to {run_dir / CHECKPOINT};"
+                              " continue with --resume", file=sys.stderr)
                     raise KeyboardInterrupt
                 return run_dir
     checkpoint(step)
-    atomic_save_tensors(run_dir / MODEL_FILE, model.state_dict(), metadata={"config_hash": config.hash()})
+    if group.is_main:
+        atomic_save_tensors(run_dir / MODEL_FILE, model.state_dict(), metadata={"config_hash": config.hash()})
+    group.barrier()
     return run_dir
 
 
