@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -91,3 +93,15 @@ def staged_directory(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def iter_jsonl(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for every non-blank line; bad JSON is an error naming the line."""
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SparseCircuitsError(f"{path}:{line_no}: bad JSON ({err.msg})") from None
+        yield line_no, value

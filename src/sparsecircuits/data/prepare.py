@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import SparseCircuitsError
-from ..io import staged_directory
+from ..io import iter_jsonl, staged_directory
 
 EOT = "<|endoftext|>"
 MANIFEST = "manifest.json"
@@ -96,13 +96,7 @@ def _read_documents(path: Path, scan: CorpusScan):
     if not path.name.endswith(".jsonl"):
         yield str(path), text
         return
-    for line_no, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise SparseCircuitsError(f"{path}:{line_no}: bad JSON ({err.msg}); each line must be an object with a 'text' field") from None
+    for line_no, record in iter_jsonl(path, text):
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise SparseCircuitsError(f"{path}:{line_no}: each line must be a JSON object with a string 'text' field")
         yield f"{path}:{line_no}", record["text"]

@@ -6,7 +6,6 @@ candidate tokens; the loss is the cross-entropy of the correct one, averaged ove
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SparseCircuitsError
+from ..io import iter_jsonl
 from .builtin import BUILTIN_TASKS, generate
 
 MIN_RECORDS = 32
@@ -41,13 +41,7 @@ def read_jsonl_records(path: Path) -> list[dict]:
     if not path.is_file():
         raise SparseCircuitsError(f"task file not found: {path}")
     records = []
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise SparseCircuitsError(f"{path}:{line_no}: bad JSON ({err.msg})") from None
+    for line_no, record in iter_jsonl(path, path.read_text()):
         if not isinstance(record, dict):
             raise SparseCircuitsError(f"{path}:{line_no}: each line must be a JSON object with {', '.join(FIELDS)}")
         missing = [f for f in FIELDS if not isinstance(record.get(f), str)]
