@@ -15,7 +15,7 @@ from ..circuits.graph import circuit_edges
 from ..circuits.prune import PruneSettings, circuits_at_targets
 from ..errors import SparseCircuitsError
 from ..io import atomic_write_csv
-from .plots import pyplot
+from .plots import pyplot, save
 from ..model.gpt import SparseGPT
 from ..tasks import BUILTIN_TASKS, evaluate_task
 from .demo import geomean
@@ -90,6 +90,4 @@ def plot_compare(path: Path, rows: list[dict], labels: list[str], targets: tuple
     ax.set_ylabel("target task loss")
     ax.set_title("Task loss vs circuit size")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)

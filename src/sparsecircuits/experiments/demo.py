@@ -20,7 +20,7 @@ from ..config import load_config
 from ..data.prepare import MANIFEST, prepare
 from ..errors import SparseCircuitsError
 from ..io import atomic_write_text
-from .plots import pyplot
+from .plots import pyplot, save
 from ..model.gpt import SparseGPT
 from ..tasks import BUILTIN_TASKS, evaluate_task, load_task
 from ..train.evaluation import evaluate_run
@@ -202,9 +202,7 @@ def plot_edges(path: Path, per_task: dict) -> None:
     ax.set_ylabel("circuit edges")
     ax.set_title("Circuit size at matched pretraining loss")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def render_report(summary: dict) -> str:

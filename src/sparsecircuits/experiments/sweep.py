@@ -26,7 +26,7 @@ from pathlib import Path
 from ..config import _read_toml, load_config
 from ..errors import SparseCircuitsError
 from ..io import atomic_write_csv, atomic_write_text
-from .plots import pyplot
+from .plots import pyplot, save
 from ..model.gpt import SparseGPT
 from ..tasks import BUILTIN_TASKS, evaluate_task, load_task
 from ..train.evaluation import evaluate_run
@@ -135,6 +135,4 @@ def plot_frontier(path: Path, rows: list[dict]) -> None:
     ax.set_ylabel("pretraining validation loss (nats/token)")
     ax.set_title("Capability vs interpretability")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
