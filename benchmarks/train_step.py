@@ -2,59 +2,103 @@
 
 Reference: d_model 256, 4 layers, d_head 16, ctx 256, batch 16, vocab 2048, AbsTopK 1/4 at all
 eight node sites, L0 fraction 1/16 (as after annealing), bigram table, attention sinks.
-The dense run has the same shape with all sparsity (weights and activations) off.
+Three steps are timed, in interleaved rounds (the median round counts):
+  sparse:   our step;
+  baseline: the same math written the straightforward way (`sparsecircuits.model.reference`:
+            AbsTopK by topk + scatter, a full topk per matrix, sinks through a dense mask);
+  dense:    our step with the same shape and all sparsity (weights and activations) off;
+  dense weights: weight sparsity off, AbsTopK on (the dense model `demo` compares against).
+Model FLOP/s counts the matmuls and attention a step executes (dense-equivalent, forward and
+backward), against this machine's fp32 matmul FLOP/s measured in the same run.
 
-    python benchmarks/train_step.py [--steps 10] [--warmup 3] [--threads N]
+    python benchmarks/train_step.py [--steps 5] [--rounds 3] [--threads N] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import statistics
 import time
 
 import torch
 
 from sparsecircuits.config import Config
 from sparsecircuits.model.gpt import SparseGPT
+from sparsecircuits.model.reference import reference_kernels
 from sparsecircuits.model.sparsity import apply_weight_topk, sparse_parameters
 from sparsecircuits.train.trainer import make_optimizer, training_step
 
 
-def reference_config(sparse: bool) -> Config:
+def reference_config(sparse_weights: bool, sparse_activations: bool | None = None) -> Config:
     config = Config()
     m = config.model
     m.vocab_size, m.d_model, m.n_layer, m.d_head, m.ctx_len = 2048, 256, 4, 16, 256
-    m.keep_fraction = 0.25 if sparse else 1.0
-    config.sparsity.l0_fraction = 1 / 16 if sparse else 1.0
+    m.keep_fraction = 0.25 if (sparse_weights if sparse_activations is None else sparse_activations) else 1.0
+    config.sparsity.l0_fraction = 1 / 16 if sparse_weights else 1.0
     config.train.batch_size = 16
     return config
 
 
-def tokens_per_second(config: Config, steps: int, warmup: int, device: torch.device) -> float:
-    torch.manual_seed(0)
-    model = SparseGPT(config.model).to(device)
-    optimizer = make_optimizer(model, config.optim)
-    sparse = sparse_parameters(model, config.sparsity)
-    fraction = config.sparsity.l0_fraction
-    apply_weight_topk(sparse, fraction, config.sparsity.min_nonzero_per_neuron)  # start from an annealed model
-    batch, ctx = config.train.batch_size, config.model.ctx_len
-    x = torch.randint(0, config.model.vocab_size, (batch, ctx), device=device)
-    y = torch.randint(0, config.model.vocab_size, (batch, ctx), device=device)
-    for i in range(warmup + steps):
-        if i == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        training_step(model, optimizer, sparse, x, y, config.optim.lr, fraction, config)
+def step_flops(model: SparseGPT, tokens: int) -> float:
+    """Forward + backward FLOPs of one step: 6 per weight per token for the linear layers, and
+    causal attention's two matmuls over on average (T + 1) / 2 keys."""
+    config = model.config
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    attention = config.n_layer * 2 * 2 * (config.ctx_len + 1) / 2 * config.heads * config.d_head
+    return 3 * tokens * (2 * linear + attention)
+
+
+def matmul_flops_per_second(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return repeats * 2 * size**3 / (time.perf_counter() - start)
+
+
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps * batch * ctx / (time.perf_counter() - start)
+
+
+class TimedStep:
+    """A model, its optimizer and a fixed batch, started from an annealed (top-k applied) state."""
+
+    def __init__(self, config: Config, device: torch.device, kernels=contextlib.nullcontext):
+        torch.manual_seed(0)
+        self.config, self.kernels = config, kernels
+        self.model = SparseGPT(config.model).to(device)
+        self.optimizer = make_optimizer(self.model, config.optim)
+        self.sparse = sparse_parameters(self.model, config.sparsity)
+        apply_weight_topk(self.sparse, config.sparsity.l0_fraction, config.sparsity.min_nonzero_per_neuron)
+        shape = (config.train.batch_size, config.model.ctx_len)
+        self.x = torch.randint(0, config.model.vocab_size, shape, device=device)
+        self.y = torch.randint(0, config.model.vocab_size, shape, device=device)
+        self.seconds: list[float] = []
+
+    def run(self, steps: int) -> None:
+        with self.kernels():
+            sync(self.x.device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                training_step(self.model, self.optimizer, self.sparse, self.x, self.y, self.config.optim.lr,
+                              self.config.sparsity.l0_fraction, self.config)
+            sync(self.x.device)
+        self.seconds.append((time.perf_counter() - start) / steps)
+
+    def tokens_per_second(self) -> float:
+        return self.x.numel() / statistics.median(self.seconds)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5, help="steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -62,12 +106,31 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    sparse = tokens_per_second(reference_config(True), args.steps, args.warmup, device)
-    dense = tokens_per_second(reference_config(False), args.steps, args.warmup, device)
-    print(f"sparse step: {sparse:,.0f} tokens/s")
-    print(f"dense step:  {dense:,.0f} tokens/s")
-    print(f"sparse / dense time ratio: {dense / sparse:.2f}x")
-    print(f"sparse_tokens_per_s={sparse:.0f} dense_tokens_per_s={dense:.0f}")
+    steps = {"sparse": TimedStep(reference_config(True), device),
+             "baseline": TimedStep(reference_config(True), device, reference_kernels),
+             "dense": TimedStep(reference_config(False), device),
+             "dense weights": TimedStep(reference_config(False, sparse_activations=True), device)}
+    for step in steps.values():
+        step.run(args.warmup)
+        step.seconds.clear()
+    for _ in range(args.rounds):
+        for step in steps.values():
+            step.run(args.steps)
+    machine = matmul_flops_per_second(device)
+    rate = {name: step.tokens_per_second() for name, step in steps.items()}
+    flops = step_flops(steps["sparse"].model, steps["sparse"].x.numel())
+    sparse_flops_per_s = flops * rate["sparse"] / steps["sparse"].x.numel()
+    print(f"sparse step:   {rate['sparse']:,.0f} tokens/s")
+    print(f"baseline step: {rate['baseline']:,.0f} tokens/s (straightforward kernels, same math)")
+    print(f"dense step:    {rate['dense']:,.0f} tokens/s")
+    print(f"dense-weights step (AbsTopK on): {rate['dense weights']:,.0f} tokens/s")
+    print(f"sparse speed-up over baseline: {rate['sparse'] / rate['baseline']:.2f}x")
+    print(f"sparse / dense time ratio: {rate['dense'] / rate['sparse']:.2f}x "
+          f"(against dense weights with AbsTopK on: {rate['dense weights'] / rate['sparse']:.2f}x)")
+    print(f"model FLOP/s: {sparse_flops_per_s / 1e9:.1f} GFLOP/s ({flops / 1e9:.1f} GFLOP per step); "
+          f"machine fp32 matmul: {machine / 1e9:.1f} GFLOP/s; fraction {sparse_flops_per_s / machine:.2f}")
+    print(f"sparse_tokens_per_s={rate['sparse']:.0f} dense_tokens_per_s={rate['dense']:.0f} "
+          f"baseline_tokens_per_s={rate['baseline']:.0f}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-import math
 
 import pytest
 import torch
 
 from sparsecircuits.config import NODE_SITE_KINDS, ModelConfig
+from sparsecircuits.model import reference
 from sparsecircuits.model.gpt import SparseGPT, attention_with_sinks
 from sparsecircuits.model.sites import replace_with
 
@@ -13,14 +13,12 @@ def small_model(**changes) -> SparseGPT:
     return SparseGPT(config)
 
 
-def test_sink_attention_matches_explicit_softmax():
+@pytest.mark.parametrize("with_sink", [True, False])
+def test_sink_attention_matches_explicit_softmax(with_sink):
     B, H, T, D = 2, 3, 9, 16
     q, k, v = torch.randn(3, B, H, T, D).unbind(0)
-    sink = torch.randn(H)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(D)
-    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), -math.inf)
-    scores = torch.cat([sink.view(1, H, 1, 1).expand(B, H, T, 1), scores], dim=-1)
-    expected = scores.softmax(-1)[..., 1:] @ v
+    sink = torch.randn(H) if with_sink else None
+    expected = reference.attention_with_sinks(q, k, v, sink)
     torch.testing.assert_close(attention_with_sinks(q, k, v, sink), expected, atol=1e-5, rtol=1e-5)
 
 

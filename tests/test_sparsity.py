@@ -1,8 +1,35 @@
 import torch
 
 from sparsecircuits.config import SparsityConfig
+import pytest
+
+from sparsecircuits.model import reference
 from sparsecircuits.model.sparsity import (abs_topk, l0_fraction_at, nonzeros_to_keep, sparse_parameters,
-                                           topk_keep_mask)
+                                           topk_keep_mask, topk_mask)
+
+
+@pytest.mark.parametrize("rows, width, k", [(7, 64, 16), (600, 256, 64), (300, 1024, 256), (1, 5000, 300)])
+def test_topk_mask_selects_what_torch_topk_selects(rows, width, k):
+    scores = torch.randn(rows, width).abs()  # no ties: the selection is unique
+    mask = topk_mask(scores, k)
+    expected = torch.zeros_like(mask).scatter(-1, scores.topk(k, dim=-1).indices, True)
+    assert torch.equal(mask, expected)
+
+
+@pytest.mark.parametrize("k", [3, 12])
+def test_topk_mask_keeps_exactly_k_with_ties(k):
+    scores = torch.zeros(3, 2000)
+    scores[:, 1500] = 1.0
+    scores[1, :100] = 0.5
+    mask = topk_mask(scores, k)
+    assert mask.sum(-1).tolist() == [k, k, k] and bool(mask[:, 1500].all())
+    assert bool(mask[1, :100].sum() == k - 1)
+
+
+def test_fast_and_reference_weight_masks_agree():
+    weight = torch.randn(96, 40)
+    for k, j in [(400, 2), (3000, 0), (100, 4)]:
+        assert torch.equal(topk_keep_mask(weight, k, j), reference.topk_keep_mask(weight, k, j))
 
 
 def test_topk_mask_is_exact_with_ties():

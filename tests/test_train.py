@@ -1,5 +1,8 @@
+import contextlib
 import json
 import math
+
+import pytest
 
 import torch
 from safetensors.torch import load_file
@@ -8,7 +11,8 @@ from sparsecircuits.config import load_config
 from sparsecircuits.data.dataset import TokenData
 from sparsecircuits.model.gpt import SparseGPT
 from sparsecircuits.model.sparsity import nonzeros_to_keep, sparse_parameters, topk_keep_mask
-from sparsecircuits.train.trainer import lr_at, train
+from sparsecircuits.model.reference import reference_kernels
+from sparsecircuits.train.trainer import lr_at, make_optimizer, train, training_step
 from tests.conftest import TINY_OVERRIDES
 
 
@@ -104,3 +108,29 @@ def test_pipelines_restart_a_run_stopped_before_its_first_checkpoint(tmp_path, d
     stamp = (run / "model.safetensors").stat().st_mtime
     train_or_continue(load_config("tiny", TINY_OVERRIDES), data_dir, run, show_progress=False)
     assert (run / "model.safetensors").stat().st_mtime == stamp  # a finished run is left alone
+
+
+def test_fast_training_step_matches_the_straightforward_one(tiny_config):
+    """Same losses and same weights after several steps of the fast and the reference kernels."""
+    tiny_config.model.vocab_size = 96
+    tiny_config.sparsity.l0_fraction = 0.2
+    models = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        model = SparseGPT(tiny_config.model)
+        for param in model.parameters():  # random biases and sinks too, so no activation ties at zero
+            param.data.normal_(0, 0.2)
+        models.append(model)
+    tokens = torch.randint(0, 96, (4, 33))
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    losses = []
+    for model, kernels in zip(models, [reference_kernels(), contextlib.nullcontext()]):
+        optimizer = make_optimizer(model, tiny_config.optim)
+        sparse = sparse_parameters(model, tiny_config.sparsity)
+        with kernels:
+            losses.append([float(training_step(model, optimizer, sparse, x, y, 3e-3, 0.2, tiny_config)[0]) for _ in range(4)])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert losses[0][-1] < losses[0][0]
+    for (name, slow), fast in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-6, msg=name)
+        assert torch.equal(fast != 0, slow != 0), name
