@@ -2,10 +2,12 @@
 import pytest
 import torch
 
-from sparsecircuits.config import NODE_SITE_KINDS, ModelConfig
+from sparsecircuits.config import NODE_SITE_KINDS, ModelConfig, SparsityConfig
 from sparsecircuits.model import reference
 from sparsecircuits.model.gpt import SparseGPT, attention_with_sinks
 from sparsecircuits.model.sites import replace_with
+from sparsecircuits.model.sparse_kernels import sparse_weight_kernels
+from sparsecircuits.model.sparsity import apply_weight_topk, sparse_parameters
 
 
 def small_model(**changes) -> SparseGPT:
@@ -68,3 +70,26 @@ def test_learned_positions_and_no_sinks_or_bigram():
     model = small_model(positional="learned", attention_sinks=False, bigram_table=False)
     assert model.wpe is not None and model.bigram is None
     assert model(torch.randint(0, 64, (1, 16))).shape == (1, 16, 64)
+
+
+def test_csr_kernels_give_the_dense_logits_and_gradients():
+    model = small_model()
+    apply_weight_topk(sparse_parameters(model, SparsityConfig()), 0.1, 1)
+    model.requires_grad_(False).wte.weight.requires_grad_(True)  # its gradient flows back through every layer
+    tokens = torch.randint(0, 64, (3, 16))
+
+    def logits_and_grad():
+        model.wte.weight.grad = None
+        logits = model(tokens)
+        logits.square().mean().backward()
+        return logits.detach(), model.wte.weight.grad.clone()
+
+    dense = logits_and_grad()
+    with sparse_weight_kernels(model, max_density=0.05) as switched:
+        assert switched == []  # every layer is 10% dense: above the threshold
+    with sparse_weight_kernels(model, max_density=0.2) as switched:
+        assert "lm_head" in switched and "blocks.1.fc" in switched and len(switched) == 13
+        csr = logits_and_grad()
+    assert not any("forward" in vars(m) for m in model.modules())  # plain dense forward again
+    for a, b in zip(dense, csr):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)

@@ -123,7 +123,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from .circuits import PruneSettings, prune
 
     settings = PruneSettings(target_loss=args.target_loss, ablation=args.ablation, steps=args.steps,
-                             k_coef=args.k_coef, lr=args.lr, seed=args.seed)
+                             k_coef=args.k_coef, lr=args.lr, seed=args.seed, csr_max_density=args.csr_max_density)
     circuit = prune(args.run_dir, args.task, args.out, settings, search_trials=args.search, force=args.force)
     m = circuit.metrics
     print(f"{circuit.task}: {m['n_nodes']} nodes, {m['n_edges']} edges; task loss: full model {m['loss_full_model']:.4f},"
@@ -268,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k-coef", type=float, default=_prune_default("k_coef"), help="penalty per active node")
     p.add_argument("--lr", type=float, default=_prune_default("lr"), help="mask learning rate")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--csr-max-density", type=float, default=_prune_default("csr_max_density"), metavar="FRACTION",
+                   help="on CPU, layers with at most this fraction of nonzero weights multiply through sparse CSR kernels"
+                        " (default %(default)s, the measured crossover; 0 = always dense)")
     p.add_argument("--force", action="store_true", help="replace CIRCUIT_DIR if it exists")
     p.set_defaults(func=cmd_prune)
 

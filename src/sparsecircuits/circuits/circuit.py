@@ -18,6 +18,7 @@ import torch
 
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT, read_run_config
+from ..model.sparse_kernels import sparse_weight_kernels
 from ..tasks.records import TokenizedTask, load_task, task_accuracy, task_loss
 from ..io import atomic_save_tensors, load_tensors, staged_directory
 from .graph import circuit_edges
@@ -98,21 +99,23 @@ def prune(run_dir: str | Path, task: str, out: str | Path, settings: PruneSettin
         raise SparseCircuitsError(f"{out} already exists and is not empty: choose another --out or pass --force")
     start = time.perf_counter()
     model = SparseGPT.from_pretrained(run_dir)
-    train, test = load_task_splits(model, task)
-    means = ablation_values(model, run_dir, settings.ablation, show_progress)
-    means_seconds = time.perf_counter() - start
-    if search_trials > 0:
-        from .search import search_settings
+    with sparse_weight_kernels(model, settings.csr_max_density) as csr_layers:
+        train, test = load_task_splits(model, task)
+        means = ablation_values(model, run_dir, settings.ablation, show_progress)
+        means_seconds = time.perf_counter() - start
+        if search_trials > 0:
+            from .search import search_settings
 
-        settings, found = search_settings(model, train, test, means, settings, search_trials, show_progress)
-    else:
-        found = find_circuit(model, train, test, means, settings, show_progress)
-    keep, scale = found["keep"], found["logit_scale"]
-    nodes = nodes_of(keep)
-    edges = circuit_edges(model, keep)
-    metrics = circuit_metrics(found["evaluator"], keep, scale, settings.seed)
+            settings, found = search_settings(model, train, test, means, settings, search_trials, show_progress)
+        else:
+            found = find_circuit(model, train, test, means, settings, show_progress)
+        keep, scale = found["keep"], found["logit_scale"]
+        nodes = nodes_of(keep)
+        edges = circuit_edges(model, keep)
+        metrics = circuit_metrics(found["evaluator"], keep, scale, settings.seed)
     metrics.update({"n_nodes": len(nodes), "n_edges": len(edges), "logit_scale": scale,
                     "nodes_active_after_mask_training": found["active_after_training"],
+                    "csr_layers": len(csr_layers),
                     "seconds": round(time.perf_counter() - start, 1),
                     "seconds_by_stage": {"load_and_means": round(means_seconds, 1), **found["seconds"]}})
     config = read_run_config(run_dir)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
+from ..model.sparse_kernels import CSR_MAX_DENSITY
 from ..tasks.records import TokenizedTask, candidate_logits, task_accuracy, task_loss
 from .masks import NodeMask, ablation_hooks, keep_top_n
 
@@ -39,6 +40,7 @@ class PruneSettings:
     temperature: float = 1.0
     calibration_steps: int = 16
     seed: int = 0
+    csr_max_density: float = CSR_MAX_DENSITY  # frozen layers at most this dense multiply through CSR kernels
 
     def validate(self) -> None:
         if self.ablation not in ("mean", "zero"):

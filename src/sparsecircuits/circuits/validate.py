@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..model.sparse_kernels import sparse_weight_kernels
 from ..tasks.records import TokenizedTask, task_loss
 from ..io import atomic_write_text
 from .circuit import Circuit, ablation_values, circuit_metrics, load_task_splits
@@ -42,45 +43,46 @@ def validate(circuit_dir: str | Path, run_dir: str | Path | None = None, control
     model = circuit.load_model(run_dir)
     model_run_dir = Path(run_dir) if run_dir else circuit.run_dir
     settings = PruneSettings(**circuit.data["settings"])
-    train, test = load_task_splits(model, circuit.data["task_source"])
-    means = ablation_values(model, model_run_dir, circuit.data["ablation"], show_progress)
-    evaluator = CircuitEvaluator(model, train, test, means, settings.calibration_steps)
-    keep = circuit.keep(model)
-    scale = circuit.logit_scale
-    metrics = circuit_metrics(evaluator, keep, scale, seed=settings.seed + 1)
-    target = circuit.data["target_loss"]
-    result = {
-        "task": circuit.task,
-        "target_loss": target,
-        "n_nodes": len(circuit.nodes),
-        "n_edges": len(circuit.edges),
-        **metrics,
-        "sufficient": metrics["loss_circuit_uncalibrated"] <= target,  # what the bisection targeted
-        "necessary": metrics["loss_circuit_ablated"] >= NECESSITY_THRESHOLD,
-        "necessity_threshold": NECESSITY_THRESHOLD,
-    }
-    if control:
-        shuffled = shuffled_labels(train, seed=settings.seed)
-        # A shuffled task cannot be predicted on held-out records, so the control is fitted and
-        # judged on its own training records: how small a "circuit" can memorise nonsense labels.
-        found = find_circuit(model, shuffled, shuffled, means, settings, show_progress, require_target=False)
-        result["control_shuffled"] = {
-            "n_nodes": int(sum(k.sum() for k in found["keep"].values())),
-            "reached_target": found["reached"],
-            "loss": found["loss"],
-            "full_model_loss": found["full_loss"],
+    with sparse_weight_kernels(model, settings.csr_max_density):
+        train, test = load_task_splits(model, circuit.data["task_source"])
+        means = ablation_values(model, model_run_dir, circuit.data["ablation"], show_progress)
+        evaluator = CircuitEvaluator(model, train, test, means, settings.calibration_steps)
+        keep = circuit.keep(model)
+        scale = circuit.logit_scale
+        metrics = circuit_metrics(evaluator, keep, scale, seed=settings.seed + 1)
+        target = circuit.data["target_loss"]
+        result = {
+            "task": circuit.task,
+            "target_loss": target,
+            "n_nodes": len(circuit.nodes),
+            "n_edges": len(circuit.edges),
+            **metrics,
+            "sufficient": metrics["loss_circuit_uncalibrated"] <= target,  # what the bisection targeted
+            "necessary": metrics["loss_circuit_ablated"] >= NECESSITY_THRESHOLD,
+            "necessity_threshold": NECESSITY_THRESHOLD,
         }
-    per_node = []
-    full_keep = {site: torch.ones_like(k) for site, k in keep.items()}
-    for node in tqdm(circuit.nodes, desc="per-node ablation", unit="node", disable=not show_progress, file=sys.stderr):
-        without = {site: k.clone() for site, k in keep.items()}
-        without[node["site"]][node["index"]] = False
-        alone = {site: k.clone() for site, k in full_keep.items()}
-        alone[node["site"]][node["index"]] = False
-        per_node.append({**node,
-                         "loss_circuit_without_node": float(task_loss(evaluator.logits(without) * scale)),
-                         "loss_full_model_without_node": float(task_loss(evaluator.logits(alone)))})
-    result["per_node"] = per_node
+        if control:
+            shuffled = shuffled_labels(train, seed=settings.seed)
+            # A shuffled task cannot be predicted on held-out records, so the control is fitted and
+            # judged on its own training records: how small a "circuit" can memorise nonsense labels.
+            found = find_circuit(model, shuffled, shuffled, means, settings, show_progress, require_target=False)
+            result["control_shuffled"] = {
+                "n_nodes": int(sum(k.sum() for k in found["keep"].values())),
+                "reached_target": found["reached"],
+                "loss": found["loss"],
+                "full_model_loss": found["full_loss"],
+            }
+        per_node = []
+        full_keep = {site: torch.ones_like(k) for site, k in keep.items()}
+        for node in tqdm(circuit.nodes, desc="per-node ablation", unit="node", disable=not show_progress, file=sys.stderr):
+            without = {site: k.clone() for site, k in keep.items()}
+            without[node["site"]][node["index"]] = False
+            alone = {site: k.clone() for site, k in full_keep.items()}
+            alone[node["site"]][node["index"]] = False
+            per_node.append({**node,
+                             "loss_circuit_without_node": float(task_loss(evaluator.logits(without) * scale)),
+                             "loss_full_model_without_node": float(task_loss(evaluator.logits(alone)))})
+        result["per_node"] = per_node
     atomic_write_text(Path(circuit_dir) / "validation.json", json.dumps(result, indent=1))
     return result
 
