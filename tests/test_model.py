@@ -93,3 +93,11 @@ def test_csr_kernels_give_the_dense_logits_and_gradients():
     assert not any("forward" in vars(m) for m in model.modules())  # plain dense forward again
     for a, b in zip(dense, csr):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_logits_at_positions_equal_the_full_logits_there():
+    model = small_model(bigram_table=True)
+    torch.nn.init.normal_(model.bigram.weight)
+    tokens = torch.randint(0, 64, (4, 16))
+    at = torch.tensor([0, 15, 7, 3])
+    torch.testing.assert_close(model(tokens, at=at), model(tokens)[torch.arange(4), at], rtol=1e-5, atol=1e-6)

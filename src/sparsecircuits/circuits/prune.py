@@ -59,7 +59,7 @@ def pair_logits(model: SparseGPT, task: TokenizedTask, hooks: Mapping | None = N
     with model.hooks(hooks or {}):
         for start in range(0, len(task), batch_size):
             tokens, last, correct, incorrect = task.batch(range(start, min(start + batch_size, len(task))))
-            out.append(candidate_logits(model(tokens.to(device)), last, correct, incorrect))
+            out.append(candidate_logits(model(tokens.to(device), at=last), correct, incorrect))
     return torch.cat(out)
 
 
@@ -126,7 +126,7 @@ def train_mask(model: SparseGPT, task: TokenizedTask, means: Mapping[str, torch.
             indices = torch.randperm(len(task), generator=generator)[:batch_size]
             tokens, last, correct, incorrect = task.batch(indices)
             gates.update(mask.gates())
-            logits = candidate_logits(model(tokens.to(device)), last, correct, incorrect)
+            logits = candidate_logits(model(tokens.to(device), at=last), correct, incorrect)
             loss = task_loss(logits)
             active = mask.active_count(gates)
             (loss + settings.k_coef * active).backward()

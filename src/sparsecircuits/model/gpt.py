@@ -147,7 +147,9 @@ class SparseGPT(nn.Module):
         return logits, cache
 
     # --- the forward pass ---
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab); with `at` (B,) positions, only the logits there, (B, vocab): tasks
+        read one position per prompt, and the unembedding is the largest matmul."""
         T = tokens.shape[1]
         if T > self.config.ctx_len:
             raise ValueError(f"sequence of {T} tokens is longer than the model's context ({self.config.ctx_len})")
@@ -157,6 +159,9 @@ class SparseGPT(nn.Module):
         for block in self.blocks:
             x = block(x, self.hook_points)
         x = self.hook_points("final_resid", x)
+        if at is not None:
+            rows = torch.arange(len(tokens), device=tokens.device)
+            x, tokens = x[rows, at.to(tokens.device)], tokens[rows, at.to(tokens.device)]
         logits = self.lm_head(self.final_norm(x))
         if self.bigram is not None:
             logits = logits + self.bigram(tokens)

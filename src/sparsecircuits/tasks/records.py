@@ -137,9 +137,8 @@ def load_task(name_or_path: str, tokenizer, split: str = "train", max_len: int |
     return tokenize_records(name, split, train if split == "train" else test, tokenizer, max_len, warn)
 
 
-def candidate_logits(logits: torch.Tensor, last: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor) -> torch.Tensor:
-    """(B, 2) logits of [correct, incorrect] at each prompt's last position."""
-    final = logits[torch.arange(len(last), device=logits.device), last.to(logits.device)]
+def candidate_logits(final: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor) -> torch.Tensor:
+    """(B, 2) logits of [correct, incorrect] from each prompt's last-position logits (B, vocab)."""
     return torch.stack([final.gather(-1, correct.to(final.device)[:, None])[:, 0],
                         final.gather(-1, incorrect.to(final.device)[:, None])[:, 0]], dim=-1).float()
 
@@ -158,7 +157,6 @@ def evaluate_task(model, task: TokenizedTask, batch_size: int = 128, device: str
     pair_logits = []
     for start in range(0, len(task), batch_size):
         tokens, last, correct, incorrect = task.batch(range(start, min(start + batch_size, len(task))))
-        logits = model(tokens.to(device))
-        pair_logits.append(candidate_logits(logits, last, correct, incorrect))
+        pair_logits.append(candidate_logits(model(tokens.to(device), at=last), correct, incorrect))
     pair_logits = torch.cat(pair_logits)
     return {"loss": float(task_loss(pair_logits)), "accuracy": task_accuracy(pair_logits), "records": len(task)}

@@ -29,8 +29,7 @@ def _candidate_probs(model, task, hooks=None) -> torch.Tensor:
     """p(correct), p(incorrect) under the full-vocabulary softmax at each prompt's last position."""
     tokens, last, correct, incorrect = task.batch()
     with model.hooks(hooks or {}):
-        logits = model(tokens)
-    probs = logits[torch.arange(len(last)), last].float().softmax(-1)
+        probs = model(tokens, at=last).float().softmax(-1)
     return torch.stack([probs.gather(-1, correct[:, None])[:, 0], probs.gather(-1, incorrect[:, None])[:, 0]], -1)
 
 
