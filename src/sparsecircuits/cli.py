@@ -37,9 +37,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         data_dir = args.data or ensure_default_data()
     try:
-        train(config, data_dir, run_dir, resume=args.resume)
+        train(config, data_dir, run_dir, resume=args.resume, stop_after=args.stop_after)
     except KeyboardInterrupt:
         sys.exit(130)
+    if args.stop_after is not None and args.stop_after < config.train.steps:
+        print(f"stopped at step {args.stop_after} of {config.train.steps} with a checkpoint; continue with"
+              f" `sparsecircuits train --out {run_dir} --resume`")
+        return
     result = evaluate_run(run_dir, data_dir)
     print(_format_eval(run_dir, result))
 
@@ -224,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DATA_DIR", help="prepared data (default: the standard library, prepared and cached on first use)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create (or continue with --resume)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
+    p.add_argument("--stop-after", type=int, metavar="STEP",
+                   help="end at this step with a checkpoint, to continue later with --resume (e.g. to fit a job time limit)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="validation loss of a trained run, beside n-gram baselines")
