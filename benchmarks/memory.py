@@ -46,7 +46,7 @@ def run_case(case: str) -> dict:
         config = load_config("small", [])
         config.model.vocab_size = 2048
     else:
-        config = reference_config(True)
+        config = reference_config()
     torch.manual_seed(0)
     model = SparseGPT(config.model)
     sparse = sparse_parameters(model, config.sparsity)

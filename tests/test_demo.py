@@ -70,3 +70,26 @@ def test_sweep_reuses_runs_and_draws_the_frontier(tmp_path, task_run, capsys):
     with pytest.raises(SystemExit):
         main(["sweep", "--grid", "nope", "--out", str(tmp_path / "x")])
     assert "grid not found" in capsys.readouterr().err
+
+
+def test_grid_over_nonzero_count_gives_each_width_the_same_nonzeros(tmp_path):
+    from sparsecircuits.config import load_config
+    from sparsecircuits.errors import SparseCircuitsError
+    from sparsecircuits.experiments.sweep import grid_runs, read_grid, sparse_weight_count
+
+    path = tmp_path / "grid.toml"
+    path.write_text('config = "tiny"\n[grid]\nd_model = [32, 64]\nl0_nonzeros = [20000]\n')
+    runs = grid_runs(read_grid(str(path)), vocab_size=320)
+    assert [tag for tag, _ in runs] == ["d_model-32_l0_nonzeros-20000", "d_model-64_l0_nonzeros-20000"]
+    fractions = []
+    for _, overrides in runs:
+        config = load_config("tiny", overrides + ["model.vocab_size=320"])
+        fractions.append(config.sparsity.l0_fraction)
+        assert abs(config.sparsity.l0_fraction * sparse_weight_count(config) - 20000) < 1
+    assert fractions[1] < fractions[0] / 2  # the wider model is sparser
+    path.write_text('config = "tiny"\n[grid]\nd_model = [32]\nl0_nonzeros = [10000000]\n')
+    with pytest.raises(SparseCircuitsError, match="more than the"):
+        grid_runs(read_grid(str(path)), vocab_size=320)
+    path.write_text('config = "tiny"\n[grid]\nd_model = [32]\nl0_nonzeros = [1000]\nl0_fraction = [0.5]\n')
+    with pytest.raises(SparseCircuitsError, match="one of l0_fraction or l0_nonzeros"):
+        read_grid(str(path))

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from sparsecircuits.circuits import Circuit, validate
+from sparsecircuits.circuits.validate import format_validation
 from sparsecircuits.circuits.graph import circuit_edges
 from sparsecircuits.circuits.prune import pair_logits
 from sparsecircuits.cli import main
@@ -45,6 +46,8 @@ def test_validate_writes_its_table(circuit_dir):
     assert "control_shuffled" in result and result["control_shuffled"]["n_nodes"] > 0
     assert len(result["per_node"]) == result["n_nodes"]
     assert json.loads((circuit_dir / "validation.json").read_text())["task"] == result["task"]
+    big = validate(circuit_dir, control=False, show_progress=False, max_per_node=result["n_nodes"] - 1)
+    assert big["per_node"] == [] and "per-node ablations skipped" in format_validation(big)
 
 
 def test_prune_bad_input(capsys, task_run, trained_run, tmp_path, circuit_dir):

@@ -39,6 +39,15 @@ def test_page_data_is_plain(circuit_dir):
     assert len(data["examples"]) > 0 and len(data["examples"][0]["full"]) == 2
 
 
+def test_page_draws_only_the_strongest_edges_of_a_huge_circuit(circuit_dir, monkeypatch):
+    from sparsecircuits.viewer import render
+
+    monkeypatch.setattr(render, "MAX_DRAWN_EDGES", 3)
+    data = circuit_page_data(circuit_dir, show_progress=False)
+    everything = sorted(abs(e["weight"]) for e in json.loads((circuit_dir / "circuit.json").read_text())["edges"])
+    assert sorted(abs(e["weight"]) for e in data["edges"]) == everything[-3:]
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed: `apt-get install chromium` (Debian) to run the browser test")
 def test_page_in_headless_chromium(page_path, circuit_dir, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")

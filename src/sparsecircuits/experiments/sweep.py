@@ -1,5 +1,6 @@
 """`sparsecircuits sweep --grid GRID.toml --out DIR`: train a grid of models over width and L0
-fraction (and optionally the AbsTopK keep fraction), prune the tasks on each, and draw the
+(a fraction of every matrix, or a total count of nonzero weights as in the paper's Fig. 3; and
+optionally the AbsTopK keep fraction), prune the tasks on each, and draw the
 capability-interpretability frontier (paper Fig. 3): pretraining loss vs geometric-mean circuit
 edges, one line per width. Finished runs and circuits are reused, so a sweep can be stopped and
 continued.
@@ -12,8 +13,11 @@ A grid file:
     tasks = "auto"            # or a list of task names / JSONL files
     [grid]
     d_model = [64, 128, 192]
-    l0_fraction = [0.25, 0.125, 0.0625]
+    l0_fraction = [0.25, 0.125, 0.0625]   # or: l0_nonzeros = [60000, 120000]
     keep_fraction = [0.25]    # optional
+
+With `l0_nonzeros`, every width keeps the same number of nonzero weights (so wider models are
+sparser), which is how the paper compares widths "at fixed L0".
 """
 
 from __future__ import annotations
@@ -23,17 +27,22 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from ..config import _read_toml, load_config
 from ..errors import SparseCircuitsError
 from ..io import atomic_write_csv, atomic_write_text
 from .plots import pyplot, save
+from ..data.dataset import TokenData
 from ..model.gpt import SparseGPT
+from ..model.sparsity import sparse_parameters
 from ..tasks import BUILTIN_TASKS, evaluate_task, load_task
 from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
 from .demo import geomean
 
-GRID_KEYS = {"d_model": "model.d_model", "l0_fraction": "sparsity.l0_fraction", "keep_fraction": "model.keep_fraction"}
+GRID_KEYS = {"d_model": "model.d_model", "l0_fraction": "sparsity.l0_fraction", "keep_fraction": "model.keep_fraction",
+             "l0_nonzeros": "sparsity.l0_fraction"}
 GRID_DIR = Path(__file__).parent.parent / "configs" / "grids"
 
 
@@ -50,13 +59,20 @@ def read_grid(name_or_path: str) -> dict:
         raise SparseCircuitsError(f"{path}: unknown key '{sorted(unknown)[0]}' (keys: config, set, target_loss, tasks, [grid])")
     axes = grid.get("grid", {})
     bad = set(axes) - set(GRID_KEYS)
-    if bad or "d_model" not in axes or "l0_fraction" not in axes:
-        raise SparseCircuitsError(f"{path}: [grid] needs d_model and l0_fraction lists (and optionally keep_fraction);"
-                                  f" unknown: {', '.join(sorted(bad)) or 'none'}")
+    if bad or "d_model" not in axes or ("l0_fraction" in axes) == ("l0_nonzeros" in axes):
+        raise SparseCircuitsError(f"{path}: [grid] needs a d_model list and one of l0_fraction or l0_nonzeros"
+                                  f" (and optionally keep_fraction); unknown: {', '.join(sorted(bad)) or 'none'}")
     return grid
 
 
-def grid_runs(grid: dict) -> list[tuple[str, list[str]]]:
+def sparse_weight_count(config) -> int:
+    """How many weights weight top-k applies to in a model of this config."""
+    with torch.device("meta"):
+        model = SparseGPT(config.model)
+    return sum(p.numel() for p in sparse_parameters(model, config.sparsity).values())
+
+
+def grid_runs(grid: dict, vocab_size: int) -> list[tuple[str, list[str]]]:
     """(run name, overrides) for every point of the grid."""
     axes = grid["grid"]
     names = list(axes)
@@ -64,7 +80,15 @@ def grid_runs(grid: dict) -> list[tuple[str, list[str]]]:
     for values in itertools.product(*(axes[n] for n in names)):
         point = dict(zip(names, values))
         tag = "_".join(f"{n}-{point[n]:g}" for n in names)
-        runs.append((tag, list(grid.get("set", [])) + [f"{GRID_KEYS[n]}={point[n]}" for n in names]))
+        overrides = list(grid.get("set", [])) + [f"{GRID_KEYS[n]}={point[n]}" for n in names if n != "l0_nonzeros"]
+        if "l0_nonzeros" in point:
+            config = load_config(grid.get("config", "small"), overrides + [f"model.vocab_size={vocab_size}"])
+            fraction = point["l0_nonzeros"] / sparse_weight_count(config)
+            if not 0 < fraction <= 1:
+                raise SparseCircuitsError(f"l0_nonzeros {point['l0_nonzeros']} is more than the {sparse_weight_count(config)}"
+                                          f" sparse weights of d_model {point['d_model']}: lower it or widen the model")
+            overrides.append(f"sparsity.l0_fraction={fraction:.6g}")
+        runs.append((tag, overrides))
     return runs
 
 
@@ -77,16 +101,18 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
     base = grid.get("config", "small")
     target = float(grid.get("target_loss", 0.15))
     tasks = list(BUILTIN_TASKS) if grid.get("tasks", "auto") in ("auto", "all") else list(grid["tasks"])
-    for _, overrides in grid_runs(grid):
+    runs = grid_runs(grid, TokenData(data_dir).vocab_size)
+    for _, overrides in runs:
         load_config(base, overrides)  # every point must be a valid config before anything trains
     rows = []
-    for index, (tag, overrides) in enumerate(grid_runs(grid), 1):
+    for index, (tag, overrides) in enumerate(runs, 1):
         run_dir = out / "runs" / tag
-        print(f"[sweep {index}/{len(grid_runs(grid))}] {tag}", file=sys.stderr, flush=True)
+        print(f"[sweep {index}/{len(runs)}] {tag}", file=sys.stderr, flush=True)
         train_or_continue(load_config(base, overrides), data_dir, run_dir, show_progress=show_progress)
         model = SparseGPT.from_pretrained(run_dir)
         config = model.run_config
         row = {"run": tag, "d_model": config.model.d_model, "l0_fraction": config.sparsity.l0_fraction,
+               "l0_nonzeros": round(config.sparsity.l0_fraction * sparse_weight_count(config)),
                "keep_fraction": config.model.keep_fraction, "val_loss": evaluate_run(run_dir)["val_loss"]}
         edges = {}
         for name in tasks:
@@ -104,7 +130,7 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
                     "edges": edges})
         rows.append(row)
     _common_geomean(rows)
-    fields = ["run", "d_model", "l0_fraction", "keep_fraction", "val_loss", "tasks_learned", "edges_geomean",
+    fields = ["run", "d_model", "l0_fraction", "l0_nonzeros", "keep_fraction", "val_loss", "tasks_learned", "edges_geomean",
               "common_tasks", "edges_geomean_common"]
     atomic_write_csv(out / "frontier.csv", rows, fields)
     atomic_write_text(out / "frontier.json", json.dumps(rows, indent=1))
@@ -125,11 +151,13 @@ def plot_frontier(path: Path, rows: list[dict]) -> None:
     key = "edges_geomean_common" if rows and rows[0]["common_tasks"] else "edges_geomean"
     fig, ax = plt.subplots(figsize=(6, 4))
     for width in sorted({r["d_model"] for r in rows}):
-        points = sorted((r[key], r["val_loss"], r["l0_fraction"]) for r in rows if r["d_model"] == width and r[key])
+        points = sorted((r[key], r["val_loss"], r["l0_fraction"], r["l0_nonzeros"]) for r in rows
+                        if r["d_model"] == width and r[key])
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"d_model {width}")
-            for x, y, l0 in points:
-                ax.annotate(f"L0 {l0:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            for x, y, fraction, nonzeros in points:
+                ax.annotate(f"L0 {fraction:.3g} ({nonzeros / 1000:.0f}K)", (x, y), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("geometric-mean circuit edges" + (" (tasks all models learned)" if key.endswith("common") else ""))
     ax.set_ylabel("pretraining validation loss (nats/token)")

@@ -16,12 +16,14 @@ import torch
 from ..circuits.circuit import Circuit, ablation_values, load_task_splits
 from ..circuits.explain import node_examples
 from ..circuits.prune import CircuitEvaluator
+from ..circuits.validate import MAX_PER_NODE
 from ..tasks.records import task_loss
 from ..io import atomic_write_text
 from ..train.evaluation import run_data
 
 ASSETS = Path(__file__).parent / "assets"
 N_EXAMPLES = 16
+MAX_DRAWN_EDGES = 5000
 
 
 @torch.no_grad()
@@ -45,8 +47,8 @@ def circuit_page_data(circuit_dir: str | Path, run_dir: str | Path | None = None
     keep = circuit.keep(model)
     validation_path = Path(circuit_dir) / "validation.json"
     validation = json.loads(validation_path.read_text()) if validation_path.is_file() else None
-    if validation is not None:
-        ablation = {f"{r['site']}:{r['index']}": r for r in validation["per_node"]}
+    if validation is not None or len(circuit.nodes) > MAX_PER_NODE:
+        ablation = {f"{r['site']}:{r['index']}": r for r in (validation or {}).get("per_node", [])}
     else:  # the full model's loss with each node ablated alone: cheap, and the page needs it
         evaluator = CircuitEvaluator(model, train, test, means)
         everything = {site: torch.ones_like(k) for site, k in keep.items()}
@@ -67,8 +69,12 @@ def circuit_page_data(circuit_dir: str | Path, run_dir: str | Path | None = None
                  "incorrect": decode([int(shown.incorrect[i])]),
                  "full": [round(float(p), 4) for p in full[i]], "circuit": [round(float(p), 4) for p in in_circuit[i]]}
                 for i in range(len(shown))]
+    # A browser draws a few thousand SVG edges well; a near-whole-model "circuit" has far more.
+    edges = circuit.edges
+    if len(edges) > MAX_DRAWN_EDGES:
+        edges = sorted(edges, key=lambda e: -abs(e["weight"]))[:MAX_DRAWN_EDGES]
     return {"circuit": {k: v for k, v in circuit.data.items() if k not in ("nodes", "edges")},
-            "nodes": circuit.nodes, "edges": circuit.edges, "validation": validation,
+            "nodes": circuit.nodes, "edges": edges, "validation": validation,
             "node_info": info, "node_ablation": ablation, "examples": examples}
 
 
@@ -116,7 +122,7 @@ def render_markdown(data: dict) -> str:
         prompt = json.dumps(x["prompt"][-50:])[1:-1].replace("|", "\\|")
         lines.append(f"| `{prompt}` | `{json.dumps(x['correct'])[1:-1]}` | `{json.dumps(x['incorrect'])[1:-1]}` |"
                      f" {x['full'][0]:.3f} | {x['circuit'][0]:.3f} |")
-    lines += ["", f"{len(data['edges'])} edges; open the HTML page to see them.", ""]
+    lines += ["", f"{c['metrics']['n_edges']} edges; open the HTML page to see them.", ""]
     return "\n".join(lines)
 
 

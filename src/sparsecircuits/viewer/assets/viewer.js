@@ -224,7 +224,8 @@
   document.getElementById("summary").textContent =
     `${m.n_nodes} nodes, ${m.n_edges} edges; task loss ${fmt(m.loss_full_model)} (full model), ` +
     `${fmt(m.loss_circuit)} (circuit), ${fmt(m.loss_circuit_ablated)} (circuit ablated); target ${data.circuit.target_loss}, ` +
-    `${data.circuit.ablation} ablation; model ${data.circuit.model.name}`;
+    `${data.circuit.ablation} ablation; model ${data.circuit.model.name}` +
+    (data.edges.length < m.n_edges ? ` (drawing the ${data.edges.length} strongest edges)` : "");
   table("metrics", ["metric", "value"], Object.entries(m).filter(([, v]) => typeof v !== "object").map(([k, v]) => [k, v]));
   const v = data.validation;
   if (v) {
