@@ -11,19 +11,26 @@ from torch import nn
 from ..config import SparsityConfig
 
 
-def _topk_mask_cpu(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """The mask of scores at least their row's k-th largest, those k-th values, and whether any row
-    has a tie across its k-th value.
+def _topk_mask_cpu(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of a 2-D `scores`: the mask of scores at least the row's k-th largest,
+    those k-th values, and the rows where a score below the k-th ties it (their masks hold too many).
 
     NumPy's SIMD sort runs several times faster than `torch.topk` on CPU for large k, and unlike
     its introselect it stays fast on rows of mostly equal values (zeroed weights)."""
-    rows = scores.reshape(-1, scores.shape[-1]).numpy()
+    rows = scores.numpy()
     ordered = np.sort(rows, axis=1)
     pivot = rows.shape[1] - k
     kth = ordered[:, pivot : pivot + 1]
-    tied = bool((ordered[:, pivot - 1] == ordered[:, pivot]).any())
-    keep = torch.from_numpy(rows >= kth).view(scores.shape)
-    return keep, torch.from_numpy(kth).view(*scores.shape[:-1], 1), tied
+    tied_rows = np.flatnonzero(ordered[:, pivot - 1] == ordered[:, pivot])
+    return torch.from_numpy(rows >= kth), torch.from_numpy(kth), torch.from_numpy(tied_rows)
+
+
+def _break_ties(scores: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
+    """Exactly k per row: everything above the k-th value, then tied entries from the lowest index."""
+    above = scores > kth
+    equal = scores == kth
+    missing = k - above.sum(-1, keepdim=True)
+    return above | (equal & (equal.cumsum(-1) <= missing))
 
 
 @torch.no_grad()
@@ -39,16 +46,13 @@ def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     if k <= 8:  # a heap select: torch.topk is fast for few entries
         keep = torch.zeros_like(scores, dtype=torch.bool)
         return keep.scatter_(-1, scores.topk(k, dim=-1, sorted=False).indices, True)
-    if scores.device.type == "cpu" and scores.dtype == torch.float32:
-        keep, kth, tied = _topk_mask_cpu(scores.contiguous(), k)
-        if not tied:
-            return keep
-    else:
-        kth = scores.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
-    above = scores > kth
-    equal = scores == kth
-    missing = k - above.sum(-1, keepdim=True)
-    return above | (equal & (equal.cumsum(-1) <= missing))
+    if scores.device.type != "cpu" or scores.dtype != torch.float32:
+        return _break_ties(scores, scores.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True), k)
+    rows = scores.contiguous().view(-1, n)
+    keep, kth, tied_rows = _topk_mask_cpu(rows, k)
+    if len(tied_rows):  # rare, or rows with fewer than k nonzeros: fix just those rows
+        keep[tied_rows] = _break_ties(rows[tied_rows], kth[tied_rows], k)
+    return keep.view(scores.shape)
 
 
 def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
