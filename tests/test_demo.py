@@ -88,7 +88,7 @@ def test_grid_over_nonzero_count_gives_each_width_the_same_nonzeros(tmp_path):
         assert abs(config.sparsity.l0_fraction * sparse_weight_count(config) - 20000) < 1
     assert fractions[1] < fractions[0] / 2  # the wider model is sparser
     path.write_text('config = "tiny"\n[grid]\nd_model = [32]\nl0_nonzeros = [10000000]\n')
-    with pytest.raises(SparseCircuitsError, match="more than the"):
+    with pytest.raises(SparseCircuitsError, match="must be between 1 and the"):
         grid_runs(read_grid(str(path)), vocab_size=320)
     path.write_text('config = "tiny"\n[grid]\nd_model = [32]\nl0_nonzeros = [1000]\nl0_fraction = [0.5]\n')
     with pytest.raises(SparseCircuitsError, match="one of l0_fraction or l0_nonzeros"):

@@ -31,15 +31,15 @@ import torch
 
 from ..config import _read_toml, load_config
 from ..errors import SparseCircuitsError
-from ..io import atomic_write_csv, atomic_write_text
-from .plots import pyplot, save
 from ..data.dataset import TokenData
+from ..io import atomic_write_csv, atomic_write_text
 from ..model.gpt import SparseGPT
 from ..model.sparsity import sparse_parameters
 from ..tasks import BUILTIN_TASKS, evaluate_task, load_task
 from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
 from .demo import geomean
+from .plots import pyplot, save
 
 GRID_KEYS = {"d_model": "model.d_model", "l0_fraction": "sparsity.l0_fraction", "keep_fraction": "model.keep_fraction",
              "l0_nonzeros": "sparsity.l0_fraction"}
@@ -83,10 +83,11 @@ def grid_runs(grid: dict, vocab_size: int) -> list[tuple[str, list[str]]]:
         overrides = list(grid.get("set", [])) + [f"{GRID_KEYS[n]}={point[n]}" for n in names if n != "l0_nonzeros"]
         if "l0_nonzeros" in point:
             config = load_config(grid.get("config", "small"), overrides + [f"model.vocab_size={vocab_size}"])
-            fraction = point["l0_nonzeros"] / sparse_weight_count(config)
+            available = sparse_weight_count(config)
+            fraction = point["l0_nonzeros"] / available
             if not 0 < fraction <= 1:
-                raise SparseCircuitsError(f"l0_nonzeros {point['l0_nonzeros']} is more than the {sparse_weight_count(config)}"
-                                          f" sparse weights of d_model {point['d_model']}: lower it or widen the model")
+                raise SparseCircuitsError(f"l0_nonzeros {point['l0_nonzeros']} must be between 1 and the {available}"
+                                          f" sparse weights of d_model {point['d_model']}")
             overrides.append(f"sparsity.l0_fraction={fraction:.6g}")
         runs.append((tag, overrides))
     return runs
