@@ -76,9 +76,10 @@ def validate(circuit_dir: str | Path, run_dir: str | Path | None = None, control
                 "full_model_loss": found["full_loss"],
             }
         per_node = []
-        ablate_each = circuit.nodes if len(circuit.nodes) <= max_per_node else []
-        if len(circuit.nodes) > max_per_node:
+        too_many = len(circuit.nodes) > max_per_node
+        if too_many:
             result["per_node_skipped"] = f"{len(circuit.nodes)} nodes, more than {max_per_node}"
+        ablate_each = [] if too_many else circuit.nodes
         full_keep = {site: torch.ones_like(k) for site, k in keep.items()}
         for node in tqdm(ablate_each, desc="per-node ablation", unit="node", disable=not show_progress, file=sys.stderr):
             without = {site: k.clone() for site, k in keep.items()}

@@ -160,8 +160,8 @@ class SparseGPT(nn.Module):
             x = block(x, self.hook_points)
         x = self.hook_points("final_resid", x)
         if at is not None:
-            rows = torch.arange(len(tokens), device=tokens.device)
-            x, tokens = x[rows, at.to(tokens.device)], tokens[rows, at.to(tokens.device)]
+            rows, at = torch.arange(len(tokens), device=tokens.device), at.to(tokens.device)
+            x, tokens = x[rows, at], tokens[rows, at]
         logits = self.lm_head(self.final_norm(x))
         if self.bigram is not None:
             logits = logits + self.bigram(tokens)
