@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparse_kernels import CSR_MAX_DENSITY
-from ..tasks.records import TokenizedTask, candidate_logits, task_accuracy, task_loss
+from ..tasks.records import TokenizedTask, candidate_logits, pair_logits, task_accuracy, task_loss
 from .masks import NodeMask, ablation_hooks, keep_top_n
 
 
@@ -49,18 +49,6 @@ class PruneSettings:
             raise SparseCircuitsError(f"--target-loss {self.target_loss} must be between 0 and ln 2 (chance)")
         if self.steps <= 0 or self.batch_pairs <= 0 or self.lr <= 0 or self.k_coef < 0 or self.temperature <= 0:
             raise SparseCircuitsError("pruning steps, batch, lr and temperature must be positive, k_coef >= 0")
-
-
-@torch.no_grad()
-def pair_logits(model: SparseGPT, task: TokenizedTask, hooks: Mapping | None = None, batch_size: int = 256) -> torch.Tensor:
-    """(N, 2) candidate logits of every record, under optional hooks."""
-    device = next(model.parameters()).device
-    out = []
-    with model.hooks(hooks or {}):
-        for start in range(0, len(task), batch_size):
-            tokens, last, correct, incorrect = task.batch(range(start, min(start + batch_size, len(task))))
-            out.append(candidate_logits(model(tokens.to(device), at=last), correct, incorrect))
-    return torch.cat(out)
 
 
 def fit_logit_scale(logits: torch.Tensor, steps: int = 16) -> float:

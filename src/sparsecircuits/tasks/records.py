@@ -7,6 +7,7 @@ candidate tokens; the loss is the cross-entropy of the correct one, averaged ove
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,10 +154,17 @@ def task_accuracy(pair_logits: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate_task(model, task: TokenizedTask, batch_size: int = 128, device: str | torch.device = "cpu") -> dict[str, float]:
-    pair_logits = []
-    for start in range(0, len(task), batch_size):
-        tokens, last, correct, incorrect = task.batch(range(start, min(start + batch_size, len(task))))
-        pair_logits.append(candidate_logits(model(tokens.to(device), at=last), correct, incorrect))
-    pair_logits = torch.cat(pair_logits)
-    return {"loss": float(task_loss(pair_logits)), "accuracy": task_accuracy(pair_logits), "records": len(task)}
+def pair_logits(model, task: TokenizedTask, hooks: Mapping | None = None, batch_size: int = 256) -> torch.Tensor:
+    """(N, 2) candidate logits of every record, under optional hooks."""
+    device = next(model.parameters()).device
+    out = []
+    with model.hooks(hooks or {}):
+        for start in range(0, len(task), batch_size):
+            tokens, last, correct, incorrect = task.batch(range(start, min(start + batch_size, len(task))))
+            out.append(candidate_logits(model(tokens.to(device), at=last), correct, incorrect))
+    return torch.cat(out)
+
+
+def evaluate_task(model, task: TokenizedTask) -> dict[str, float]:
+    logits = pair_logits(model, task)
+    return {"loss": float(task_loss(logits)), "accuracy": task_accuracy(logits), "records": len(task)}
