@@ -27,7 +27,7 @@ def test_overrides_are_typed():
     ("modle.d_model=3", "unknown config section 'modle'"),
     ("train.steps=many", "bad value for 'train.steps'"),
     ("train.steps=1.5", "bad value for 'train.steps'"),
-    ("model.keep_fraction=0", "model.keep_fraction must be in (0, 1]"),
+    ("model.keep_fraction=0", "model.keep_fraction = 0.0 is out of range (0, 1]"),
     ("model.positional=rotary", "model.positional must be"),
     ("model.site_keep_fraction.mlp.pre_act=0.5", "unknown site kind"),
     ("trainsteps", "use section.key=value"),

@@ -68,7 +68,7 @@ def test_prune_bad_input(capsys, task_run, trained_run, tmp_path, circuit_dir):
     fails(["prune", str(tmp_path), "--task", str(task), "--out", str(out)], "not a run directory")
     assert not out.exists() and not list(tmp_path.glob(".c.*"))
     fails(["validate", str(tmp_path)], "holds no circuit")
-    fails(["validate", str(circuit_dir), "--run-dir", str(trained_run)], "different model")
+    fails(["validate", str(circuit_dir), "--run-dir", str(trained_run)], "pruned from other weights")
 
 
 def test_search_keeps_the_smallest_circuit_that_meets_the_target(task_run, tmp_path):

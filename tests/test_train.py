@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 
 from sparsecircuits.config import load_config
 from sparsecircuits.data.dataset import TokenData
+from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.io import write_marker
 from sparsecircuits.model.gpt import SparseGPT
 from sparsecircuits.model.sparsity import nonzeros_to_keep, sparse_parameters, topk_keep_mask
 from sparsecircuits.model.reference import reference_kernels
@@ -102,12 +104,20 @@ def test_pipelines_restart_a_run_stopped_before_its_first_checkpoint(tmp_path, d
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text("{}")  # what a run killed before its first checkpoint leaves
+    write_marker(run, "train")  # what a run killed before its first checkpoint leaves
+    (run / "config.json").write_text("{}")
     train_or_continue(load_config("tiny", TINY_OVERRIDES), data_dir, run, show_progress=False)
     assert (run / "model.safetensors").is_file()
     stamp = (run / "model.safetensors").stat().st_mtime
     train_or_continue(load_config("tiny", TINY_OVERRIDES), data_dir, run, show_progress=False)
     assert (run / "model.safetensors").stat().st_mtime == stamp  # a finished run is left alone
+
+    other = tmp_path / "thesis"
+    other.mkdir()
+    (other / "config.json").write_text("{}")  # not made by train: never replaced
+    with pytest.raises(SparseCircuitsError, match="refusing to replace"):
+        train_or_continue(load_config("tiny", TINY_OVERRIDES), data_dir, other, show_progress=False)
+    assert (other / "config.json").read_text() == "{}"
 
 
 def test_fast_training_step_matches_the_straightforward_one(tiny_config):

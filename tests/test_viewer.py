@@ -14,6 +14,55 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-r
                 "--disable-component-update", "--disable-sync"]
 
 
+HOSTILE = "# </script><!--<script> __DATA__ __JS__ <img src=x onerror=alert(1)> \u2028 &amp;"
+HOSTILE_TASK = "__DATA__<img src=x onerror=alert(document.domain)>"
+
+
+@pytest.fixture(scope="module")
+def hostile_page(tmp_path_factory):
+    """A page built from a corpus, a task file name, prompts and a circuit.json full of strings that
+    once injected script or blanked the page."""
+    from sparsecircuits.circuits import PruneSettings, prune
+    from sparsecircuits.config import load_config
+    from sparsecircuits.data.prepare import prepare
+    from sparsecircuits.tasks.builtin import generate
+    from sparsecircuits.train.trainer import train
+    from tests.conftest import write_idiom_corpus
+
+    root = tmp_path_factory.mktemp("hostile")
+    corpus = write_idiom_corpus(root / "corpus")
+    for path in corpus.glob("*.py"):
+        path.write_text(path.read_text().replace("\n\n", f"\n{HOSTILE}\n", 3))
+    prepare(root / "data", corpus=[corpus], vocab_size=300, show_progress=False)
+    config = load_config("tiny", ["model.ctx_len=64", "train.steps=300", "train.batch_size=8",
+                                  "optim.grad_clip=normalize", "optim.lr=0.01"])
+    train(config, root / "data", root / "run", show_progress=False)
+    task = root / f"{HOSTILE_TASK}.jsonl"
+    records = generate("lambda_func", 200, 7)
+    task.write_text("".join(json.dumps(r) + "\n" for r in records))
+    circuit = root / "circuit"
+    prune(root / "run", str(task), circuit, PruneSettings(target_loss=0.6, steps=60, calibration_steps=8), show_progress=False)
+    # The page shows the task file's prompts as they are when it is drawn.
+    task.write_text("".join(json.dumps({**r, "prompt": "# <!--<script>\n" + r["prompt"]}) + "\n" for r in records))
+    data = json.loads((circuit / "circuit.json").read_text())
+    data["model"]["name"] = HOSTILE  # an edited circuit.json shared by someone else
+    (circuit / "circuit.json").write_text(json.dumps(data))
+    return view(circuit, show_progress=False), data
+
+
+def test_page_data_cannot_break_out_of_its_script_block(hostile_page):
+    path, circuit = hostile_page
+    html = path.read_text()
+    start = html.index('<script id="circuit-data" type="application/json">') + len('<script id="circuit-data" type="application/json">')
+    block = html[start:html.index("</script>", start)]
+    assert "<" not in block and ">" not in block and "\u2028" not in block
+    data = json.loads(block)
+    assert data["circuit"]["task"] == HOSTILE_TASK and data["circuit"]["model"]["name"] == HOSTILE
+    assert any("<!--<script>" in x["prompt"] for x in data["examples"])
+    title = html[html.index("<h1>"): html.index("</h1>")]
+    assert "<img" not in title and "&lt;img" in title
+
+
 @pytest.fixture(scope="module")
 def page_path(circuit_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("view") / "circuit.html"
@@ -76,6 +125,27 @@ def test_page_in_headless_chromium(page_path, circuit_dir, tmp_path):
         browser.close()
     assert shot.stat().st_size > 10_000
     assert errors == []
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed: `apt-get install chromium` (Debian) to run the browser test")
+def test_hostile_page_draws_everything_and_runs_no_injected_script(hostile_page):
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    path, circuit = hostile_page
+    dialogs, errors = [], []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page()
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(path.as_uri())
+        page.wait_for_timeout(300)  # an injected onerror fires once the broken image fails
+        assert page.locator("circle.node").count() == len(circuit["nodes"]) > 0
+        assert page.locator("img").count() == 0
+        assert HOSTILE_TASK in page.locator("h1").inner_text()
+        page.locator("circle.node").first.click()
+        assert page.locator("#details h2").count() == 1
+        browser.close()
+    assert dialogs == [] and errors == []
 
 
 def test_explain_and_bad_nodes(task_run, capsys, tmp_path):

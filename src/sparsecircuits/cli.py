@@ -4,10 +4,62 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 from .errors import SparseCircuitsError
+
+EXIT_BAD_INPUT = 2  # any error: line
+EXIT_VALIDATION_FAILED = 1  # `validate`: the circuit is not sufficient or not necessary
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its complaints as the same one `error:` line as every other bad input."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _integer(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is too small: give a whole number >= {low}")
+        return value
+    return parse
+
+
+def _real(low: float = -math.inf, high: float = math.inf, low_open: bool = False, high_open: bool = False):
+    """A finite number in the interval given (open at either end on request)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"{value:g} is out of range: give a number in {interval}")
+        return value
+    return parse
+
+
+def _targets(text: str) -> tuple[float, ...]:
+    parse = _real(0.0, math.log(2), low_open=True, high_open=True)
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"'{text}' has an empty item: give target losses separated by commas, e.g. 0.3,0.15")
+    return tuple(parse(t) for t in items)
+
+
+POSITIVE, NON_NEGATIVE = _integer(1), _integer(0)
+TASK_LOSS = _real(0.0, math.log(2), low_open=True, high_open=True)  # between perfect and chance
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -21,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .data.dataset import ensure_default_data
     from .model.gpt import read_run_config
     from .train.evaluation import evaluate_run
-    from .train.trainer import train
+    from .train.trainer import check_new_run_dir, train
 
     run_dir = Path(args.out)
     if args.config is None:
@@ -30,14 +82,18 @@ def cmd_train(args: argparse.Namespace) -> None:
         config = read_run_config(run_dir)
         if args.set:
             raise SparseCircuitsError("--set changes the config, and a resumed run must keep its own: drop --set")
+    elif args.resume and args.force:
+        raise SparseCircuitsError("--resume continues a run and --force starts it again: give one of them")
     else:
         config = load_config(args.config, args.set)
+    if not args.resume:
+        check_new_run_dir(run_dir, args.force)  # before the default data is prepared
     if args.data is None and args.resume and (run_dir / "run.json").is_file():
         data_dir = json.loads((run_dir / "run.json").read_text())["data"]
     else:
         data_dir = args.data or ensure_default_data()
     try:
-        train(config, data_dir, run_dir, resume=args.resume, stop_after=args.stop_after)
+        train(config, data_dir, run_dir, resume=args.resume, stop_after=args.stop_after, force=args.force)
     except KeyboardInterrupt:
         sys.exit(130)
     if args.stop_after is not None and args.stop_after < config.train.steps:
@@ -140,12 +196,14 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
     result = validate(args.circuit_dir, args.run_dir, control=not args.no_control)
     print(format_validation(result))
+    if not (result["sufficient"] and result["necessary"]):
+        sys.exit(EXIT_VALIDATION_FAILED)
 
 
 def cmd_view(args: argparse.Namespace) -> None:
     from .viewer import view
 
-    view(args.circuit_dir, args.out, args.run_dir)
+    view(args.circuit_dir, args.out, args.run_dir, force=args.force)
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
@@ -172,7 +230,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from .experiments.compare import compare, geomean_edges
 
-    targets = tuple(float(t) for t in args.targets.split(","))
+    targets = args.targets
     rows = compare(args.run_a, args.run_b, args.out, tasks=args.tasks.split(",") if args.tasks else None,
                    targets=targets, learned_below=args.learned_below)
     labels = list(dict.fromkeys(r["model"] for r in rows))
@@ -204,7 +262,7 @@ def _prune_default(name: str):
 def build_parser() -> argparse.ArgumentParser:
     from .config import builtin_config_names
 
-    parser = argparse.ArgumentParser(prog="sparsecircuits", description=(
+    parser = _Parser(prog="sparsecircuits", description=(
         "Train weight-sparse transformers and find the circuits behind their predictions."))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -214,9 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DATA_DIR", help="directory to create")
     p.add_argument("--corpus", nargs="+", metavar="PATH",
                    help="folders of .py/.txt/.jsonl files or single files (default: the standard library)")
-    p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (default 2048)")
-    p.add_argument("--val-fraction", type=float, default=0.02, help="fraction of files held out for validation (default 0.02)")
-    p.add_argument("--force", action="store_true", help="replace DATA_DIR if it exists")
+    p.add_argument("--vocab-size", type=POSITIVE, default=2048, help="BPE vocabulary size (default 2048)")
+    p.add_argument("--val-fraction", type=_real(0, 1, True, True), default=0.02, help="fraction of files held out for validation (default 0.02)")
+    p.add_argument("--force", action="store_true", help="replace DATA_DIR if `prepare` made it")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train a weight-sparse model",
@@ -228,25 +286,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DATA_DIR", help="prepared data (default: the standard library, prepared and cached on first use)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create (or continue with --resume)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
-    p.add_argument("--stop-after", type=int, metavar="STEP",
+    p.add_argument("--force", action="store_true", help="start RUN_DIR again if `train` made it (e.g. after a failed start)")
+    p.add_argument("--stop-after", type=POSITIVE, metavar="STEP",
                    help="end at this step with a checkpoint, to continue later with --resume (e.g. to fit a job time limit)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="validation loss of a trained run, beside n-gram baselines")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data", metavar="DATA_DIR", help="data to evaluate on (default: the run's own)")
-    p.add_argument("--max-tokens", type=int, default=262144, help="validation tokens to use (default 262144)")
+    p.add_argument("--max-tokens", type=POSITIVE, default=262144, help="validation tokens to use (default 262144)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sample", help="continue a prompt with a trained model")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--prompt", default="def ", help="text to continue (default 'def ')")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=64)
+    p.add_argument("--temperature", type=_real(0, 100), default=0.8, help="0 for greedy decoding")
+    p.add_argument("--top-k", type=NON_NEGATIVE, default=50, help="sample from the k likeliest tokens (0: all)")
+    p.add_argument("--num-samples", type=POSITIVE, default=1)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.set_defaults(func=cmd_sample)
 
     tasks = sub.add_parser("tasks", help="list the built-in tasks, or score a model on tasks")
@@ -267,21 +326,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--task", required=True, metavar="NAME_OR_FILE", help="a built-in task (see `tasks list`) or a JSONL file")
     p.add_argument("--out", required=True, metavar="CIRCUIT_DIR")
-    p.add_argument("--target-loss", type=float, default=0.15, help="held-out task loss the circuit must reach (default 0.15)")
+    p.add_argument("--target-loss", type=TASK_LOSS, default=0.15, help="held-out task loss the circuit must reach (default 0.15)")
     p.add_argument("--ablation", choices=["mean", "zero"], default="mean", help="what pruned nodes are frozen at (default mean)")
-    p.add_argument("--search", type=int, default=0, metavar="N", help="run N Optuna trials over the pruning hyperparameters")
-    p.add_argument("--steps", type=int, default=_prune_default("steps"), help="mask training steps")
-    p.add_argument("--k-coef", type=float, default=_prune_default("k_coef"), help="penalty per active node")
-    p.add_argument("--lr", type=float, default=_prune_default("lr"), help="mask learning rate")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--csr-max-density", type=float, default=_prune_default("csr_max_density"), metavar="FRACTION",
+    p.add_argument("--search", type=NON_NEGATIVE, default=0, metavar="N", help="run N Optuna trials over the pruning hyperparameters")
+    p.add_argument("--steps", type=POSITIVE, default=_prune_default("steps"), help="mask training steps")
+    p.add_argument("--k-coef", type=_real(0, 1e3), default=_prune_default("k_coef"), help="penalty per active node")
+    p.add_argument("--lr", type=_real(0, 10, low_open=True), default=_prune_default("lr"), help="mask learning rate")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--csr-max-density", type=_real(0, 1), default=_prune_default("csr_max_density"), metavar="FRACTION",
                    help="on CPU, layers with at most this fraction of nonzero weights multiply through sparse CSR kernels"
                         " (default %(default)s, the measured crossover; 0 = always dense)")
-    p.add_argument("--force", action="store_true", help="replace CIRCUIT_DIR if it exists")
+    p.add_argument("--force", action="store_true", help="replace CIRCUIT_DIR if `prune` made it")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("validate", help="check a circuit's sufficiency, necessity and controls",
-                       description="Writes CIRCUIT_DIR/validation.json and prints a table.")
+                       description="Writes CIRCUIT_DIR/validation.json and prints a table. Exit status 0: the circuit is"
+                                   " sufficient and necessary; 1: it fails either check; 2: bad input.")
     p.add_argument("circuit_dir", metavar="CIRCUIT_DIR")
     p.add_argument("--run-dir", metavar="RUN_DIR", help="the model's run directory, if it moved")
     p.add_argument("--no-control", action="store_true", help="skip the shuffled-label pruning control")
@@ -292,13 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("circuit_dir", metavar="CIRCUIT_DIR")
     p.add_argument("--out", metavar="HTML", help="where to write the page (default CIRCUIT_DIR/circuit.html)")
     p.add_argument("--run-dir", metavar="RUN_DIR", help="the model's run directory, if it moved")
+    p.add_argument("--force", action="store_true", help="replace HTML and its .md twin if they exist")
     p.set_defaults(func=cmd_view)
 
     p = sub.add_parser("explain", help="top and bottom activating contexts of a node, in the terminal")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--node", required=True, action="append", metavar="SITE:INDEX", help="e.g. 0.mlp.post_act:12 (repeatable)")
-    p.add_argument("--top", type=int, default=20, help="contexts of each kind to show (default 20)")
-    p.add_argument("--tokens", type=int, default=32768, help="validation tokens to scan (default 32768)")
+    p.add_argument("--top", type=POSITIVE, default=20, help="contexts of each kind to show (default 20)")
+    p.add_argument("--tokens", type=POSITIVE, default=32768, help="validation tokens to scan (default 32768)")
     p.add_argument("--data", metavar="DATA_DIR", help="text to scan (default: the run's own data)")
     p.add_argument("--no-color", action="store_true")
     p.set_defaults(func=cmd_explain)
@@ -308,10 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "shape (stopped at the sparse model's validation loss), prune the tasks both do, validate "
                                    "and view every circuit, and write DIR/report.html and DIR/summary.json. Resumable.")
     p.add_argument("--out", default="demo", metavar="DIR", help="output directory (default ./demo)")
-    p.add_argument("--minutes", type=float, default=30.0, help="time budget; training steps scale with it (default 30)")
+    p.add_argument("--minutes", type=_real(0, 1e6, low_open=True), default=30.0, help="time budget; training steps scale with it (default 30)")
     p.add_argument("--tasks", default="auto", help="'auto' (up to --max-tasks both models do best), 'all', or a comma list")
-    p.add_argument("--max-tasks", type=int, default=6)
-    p.add_argument("--target-loss", type=float, default=0.15)
+    p.add_argument("--max-tasks", type=POSITIVE, default=6)
+    p.add_argument("--target-loss", type=TASK_LOSS, default=0.15)
     p.add_argument("--config", default="small", metavar="NAME_OR_FILE")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--corpus", nargs="+", metavar="PATH", help="corpus instead of the standard library")
@@ -323,8 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_b", metavar="RUN_B")
     p.add_argument("--out", default="compare", metavar="DIR", help="where compare.csv and compare.png go (default ./compare)")
     p.add_argument("--tasks", help="comma-separated tasks or JSONL files (default: every built-in task both models learned)")
-    p.add_argument("--targets", default="0.3,0.2,0.15,0.1,0.05", help="target losses (default 0.3,0.2,0.15,0.1,0.05)")
-    p.add_argument("--learned-below", type=float, default=0.15, help="a task counts as learned at this loss (default 0.15)")
+    p.add_argument("--targets", type=_targets, default="0.3,0.2,0.15,0.1,0.05", help="target losses (default 0.3,0.2,0.15,0.1,0.05)")
+    p.add_argument("--learned-below", type=TASK_LOSS, default=0.15, help="a task counts as learned at this loss (default 0.15)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sweep", help="train a grid of models, prune their tasks, plot the capability-interpretability frontier",
@@ -347,7 +408,21 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except SparseCircuitsError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
+    except OSError as err:  # a disk that filled up, a file that vanished: say which, without a traceback
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}: free space or fix the path and run the command again", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except (MemoryError, torch_out_of_memory()) as err:
+        print(f"error: out of memory ({str(err).splitlines()[0] if str(err) else type(err).__name__}): make the model or"
+              " the batch smaller", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def torch_out_of_memory() -> type:
+    """torch's out-of-memory error, if torch is loaded (the CLI imports it lazily)."""
+    torch = sys.modules.get("torch")
+    return getattr(torch, "OutOfMemoryError", MemoryError) if torch else MemoryError
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,26 +131,46 @@ class Config:
 
     def validate(self) -> None:
         m, s, o, t = self.model, self.sparsity, self.optim, self.train
+        # (key, value, lowest, highest, lowest allowed itself): every number has a sane range.
+        ranges = [
+            ("model.vocab_size", m.vocab_size, 0, 65535, True),  # 0: from the tokenizer; tokens are uint16
+            ("model.d_model", m.d_model, 0, 1 << 16, False),
+            ("model.n_layer", m.n_layer, 0, 1024, False),
+            ("model.d_head", m.d_head, 0, 1 << 12, False),
+            ("model.n_head", m.n_head, 0, 1 << 12, True),  # 0: d_model // d_head
+            ("model.d_mlp", m.d_mlp, 0, 1 << 20, True),  # 0: 4 * d_model
+            ("model.ctx_len", m.ctx_len, 1, 1 << 20, False),
+            ("model.keep_fraction", m.keep_fraction, 0, 1, False),
+            ("model.init_std", m.init_std, 0, 10, False),
+            ("sparsity.l0_fraction", s.l0_fraction, 0, 1, False),
+            ("sparsity.anneal_start", s.anneal_start, 0, 1, True),
+            ("sparsity.anneal_end", s.anneal_end, 0, 1, True),
+            ("sparsity.min_nonzero_per_neuron", s.min_nonzero_per_neuron, 0, 1 << 20, True),
+            ("optim.lr", o.lr, 0, 10, False),
+            ("optim.eps", o.eps, 0, 10, False),
+            ("optim.weight_decay", o.weight_decay, 0, 10, True),
+            ("optim.beta1", o.beta1, 0, 0.9999, True),
+            ("optim.beta2", o.beta2, 0, 0.9999, True),
+            ("optim.grad_rms", o.grad_rms, 0, 1e6, False),
+            ("optim.warmup_fraction", o.warmup_fraction, 0, 0.99, True),
+            ("train.steps", t.steps, 0, 10**9, False),
+            ("train.batch_size", t.batch_size, 0, 1 << 20, False),
+            ("train.seed", t.seed, 0, 2**63 - 1, True),
+            ("train.eval_interval", t.eval_interval, 0, 10**9, False),
+            ("train.eval_batches", t.eval_batches, 0, 10**6, False),
+            ("train.log_interval", t.log_interval, 0, 10**9, False),
+            ("train.checkpoint_interval", t.checkpoint_interval, 0, 10**9, False),
+        ]
+        for key, value, low, high, low_allowed in ranges:
+            if not (low <= value <= high) or (value == low and not low_allowed):
+                show = lambda x: f"{x:g}" if isinstance(x, float) else f"{x:,}"
+                interval = f"{'[' if low_allowed else '('}{show(low)}, {show(high)}]"
+                raise SparseCircuitsError(f"bad config value: {key} = {value!r} is out of range {interval}")
         checks = [
-            (m.vocab_size >= 0, "model.vocab_size must be >= 0 (0 takes it from the tokenizer)"),
-            (m.d_model > 0 and m.n_layer > 0 and m.d_head > 0, "model.d_model, n_layer and d_head must be positive"),
             (m.n_head > 0 or m.d_model % m.d_head == 0, "model.d_model must be a multiple of model.d_head (or set model.n_head)"),
-            (m.n_head >= 0 and m.d_mlp >= 0, "model.n_head and model.d_mlp must be >= 0 (0 means the default)"),
-            (m.ctx_len > 1, "model.ctx_len must be > 1"),
             (m.positional in ("none", "learned"), "model.positional must be 'none' or 'learned'"),
-            (0 < m.keep_fraction <= 1, "model.keep_fraction must be in (0, 1]"),
-            (m.init_std > 0, "model.init_std must be positive"),
-            (0 < s.l0_fraction <= 1, "sparsity.l0_fraction must be in (0, 1]"),
-            (0 <= s.anneal_start <= s.anneal_end <= 1, "sparsity needs 0 <= anneal_start <= anneal_end <= 1"),
-            (s.min_nonzero_per_neuron >= 0, "sparsity.min_nonzero_per_neuron must be >= 0"),
-            (o.lr > 0 and o.eps > 0 and o.weight_decay >= 0, "optim.lr and optim.eps must be positive, weight_decay >= 0"),
-            (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)"),
+            (s.anneal_start <= s.anneal_end, "sparsity.anneal_start must not be after sparsity.anneal_end"),
             (o.grad_clip in ("clip", "normalize", "none"), "optim.grad_clip must be 'clip', 'normalize' or 'none'"),
-            (o.grad_rms > 0, "optim.grad_rms must be positive"),
-            (0 <= o.warmup_fraction < 1, "optim.warmup_fraction must be in [0, 1)"),
-            (t.steps > 0 and t.batch_size > 0, "train.steps and train.batch_size must be positive"),
-            (t.eval_interval > 0 and t.eval_batches > 0 and t.log_interval > 0 and t.checkpoint_interval > 0,
-             "train.eval_interval, eval_batches, log_interval and checkpoint_interval must be positive"),
             (t.device in ("auto", "cpu", "cuda"), "train.device must be 'auto', 'cpu' or 'cuda'"),
         ]
         for ok, message in checks:
@@ -188,6 +209,8 @@ def _check_type(expected: Any, value: Any, name: str, origin: str) -> Any:
     if not ok:
         type_name = getattr(expected, "__name__", "table")
         raise SparseCircuitsError(f"{origin}: bad value for '{name}': expected {type_name}, got {value!r}")
+    if expected is float and not math.isfinite(value):
+        raise SparseCircuitsError(f"{origin}: bad value for '{name}': {value!r} is not a finite number")
     return float(value) if expected is float else (dict(value) if isinstance(value, dict) else value)
 
 

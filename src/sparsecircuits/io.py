@@ -1,8 +1,18 @@
-"""Writing files so that a reader never sees half of one: stage, then rename into place."""
+"""Writing files so that a reader never sees half of one, and never losing what we did not make.
+
+- Every file and folder is written beside its final place under a temporary name that carries the
+  writer's process id (`.NAME.tmp-PID-XXXX`), then renamed into place; temporaries left by a killed
+  process are removed by the next write of the same name.
+- A folder a command makes carries a marker file naming the command (`.sparsecircuits.json`);
+  `--force` replaces only a folder whose marker names the same command.
+- A directory being written is locked (`directory_lock`): a second writer is refused, naming the
+  process that holds it; a lock held by a process that died is free again.
+"""
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -33,9 +43,93 @@ def publish(path: Path, final: Path) -> None:
     os.replace(path, final)
 
 
+MARKER = ".sparsecircuits.json"
+
+
+def _temp_prefix(final: Path) -> str:
+    return f".{final.name}.tmp-{os.getpid()}-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clean_stale_temporaries(final: Path) -> list[Path]:
+    """Remove the temporaries of `final` left by processes that no longer run (a `kill -9` mid-write)."""
+    final = Path(final)
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for path in final.parent.glob(f".{final.name}.tmp-*-*"):
+        pid = path.name[len(f".{final.name}.tmp-"):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def check_writable(path: Path, what: str = "--out") -> None:
+    """Fail before any work if `path` (a file or folder to create or replace) cannot be written:
+    the nearest existing folder above it must accept a new file."""
+    path = Path(path)
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise SparseCircuitsError(f"cannot write {path}: {ancestor} is a file, not a folder; choose another {what}")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as err:
+        reason = "read-only file system" if err.errno == errno.EROFS else (err.strerror or str(err)).lower()
+        raise SparseCircuitsError(f"cannot write {path}: {ancestor} is not writable ({reason}); choose another {what}") from None
+
+
+def made_by(directory: Path) -> str | None:
+    """The command named by a folder's marker file, or None."""
+    try:
+        return json.loads((Path(directory) / MARKER).read_text()).get("made_by")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def write_marker(directory: Path, command: str) -> None:
+    atomic_write_text(Path(directory) / MARKER, json.dumps({"made_by": command}) + "\n")
+
+
+def check_output_dir(out: Path, command: str, force: bool, what: str = "--out") -> None:
+    """Before `command` writes the folder `out`: it may not exist, be empty, or (with --force) be a
+    folder that the same command made. Anything else is refused, naming the path."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SparseCircuitsError(f"{what} {out} is a file, not a folder: choose another {what}")
+    check_writable(out, what)  # where staging folders and locks go
+    if out.exists():
+        check_writable(out / MARKER, what)
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not force:
+        raise SparseCircuitsError(f"{out} already exists and is not empty: choose another {what} or pass --force")
+    if made_by(out) != command:
+        raise SparseCircuitsError(
+            f"refusing to replace {out}: --force replaces only a folder made by `sparsecircuits {command}`"
+            f" (its {MARKER} says so), and this one was not; remove it yourself or choose another {what}")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    clean_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -56,7 +150,8 @@ def atomic_write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    clean_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
     os.close(fd)
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
@@ -76,23 +171,83 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 @contextmanager
-def staged_directory(final: Path) -> Iterator[Path]:
+def staged_directory(final: Path, command: str | None = None) -> Iterator[Path]:
     """Yield an empty folder beside `final`. If the block succeeds the folder replaces `final` whole;
-    if it fails the folder is removed and `final` is left as it was."""
+    if it fails the folder is removed and `final` is left as it was. With `command`, the folder
+    gets the marker that lets that command's --force replace it later."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    clean_stale_temporaries(final)
+    staging = Path(tempfile.mkdtemp(prefix=_temp_prefix(final), dir=final.parent))
     try:
         yield staging
-        old = final.parent / f".{final.name}.old"
+        if command is not None:
+            write_marker(staging, command)
+        old = Path(tempfile.mkdtemp(prefix=_temp_prefix(final), dir=final.parent))
         if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
+            os.replace(final, old / final.name)
         publish(staging, final)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+_held_locks: dict[str, list] = {}  # lock path -> [open file, depth]: one process may nest its own locks
+
+
+@contextmanager
+def directory_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `directory` (a run, circuit or data folder) while writing it.
+
+    The lock is a file beside the folder (`.NAME.lock`) locked with flock and holding the owner's
+    process id: a second writer fails at once with a message naming that process, and the kernel
+    frees the lock of a process that dies, so a stale lock never blocks anyone."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    path = directory.parent / f".{directory.name}.lock"
+    key = str(path.resolve())
+    if key in _held_locks:
+        _held_locks[key][1] += 1
+        try:
+            yield
+        finally:
+            _held_locks[key][1] -= 1
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock on this platform: writers are not serialised
+        yield
+        return
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise SparseCircuitsError(
+                f"{directory} is being written by another sparsecircuits process (pid {holder}):"
+                " wait for it to finish or stop it, then try again") from None
+        try:  # the file may have been removed by its last holder after we opened it: lock the new one
+            same = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _held_locks[key] = [handle, 1]
+    try:
+        yield
+    finally:
+        del _held_locks[key]
+        path.unlink(missing_ok=True)
+        handle.close()
 
 
 def iter_jsonl(path: Path, text: str) -> Iterator[tuple[int, Any]]:

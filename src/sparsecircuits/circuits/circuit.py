@@ -1,6 +1,7 @@
 """`prune` end to end, the circuit directory, and `Circuit` for using one from Python.
 
-CIRCUIT_DIR/circuit.json holds the task, the model (run directory and config hash), the target,
+CIRCUIT_DIR/circuit.json holds the task, the model (run directory, config hash and the sha256 of
+the weights it was pruned from, which every later use checks), the target,
 the ablation, the nodes, the edges, the metrics and the pruning settings; CIRCUIT_DIR/scores.safetensors
 holds every node's learned τ. The directory is written to a staging folder and renamed into place.
 """
@@ -20,7 +21,7 @@ from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT, read_run_config
 from ..model.sparse_kernels import sparse_weight_kernels
 from ..tasks.records import TokenizedTask, load_task, task_accuracy, task_loss
-from ..io import atomic_save_tensors, load_tensors, staged_directory
+from ..io import atomic_save_tensors, check_output_dir, directory_lock, load_tensors, staged_directory
 from .graph import circuit_edges
 from .masks import ablation_hooks
 from .means import load_or_compute_means
@@ -84,7 +85,7 @@ def circuit_metrics(evaluator: CircuitEvaluator, keep: Mapping[str, torch.Tensor
 
 
 def write_circuit_dir(out: Path, record: dict, scores: Mapping[str, torch.Tensor]) -> None:
-    with staged_directory(out) as staging:
+    with staged_directory(out, command="prune") as staging:
         (staging / CIRCUIT_FILE).write_text(json.dumps(record, indent=1))
         atomic_save_tensors(staging / "scores.safetensors", dict(scores))
 
@@ -95,8 +96,12 @@ def prune(run_dir: str | Path, task: str, out: str | Path, settings: PruneSettin
     settings = settings or PruneSettings()
     settings.validate()
     run_dir, out = Path(run_dir), Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise SparseCircuitsError(f"{out} already exists and is not empty: choose another --out or pass --force")
+    check_output_dir(out, "prune", force)
+    with directory_lock(out):
+        return _prune(run_dir, task, out, settings, search_trials, show_progress)
+
+
+def _prune(run_dir: Path, task: str, out: Path, settings: PruneSettings, search_trials: int, show_progress: bool) -> "Circuit":
     start = time.perf_counter()
     model = SparseGPT.from_pretrained(run_dir)
     with sparse_weight_kernels(model, settings.csr_max_density) as csr_layers:
@@ -123,7 +128,8 @@ def prune(run_dir: str | Path, task: str, out: str | Path, settings: PruneSettin
         "format": 1,
         "task": train.name,
         "task_source": task,
-        "model": {"run_dir": str(run_dir.resolve()), "name": run_dir.name, "config_hash": config.hash()},
+        "model": {"run_dir": str(run_dir.resolve()), "name": run_dir.name, "config_hash": config.hash(),
+                  "weights_sha256": model.weights_sha256},
         "target_loss": settings.target_loss,
         "ablation": settings.ablation,
         "records": {"train": len(train), "test": len(test), "dropped": train.dropped + test.dropped},
@@ -165,13 +171,19 @@ class Circuit:
         return Path(self.data["model"]["run_dir"])
 
     def load_model(self, run_dir: str | Path | None = None) -> SparseGPT:
-        """The circuit's model, checked to be the one it was pruned from."""
+        """The circuit's model, checked to hold the very weights it was pruned from."""
         run_dir = Path(run_dir) if run_dir else self.run_dir
+        expected = self.data["model"].get("weights_sha256")
+        if not expected:
+            raise SparseCircuitsError(f"{self.directory} does not record which weights it was pruned from (an older"
+                                      " sparsecircuits made it): prune the task again")
         if not (run_dir / "config.json").is_file():
             raise SparseCircuitsError(f"the circuit's model {run_dir} is not there any more: pass the run directory it came from")
-        if read_run_config(run_dir).hash() != self.data["model"]["config_hash"]:
-            raise SparseCircuitsError(f"{self.directory} was pruned from a different model than {run_dir} (config hashes differ)")
-        return SparseGPT.from_pretrained(run_dir)
+        model = SparseGPT.from_pretrained(run_dir)
+        if model.weights_sha256 != expected:
+            raise SparseCircuitsError(f"{self.directory} was pruned from other weights than {run_dir}/model.safetensors"
+                                      " (their sha256 differs): pass the run directory it was pruned from with --run-dir")
+        return model
 
     def keep(self, model: SparseGPT) -> dict[str, torch.Tensor]:
         return keep_from_nodes(model, self.nodes)

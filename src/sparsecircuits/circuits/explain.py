@@ -24,10 +24,12 @@ def parse_node(name: str, model: SparseGPT) -> tuple[str, int]:
     site, _, index = name.rpartition(":")
     if not site or not index.isdigit():
         raise SparseCircuitsError(f"bad node '{name}': write it as SITE:INDEX, e.g. 0.mlp.post_act:12")
-    if site not in model.node_sites:
-        raise SparseCircuitsError(f"node site '{site}' does not exist in this model (sites look like 0.attn.q, {model.config.n_layer - 1}.mlp.post_act)")
-    if int(index) >= model.node_sites[site]:
-        raise SparseCircuitsError(f"node {name} does not exist: {site} has {model.node_sites[site]} channels")
+    widths = model.site_widths
+    if site not in widths:
+        raise SparseCircuitsError(f"site '{site}' does not exist in this model (sites look like 0.attn.q,"
+                                  f" {model.config.n_layer - 1}.mlp.post_act, 0.resid_in, final_resid)")
+    if int(index) >= widths[site]:
+        raise SparseCircuitsError(f"node {name} does not exist: {site} has {widths[site]} channels")
     return site, int(index)
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -13,14 +12,9 @@ from tqdm.auto import tqdm
 from ..data.dataset import TokenData
 from ..model.gpt import SparseGPT
 from ..io import atomic_save_tensors
-from ..train.checkpoint import MODEL_FILE
 from ..train.evaluation import run_data
 
 MEANS_FILE = "node_means.safetensors"
-
-
-def _model_digest(run_dir: Path) -> str:
-    return hashlib.sha256((run_dir / MODEL_FILE).read_bytes()).hexdigest()[:16]
 
 
 @torch.no_grad()
@@ -44,10 +38,11 @@ def compute_means(model: SparseGPT, data: TokenData, n_tokens: int = 65536, batc
 
 def load_or_compute_means(model: SparseGPT, run_dir: str | Path, n_tokens: int = 65536,
                           show_progress: bool = True) -> dict[str, torch.Tensor]:
-    """Means cached in RUN_DIR/node_means.safetensors, recomputed when the model or n_tokens changed."""
+    """Means cached in RUN_DIR/node_means.safetensors, tied to the weights' sha256 and recomputed
+    when the weights or n_tokens changed."""
     run_dir = Path(run_dir)
     path = run_dir / MEANS_FILE
-    digest = _model_digest(run_dir)
+    digest = model.weights_sha256
     if path.is_file():
         try:
             with safe_open(str(path), "pt") as f:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..model.sparse_kernels import sparse_weight_kernels
 from ..tasks.records import TokenizedTask, task_loss
-from ..io import atomic_write_text
+from ..io import atomic_write_text, check_writable, directory_lock
 from .circuit import Circuit, ablation_values, circuit_metrics, load_task_splits
 from .prune import CircuitEvaluator, PruneSettings, find_circuit
 
@@ -43,8 +43,14 @@ def validate(circuit_dir: str | Path, run_dir: str | Path | None = None, control
     """Sufficiency, necessity, random and shuffled-label controls, and each node's ablation effect
     (skipped above `max_per_node` nodes: such a circuit is not one to read node by node)."""
     circuit = Circuit.load(circuit_dir)
+    check_writable(Path(circuit_dir) / "validation.json", "CIRCUIT_DIR")
     model = circuit.load_model(run_dir)
-    model_run_dir = Path(run_dir) if run_dir else circuit.run_dir
+    with directory_lock(Path(circuit_dir)):
+        return _validate(circuit, model, Path(run_dir) if run_dir else circuit.run_dir, control, show_progress, max_per_node)
+
+
+def _validate(circuit: Circuit, model, model_run_dir: Path, control: bool, show_progress: bool, max_per_node: int) -> dict:
+    circuit_dir = circuit.directory
     settings = PruneSettings(**circuit.data["settings"])
     with sparse_weight_kernels(model, settings.csr_max_density):
         train, test = load_task_splits(model, circuit.data["task_source"])

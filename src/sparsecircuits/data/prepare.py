@@ -19,11 +19,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import SparseCircuitsError
-from ..io import iter_jsonl, staged_directory
+from ..io import check_output_dir, directory_lock, iter_jsonl, staged_directory
 
 EOT = "<|endoftext|>"
 MANIFEST = "manifest.json"
 TEXT_SUFFIXES = (".py", ".txt")
+MIN_VAL_TOKENS = 8192  # below this a validation loss is too noisy to compare runs by
 
 
 @dataclass
@@ -150,8 +151,12 @@ def prepare(
         raise SparseCircuitsError(f"--vocab-size {vocab_size} is out of range: use 257..65535 (byte-level BPE, uint16 tokens)")
     if not 0 < val_fraction < 1:
         raise SparseCircuitsError(f"validation fraction {val_fraction} must be in (0, 1)")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise SparseCircuitsError(f"{out} already exists and is not empty: choose another --out or pass --force")
+    check_output_dir(out, "prepare", force)
+    with directory_lock(out):
+        return _prepare(out, corpus, vocab_size, val_fraction, show_progress)
+
+
+def _prepare(out: Path, corpus: list[str | Path] | None, vocab_size: int, val_fraction: float, show_progress: bool) -> dict:
     roots = [Path(p) for p in corpus] if corpus else [default_corpus_root()]
     say = print if show_progress else (lambda *a, **k: None)
     say(f"scanning {', '.join(map(str, roots))}", file=sys.stderr)
@@ -172,8 +177,12 @@ def prepare(
     say(f"training a byte-level BPE with {vocab_size} tokens", file=sys.stderr)
     tokenizer = train_tokenizer([d.text for d in train_docs], vocab_size)
     eot_id = tokenizer.token_to_id(EOT)
+    warnings = []
+    if tokenizer.get_vocab_size() < 0.9 * vocab_size:
+        warnings.append(f"the tokenizer learned only {tokenizer.get_vocab_size()} of the {vocab_size} tokens asked for:"
+                        " the corpus is too small for more merges; give a larger corpus or a smaller --vocab-size")
 
-    with staged_directory(out) as staging:
+    with staged_directory(out, command="prepare") as staging:
         tokenizer.save(str(staging / "tokenizer.json"))
         files, counts = [], {}
         for split, docs in (("train", train_docs), ("val", val_docs)):
@@ -185,6 +194,9 @@ def prepare(
             files += [{"path": d.source, "sha256": d.sha256, "split": split, "tokens": len(t)} for d, t in zip(docs, token_lists)]
         if counts["train"] - len(train_docs) <= 0:
             raise SparseCircuitsError("the corpus yields no tokens: give non-empty Python or text files")
+        if counts["val"] < MIN_VAL_TOKENS:
+            warnings.append(f"the validation split has only {counts['val']:,} tokens (fewer than {MIN_VAL_TOKENS:,}):"
+                            " validation losses will be too noisy to compare; give a larger corpus or --val-fraction")
         manifest = {
             "format": 1,
             "corpus": [str(r) for r in roots],
@@ -195,8 +207,11 @@ def prepare(
             "documents": {"train": len(train_docs), "val": len(val_docs)},
             "skipped": {"duplicates": scan.duplicates, "empty": scan.empty, "undecodable": len(scan.undecodable)},
             "undecodable_files": scan.undecodable,
+            "warnings": warnings,
             "files": files,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     say(f"wrote {out}: {counts['train']:,} train and {counts['val']:,} validation tokens", file=sys.stderr)
     return manifest

@@ -131,6 +131,11 @@ class SparseGPT(nn.Module):
         return dict(self.site_width)
 
     @property
+    def site_widths(self) -> dict[str, int]:
+        """Every site (node sites and the residual points that only record) -> width."""
+        return {**self.site_width, **{site: self.config.d_model for site in residual_sites(self.config.n_layer)}}
+
+    @property
     def site_names(self) -> tuple[str, ...]:
         return self.hook_points.site_names
 

@@ -41,21 +41,31 @@ def builtin_records(name: str, n_train: int = N_TRAIN, n_test: int = N_TEST) -> 
 def read_jsonl_records(path: Path) -> list[dict]:
     if not path.is_file():
         raise SparseCircuitsError(f"task file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SparseCircuitsError(f"{path} is not UTF-8 text (byte {err.start} is not valid UTF-8): save the task file"
+                                  " as UTF-8") from None
     records = []
-    for line_no, record in iter_jsonl(path, path.read_text()):
+    for line_no, record in iter_jsonl(path, text):
         if not isinstance(record, dict):
             raise SparseCircuitsError(f"{path}:{line_no}: each line must be a JSON object with {', '.join(FIELDS)}")
         missing = [f for f in FIELDS if not isinstance(record.get(f), str)]
         if missing:
             raise SparseCircuitsError(f"{path}:{line_no}: missing or non-string field '{missing[0]}' (need {', '.join(FIELDS)})")
+        if record["correct"] == record["incorrect"]:
+            raise SparseCircuitsError(f"{path}:{line_no}: 'correct' and 'incorrect' are the same ({record['correct']!r}):"
+                                      " the two candidate completions must differ")
         records.append({f: record[f] for f in FIELDS})
     return records
 
 
-def task_records(name_or_path: str) -> tuple[str, list[dict], list[dict]]:
+def task_records(name_or_path: str, warn: bool = True) -> tuple[str, list[dict], list[dict]]:
     """(task name, train records, test records) for a built-in name or a JSONL file.
 
-    A JSONL task's records are taken in consecutive pairs; every third pair is held out for testing."""
+    A JSONL task's records are taken in consecutive pairs; every third pair is held out for testing.
+    Repeated records are dropped first, and so are test records whose prompt is also a training
+    prompt, so that the test split never scores what was trained on."""
     if name_or_path in BUILTIN_TASKS:
         return (name_or_path, *builtin_records(name_or_path))
     path = Path(name_or_path)
@@ -64,8 +74,14 @@ def task_records(name_or_path: str) -> tuple[str, list[dict], list[dict]]:
             f"unknown task '{name_or_path}': give a JSONL file or one of {', '.join(BUILTIN_TASKS)}"
         )
     records = read_jsonl_records(path)
-    train = [r for i, r in enumerate(records) if (i // 2) % 3 != 2]
-    test = [r for i, r in enumerate(records) if (i // 2) % 3 == 2]
+    unique = list({tuple(r[f] for f in FIELDS): r for r in records}.values())  # in order of first appearance
+    train = [r for i, r in enumerate(unique) if (i // 2) % 3 != 2]
+    train_prompts = {r["prompt"] for r in train}
+    test = [r for i, r in enumerate(unique) if (i // 2) % 3 == 2 and r["prompt"] not in train_prompts]
+    repeated, leaked = len(records) - len(unique), len(unique) - len(train) - len(test)
+    if (repeated or leaked) and warn:
+        print(f"warning: task {path.stem}: dropped {repeated} repeated records and {leaked} test records whose prompt"
+              " is also a training prompt", file=sys.stderr)
     return path.stem, train, test
 
 
@@ -134,7 +150,7 @@ def tokenize_records(name: str, split: str, records: list[dict], tokenizer, max_
 def load_task(name_or_path: str, tokenizer, split: str = "train", max_len: int | None = None,
               warn: bool = True) -> TokenizedTask:
     """A built-in task or a JSONL file, tokenised and checked against `tokenizer`."""
-    name, train, test = task_records(name_or_path)
+    name, train, test = task_records(name_or_path, warn)
     return tokenize_records(name, split, train if split == "train" else test, tokenizer, max_len, warn)
 
 

@@ -11,15 +11,14 @@ A run directory:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
-
 from ..errors import SparseCircuitsError
-from ..io import load_tensors, staged_directory
+from ..io import atomic_save_tensors, atomic_write_text, load_tensors, staged_directory
 
 CHECKPOINT = "checkpoint"
 MODEL_FILE = "model.safetensors"
@@ -41,7 +40,7 @@ def load_state_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], so
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Write checkpoint/ as a whole: a staging folder renamed into place."""
     with staged_directory(run_dir / CHECKPOINT) as staging:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(staging / MODEL_FILE))
+        atomic_save_tensors(staging / MODEL_FILE, model.state_dict())  # files with the usual permissions
         opt_state = optimizer.state_dict()
         tensors, per_param = {}, {}
         for index, entries in opt_state["state"].items():
@@ -52,9 +51,9 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
                 else:
                     per_param[str(index)][key] = value
         tensors["rng.torch"] = torch.get_rng_state()
-        save_file(tensors, str(staging / "optimizer.safetensors"))
+        atomic_save_tensors(staging / "optimizer.safetensors", tensors)
         state = {**state, "param_groups": opt_state["param_groups"], "optimizer_scalars": per_param}
-        (staging / "state.json").write_text(json.dumps(state, indent=1))
+        atomic_write_text(staging / "state.json", json.dumps(state, indent=1))
 
 
 def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -81,8 +80,26 @@ def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     return state
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_tokenizer_sha256(run_dir: Path) -> str:
+    """The tokenizer hash recorded in run.json when the run was made."""
+    try:
+        return json.loads((Path(run_dir) / "run.json").read_text())["tokenizer_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SparseCircuitsError(f"{run_dir}/run.json is missing or damaged: it records which tokenizer the run"
+                                  " was trained with, so the run cannot be checked; train it again") from None
+
+
 def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """The trained model of a run directory, checked against its config and tokenizer."""
+    """The trained model of a run directory, checked against its config and the tokenizer it was
+    trained with. `model.weights_sha256` identifies the weights (circuits and caches are tied to it)."""
     from ..data.dataset import load_tokenizer
     from ..model.gpt import SparseGPT, read_run_config
 
@@ -94,6 +111,9 @@ def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu"):
         hint = "continue it with `sparsecircuits train --resume`" if (run_dir / CHECKPOINT).exists() else "train it first"
         raise SparseCircuitsError(f"{run_dir} has no trained model ({MODEL_FILE} is missing): {hint}")
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    if file_sha256(run_dir / "tokenizer.json") != run_tokenizer_sha256(run_dir):
+        raise SparseCircuitsError(f"{run_dir}/tokenizer.json is not the tokenizer this run was trained with (its sha256"
+                                  " differs from run.json's): copy the run's own tokenizer.json back from its data directory")
     if tokenizer.get_vocab_size() != config.model.vocab_size:
         raise SparseCircuitsError(
             f"{run_dir}/tokenizer.json has {tokenizer.get_vocab_size()} tokens but the model has {config.model.vocab_size}:"
@@ -103,4 +123,5 @@ def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu"):
     load_state_into(model, load_tensors(run_dir / MODEL_FILE), run_dir / MODEL_FILE)
     model.run_config = config
     model.tokenizer = tokenizer
+    model.weights_sha256 = file_sha256(run_dir / MODEL_FILE)
     return model.to(device).eval()

@@ -12,19 +12,23 @@ import torch
 from ..data.dataset import TokenData
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
+from .checkpoint import run_tokenizer_sha256
 from .trainer import evaluate
 
 
 def run_data(run_dir: Path, data_dir: str | Path | None) -> TokenData:
-    """The data a run was trained on (from run.json), or `data_dir` when given."""
+    """The data a run was trained on (from run.json), or `data_dir` when given, checked to be
+    tokenised with the run's own tokenizer (its sha256 is in run.json)."""
+    expected = run_tokenizer_sha256(run_dir)
     if data_dir is None:
-        info_path = Path(run_dir) / "run.json"
-        if not info_path.is_file():
-            raise SparseCircuitsError(f"{run_dir} has no run.json: pass --data DATA_DIR")
-        data_dir = json.loads(info_path.read_text())["data"]
-        if not Path(data_dir).is_dir():
+        data_dir = json.loads((Path(run_dir) / "run.json").read_text()).get("data")
+        if not data_dir or not Path(data_dir).is_dir():
             raise SparseCircuitsError(f"the run's data directory {data_dir} is gone: pass --data DATA_DIR")
-    return TokenData(data_dir)
+    data = TokenData(data_dir)
+    if data.manifest["tokenizer_sha256"] != expected:
+        raise SparseCircuitsError(f"{data.directory} was tokenised with another tokenizer than {run_dir} was trained with:"
+                                  " pass data prepared for this run (its run.json names it)")
+    return data
 
 
 def ngram_baselines(data: TokenData, max_tokens: int) -> dict[str, float]:
@@ -51,8 +55,6 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, max_to
     run_dir = Path(run_dir)
     model = SparseGPT.from_pretrained(run_dir, device)
     data = run_data(run_dir, data_dir)
-    if data.manifest["tokenizer_sha256"] != json.loads((run_dir / "run.json").read_text())["tokenizer_sha256"]:
-        raise SparseCircuitsError(f"{data.directory} was tokenized with another tokenizer than {run_dir}: pass the run's own --data")
     ctx = model.config.ctx_len
     inputs, targets = data.eval_windows("val", ctx, max_tokens)
     result = evaluate(model, inputs, targets, batch_size=16, device=torch.device(device))

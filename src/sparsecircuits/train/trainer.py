@@ -21,7 +21,7 @@ from ..data.dataset import TokenData
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparsity import apply_weight_topk, l0_fraction_at, sparse_parameters
-from ..io import atomic_save_tensors, atomic_write_text
+from ..io import atomic_save_tensors, atomic_write_text, check_output_dir, directory_lock, made_by, write_marker
 from .checkpoint import CHECKPOINT, MODEL_FILE, load_checkpoint, save_checkpoint
 from .distributed import Distributed
 
@@ -96,6 +96,50 @@ def evaluate(model: SparseGPT, inputs: torch.Tensor, targets: torch.Tensor, batc
     return {"val_loss": total / count, "dead_neurons": int(sum((~f).sum() for f in fired.values()))}
 
 
+class TrainingDiverged(SparseCircuitsError):
+    """The loss or gradient became NaN or infinite."""
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that a new allocation can take: free GPU memory, or the memory the OS reports available."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: do not refuse
+
+
+def training_memory_estimate(config: Config, batch_rows: int) -> tuple[int, int]:
+    """(bytes for parameters, gradients and AdamW moments, bytes of activations kept for the backward
+    of one batch): a lower bound of what training needs, from the config alone."""
+    m = config.model
+    inner = m.heads * m.d_head
+    per_layer = 2 * 3 * m.d_model * inner + inner * m.d_model + 2 * m.d_model * m.mlp_width  # q, k, v, o, fc, proj
+    params = (m.n_layer * per_layer + 2 * m.vocab_size * m.d_model + m.vocab_size ** 2 * m.bigram_table
+              + m.ctx_len * m.d_model * (m.positional == "learned"))
+    per_token = m.n_layer * (10 * m.d_model + 6 * inner + 3 * m.mlp_width) + 3 * m.vocab_size
+    return 16 * params, 4 * per_token * batch_rows * m.ctx_len
+
+
+def check_memory(config: Config, batch_rows: int, device: torch.device) -> None:
+    weights, activations = training_memory_estimate(config, batch_rows)
+    available = available_memory(device)
+    if weights + activations > available:
+        gib = lambda n: f"{n / 2**30:,.1f} GiB"
+        raise SparseCircuitsError(
+            f"training this config needs at least {gib(weights + activations)} on {device.type} ({gib(weights)} for weights,"
+            f" gradients and optimizer state, {gib(activations)} of activations for {batch_rows} x {config.model.ctx_len}"
+            f" tokens) but {gib(available)} is available: make the model (model.d_model, n_layer, d_mlp) or the batch"
+            " (train.batch_size, model.ctx_len) smaller")
+
+
 def training_step(model: SparseGPT, optimizer: torch.optim.Optimizer, sparse: dict[str, torch.nn.Parameter],
                   x: torch.Tensor, y: torch.Tensor, lr: float, l0_fraction: float, config: Config,
                   group: Distributed = Distributed()) -> tuple[torch.Tensor, float]:
@@ -108,13 +152,23 @@ def training_step(model: SparseGPT, optimizer: torch.optim.Optimizer, sparse: di
     loss.backward()
     group.average_gradients(model)
     grad_rms = scale_gradients(model, config.optim)
+    if not math.isfinite(grad_rms):  # checked before the update, so the weights stay finite
+        raise TrainingDiverged(f"the loss ({float(loss.detach()):.4g}) or its gradient became non-finite")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     apply_weight_topk(sparse, l0_fraction, config.sparsity.min_nonzero_per_neuron)
     return loss.detach(), grad_rms
 
 
-def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: bool) -> None:
+def check_new_run_dir(run_dir: Path, force: bool) -> None:
+    """A fresh run may go into a missing or empty folder, or (with --force) a run directory."""
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
+        raise SparseCircuitsError(f"{run_dir} already exists and is not empty: pass --resume to continue it,"
+                                  " --force to start it again, or choose another --out")
+    check_output_dir(run_dir, "train", force)
+
+
+def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: bool, force: bool) -> None:
     config_json = json.dumps(config.to_dict(), indent=1)
     if resume:
         saved = run_dir / "config.json"
@@ -128,9 +182,11 @@ def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: boo
         if run_info["tokenizer_sha256"] != data.manifest["tokenizer_sha256"]:
             raise SparseCircuitsError(f"cannot resume {run_dir} on different data: its tokenizer differs from {data.directory}'s")
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise SparseCircuitsError(f"{run_dir} already exists and is not empty: pass --resume to continue it, or choose another --out")
+    check_new_run_dir(run_dir, force)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(run_dir, "train")
     shutil.copyfile(data.tokenizer_path, run_dir / "tokenizer.json")
     atomic_write_text(run_dir / "run.json", json.dumps({
         "data": str(data.directory.resolve()),
@@ -148,12 +204,21 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False,
-          show_progress: bool = True, stop_after: int | None = None, stop_at_val_loss: float | None = None) -> Path:
+          show_progress: bool = True, stop_after: int | None = None, stop_at_val_loss: float | None = None,
+          force: bool = False) -> Path:
     """Train a model into `run_dir`. `stop_after` ends the run early at that step with a checkpoint
     (as Ctrl-C does), for tests of --resume. `stop_at_val_loss` finishes the run at the first
-    evaluation whose validation loss is at or under it (to match another model's loss)."""
-    data = TokenData(data_dir)
+    evaluation whose validation loss is at or under it (to match another model's loss). `force`
+    starts again in a run directory that `train` made (never in any other folder).
+
+    A loss or gradient that becomes NaN or infinite stops the run with an error; the last checkpoint
+    (written only while every weight is finite) stays for inspection."""
+    if resume and force:
+        raise SparseCircuitsError("--resume continues a run and --force starts it again: give one of them")
     run_dir = Path(run_dir)
+    if not resume:
+        check_new_run_dir(run_dir, force)  # before any work
+    data = TokenData(data_dir)
     model_cfg, train_cfg = config.model, config.train
     if model_cfg.vocab_size == 0:
         model_cfg.vocab_size = data.vocab_size
@@ -170,10 +235,19 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
     device = resolve_device(train_cfg.device)
     if device.type == "cuda" and group.active:
         device = torch.device("cuda", group.local_rank)
-    if group.is_main:  # only rank 0 writes the run directory; the others wait for it
-        _prepare_run_dir(config, data, run_dir, resume)
-    group.barrier()
-    show_progress = show_progress and group.is_main
+    check_memory(config, train_cfg.batch_size // group.world_size, device)
+    # Only rank 0 writes (and locks) the run directory; the others wait for it.
+    with directory_lock(run_dir) if group.is_main else contextlib.nullcontext():
+        if group.is_main:
+            _prepare_run_dir(config, data, run_dir, resume, force)
+        group.barrier()
+        return _train_loop(config, data, run_dir, resume, show_progress and group.is_main, stop_after,
+                           stop_at_val_loss, group, device)
+
+
+def _train_loop(config: Config, data: TokenData, run_dir: Path, resume: bool, show_progress: bool,
+                stop_after: int | None, stop_at_val_loss: float | None, group: Distributed, device: torch.device) -> Path:
+    model_cfg, train_cfg = config.model, config.train
 
     torch.manual_seed(train_cfg.seed)
     model = SparseGPT(model_cfg).to(device)
@@ -183,6 +257,7 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
     if resume:
         start = load_checkpoint(run_dir, model, optimizer)["step"]
         _truncate_metrics(run_dir / "metrics.jsonl", start)
+    last_checkpoint = start if resume else None
     val_inputs, val_targets = data.eval_windows("val", model_cfg.ctx_len, train_cfg.eval_batches * train_cfg.batch_size * model_cfg.ctx_len)
     metrics = open(run_dir / "metrics.jsonl" if group.is_main else os.devnull, "a")
     tokens_per_step = train_cfg.batch_size * model_cfg.ctx_len
@@ -191,9 +266,19 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
         metrics.write(json.dumps(record) + "\n")
         metrics.flush()
 
+    def diverged(step: int, why: str) -> TrainingDiverged:
+        kept = (f"the checkpoint of step {last_checkpoint} in {run_dir / CHECKPOINT} is kept" if last_checkpoint
+                else "no checkpoint was written")
+        return TrainingDiverged(f"training diverged at step {step}: {why}; {kept}. Lower optim.lr (or model.init_std)"
+                                f" and train again with --force")
+
     def checkpoint(step: int) -> None:
+        nonlocal last_checkpoint
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise diverged(step, "a weight became non-finite")
         if group.is_main:
             save_checkpoint(run_dir, model, optimizer, {"step": step, "config_hash": config.hash()})
+        last_checkpoint = step
 
     def eval_record(step: int, l0: float) -> dict:
         record = {"step": step, "tokens": step * tokens_per_step, "l0_fraction": l0,
@@ -214,7 +299,10 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
             lr = lr_at(step, train_cfg.steps, l0, config.optim)
             x, y = (t.to(device) for t in data.batch("train", train_cfg.batch_size, model_cfg.ctx_len, train_cfg.seed, step,
                                                     group.rank, group.world_size))  # this rank's rows of the global batch
-            loss, grad_rms = training_step(model, optimizer, sparse, x, y, lr, l0, config, group)
+            try:
+                loss, grad_rms = training_step(model, optimizer, sparse, x, y, lr, l0, config, group)
+            except TrainingDiverged as err:
+                raise diverged(step + 1, str(err)) from None
             step += 1
             bar.update(1)
             if step % train_cfg.log_interval == 0 or step == train_cfg.steps:
@@ -260,9 +348,7 @@ def train_or_continue(config: Config, data_dir: str | Path, run_dir: str | Path,
     if (run_dir / MODEL_FILE).is_file():
         return run_dir
     resume = (run_dir / CHECKPOINT / "state.json").is_file()
-    if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
-    return train(config, data_dir, run_dir, resume=resume, **kwargs)
+    return train(config, data_dir, run_dir, resume=resume, force=not resume, **kwargs)
 
 
 class _StopOnInterrupt:

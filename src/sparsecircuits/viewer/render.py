@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from ..circuits.explain import node_examples
 from ..circuits.prune import CircuitEvaluator
 from ..circuits.validate import MAX_PER_NODE
 from ..tasks.records import task_loss
-from ..io import atomic_write_text
+from ..errors import SparseCircuitsError
+from ..io import atomic_write_text, check_writable, directory_lock
 from ..train.evaluation import run_data
 
 ASSETS = Path(__file__).parent / "assets"
@@ -78,18 +81,39 @@ def circuit_page_data(circuit_dir: str | Path, run_dir: str | Path | None = None
             "node_info": info, "node_ablation": ablation, "examples": examples}
 
 
+# Characters that could end or confuse a <script> block (`</script>`, `<!--`) or a JavaScript string,
+# written as JSON escapes: the browser's JSON.parse reads back exactly the same text.
+_SCRIPT_SAFE = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+_PLACEHOLDER = re.compile(r"__(CSS|JS|TITLE|DATA)__")
+
+
+def _finite(value):
+    """NaN and infinities as null: JSON.parse rejects them, and one would blank the page."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def script_safe_json(data) -> str:
+    """JSON that can sit inside <script type="application/json"> whatever strings it holds."""
+    return json.dumps(_finite(data), separators=(",", ":"), allow_nan=False).translate(_SCRIPT_SAFE)
+
+
 def render_html(data: dict) -> str:
     title = f"Circuit for {data['circuit']['task']} ({data['circuit']['model']['name']})"
-    blob = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")  # safe inside <script>
-    page = (ASSETS / "page.html").read_text()
-    for key, value in (("__CSS__", (ASSETS / "viewer.css").read_text()), ("__JS__", (ASSETS / "viewer.js").read_text()),
-                       ("__TITLE__", _escape(title)), ("__DATA__", blob)):
-        page = page.replace(key, value)
-    return page
+    values = {"CSS": (ASSETS / "viewer.css").read_text(), "JS": (ASSETS / "viewer.js").read_text(),
+              "TITLE": _escape(title), "DATA": script_safe_json(data)}
+    # One pass over the template: text that came from a value is never searched for placeholders again.
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], (ASSETS / "page.html").read_text())
 
 
 def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+            .replace("'", "&#39;"))
 
 
 def render_markdown(data: dict) -> str:
@@ -127,13 +151,28 @@ def render_markdown(data: dict) -> str:
 
 
 def view(circuit_dir: str | Path, out: str | Path | None = None, run_dir: str | Path | None = None,
-         show_progress: bool = True) -> Path:
-    """Write circuit.html (default inside CIRCUIT_DIR) and circuit.md beside it."""
+         show_progress: bool = True, force: bool = False) -> Path:
+    """Write circuit.html (default inside CIRCUIT_DIR) and circuit.md beside it. Files elsewhere
+    that exist already are replaced only with `force`."""
     out = Path(out) if out else Path(circuit_dir) / "circuit.html"
+    if out.is_dir():
+        raise SparseCircuitsError(f"--out {out} is a folder: give the path of the HTML file to write, e.g. {out / 'circuit.html'}")
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise SparseCircuitsError(f"--out {out} must end in .html (the Markdown summary is written beside it as .md)")
+    targets = [out, out.with_suffix(".md")]
+    ours = out.parent.resolve() == Path(circuit_dir).resolve() and out.name == "circuit.html"
+    existing = [t for t in targets if t.exists()]
+    if existing and not ours and not force:
+        raise SparseCircuitsError(f"{existing[0]} already exists: pass --force to replace it, or choose another --out")
+    for target in targets:
+        if target.is_dir():
+            raise SparseCircuitsError(f"{target} is a folder: choose another --out")
+        check_writable(target)
     data = circuit_page_data(circuit_dir, run_dir, show_progress=show_progress)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, render_html(data))
-    atomic_write_text(out.with_suffix(".md"), render_markdown(data))
+    with directory_lock(Path(circuit_dir)):
+        atomic_write_text(out, render_html(data))
+        atomic_write_text(out.with_suffix(".md"), render_markdown(data))
     if show_progress:
         print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) and {out.with_suffix('.md')}", file=sys.stderr)
     return out
