@@ -76,6 +76,9 @@ BAD_INPUT = [
     (["prune", "@task_run", "--task", "@task", "--out", "@file"], "is a file, not a folder"),
     (["prune", "@task_run", "--task", "@task", "--out", "@file/c"], "is a file, not a folder"),
     (["view", "@circuit", "--out", "@folder_html"], "is a folder"),
+    (["compare", "@run", "@run", "--out", "@file"], "is a file, not a folder"),
+    (["demo", "--out", "@file"], "is a file, not a folder"),
+    (["sweep", "--grid", "cpu-overnight", "--data", "@data", "--out", "@file"], "is a file, not a folder"),
     (["train", "--config", "tiny", "--out", "@tmp/r", "--resume", "--force"], "give one of them"),
     # tasks
     (["tasks", "eval", "@run", "--task", "@latin1"], "is not UTF-8 text"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise SparseCircuitsError("--resume continues a run and --force starts it again: give one of them")
     else:
         config = load_config(args.config, args.set)
-    if not args.resume:
+    if not args.resume and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone owns the run directory
         check_new_run_dir(run_dir, args.force)  # before the default data is prepared
     if args.data is None and args.resume and (run_dir / "run.json").is_file():
         data_dir = json.loads((run_dir / "run.json").read_text())["data"]

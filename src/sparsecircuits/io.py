@@ -95,6 +95,17 @@ def check_writable(path: Path, what: str = "--out") -> None:
         raise SparseCircuitsError(f"cannot write {path}: {ancestor} is not writable ({reason}); choose another {what}") from None
 
 
+def output_folder(out: Path, what: str = "--out") -> Path:
+    """A folder that a resumable pipeline (demo, sweep, compare) writes into and may reuse: created
+    if missing, refused up front if it is a file or cannot be written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SparseCircuitsError(f"{what} {out} is a file, not a folder: choose another {what}")
+    check_writable(out / MARKER if out.exists() else out, what)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def made_by(directory: Path) -> str | None:
     """The command named by a folder's marker file, or None."""
     try:

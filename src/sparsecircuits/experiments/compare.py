@@ -14,7 +14,7 @@ from ..circuits.circuit import ablation_values, load_task_splits
 from ..circuits.graph import circuit_edges
 from ..circuits.prune import PruneSettings, circuits_at_targets
 from ..errors import SparseCircuitsError
-from ..io import atomic_write_csv
+from ..io import atomic_write_csv, output_folder
 from .plots import pyplot, save
 from ..model.gpt import SparseGPT
 from ..tasks import BUILTIN_TASKS, evaluate_task
@@ -26,6 +26,7 @@ DEFAULT_TARGETS = (0.3, 0.2, 0.15, 0.1, 0.05)
 def compare(run_a: str | Path, run_b: str | Path, out: str | Path, tasks: list[str] | None = None,
             targets: tuple[float, ...] = DEFAULT_TARGETS, learned_below: float = 0.15,
             show_progress: bool = True) -> list[dict]:
+    out = output_folder(out)
     runs = [Path(run_a), Path(run_b)]
     labels = [r.name if r.name != runs[1 - i].name else str(r) for i, r in enumerate(runs)]
     models = [SparseGPT.from_pretrained(r) for r in runs]
@@ -60,8 +61,6 @@ def compare(run_a: str | Path, run_b: str | Path, out: str | Path, tasks: list[s
             if show_progress:
                 print(f"{label} {name}: " + ", ".join(f"{r['target_loss']}: {r['edges']} edges" for r in rows
                                                         if r["model"] == label and r["task"] == train.name), file=sys.stderr)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(out / "compare.csv", rows, list(rows[0]))
     plot_compare(out / "compare.png", rows, labels, targets)
     return rows

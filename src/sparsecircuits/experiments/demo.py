@@ -19,7 +19,7 @@ from pathlib import Path
 from ..config import load_config
 from ..data.prepare import MANIFEST, prepare
 from ..errors import SparseCircuitsError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, output_folder
 from .plots import pyplot, save
 from ..model.gpt import SparseGPT
 from ..tasks import BUILTIN_TASKS, evaluate_task, load_task
@@ -89,8 +89,7 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
     from ..circuits import PruneSettings, prune, validate
     from ..viewer import view
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)
     overrides = list(overrides or [])
     base_steps = load_config(config, overrides).train.steps
     steps = max(50, round(base_steps * minutes / 30.0))  # the default budget is sized for 30 minutes

@@ -32,7 +32,7 @@ import torch
 from ..config import _read_toml, load_config
 from ..errors import SparseCircuitsError
 from ..data.dataset import TokenData
-from ..io import atomic_write_csv, atomic_write_text
+from ..io import atomic_write_csv, atomic_write_text, output_folder
 from ..model.gpt import SparseGPT
 from ..model.sparsity import sparse_parameters
 from ..tasks import BUILTIN_TASKS, evaluate_task, load_task
@@ -97,8 +97,7 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
     from ..circuits import PruneSettings, prune
 
     grid = read_grid(grid_path)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)
     base = grid.get("config", "small")
     target = float(grid.get("target_loss", 0.15))
     tasks = list(BUILTIN_TASKS) if grid.get("tasks", "auto") in ("auto", "all") else list(grid["tasks"])

@@ -216,7 +216,8 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
     if resume and force:
         raise SparseCircuitsError("--resume continues a run and --force starts it again: give one of them")
     run_dir = Path(run_dir)
-    if not resume:
+    group = Distributed.from_environment()
+    if not resume and group.is_main:
         check_new_run_dir(run_dir, force)  # before any work
     data = TokenData(data_dir)
     model_cfg, train_cfg = config.model, config.train
@@ -228,7 +229,6 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
             " set model.vocab_size=0 to take it from the tokenizer, or prepare data with that --vocab-size"
         )
     data.check_context(model_cfg.ctx_len)
-    group = Distributed.from_environment()
     if train_cfg.batch_size % group.world_size:
         raise SparseCircuitsError(f"train.batch_size {train_cfg.batch_size} does not split over {group.world_size} processes:"
                                   " make it a multiple of --nproc_per_node")
