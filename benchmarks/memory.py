@@ -50,7 +50,7 @@ def run_case(case: str) -> dict:
     torch.manual_seed(0)
     model = SparseGPT(config.model)
     sparse = sparse_parameters(model, config.sparsity)
-    apply_weight_topk(sparse, config.sparsity.l0_fraction, config.sparsity.min_nonzero_per_neuron)
+    apply_weight_topk(sparse, config.sparsity.l0_fraction, config.sparsity.min_nonzero_per_neuron, config.sparsity.min_nonzero_on)
     model_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     after_model = rss_mib()
     state_mib = 0.0

@@ -74,7 +74,7 @@ class TimedStep:
         self.model = SparseGPT(config.model).to(device)
         self.optimizer = make_optimizer(self.model, config.optim)
         self.sparse = sparse_parameters(self.model, config.sparsity)
-        apply_weight_topk(self.sparse, config.sparsity.l0_fraction, config.sparsity.min_nonzero_per_neuron)
+        apply_weight_topk(self.sparse, config.sparsity.l0_fraction, config.sparsity.min_nonzero_per_neuron, config.sparsity.min_nonzero_on)
         shape = (config.train.batch_size, config.model.ctx_len)
         self.x = torch.randint(0, config.model.vocab_size, shape, device=device)
         self.y = torch.randint(0, config.model.vocab_size, shape, device=device)

@@ -142,7 +142,8 @@ def test_ctrl_c_checkpoints_and_resume_finishes(tmp_path, data_dir):
 def test_cli_eval_and_sample(capsys, trained_run):
     main(["eval", str(trained_run), "--json"])
     result = json.loads(capsys.readouterr().out)
-    assert {"val_loss", "bigram_loss", "unigram_loss", "dead_neurons"} <= set(result)
+    assert {"val_loss", "bigram_loss", "unigram_loss", "dead_neurons", "nonzero_weights", "l0_fraction_measured"} <= set(result)
+    assert abs(result["l0_fraction_measured"] - 0.25) < 0.01  # TINY_OVERRIDES' l0_fraction, counted from the weights
     main(["sample", str(trained_run), "--prompt", "def ", "--max-new-tokens", "8"])
     assert capsys.readouterr().out.startswith("def ")
 

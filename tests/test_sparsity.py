@@ -29,7 +29,8 @@ def test_topk_mask_keeps_exactly_k_with_ties(k):
 def test_fast_and_reference_weight_masks_agree():
     weight = torch.randn(96, 40)
     for k, j in [(400, 2), (3000, 0), (100, 4)]:
-        assert torch.equal(topk_keep_mask(weight, k, j), reference.topk_keep_mask(weight, k, j))
+        for side in ("rows", "columns", "rows_and_columns", ""):
+            assert torch.equal(topk_keep_mask(weight, k, j, side), reference.topk_keep_mask(weight, k, j, side))
 
 
 def test_topk_mask_is_exact_with_ties():
@@ -82,3 +83,38 @@ def test_sparse_parameter_selection_follows_config():
     assert not any("norm" in n or "bigram" in n or "sink" in n for n in names)
     dense_ends = set(sparse_parameters(model, SparsityConfig(sparse_embedding=False, sparse_unembedding=False, sparse_biases=False)))
     assert "wte.weight" not in dense_ends and "lm_head.weight" not in dense_ends and not any(n.endswith("bias") for n in dense_ends)
+
+
+def test_a_paper_1x_matrix_keeps_its_configured_count_of_nonzeros():
+    """The per-neuron minimum sits on the neuron side only, so it cannot silently raise the budget."""
+    from sparsecircuits.config import load_config
+    from sparsecircuits.model.sparsity import apply_weight_topk
+
+    config = load_config("paper-1x").sparsity
+    fc = torch.nn.Parameter(torch.randn(1024, 256))  # d_mlp x d_model of paper-1x
+    proj = torch.nn.Parameter(torch.randn(256, 1024))
+    params = {"blocks.0.fc.weight": fc, "blocks.0.proj.weight": proj}
+    apply_weight_topk(params, config.l0_fraction, config.min_nonzero_per_neuron, config.min_nonzero_on)
+    for name, param in params.items():
+        assert int(param.count_nonzero()) == nonzeros_to_keep(param.numel(), config.l0_fraction) == 2048, name
+    assert (fc != 0).sum(1).min() >= 1 and (proj != 0).sum(0).min() >= 1  # every neuron reads and writes
+    # today's rule of every row and column, with 4 each, overflows the budget: what the check refuses
+    grown = topk_keep_mask(torch.randn(1024, 256), 2048, 4, "rows_and_columns")
+    assert int(grown.sum()) > 2048
+
+
+def test_a_budget_too_small_for_the_per_neuron_minimum_is_refused():
+    from sparsecircuits.config import load_config
+    from sparsecircuits.errors import SparseCircuitsError
+    from sparsecircuits.model.gpt import SparseGPT
+    from sparsecircuits.model.sparsity import check_sparsity_budget
+
+    config = load_config("paper-1x", ["model.vocab_size=2048", "sparsity.min_nonzero_per_neuron=4"])
+    with torch.device("meta"):
+        model = SparseGPT(config.model)
+    with pytest.raises(SparseCircuitsError, match=r"supports l0_fraction >= 0.015625 \(1/64\)"):
+        check_sparsity_budget(model, config.sparsity)
+    for name in ("tiny", "small", "paper-1x"):  # every built-in config fits
+        config = load_config(name, ["model.vocab_size=2048"])
+        with torch.device("meta"):
+            check_sparsity_budget(SparseGPT(config.model), config.sparsity)

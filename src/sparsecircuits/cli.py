@@ -108,7 +108,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def _format_eval(run_dir: Path, result: dict) -> str:
     return (f"{run_dir}: validation loss {result['val_loss']:.4f} nats/token over {result['val_tokens']:,} tokens"
             f" (bigram baseline {result['bigram_loss']:.4f}, unigram {result['unigram_loss']:.4f});"
-            f" dead MLP neurons {result['dead_neurons']}")
+            f" dead MLP neurons {result['dead_neurons']}; nonzero weights {result['nonzero_weights']:,} of"
+            f" {result['sparse_weights']:,} sparse (L0 {result['l0_fraction_measured']:.4g}, counted from the weights)")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

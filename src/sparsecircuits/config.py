@@ -71,7 +71,11 @@ class SparsityConfig:
     l0_fraction: float = 1 / 16  # fraction of nonzero weights per sparse matrix after annealing; 1 = dense
     anneal_start: float = 0.01  # fraction of training at which L0 starts falling from dense
     anneal_end: float = 0.5  # fraction of training at which L0 reaches l0_fraction
-    min_nonzero_per_neuron: int = 4  # never leave a row or column of a matrix with fewer nonzeros
+    min_nonzero_per_neuron: int = 4  # never leave a neuron with fewer nonzero weights
+    # "neurons": the minimum holds for what each neuron or channel reads (rows of q/k/v and fc) and
+    # writes (columns of the two output projections), as in the authors' code; "rows_and_columns":
+    # for every row and column of every matrix, embeddings included (needs a larger L0 budget).
+    min_nonzero_on: str = "neurons"
     sparse_embedding: bool = True
     sparse_unembedding: bool = True
     sparse_biases: bool = True
@@ -170,6 +174,7 @@ class Config:
             (m.n_head > 0 or m.d_model % m.d_head == 0, "model.d_model must be a multiple of model.d_head (or set model.n_head)"),
             (m.positional in ("none", "learned"), "model.positional must be 'none' or 'learned'"),
             (s.anneal_start <= s.anneal_end, "sparsity.anneal_start must not be after sparsity.anneal_end"),
+            (s.min_nonzero_on in ("neurons", "rows_and_columns"), "sparsity.min_nonzero_on must be 'neurons' or 'rows_and_columns'"),
             (o.grad_clip in ("clip", "normalize", "none"), "optim.grad_clip must be 'clip', 'normalize' or 'none'"),
             (t.device in ("auto", "cpu", "cuda"), "train.device must be 'auto', 'cpu' or 'cuda'"),
         ]

@@ -34,7 +34,7 @@ from ..errors import SparseCircuitsError
 from ..data.dataset import TokenData
 from ..io import atomic_write_csv, atomic_write_text, output_folder
 from ..model.gpt import SparseGPT
-from ..model.sparsity import sparse_parameters
+from ..model.sparsity import check_sparsity_budget, sparse_parameters
 from ..tasks import BUILTIN_TASKS, evaluate_task, load_task
 from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
@@ -101,9 +101,12 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
     base = grid.get("config", "small")
     target = float(grid.get("target_loss", 0.15))
     tasks = list(BUILTIN_TASKS) if grid.get("tasks", "auto") in ("auto", "all") else list(grid["tasks"])
-    runs = grid_runs(grid, TokenData(data_dir).vocab_size)
-    for _, overrides in runs:
-        load_config(base, overrides)  # every point must be a valid config before anything trains
+    vocab_size = TokenData(data_dir).vocab_size
+    runs = grid_runs(grid, vocab_size)
+    for _, overrides in runs:  # every point must be a valid config, with room for its L0, before anything trains
+        config = load_config(base, overrides + [f"model.vocab_size={vocab_size}"])
+        with torch.device("meta"):
+            check_sparsity_budget(SparseGPT(config.model), config.sparsity)
     rows = []
     for index, (tag, overrides) in enumerate(runs, 1):
         run_dir = out / "runs" / tag
@@ -111,9 +114,10 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
         train_or_continue(load_config(base, overrides), data_dir, run_dir, show_progress=show_progress)
         model = SparseGPT.from_pretrained(run_dir)
         config = model.run_config
-        row = {"run": tag, "d_model": config.model.d_model, "l0_fraction": config.sparsity.l0_fraction,
-               "l0_nonzeros": round(config.sparsity.l0_fraction * sparse_weight_count(config)),
-               "keep_fraction": config.model.keep_fraction, "val_loss": evaluate_run(run_dir)["val_loss"]}
+        evaluation = evaluate_run(run_dir)  # nonzeros counted from the trained weights, not from the config
+        row = {"run": tag, "d_model": config.model.d_model, "l0_fraction": evaluation["l0_fraction_measured"],
+               "l0_fraction_config": config.sparsity.l0_fraction, "l0_nonzeros": evaluation["nonzero_weights"],
+               "keep_fraction": config.model.keep_fraction, "val_loss": evaluation["val_loss"]}
         edges = {}
         for name in tasks:
             try:
@@ -130,7 +134,7 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
                     "edges": edges})
         rows.append(row)
     _common_geomean(rows)
-    fields = ["run", "d_model", "l0_fraction", "l0_nonzeros", "keep_fraction", "val_loss", "tasks_learned", "edges_geomean",
+    fields = ["run", "d_model", "l0_fraction", "l0_fraction_config", "l0_nonzeros", "keep_fraction", "val_loss", "tasks_learned", "edges_geomean",
               "common_tasks", "edges_geomean_common"]
     atomic_write_csv(out / "frontier.csv", rows, fields)
     atomic_write_text(out / "frontier.json", json.dumps(rows, indent=1))

@@ -23,16 +23,18 @@ def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def topk_keep_mask(weight: torch.Tensor, k: int, min_per_neuron: int) -> torch.Tensor | None:
+def topk_keep_mask(weight: torch.Tensor, k: int, min_per_neuron: int, side: str = "rows_and_columns") -> torch.Tensor | None:
     n = weight.numel()
     if k >= n:
         return None
     score = weight.detach().abs().float()
     protected = torch.zeros_like(score, dtype=torch.bool)
-    if weight.dim() == 2 and min_per_neuron > 0:
+    if weight.dim() == 2 and min_per_neuron > 0 and side:
         rows, cols = score.shape
-        protected.scatter_(1, score.topk(min(min_per_neuron, cols), dim=1).indices, True)
-        protected.scatter_(0, score.topk(min(min_per_neuron, rows), dim=0).indices, True)
+        if side in ("rows", "rows_and_columns"):
+            protected.scatter_(1, score.topk(min(min_per_neuron, cols), dim=1).indices, True)
+        if side in ("columns", "rows_and_columns"):
+            protected.scatter_(0, score.topk(min(min_per_neuron, rows), dim=0).indices, True)
         if int(protected.sum()) >= k:
             return protected
         score = score.masked_fill(protected, math.inf)

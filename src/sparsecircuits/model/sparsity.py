@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..config import SparsityConfig
+from ..errors import SparseCircuitsError
 
 
 def _topk_mask_cpu(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -98,16 +99,63 @@ def nonzeros_to_keep(numel: int, fraction: float) -> int:
     return max(1, math.ceil(fraction * numel))
 
 
+# Which side of a weight holds its neurons (nn.Linear stores (out, in)): the rows of the matrices
+# that read into a neuron or channel, the columns of those that write from one (the authors' rule).
+NEURON_ROWS = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "fc.weight")
+NEURON_COLUMNS = ("o_proj.weight", ".proj.weight")
+
+
+def protected_side(name: str, param: torch.Tensor, where: str) -> str:
+    """'rows', 'columns', 'rows_and_columns' or '' (no minimum) for the parameter `name` under the
+    `sparsity.min_nonzero_on` rule: 'neurons' or 'rows_and_columns' (every 2-D matrix)."""
+    if param.dim() != 2:
+        return ""
+    if where == "rows_and_columns":
+        return "rows_and_columns"
+    if name.endswith(NEURON_ROWS):
+        return "rows"
+    if name.endswith(NEURON_COLUMNS):
+        return "columns"
+    return ""
+
+
+def protected_count(shape: tuple[int, int], side: str, min_per_neuron: int) -> int:
+    """How many entries the per-neuron minimum keeps at most in a matrix of this shape."""
+    rows, cols = shape
+    return ((rows * min(min_per_neuron, cols) if side in ("rows", "rows_and_columns") else 0)
+            + (cols * min(min_per_neuron, rows) if side in ("columns", "rows_and_columns") else 0))
+
+
+def check_sparsity_budget(model: nn.Module, config: SparsityConfig) -> None:
+    """Refuse a config whose per-neuron minimum does not fit in some matrix's L0 budget: weight
+    top-k would then keep more than the configured fraction without a word."""
+    worst_name, worst_fraction = None, 0.0
+    for name, param in sparse_parameters(model, config).items():
+        side = protected_side(name, param, config.min_nonzero_on)
+        needed = protected_count(tuple(param.shape), side, config.min_nonzero_per_neuron) if side else 0
+        if needed > nonzeros_to_keep(param.numel(), config.l0_fraction) and needed / param.numel() > worst_fraction:
+            worst_name, worst_fraction = name, needed / param.numel()
+    if worst_name is not None:
+        raise SparseCircuitsError(
+            f"sparsity.l0_fraction {config.l0_fraction:g} cannot hold sparsity.min_nonzero_per_neuron ="
+            f" {config.min_nonzero_per_neuron} in {worst_name}: this model supports l0_fraction >= {worst_fraction:.6g}"
+            f" (1/{1 / worst_fraction:.4g}); raise l0_fraction or lower min_nonzero_per_neuron")
+
+
 @torch.no_grad()
-def topk_keep_mask(weight: torch.Tensor, k: int, min_per_neuron: int) -> torch.Tensor | None:
-    """Boolean mask of exactly max(k, protected) entries: the top-j of every row and column are
-    protected, the rest of the budget goes to the largest magnitudes. None means keep all."""
+def topk_keep_mask(weight: torch.Tensor, k: int, min_per_neuron: int, side: str = "rows_and_columns") -> torch.Tensor | None:
+    """Boolean mask of exactly max(k, protected) entries: the top-j of every row and/or column
+    (`side`) are protected, the rest of the budget goes to the largest magnitudes. None means keep all."""
     n = weight.numel()
     if k >= n:
         return None
     score = weight.detach().abs().float()
-    if weight.dim() == 2 and min_per_neuron > 0:
-        protected = topk_mask(score, min_per_neuron) | topk_mask(score.t(), min_per_neuron).t()
+    if weight.dim() == 2 and min_per_neuron > 0 and side:
+        protected = torch.zeros_like(score, dtype=torch.bool)
+        if side in ("rows", "rows_and_columns"):
+            protected |= topk_mask(score, min_per_neuron)
+        if side in ("columns", "rows_and_columns"):
+            protected |= topk_mask(score.t(), min_per_neuron).t()
         if int(protected.sum()) >= k:
             return protected
         score = score.masked_fill(protected, math.inf)
@@ -115,11 +163,18 @@ def topk_keep_mask(weight: torch.Tensor, k: int, min_per_neuron: int) -> torch.T
 
 
 @torch.no_grad()
-def apply_weight_topk(params: dict[str, nn.Parameter], fraction: float, min_per_neuron: int) -> None:
+def apply_weight_topk(params: dict[str, nn.Parameter], fraction: float, min_per_neuron: int,
+                      min_nonzero_on: str = "neurons") -> None:
     """Zero all but the top entries of every sparse parameter, each keeping the same fraction."""
     if fraction >= 1.0:
         return
-    for param in params.values():
-        mask = topk_keep_mask(param, nonzeros_to_keep(param.numel(), fraction), min_per_neuron)
+    for name, param in params.items():
+        side = protected_side(name, param, min_nonzero_on)
+        mask = topk_keep_mask(param, nonzeros_to_keep(param.numel(), fraction), min_per_neuron, side)
         if mask is not None:
             param.mul_(mask)
+
+
+def count_nonzeros(params: dict[str, nn.Parameter]) -> tuple[int, int]:
+    """(nonzero entries, all entries) of these parameters, counted from the weights."""
+    return sum(int(p.count_nonzero()) for p in params.values()), sum(p.numel() for p in params.values())

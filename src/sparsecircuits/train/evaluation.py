@@ -12,6 +12,7 @@ import torch
 from ..data.dataset import TokenData
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
+from ..model.sparsity import count_nonzeros, sparse_parameters
 from .checkpoint import run_tokenizer_sha256
 from .trainer import evaluate
 
@@ -60,4 +61,6 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, max_to
     result = evaluate(model, inputs, targets, batch_size=16, device=torch.device(device))
     result.update(ngram_baselines(data, inputs.numel()))
     result["val_tokens"] = int(inputs.numel())
+    nonzero, total = count_nonzeros(sparse_parameters(model, model.run_config.sparsity))
+    result.update({"nonzero_weights": nonzero, "sparse_weights": total, "l0_fraction_measured": nonzero / max(total, 1)})
     return result

@@ -20,7 +20,7 @@ from ..config import Config, OptimConfig
 from ..data.dataset import TokenData
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
-from ..model.sparsity import apply_weight_topk, l0_fraction_at, sparse_parameters
+from ..model.sparsity import apply_weight_topk, check_sparsity_budget, l0_fraction_at, sparse_parameters
 from ..io import atomic_save_tensors, atomic_write_text, check_output_dir, directory_lock, made_by, write_marker
 from .checkpoint import CHECKPOINT, MODEL_FILE, load_checkpoint, save_checkpoint
 from .distributed import Distributed
@@ -156,7 +156,7 @@ def training_step(model: SparseGPT, optimizer: torch.optim.Optimizer, sparse: di
         raise TrainingDiverged(f"the loss ({float(loss.detach()):.4g}) or its gradient became non-finite")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    apply_weight_topk(sparse, l0_fraction, config.sparsity.min_nonzero_per_neuron)
+    apply_weight_topk(sparse, l0_fraction, config.sparsity.min_nonzero_per_neuron, config.sparsity.min_nonzero_on)
     return loss.detach(), grad_rms
 
 
@@ -236,6 +236,8 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
     if device.type == "cuda" and group.active:
         device = torch.device("cuda", group.local_rank)
     check_memory(config, train_cfg.batch_size // group.world_size, device)
+    with torch.device("meta"):  # shapes only: is the L0 budget large enough for the per-neuron minimum?
+        check_sparsity_budget(SparseGPT(model_cfg), config.sparsity)
     # Only rank 0 writes (and locks) the run directory; the others wait for it.
     with directory_lock(run_dir) if group.is_main else contextlib.nullcontext():
         if group.is_main:
