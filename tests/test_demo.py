@@ -93,3 +93,13 @@ def test_grid_over_nonzero_count_gives_each_width_the_same_nonzeros(tmp_path):
     path.write_text('config = "tiny"\n[grid]\nd_model = [32]\nl0_nonzeros = [1000]\nl0_fraction = [0.5]\n')
     with pytest.raises(SparseCircuitsError, match="one of l0_fraction or l0_nonzeros"):
         read_grid(str(path))
+
+
+def test_compare_averages_over_the_tasks_every_model_reaches():
+    from sparsecircuits.experiments.compare import geomean_edges
+
+    rows = [{"model": "sparse", "task": "a", "target_loss": 0.1, "edges": 10},
+            {"model": "dense", "task": "a", "target_loss": 0.1, "edges": 40},
+            {"model": "dense", "task": "b", "target_loss": 0.1, "edges": 4000}]  # only dense reaches b
+    assert geomean_edges(rows, "sparse", 0.1) == pytest.approx(10) and geomean_edges(rows, "dense", 0.1) == pytest.approx(40)
+    assert geomean_edges(rows, "sparse", 0.05) is None

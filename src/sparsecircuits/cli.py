@@ -230,16 +230,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from .experiments.compare import compare, geomean_edges
+    from .experiments.compare import common_tasks, compare, geomean_edges
 
     targets = args.targets
     rows = compare(args.run_a, args.run_b, args.out, tasks=args.tasks.split(",") if args.tasks else None,
                    targets=targets, learned_below=args.learned_below)
     labels = list(dict.fromkeys(r["model"] for r in rows))
-    print(f"{'target':>7s} " + " ".join(f"{label[:20]:>20s}" for label in labels) + "   (geometric-mean edges)")
+    print(f"{'target':>7s} " + " ".join(f"{label[:20]:>20s}" for label in labels)
+          + "   (geometric-mean edges over the tasks both models reach)")
     for target in sorted(targets):
         cells = [geomean_edges(rows, label, target) for label in labels]
-        print(f"{target:7.3f} " + " ".join(f"{c:20.1f}" if c else f"{'-':>20s}" for c in cells))
+        print(f"{target:7.3f} " + " ".join(f"{c:20.1f}" if c else f"{'-':>20s}" for c in cells)
+              + f"   {len(common_tasks(rows, target))} tasks")
     print(f"wrote {args.out}/compare.csv and {args.out}/compare.png")
 
 

@@ -66,9 +66,18 @@ def compare(run_a: str | Path, run_b: str | Path, out: str | Path, tasks: list[s
     return rows
 
 
+def common_tasks(rows: list[dict], target: float) -> set[str]:
+    """The tasks whose circuits reached this target in every compared model."""
+    labels = {r["model"] for r in rows}
+    reached = [{r["task"] for r in rows if r["model"] == label and r["target_loss"] == target} for label in labels]
+    return set.intersection(*reached) if reached else set()
+
+
 def geomean_edges(rows: list[dict], label: str, target: float) -> float | None:
-    """Geometric mean of edges over the tasks where this model's circuit reached this target."""
-    edges = [r["edges"] for r in rows if r["model"] == label and r["target_loss"] == target]
+    """Geometric mean of edges over the tasks that every model reached at this target: a mean over
+    different task sets would compare tasks, not models."""
+    common = common_tasks(rows, target)
+    edges = [r["edges"] for r in rows if r["model"] == label and r["target_loss"] == target and r["task"] in common]
     return geomean(edges) if edges else None
 
 
