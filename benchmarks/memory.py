@@ -65,15 +65,15 @@ def run_case(case: str) -> dict:
     else:
         from sparsecircuits.circuits.prune import CircuitEvaluator, PruneSettings, train_mask
         from sparsecircuits.data.dataset import TokenData, ensure_default_data
-        from sparsecircuits.tasks.records import load_task
+        from sparsecircuits.tasks.records import load_task_splits
 
         tokenizer = TokenData(ensure_default_data(2048)).tokenizer()
-        train = load_task("single_double_quote", tokenizer, "train", warn=False)
-        test = load_task("single_double_quote", tokenizer, "test", warn=False)
+        splits = load_task_splits("single_double_quote", tokenizer, warn=False)
+        train = splits.train
         means = {site: torch.zeros(width) for site, width in model.node_sites.items()}
         mask = train_mask(model, train, means, PruneSettings(steps=10), show_progress=False)
         keep = {site: tau > 0 for site, tau in mask.scores().items()}
-        CircuitEvaluator(model, train, test, means).logits(keep)
+        CircuitEvaluator(model, splits, means).logits(keep)
         tau_bytes = sum(p.numel() * p.element_size() for p in mask.parameters())
         state_mib = (sum(m.numel() * m.element_size() for m in means.values()) + 3 * tau_bytes) / 2**20  # τ + AdamW moments
     return {"case": case, "pruning_state_mib": round(state_mib, 2) if kind == "prune" else None, "model_params_mib": round(model_mib, 1), "rss_after_imports_mib": round(after_imports, 1),

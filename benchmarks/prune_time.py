@@ -33,7 +33,7 @@ def main() -> None:
         circuit = prune(args.run_dir, args.task, Path(tmp) / "circuit", PruneSettings(target_loss=args.target_loss))
         seconds = time.perf_counter() - start
     m = circuit.metrics
-    print(f"task {circuit.task}: {m['n_nodes']} nodes, {m['n_edges']} edges, circuit loss {m['loss_circuit']:.4f}")
+    print(f"task {circuit.task}: {m['n_nodes']} nodes, {m['n_edges']} edges, circuit loss {m['loss_circuit']:.4f} (test, uncalibrated)")
     print("stages:", ", ".join(f"{k} {v:.1f} s" for k, v in m["seconds_by_stage"].items()))
     print(f"prune_seconds={seconds:.1f}")
 

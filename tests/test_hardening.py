@@ -294,11 +294,12 @@ def test_repeated_task_records_are_dropped_and_splits_stay_disjoint(capsys, tmp_
     records = [json.loads(line) for line in task_run[1].read_text().splitlines()]
     repeated = tmp_path / "repeated.jsonl"
     repeated.write_text("".join(json.dumps(r) + "\n" for r in records + records[:50]))
-    _, train, test = task_records(str(repeated))
+    _, splits = task_records(str(repeated))
     distinct = len({json.dumps(r, sort_keys=True) for r in records})
     assert f"dropped {len(records) + 50 - distinct} repeated records" in capsys.readouterr().err
-    assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
-    assert len(train) + len(test) <= distinct
+    prompts = [{r["prompt"] for r in splits[s]} for s in ("train", "choose", "test")]
+    assert not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])
+    assert sum(map(len, splits.values())) <= distinct
 
 
 def test_residual_sites_can_be_explained(capsys, trained_run):

@@ -21,7 +21,7 @@ def test_circuit_json_is_complete_and_consistent(circuit_dir, task_run):
                 "loss_random_same_size", "accuracy_circuit"):
         assert key in m, key
     assert m["n_nodes"] == len(data["nodes"]) > 0 and m["n_edges"] == len(data["edges"])
-    assert m["loss_circuit_uncalibrated"] <= data["target_loss"]
+    assert m["loss_choose"] <= data["target_loss"]  # the count was chosen on the choose records
     assert data["model"]["name"] == run.name and data["ablation"] == "mean"
     circuit = Circuit.load(circuit_dir)
     model = circuit.load_model()
@@ -35,8 +35,8 @@ def test_running_only_the_circuit_reproduces_its_loss(circuit_dir, task_run):
     task = load_task(str(task_path), model.tokenizer, "test")
     with circuit.only(model):
         logits = pair_logits(model, task)
-    assert abs(float(task_loss(logits * circuit.logit_scale)) - circuit.metrics["loss_circuit"]) < 1e-4
-    assert abs(float(task_loss(logits)) - circuit.metrics["loss_circuit_uncalibrated"]) < 1e-4
+    assert abs(float(task_loss(logits * circuit.logit_scale)) - circuit.metrics["loss_circuit_calibrated"]) < 1e-4
+    assert abs(float(task_loss(logits)) - circuit.metrics["loss_circuit"]) < 1e-4
 
 
 def test_validate_writes_its_table(circuit_dir):
@@ -78,7 +78,24 @@ def test_search_keeps_the_smallest_circuit_that_meets_the_target(task_run, tmp_p
     circuit = prune(run, str(task), tmp_path / "searched", PruneSettings(target_loss=0.6, steps=30, calibration_steps=4),
                     search_trials=3, show_progress=False)
     assert circuit.data["search_trials"] == 3
-    assert circuit.metrics["loss_circuit_uncalibrated"] <= 0.6
+    assert circuit.metrics["loss_choose"] <= 0.6
     settings = circuit.data["settings"]
     assert settings["steps"] == 30 and 1e-4 <= settings["k_coef"] <= 3e-2
     assert Circuit.load(tmp_path / "searched").nodes == circuit.nodes
+
+
+def test_no_record_that_chose_the_node_count_is_in_the_reported_loss(circuit_dir, task_run):
+    from sparsecircuits.tasks.records import SPLITS, load_task_splits
+
+    _, task_path = task_run
+    circuit = Circuit.load(circuit_dir)
+    model = circuit.load_model()
+    splits = load_task_splits(str(task_path), model.tokenizer)
+    prompts = {split: {tuple(p) for p in splits[split].prompts} for split in SPLITS}
+    assert not (prompts["train"] & prompts["choose"] or prompts["train"] & prompts["test"] or prompts["choose"] & prompts["test"])
+    with circuit.only(model):
+        chosen_on = float(task_loss(pair_logits(model, splits.choose)))
+        reported = float(task_loss(pair_logits(model, splits.test)))
+    assert abs(chosen_on - circuit.metrics["loss_choose"]) < 1e-4 and chosen_on <= circuit.data["target_loss"]
+    assert abs(reported - circuit.metrics["loss_circuit"]) < 1e-4
+    assert circuit.data["records"]["choose"] == len(splits.choose) and circuit.data["records"]["test"] == len(splits.test)

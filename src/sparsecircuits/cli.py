@@ -320,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Task loss (two-way cross-entropy at the last position) and accuracy per task.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--task", action="append", metavar="NAME_OR_FILE", help="a built-in task or a JSONL file (repeatable; default: all built-in)")
-    p.add_argument("--split", choices=["train", "test"], default="test", help="which records to score (default test)")
+    p.add_argument("--split", choices=["train", "choose", "test"], default="test",
+                   help="which records to score (default test; the mask trains on train, node counts are chosen on choose)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tasks_eval)
 

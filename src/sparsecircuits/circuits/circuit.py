@@ -20,7 +20,8 @@ import torch
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT, read_run_config
 from ..model.sparse_kernels import sparse_weight_kernels
-from ..tasks.records import TokenizedTask, load_task, task_accuracy, task_loss
+from ..tasks.records import TaskSplits, task_accuracy, task_loss
+from ..tasks.records import load_task_splits as _load_task_splits
 from ..io import atomic_save_tensors, check_output_dir, directory_lock, load_tensors, staged_directory
 from .graph import circuit_edges
 from .masks import ablation_hooks
@@ -37,9 +38,8 @@ def ablation_values(model: SparseGPT, run_dir: Path, ablation: str, show_progres
     return load_or_compute_means(model, run_dir, show_progress=show_progress)
 
 
-def load_task_splits(model: SparseGPT, task: str) -> tuple[TokenizedTask, TokenizedTask]:
-    return (load_task(task, model.tokenizer, "train", max_len=model.config.ctx_len),
-            load_task(task, model.tokenizer, "test", max_len=model.config.ctx_len))
+def load_task_splits(model: SparseGPT, task: str) -> TaskSplits:
+    return _load_task_splits(task, model.tokenizer, max_len=model.config.ctx_len)
 
 
 def nodes_of(keep: Mapping[str, torch.Tensor]) -> list[dict]:
@@ -66,18 +66,21 @@ def random_same_size(keep: Mapping[str, torch.Tensor], generator: torch.Generato
 
 
 def circuit_metrics(evaluator: CircuitEvaluator, keep: Mapping[str, torch.Tensor], scale: float, seed: int = 0) -> dict:
-    """Losses on the held-out records: full model, circuit alone (calibrated), circuit ablated,
-    and random node sets of the same size per site (each calibrated the same way)."""
+    """Losses on the test records: full model, circuit alone (`loss_circuit`, no calibration, as
+    the node count was chosen; `loss_circuit_calibrated` with its logit scale), circuit ablated, the
+    empty circuit (every node ablated: bigram table and means alone), and random node sets of the same
+    size per site (each with its own fitted logit scale, compared with the calibrated circuit)."""
     circuit_logits = evaluator.logits(keep) * scale
     inverse = {site: ~k for site, k in keep.items()}
     generator = torch.Generator().manual_seed(seed)
     # Each random set gets its own logit scale, fitted like the circuit's.
     random_losses = [evaluator.calibrated(random_same_size(keep, generator))[0] for _ in range(RANDOM_CONTROLS)]
     return {
-        "loss_full_model": float(task_loss(evaluator.logits(None))),
-        "loss_circuit": float(task_loss(circuit_logits)),
-        "loss_circuit_uncalibrated": float(task_loss(evaluator.logits(keep))),
-        "loss_circuit_ablated": float(task_loss(evaluator.logits(inverse))),
+        "loss_full_model": evaluator.loss(None),
+        "loss_circuit": evaluator.loss(keep),
+        "loss_circuit_calibrated": float(task_loss(circuit_logits)),
+        "loss_circuit_ablated": evaluator.loss(inverse),
+        "loss_empty_circuit": evaluator.loss({site: torch.zeros_like(k) for site, k in keep.items()}),
         "loss_random_same_size": sum(random_losses) / len(random_losses),
         "accuracy_full_model": task_accuracy(evaluator.logits(None)),
         "accuracy_circuit": task_accuracy(circuit_logits),
@@ -105,20 +108,20 @@ def _prune(run_dir: Path, task: str, out: Path, settings: PruneSettings, search_
     start = time.perf_counter()
     model = SparseGPT.from_pretrained(run_dir)
     with sparse_weight_kernels(model, settings.csr_max_density) as csr_layers:
-        train, test = load_task_splits(model, task)
+        splits = load_task_splits(model, task)
         means = ablation_values(model, run_dir, settings.ablation, show_progress)
         means_seconds = time.perf_counter() - start
         if search_trials > 0:
             from .search import search_settings
 
-            settings, found = search_settings(model, train, test, means, settings, search_trials, show_progress)
+            settings, found = search_settings(model, splits, means, settings, search_trials, show_progress)
         else:
-            found = find_circuit(model, train, test, means, settings, show_progress)
+            found = find_circuit(model, splits, means, settings, show_progress)
         keep, scale = found["keep"], found["logit_scale"]
         nodes = nodes_of(keep)
         edges = circuit_edges(model, keep)
         metrics = circuit_metrics(found["evaluator"], keep, scale, settings.seed)
-    metrics.update({"n_nodes": len(nodes), "n_edges": len(edges), "logit_scale": scale,
+    metrics.update({"n_nodes": len(nodes), "n_edges": len(edges), "logit_scale": scale, "loss_choose": found["loss_choose"],
                     "nodes_active_after_mask_training": found["active_after_training"],
                     "csr_layers": len(csr_layers),
                     "seconds": round(time.perf_counter() - start, 1),
@@ -126,13 +129,13 @@ def _prune(run_dir: Path, task: str, out: Path, settings: PruneSettings, search_
     config = read_run_config(run_dir)
     record = {
         "format": 1,
-        "task": train.name,
+        "task": splits.name,
         "task_source": task,
         "model": {"run_dir": str(run_dir.resolve()), "name": run_dir.name, "config_hash": config.hash(),
                   "weights_sha256": model.weights_sha256},
         "target_loss": settings.target_loss,
         "ablation": settings.ablation,
-        "records": {"train": len(train), "test": len(test), "dropped": train.dropped + test.dropped},
+        "records": splits.counts(),
         "nodes": nodes,
         "edges": edges,
         "metrics": metrics,

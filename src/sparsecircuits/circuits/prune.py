@@ -2,8 +2,11 @@
 
 1. Learn a mask τ over every node: task loss + k_coef * (active nodes), Heaviside forward with a
    sigmoid surrogate gradient, AdamW, τ clamped to [-1, 1].
-2. Rank nodes by τ and bisect the number kept so the held-out task loss just meets the target.
+2. Rank nodes by τ and find the smallest number kept (the empty circuit included) whose loss on the
+   "choose" records meets the target: a scan of the ranking, then bisection inside the bracket.
 3. Fit one logit scale (LBFGS, on the training records) for the circuit found.
+
+The test records are never used for any choice: they are for the figures reported.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from tqdm.auto import tqdm
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparse_kernels import CSR_MAX_DENSITY
-from ..tasks.records import TokenizedTask, candidate_logits, pair_logits, task_accuracy, task_loss
+from ..tasks.records import TaskSplits, TokenizedTask, candidate_logits, pair_logits, task_accuracy, task_loss
 from .masks import NodeMask, ablation_hooks, keep_top_n
 
 
@@ -70,20 +73,22 @@ def fit_logit_scale(logits: torch.Tensor, steps: int = 16) -> float:
 class CircuitEvaluator:
     """Task loss of any set of kept nodes, every other node ablated, on one task's records."""
 
-    def __init__(self, model: SparseGPT, train: TokenizedTask, test: TokenizedTask, means: Mapping[str, torch.Tensor],
+    def __init__(self, model: SparseGPT, splits: TaskSplits, means: Mapping[str, torch.Tensor],
                  calibration_steps: int = 16):
-        self.model, self.train, self.test, self.means = model, train, test, means
+        self.model, self.splits, self.means = model, splits, means
         self.calibration_steps = calibration_steps
 
     def hooks(self, keep: Mapping[str, torch.Tensor]):
         return ablation_hooks(self.model, keep, self.means)
 
     def logits(self, keep: Mapping[str, torch.Tensor] | None, split: str = "test") -> torch.Tensor:
-        task = self.test if split == "test" else self.train
-        return pair_logits(self.model, task, self.hooks(keep) if keep is not None else None)
+        return pair_logits(self.model, self.splits[split], self.hooks(keep) if keep is not None else None)
+
+    def loss(self, keep: Mapping[str, torch.Tensor] | None, split: str = "test") -> float:
+        return float(task_loss(self.logits(keep, split)))
 
     def calibrated(self, keep: Mapping[str, torch.Tensor]) -> tuple[float, float, float]:
-        """(held-out loss after a logit scale fitted on the training records, accuracy, the scale)."""
+        """(test loss after a logit scale fitted on the training records, accuracy, the scale)."""
         scale = fit_logit_scale(self.logits(keep, "train"), self.calibration_steps)
         test_logits = self.logits(keep, "test") * scale
         return float(task_loss(test_logits)), task_accuracy(test_logits), scale
@@ -132,15 +137,25 @@ def train_mask(model: SparseGPT, task: TokenizedTask, means: Mapping[str, torch.
     return mask
 
 
-def smallest_passing(loss_at: Callable[[int], float], target: float, hi: int, guess: int | None = None) -> int:
-    """The smallest n in [1, hi] with loss_at(n) <= target, by bisection (assumes loss falls as n grows).
-    `loss_at(hi)` must meet the target; `guess` narrows the first bracket."""
-    lo = 0  # never evaluated: an empty circuit is taken to fail
-    if guess is not None and 0 < guess < hi:
-        if loss_at(guess) <= target:
-            hi = guess
-        else:
-            lo = guess
+def smallest_passing(loss_at: Callable[[int], float], target: float, total: int, growth: float = 1.25) -> int | None:
+    """The smallest n in [0, total] with loss_at(n) <= target, or None if no n tried meets it.
+
+    Loss need not fall as nodes are added (a few masked nodes can fit nonsense labels better than
+    the whole model), so the ranking is scanned on a geometric grid from the empty circuit up,
+    and only the bracket below the first passing point is bisected."""
+    grid = [0]
+    while grid[-1] < total:
+        grid.append(min(total, max(grid[-1] + 1, math.ceil(grid[-1] * growth))))
+    below = None
+    for n in grid:
+        if loss_at(n) <= target:
+            break
+        below = n
+    else:
+        return None
+    lo, hi = below, n  # lo fails (or is None when the empty circuit passes), hi passes
+    if lo is None:
+        return hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if loss_at(mid) <= target:
@@ -150,52 +165,54 @@ def smallest_passing(loss_at: Callable[[int], float], target: float, hi: int, gu
     return hi
 
 
-def find_circuit(model: SparseGPT, train: TokenizedTask, test: TokenizedTask, means: Mapping[str, torch.Tensor],
+def find_circuit(model: SparseGPT, splits: TaskSplits, means: Mapping[str, torch.Tensor],
                  settings: PruneSettings, show_progress: bool = True, require_target: bool = True) -> dict:
-    """Mask training, then bisection over the number of kept nodes ranked by τ.
+    """Mask training, then the smallest node count in the ranking by τ that meets the target on the
+    choose records.
 
     Returns keep masks, the logit scale and the figures of the search. With require_target=False
-    (the shuffled-label control) a target the full model cannot reach on these records is
-    allowed; the search then reports `reached: False` and the full node count."""
-    return circuits_at_targets(model, train, test, means, settings, [settings.target_loss], show_progress,
-                               require_target)[0]
+    (the shuffled-label control) a target the full model misses is allowed; when no count meets it,
+    the count with the lowest loss is returned with `reached: False`."""
+    return circuits_at_targets(model, splits, means, settings, [settings.target_loss], show_progress, require_target)[0]
 
 
-def circuits_at_targets(model: SparseGPT, train: TokenizedTask, test: TokenizedTask, means: Mapping[str, torch.Tensor],
+def circuits_at_targets(model: SparseGPT, splits: TaskSplits, means: Mapping[str, torch.Tensor],
                         settings: PruneSettings, targets: list[float], show_progress: bool = True,
                         require_target: bool = True) -> list[dict]:
-    """One mask training, then one bisection per target loss (in the order given)."""
-    evaluator = CircuitEvaluator(model, train, test, means, settings.calibration_steps)
+    """One mask training, then one node count per target loss (in the order given)."""
+    evaluator = CircuitEvaluator(model, splits, means, settings.calibration_steps)
     total = sum(model.node_sites.values())
-    full_loss = float(task_loss(evaluator.logits(None)))
+    full_loss = evaluator.loss(None, "choose")
     if require_target and full_loss > max(targets):
         raise SparseCircuitsError(
-            f"the full model's loss on task {test.name} is {full_loss:.4f}, above the target {max(targets)}:"
+            f"the full model's loss on task {splits.name} is {full_loss:.4f}, above the target {max(targets)}:"
             " no circuit can reach it; raise --target-loss or train a stronger model"
         )
     started = time.perf_counter()
-    mask = train_mask(model, train, means, settings, show_progress)
+    mask = train_mask(model, splits.train, means, settings, show_progress)
     mask_seconds = time.perf_counter() - started
     scores = mask.scores()
     active = int(sum((t > 0).sum() for t in scores.values()))
     cache: dict[int, float] = {}
 
-    def loss_at(n: int) -> float:  # held-out loss before calibration, as the bisection is specified
+    def loss_at(n: int) -> float:  # on the choose records, before calibration, as the method specifies
         if n not in cache:
-            cache[n] = float(task_loss(evaluator.logits(keep_top_n(scores, n))))
+            cache[n] = evaluator.loss(keep_top_n(scores, n), "choose")
         return cache[n]
 
     results = []
     for target in targets:
-        bisection_started = time.perf_counter()
-        reached = loss_at(total) <= target
-        n_nodes = smallest_passing(loss_at, target, total, guess=active) if reached else total
+        started = time.perf_counter()
+        n_nodes = smallest_passing(loss_at, target, total)
+        reached = n_nodes is not None
+        if not reached:
+            n_nodes = min(cache, key=cache.get)
         keep = keep_top_n(scores, n_nodes)
         loss, accuracy, scale = evaluator.calibrated(keep)
-        seconds = {"mask_training": round(mask_seconds, 1), "bisection": round(time.perf_counter() - bisection_started, 1)}
+        seconds = {"mask_training": round(mask_seconds, 1), "node_count": round(time.perf_counter() - started, 1)}
         results.append({"target_loss": target, "seconds": seconds, "keep": keep, "scores": scores, "logit_scale": scale,
-                        "loss": loss, "loss_uncalibrated": loss_at(n_nodes), "accuracy": accuracy, "reached": reached,
-                        "active_after_training": active,
+                        "loss_calibrated": loss, "loss": evaluator.loss(keep, "test"), "loss_choose": loss_at(n_nodes),
+                        "accuracy": accuracy, "reached": reached, "active_after_training": active,
                         "full_loss": full_loss, "evaluations": len(cache), "evaluator": evaluator})
     return results
 

@@ -10,11 +10,11 @@ from collections.abc import Mapping
 import torch
 
 from ..model.gpt import SparseGPT
-from ..tasks.records import TokenizedTask
+from ..tasks.records import TaskSplits
 from .prune import PruneSettings, find_circuit
 
 
-def search_settings(model: SparseGPT, train: TokenizedTask, test: TokenizedTask, means: Mapping[str, torch.Tensor],
+def search_settings(model: SparseGPT, splits: TaskSplits, means: Mapping[str, torch.Tensor],
                     base: PruneSettings, trials: int, show_progress: bool = True) -> tuple[PruneSettings, dict]:
     import optuna
 
@@ -30,7 +30,7 @@ def search_settings(model: SparseGPT, train: TokenizedTask, test: TokenizedTask,
             init_mean=trial.suggest_float("init_mean", 0.02, 0.5, log=True),
             temperature=trial.suggest_float("temperature", 0.3, 3.0, log=True),
         )
-        found = find_circuit(model, train, test, means, settings, show_progress=False)
+        found = find_circuit(model, splits, means, settings, show_progress=False)  # judged on the choose records
         size = int(sum(k.sum() for k in found["keep"].values())) if found["reached"] else total + 1
         if found["reached"] and (not best or size < best["size"]):
             best.update(size=size, settings=settings, found=found)
@@ -42,5 +42,5 @@ def search_settings(model: SparseGPT, train: TokenizedTask, test: TokenizedTask,
     study.enqueue_trial({"k_coef": base.k_coef, "lr": base.lr, "init_mean": base.init_mean, "temperature": base.temperature})
     study.optimize(objective, n_trials=trials)
     if not best:  # no trial met the target: report the default settings' attempt
-        return base, find_circuit(model, train, test, means, base, show_progress=False)
+        return base, find_circuit(model, splits, means, base, show_progress=False)
     return best["settings"], best["found"]

@@ -36,7 +36,7 @@ def compare(run_a: str | Path, run_b: str | Path, out: str | Path, tasks: list[s
         losses = []
         for model in models:
             try:
-                losses.append(evaluate_task(model, load_task_splits(model, name)[1])["loss"])
+                losses.append(evaluate_task(model, load_task_splits(model, name).choose)["loss"])  # choices never see test
             except SparseCircuitsError:
                 losses.append(float("inf"))
         if max(losses) <= learned_below:
@@ -47,20 +47,20 @@ def compare(run_a: str | Path, run_b: str | Path, out: str | Path, tasks: list[s
     for label, run_dir, model in zip(labels, runs, models):
         means = ablation_values(model, run_dir, "mean", show_progress)
         for name in learned:
-            train, test = load_task_splits(model, name)
+            splits = load_task_splits(model, name)
             settings = PruneSettings(target_loss=max(targets))
-            found = circuits_at_targets(model, train, test, means, settings, sorted(targets, reverse=True),
+            found = circuits_at_targets(model, splits, means, settings, sorted(targets, reverse=True),
                                         show_progress, require_target=False)
             for result in found:
                 if not result["reached"]:
                     continue
-                rows.append({"model": label, "task": train.name, "target_loss": result["target_loss"],
-                             "loss": round(result["loss_uncalibrated"], 5), "loss_calibrated": round(result["loss"], 5),
+                rows.append({"model": label, "task": splits.name, "target_loss": result["target_loss"],
+                             "loss": round(result["loss"], 5), "loss_calibrated": round(result["loss_calibrated"], 5),
                              "nodes": int(sum(k.sum() for k in result["keep"].values())),
                              "edges": len(circuit_edges(model, result["keep"]))})
             if show_progress:
                 print(f"{label} {name}: " + ", ".join(f"{r['target_loss']}: {r['edges']} edges" for r in rows
-                                                        if r["model"] == label and r["task"] == train.name), file=sys.stderr)
+                                                        if r["model"] == label and r["task"] == splits.name), file=sys.stderr)
     atomic_write_csv(out / "compare.csv", rows, list(rows[0]))
     plot_compare(out / "compare.png", rows, labels, targets)
     return rows

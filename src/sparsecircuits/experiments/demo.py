@@ -63,7 +63,7 @@ def _task_table(run_dir: Path, tasks: list[str]) -> dict[str, dict]:
     table = {}
     for name in tasks:
         try:
-            task = load_task(name, model.tokenizer, "test", max_len=model.config.ctx_len, warn=False)
+            task = load_task(name, model.tokenizer, "choose", max_len=model.config.ctx_len, warn=False)
         except SparseCircuitsError as err:
             table[name] = {"error": str(err)}
             continue
@@ -165,8 +165,8 @@ def write_report(out: Path, chosen: list[str], task_losses: dict, circuit_dir, t
             row[model] = {
                 "task_loss": task_losses[model][task]["loss"],
                 "nodes": circuit["metrics"]["n_nodes"], "edges": circuit["metrics"]["n_edges"],
-                "loss_circuit": validation["loss_circuit_uncalibrated"],
-                "loss_circuit_calibrated": validation["loss_circuit"],
+                "loss_circuit": validation["loss_circuit"],
+                "loss_circuit_calibrated": validation["loss_circuit_calibrated"],
                 "loss_circuit_ablated": validation["loss_circuit_ablated"],
                 "loss_random_same_size": validation["loss_random_same_size"],
                 "control_nodes": validation.get("control_shuffled", {}).get("n_nodes"),

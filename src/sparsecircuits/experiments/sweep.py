@@ -121,7 +121,7 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
         edges = {}
         for name in tasks:
             try:
-                loss = evaluate_task(model, load_task(name, model.tokenizer, "test", model.config.ctx_len, warn=False))["loss"]
+                loss = evaluate_task(model, load_task(name, model.tokenizer, "choose", model.config.ctx_len, warn=False))["loss"]
             except SparseCircuitsError:
                 continue
             if loss > target:

@@ -19,23 +19,30 @@ from ..io import iter_jsonl
 from .builtin import BUILTIN_TASKS, generate
 
 MIN_RECORDS = 32
-N_TRAIN, N_TEST = 512, 256
+# Three disjoint splits (METHOD.md 3): the mask trains on "train", the node count (and any search
+# trial) is chosen on "choose", and "test" is touched only by the figures reported for a circuit.
+SPLITS = ("train", "choose", "test")
+N_RECORDS = {"train": 512, "choose": 256, "test": 256}
 FIELDS = ("prompt", "correct", "incorrect")
 
 
-def builtin_records(name: str, n_train: int = N_TRAIN, n_test: int = N_TEST) -> tuple[list[dict], list[dict]]:
-    """Train records from seed 0; test records from seed 1 whose prompts never occur in train."""
-    train = generate(name, n_train // 2, seed=0)
+def builtin_records(name: str) -> dict[str, list[dict]]:
+    """Train records from seed 0; choose and test records from later seeds, each pair's prompts
+    new to every split before it."""
+    train = generate(name, N_RECORDS["train"] // 2, seed=0)
     seen = {r["prompt"] for r in train}
-    test: list[dict] = []
+    held = N_RECORDS["choose"] + N_RECORDS["test"]
+    held_out: list[dict] = []
     batch_seed = 1
-    while len(test) < n_test and batch_seed < 64:
-        for first, second in zip(*[iter(generate(name, n_test, seed=batch_seed))] * 2):
-            if first["prompt"] not in seen and second["prompt"] not in seen and len(test) < n_test:
-                test += [first, second]
+    while len(held_out) < held and batch_seed < 64:
+        for first, second in zip(*[iter(generate(name, held, seed=batch_seed))] * 2):
+            if first["prompt"] not in seen and second["prompt"] not in seen and len(held_out) < held:
+                held_out += [first, second]
                 seen.update((first["prompt"], second["prompt"]))
         batch_seed += 1
-    return train, test
+    half = 2 * (len(held_out) // 4)  # a task with few distinct prompts shares them evenly, in whole pairs
+    cut = N_RECORDS["choose"] if len(held_out) == held else half
+    return {"train": train, "choose": held_out[:cut], "test": held_out[cut:]}
 
 
 def read_jsonl_records(path: Path) -> list[dict]:
@@ -60,14 +67,14 @@ def read_jsonl_records(path: Path) -> list[dict]:
     return records
 
 
-def task_records(name_or_path: str, warn: bool = True) -> tuple[str, list[dict], list[dict]]:
-    """(task name, train records, test records) for a built-in name or a JSONL file.
+def task_records(name_or_path: str, warn: bool = True) -> tuple[str, dict[str, list[dict]]]:
+    """(task name, {split: records}) for a built-in name or a JSONL file.
 
-    A JSONL task's records are taken in consecutive pairs; every third pair is held out for testing.
-    Repeated records are dropped first, and so are test records whose prompt is also a training
-    prompt, so that the test split never scores what was trained on."""
+    A JSONL task's records are taken in consecutive pairs, dealt to the splits five pairs at a time:
+    three to train, one to choose, one to test. Repeated records are dropped first, and so are
+    records whose prompt already occurs in an earlier split, so no split scores what another holds."""
     if name_or_path in BUILTIN_TASKS:
-        return (name_or_path, *builtin_records(name_or_path))
+        return name_or_path, builtin_records(name_or_path)
     path = Path(name_or_path)
     if path.suffix != ".jsonl" and not path.exists():
         raise SparseCircuitsError(
@@ -75,14 +82,17 @@ def task_records(name_or_path: str, warn: bool = True) -> tuple[str, list[dict],
         )
     records = read_jsonl_records(path)
     unique = list({tuple(r[f] for f in FIELDS): r for r in records}.values())  # in order of first appearance
-    train = [r for i, r in enumerate(unique) if (i // 2) % 3 != 2]
-    train_prompts = {r["prompt"] for r in train}
-    test = [r for i, r in enumerate(unique) if (i // 2) % 3 == 2 and r["prompt"] not in train_prompts]
-    repeated, leaked = len(records) - len(unique), len(unique) - len(train) - len(test)
+    deal = {0: "train", 1: "train", 2: "train", 3: "choose", 4: "test"}
+    splits: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    seen: set[str] = set()
+    for split in SPLITS:
+        splits[split] = [r for i, r in enumerate(unique) if deal[(i // 2) % 5] == split and r["prompt"] not in seen]
+        seen.update(r["prompt"] for r in splits[split])
+    repeated, leaked = len(records) - len(unique), len(unique) - sum(map(len, splits.values()))
     if (repeated or leaked) and warn:
-        print(f"warning: task {path.stem}: dropped {repeated} repeated records and {leaked} test records whose prompt"
-              " is also a training prompt", file=sys.stderr)
-    return path.stem, train, test
+        print(f"warning: task {path.stem}: dropped {repeated} repeated records and {leaked} held-out records whose"
+              " prompt is also in an earlier split", file=sys.stderr)
+    return path.stem, splits
 
 
 @dataclass
@@ -150,8 +160,33 @@ def tokenize_records(name: str, split: str, records: list[dict], tokenizer, max_
 def load_task(name_or_path: str, tokenizer, split: str = "train", max_len: int | None = None,
               warn: bool = True) -> TokenizedTask:
     """A built-in task or a JSONL file, tokenised and checked against `tokenizer`."""
-    name, train, test = task_records(name_or_path, warn)
-    return tokenize_records(name, split, train if split == "train" else test, tokenizer, max_len, warn)
+    if split not in SPLITS:
+        raise SparseCircuitsError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
+    name, splits = task_records(name_or_path, warn)
+    return tokenize_records(name, split, splits[split], tokenizer, max_len, warn)
+
+
+@dataclass
+class TaskSplits:
+    """A task's three splits, tokenised for one model."""
+
+    train: TokenizedTask
+    choose: TokenizedTask
+    test: TokenizedTask
+
+    def __getitem__(self, split: str) -> TokenizedTask:
+        return getattr(self, split)
+
+    @property
+    def name(self) -> str:
+        return self.train.name
+
+    def counts(self) -> dict[str, int]:
+        return {split: len(self[split]) for split in SPLITS} | {"dropped": sum(self[s].dropped for s in SPLITS)}
+
+
+def load_task_splits(name_or_path: str, tokenizer, max_len: int | None = None, warn: bool = True) -> TaskSplits:
+    return TaskSplits(*(load_task(name_or_path, tokenizer, split, max_len, warn and split == "train") for split in SPLITS))
 
 
 def candidate_logits(final: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor) -> torch.Tensor:

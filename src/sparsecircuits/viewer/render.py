@@ -45,7 +45,8 @@ def circuit_page_data(circuit_dir: str | Path, run_dir: str | Path | None = None
     circuit = Circuit.load(circuit_dir)
     model = circuit.load_model(run_dir)
     model_dir = Path(run_dir) if run_dir else circuit.run_dir
-    train, test = load_task_splits(model, circuit.data["task_source"])
+    splits = load_task_splits(model, circuit.data["task_source"])
+    test = splits.test
     means = ablation_values(model, model_dir, circuit.data["ablation"], show_progress)
     keep = circuit.keep(model)
     validation_path = Path(circuit_dir) / "validation.json"
@@ -53,13 +54,13 @@ def circuit_page_data(circuit_dir: str | Path, run_dir: str | Path | None = None
     if validation is not None or len(circuit.nodes) > MAX_PER_NODE:
         ablation = {f"{r['site']}:{r['index']}": r for r in (validation or {}).get("per_node", [])}
     else:  # the full model's loss with each node ablated alone: cheap, and the page needs it
-        evaluator = CircuitEvaluator(model, train, test, means)
+        evaluator = CircuitEvaluator(model, splits, means)
         everything = {site: torch.ones_like(k) for site, k in keep.items()}
         ablation = {}
         for node in circuit.nodes:
             alone = {site: k.clone() for site, k in everything.items()}
             alone[node["site"]][node["index"]] = False
-            ablation[f"{node['site']}:{node['index']}"] = {"loss_full_model_without_node": float(task_loss(evaluator.logits(alone)))}
+            ablation[f"{node['site']}:{node['index']}"] = {"loss_full_model_without_node": evaluator.loss(alone)}
     info = node_examples(model, run_data(model_dir, None), nodes=[(n["site"], n["index"]) for n in circuit.nodes],
                          n_tokens=n_tokens, top=top, show_progress=show_progress)
     shown = dataclasses.replace(test, prompts=test.prompts[:N_EXAMPLES], correct=test.correct[:N_EXAMPLES],
@@ -126,8 +127,8 @@ def render_markdown(data: dict) -> str:
     if v:
         lines += ["", "## Validation", "", "| check | task loss | verdict |", "|---|---|---|",
                   f"| full model | {v['loss_full_model']:.4f} | |",
-                  f"| circuit only (sufficiency) | {v['loss_circuit_uncalibrated']:.4f} | {'pass' if v['sufficient'] else 'FAIL'} |",
-                  f"| circuit only, logit scale calibrated | {v['loss_circuit']:.4f} | |",
+                  f"| circuit only (sufficiency) | {v['loss_circuit']:.4f} | {'pass' if v['sufficient'] else 'FAIL'} |",
+                  f"| circuit only, logit scale calibrated | {v['loss_circuit_calibrated']:.4f} | |",
                   f"| circuit ablated (necessity) | {v['loss_circuit_ablated']:.4f} | {'pass' if v['necessary'] else 'FAIL'} |",
                   f"| random nodes, same size per site | {v['loss_random_same_size']:.4f} | |"]
         if "control_shuffled" in v:

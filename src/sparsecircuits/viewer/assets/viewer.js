@@ -230,8 +230,8 @@
   const v = data.validation;
   if (v) {
     const rows = [["full model", v.loss_full_model, ""],
-      ["circuit only (sufficiency)", v.loss_circuit_uncalibrated, v.sufficient ? "pass" : "FAIL"],
-      ["circuit only, logit scale calibrated", v.loss_circuit, ""],
+      ["circuit only (sufficiency)", v.loss_circuit, v.sufficient ? "pass" : "FAIL"],
+      ["circuit only, logit scale calibrated", v.loss_circuit_calibrated, ""],
       ["circuit ablated (necessity)", v.loss_circuit_ablated, v.necessary ? "pass" : "FAIL"],
       ["random nodes, same size per site", v.loss_random_same_size, ""]];
     if (v.control_shuffled) rows.push([`shuffled-label control: ${v.control_shuffled.n_nodes} nodes` +
