@@ -21,7 +21,7 @@ from ..data.dataset import TokenData
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparsity import apply_weight_topk, check_sparsity_budget, l0_fraction_at, sparse_parameters
-from ..io import atomic_save_tensors, atomic_write_text, check_output_dir, directory_lock, made_by, write_marker
+from ..io import atomic_save_tensors, atomic_write_text, check_output_dir, directory_lock, write_marker
 from .checkpoint import CHECKPOINT, MODEL_FILE, load_checkpoint, save_checkpoint
 from .distributed import Distributed
 

@@ -19,7 +19,6 @@ from ..circuits.circuit import Circuit, ablation_values, load_task_splits
 from ..circuits.explain import node_examples
 from ..circuits.prune import CircuitEvaluator
 from ..circuits.validate import MAX_PER_NODE
-from ..tasks.records import task_loss
 from ..errors import SparseCircuitsError
 from ..io import atomic_write_text, check_writable, directory_lock
 from ..train.evaluation import run_data
