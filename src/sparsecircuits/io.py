@@ -95,13 +95,20 @@ def check_writable(path: Path, what: str = "--out") -> None:
         raise SparseCircuitsError(f"cannot write {path}: {ancestor} is not writable ({reason}); choose another {what}") from None
 
 
+def _check_folder_target(out: Path, what: str) -> None:
+    """`out` is a folder or nothing yet, and both it and the folder it sits in can be written."""
+    if out.exists() and not out.is_dir():
+        raise SparseCircuitsError(f"{what} {out} is a file, not a folder: choose another {what}")
+    check_writable(out, what)  # where staging folders and locks go
+    if out.exists():
+        check_writable(out / MARKER, what)
+
+
 def output_folder(out: Path, what: str = "--out") -> Path:
     """A folder that a resumable pipeline (demo, sweep, compare) writes into and may reuse: created
     if missing, refused up front if it is a file or cannot be written."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SparseCircuitsError(f"{what} {out} is a file, not a folder: choose another {what}")
-    check_writable(out / MARKER if out.exists() else out, what)
+    _check_folder_target(out, what)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -122,11 +129,7 @@ def check_output_dir(out: Path, command: str, force: bool, what: str = "--out") 
     """Before `command` writes the folder `out`: it may not exist, be empty, or (with --force) be a
     folder that the same command made. Anything else is refused, naming the path."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SparseCircuitsError(f"{what} {out} is a file, not a folder: choose another {what}")
-    check_writable(out, what)  # where staging folders and locks go
-    if out.exists():
-        check_writable(out / MARKER, what)
+    _check_folder_target(out, what)
     if not out.exists() or not any(out.iterdir()):
         return
     if not force:
@@ -194,17 +197,19 @@ def staged_directory(final: Path, command: str | None = None) -> Iterator[Path]:
         yield staging
         if command is not None:
             write_marker(staging, command)
-        old = Path(tempfile.mkdtemp(prefix=_temp_prefix(final), dir=final.parent))
-        if final.exists():
+        old = None
+        if final.exists():  # moved aside under a temporary name, so a killed process leaves nothing that looks valid
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(final), dir=final.parent))
             os.replace(final, old / final.name)
         publish(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
-_held_locks: dict[str, list] = {}  # lock path -> [open file, depth]: one process may nest its own locks
+_held_locks: dict[str, Any] = {}  # lock path -> its open file, for the outermost holder in this process
 
 
 @contextmanager
@@ -218,12 +223,8 @@ def directory_lock(directory: Path) -> Iterator[None]:
     directory.parent.mkdir(parents=True, exist_ok=True)
     path = directory.parent / f".{directory.name}.lock"
     key = str(path.resolve())
-    if key in _held_locks:
-        _held_locks[key][1] += 1
-        try:
-            yield
-        finally:
-            _held_locks[key][1] -= 1
+    if key in _held_locks:  # one process may nest its own locks: the outermost one releases
+        yield
         return
     try:
         import fcntl
@@ -252,7 +253,7 @@ def directory_lock(directory: Path) -> Iterator[None]:
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
     handle.flush()
-    _held_locks[key] = [handle, 1]
+    _held_locks[key] = handle
     try:
         yield
     finally:

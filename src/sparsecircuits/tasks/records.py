@@ -186,7 +186,10 @@ class TaskSplits:
 
 
 def load_task_splits(name_or_path: str, tokenizer, max_len: int | None = None, warn: bool = True) -> TaskSplits:
-    return TaskSplits(*(load_task(name_or_path, tokenizer, split, max_len, warn and split == "train") for split in SPLITS))
+    """All three splits, from one read of the task's records."""
+    name, splits = task_records(name_or_path, warn)
+    return TaskSplits(*(tokenize_records(name, split, splits[split], tokenizer, max_len, warn and split == "train")
+                        for split in SPLITS))
 
 
 def candidate_logits(final: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor) -> torch.Tensor:

@@ -88,13 +88,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def run_tokenizer_sha256(run_dir: Path) -> str:
-    """The tokenizer hash recorded in run.json when the run was made."""
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """run.json: the data directory and the tokenizer hash recorded when the run was made."""
     try:
-        return json.loads((Path(run_dir) / "run.json").read_text())["tokenizer_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise SparseCircuitsError(f"{run_dir}/run.json is missing or damaged: it records which tokenizer the run"
-                                  " was trained with, so the run cannot be checked; train it again") from None
+        info = json.loads((Path(run_dir) / "run.json").read_text())
+        if isinstance(info.get("tokenizer_sha256"), str):
+            return info
+    except (OSError, ValueError, AttributeError):
+        pass
+    raise SparseCircuitsError(f"{run_dir}/run.json is missing or damaged: it records which tokenizer the run"
+                              " was trained with, so the run cannot be checked; train it again")
 
 
 def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu"):
@@ -111,7 +114,7 @@ def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu"):
         hint = "continue it with `sparsecircuits train --resume`" if (run_dir / CHECKPOINT).exists() else "train it first"
         raise SparseCircuitsError(f"{run_dir} has no trained model ({MODEL_FILE} is missing): {hint}")
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
-    if file_sha256(run_dir / "tokenizer.json") != run_tokenizer_sha256(run_dir):
+    if file_sha256(run_dir / "tokenizer.json") != read_run_info(run_dir)["tokenizer_sha256"]:
         raise SparseCircuitsError(f"{run_dir}/tokenizer.json is not the tokenizer this run was trained with (its sha256"
                                   " differs from run.json's): copy the run's own tokenizer.json back from its data directory")
     if tokenizer.get_vocab_size() != config.model.vocab_size:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -13,20 +12,20 @@ from ..data.dataset import TokenData
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparsity import count_nonzeros, sparse_parameters
-from .checkpoint import run_tokenizer_sha256
+from .checkpoint import read_run_info
 from .trainer import evaluate
 
 
 def run_data(run_dir: Path, data_dir: str | Path | None) -> TokenData:
     """The data a run was trained on (from run.json), or `data_dir` when given, checked to be
     tokenised with the run's own tokenizer (its sha256 is in run.json)."""
-    expected = run_tokenizer_sha256(run_dir)
+    info = read_run_info(run_dir)
     if data_dir is None:
-        data_dir = json.loads((Path(run_dir) / "run.json").read_text()).get("data")
+        data_dir = info.get("data")
         if not data_dir or not Path(data_dir).is_dir():
             raise SparseCircuitsError(f"the run's data directory {data_dir} is gone: pass --data DATA_DIR")
     data = TokenData(data_dir)
-    if data.manifest["tokenizer_sha256"] != expected:
+    if data.manifest["tokenizer_sha256"] != info["tokenizer_sha256"]:
         raise SparseCircuitsError(f"{data.directory} was tokenised with another tokenizer than {run_dir} was trained with:"
                                   " pass data prepared for this run (its run.json names it)")
     return data

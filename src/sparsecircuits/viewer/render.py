@@ -7,6 +7,7 @@ server, no CDN) and a Markdown summary beside it.
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import math
 import re
@@ -106,14 +107,9 @@ def script_safe_json(data) -> str:
 def render_html(data: dict) -> str:
     title = f"Circuit for {data['circuit']['task']} ({data['circuit']['model']['name']})"
     values = {"CSS": (ASSETS / "viewer.css").read_text(), "JS": (ASSETS / "viewer.js").read_text(),
-              "TITLE": _escape(title), "DATA": script_safe_json(data)}
+              "TITLE": html.escape(title), "DATA": script_safe_json(data)}
     # One pass over the template: text that came from a value is never searched for placeholders again.
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], (ASSETS / "page.html").read_text())
-
-
-def _escape(text: str) -> str:
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
-            .replace("'", "&#39;"))
 
 
 def render_markdown(data: dict) -> str:
