@@ -60,3 +60,10 @@ class Distributed:
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
+
+    def close(self) -> None:
+        """Leave the process group together. A rank that exits while gloo's threads still run in
+        another aborts ("terminate called without an active exception")."""
+        if self.active and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()

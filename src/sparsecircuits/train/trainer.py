@@ -243,8 +243,10 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
         if group.is_main:
             _prepare_run_dir(config, data, run_dir, resume, force)
         group.barrier()
-        return _train_loop(config, data, run_dir, resume, show_progress and group.is_main, stop_after,
-                           stop_at_val_loss, group, device)
+        finished = _train_loop(config, data, run_dir, resume, show_progress and group.is_main, stop_after,
+                               stop_at_val_loss, group, device)
+    group.close()
+    return finished
 
 
 def _train_loop(config: Config, data: TokenData, run_dir: Path, resume: bool, show_progress: bool,
