@@ -18,7 +18,8 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "
 
 def run(args, data_dir, out, extra=()):
     sets = [a for o in TINY_OVERRIDES for a in ("--set", o)]
-    cmd = args + ["train", "--config", "tiny", "--data", str(data_dir), "--out", str(out)] + sets + STEPS
+    # gloo on CPU, also where CUDA is present (a GPU machine may have fewer devices than processes)
+    cmd = args + ["train", "--config", "tiny", "--data", str(data_dir), "--out", str(out), "--set", "train.device=cpu"] + sets + STEPS
     if "--resume" in extra:
         cmd = args + ["train", "--out", str(out), "--resume"]
     cmd += [e for e in extra if e != "--resume"]

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import SparseCircuitsError
+
 
 @dataclass
 class Distributed:
@@ -23,14 +25,20 @@ class Distributed:
     local_rank: int = 0
 
     @classmethod
-    def from_environment(cls) -> "Distributed":
-        """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA); alone otherwise."""
+    def from_environment(cls, device: torch.device) -> "Distributed":
+        """Join the process group torchrun describes (NCCL when training on CUDA, gloo on CPU);
+        alone otherwise."""
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
             return cls()
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.type == "cuda" and local_rank >= torch.cuda.device_count():
+            raise SparseCircuitsError(
+                f"torchrun started more processes on this node than it has CUDA devices ({torch.cuda.device_count()}):"
+                " give --nproc_per_node at most that, or --set train.device=cpu")
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank)
 
     @property
     def is_main(self) -> bool:

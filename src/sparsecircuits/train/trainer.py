@@ -216,7 +216,8 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
     if resume and force:
         raise SparseCircuitsError("--resume continues a run and --force starts it again: give one of them")
     run_dir = Path(run_dir)
-    group = Distributed.from_environment()
+    device = resolve_device(config.train.device)
+    group = Distributed.from_environment(device)
     if not resume and group.is_main:
         check_new_run_dir(run_dir, force)  # before any work
     data = TokenData(data_dir)
@@ -232,7 +233,6 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
     if train_cfg.batch_size % group.world_size:
         raise SparseCircuitsError(f"train.batch_size {train_cfg.batch_size} does not split over {group.world_size} processes:"
                                   " make it a multiple of --nproc_per_node")
-    device = resolve_device(train_cfg.device)
     if device.type == "cuda" and group.active:
         device = torch.device("cuda", group.local_rank)
     check_memory(config, train_cfg.batch_size // group.world_size, device)
