@@ -16,7 +16,7 @@ def test_demo_on_tiny_models(tmp_path, task_run):
     corpus = write_idiom_corpus(tmp_path / "corpus")
     out = tmp_path / "demo"
     summary = demo(out, tasks=[str(task)], target_loss=0.68, config="tiny", overrides=TINY, corpus=[str(corpus)],
-                   control=False)
+                   control=False, margin=1.0)
     assert (out / "report.html").is_file() and (out / "edges.png").stat().st_size > 1000
     assert json.loads((out / "summary.json").read_text())["tasks"] == summary["tasks"]
     assert set(summary["tasks"]) == {"lambda"}
@@ -34,8 +34,21 @@ def test_demo_on_tiny_models(tmp_path, task_run):
     assert dense_config["sparsity"]["l0_fraction"] == 1.0 and dense_config["model"]["keep_fraction"] == 0.25
     # A second call finds every stage done and changes nothing.
     before = (out / "circuits" / "sparse" / "lambda" / "circuit.json").stat().st_mtime
-    demo(out, tasks=[str(task)], target_loss=0.68, config="tiny", overrides=TINY, corpus=[str(corpus)], control=False)
+    demo(out, tasks=[str(task)], target_loss=0.68, config="tiny", overrides=TINY, corpus=[str(corpus)], control=False,
+         margin=1.0)
     assert (out / "circuits" / "sparse" / "lambda" / "circuit.json").stat().st_mtime == before
+
+
+def test_demo_claim_counts_only_tasks_both_models_do_with_margin():
+    from sparsecircuits.experiments.demo import choose_tasks
+
+    losses = {"sparse": {"a": {"loss": 0.02}, "b": {"loss": 0.05}, "c": {"loss": 0.01}, "d": {"error": "not single tokens"}},
+              "dense": {"a": {"loss": 0.07}, "b": {"loss": 0.125}, "c": {"loss": 0.01}, "d": {"loss": 0.0}}}
+    chosen, excluded = choose_tasks(losses, target=0.15, limit=None)
+    assert chosen == ["c", "a"]  # both do best first; b is done by dense only just under the target
+    assert excluded == {"b": "dense loss 0.125 > 0.075", "d": "sparse: not single tokens"}
+    chosen, excluded = choose_tasks(losses, target=0.15, limit=1)
+    assert chosen == ["c"] and excluded["a"] == "over --max-tasks 1"
 
 
 def test_compare_two_models(tmp_path, task_run, capsys):

@@ -44,6 +44,11 @@ def test_validate_writes_its_table(circuit_dir):
     assert result["sufficient"]
     assert result["loss_circuit_ablated"] > result["loss_circuit"]
     assert "control_shuffled" in result and result["control_shuffled"]["n_nodes"] > 0
+    assert set(result["verdicts"]) == {"random", "empty", "shuffled"}
+    assert result["evidence"] == (result["sufficient"] and result["necessary"] and all(v["pass"] for v in result["verdicts"].values()))
+    table = format_validation(result)
+    print(table)
+    assert "shuffled labels" in table and "real labels" in table and "\nverdict: " in table
     assert len(result["per_node"]) == result["n_nodes"]
     assert json.loads((circuit_dir / "validation.json").read_text())["task"] == result["task"]
     big = validate(circuit_dir, control=False, show_progress=False, max_per_node=result["n_nodes"] - 1)
@@ -99,3 +104,37 @@ def test_no_record_that_chose_the_node_count_is_in_the_reported_loss(circuit_dir
     assert abs(chosen_on - circuit.metrics["loss_choose"]) < 1e-4 and chosen_on <= circuit.data["target_loss"]
     assert abs(reported - circuit.metrics["loss_circuit"]) < 1e-4
     assert circuit.data["records"]["choose"] == len(splits.choose) and circuit.data["records"]["test"] == len(splits.test)
+
+
+def test_shuffled_label_control_that_fits_the_target_is_reported_and_flagged(task_run):
+    """Pruning can fit nonsense: a masked set fits shuffled labels better than the whole model. The
+    control must report the target reached with its (small) node count, and flag the circuit."""
+    from sparsecircuits.circuits.circuit import ablation_values, load_task_splits
+    from sparsecircuits.circuits.prune import PruneSettings, find_circuit
+    from sparsecircuits.circuits.validate import control_verdicts, fitting_controls, shuffled_labels
+    from sparsecircuits.model.gpt import SparseGPT
+    from sparsecircuits.tasks.records import TaskSplits
+
+    run, task = task_run
+    model = SparseGPT.from_pretrained(run)
+    splits = load_task_splits(model, str(task))
+    means = ablation_values(model, run, "mean", show_progress=False)
+    settings = PruneSettings(target_loss=0.01, steps=60, calibration_steps=4)
+    shuffled = shuffled_labels(splits.train, seed=settings.seed)
+    nonsense = TaskSplits(shuffled, shuffled, shuffled_labels(splits.test, seed=settings.seed + 1))
+    best = find_circuit(model, nonsense, means, settings, show_progress=False, require_target=False)
+    assert not best["reached"] and best["loss_choose"] < best["full_loss"]  # fits better than the whole model
+    settings.target_loss = best["loss_choose"] + 1e-6  # a target only the masked set reaches
+    controls = fitting_controls(model, splits, means, settings, show_progress=False)
+    fake = controls["control_shuffled"]
+    total = sum(model.node_sites.values())
+    assert fake["reached_target"] and fake["n_nodes"] < total and fake["loss_fitted"] <= settings.target_loss
+    assert fake["loss_fitted"] < fake["full_model_loss_fitted"]
+    result = {"target_loss": settings.target_loss, "loss_random_same_size": 0.7, "loss_empty_circuit": 0.7, **controls}
+    verdict = control_verdicts(result)["shuffled"]
+    real = controls["control_real_fitted"]["n_nodes"]
+    assert verdict["pass"] == (fake["n_nodes"] > 2 * max(real, 1)), verdict
+    result["control_real_fitted"] = {**controls["control_real_fitted"], "n_nodes": fake["n_nodes"]}
+    assert not control_verdicts(result)["shuffled"]["pass"]  # a comparable count: not evidence
+    result["loss_empty_circuit"] = settings.target_loss / 2
+    assert "needs no nodes" in control_verdicts(result)["empty"]["why"]

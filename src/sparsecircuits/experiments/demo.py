@@ -71,12 +71,34 @@ def _task_table(run_dir: Path, tasks: list[str]) -> dict[str, dict]:
     return table
 
 
-def choose_tasks(task_losses: dict[str, dict[str, dict]], target: float, limit: int | None) -> list[str]:
-    """Tasks both models do to loss <= target, those both do best first."""
-    both = [t for t in task_losses["sparse"]
-            if all("loss" in task_losses[m].get(t, {}) and task_losses[m][t]["loss"] <= target for m in MODELS)]
-    both.sort(key=lambda t: max(task_losses[m][t]["loss"] for m in MODELS))
-    return both[:limit] if limit else both
+MARGIN = 0.5  # a task counts for the comparison when both full models do it to half the target loss
+
+
+def choose_tasks(task_losses: dict[str, dict[str, dict]], target: float, limit: int | None,
+                 margin: float = MARGIN) -> tuple[list[str], dict[str, str]]:
+    """Tasks both models do with margin (loss <= MARGIN * target), those both do best first, and
+    every other task with the reason it was left out. A model that only just reaches the target
+    needs nearly all of itself to keep doing so, which would make its circuit large for a reason
+    that has nothing to do with sparsity."""
+    threshold = margin * target
+    chosen, excluded = [], {}
+    for task in task_losses["sparse"]:
+        reasons = []
+        for model in MODELS:
+            row = task_losses[model].get(task, {})
+            if "loss" not in row:
+                reasons.append(f"{model}: {row.get('error', 'not evaluated')}")
+            elif row["loss"] > threshold:
+                reasons.append(f"{model} loss {row['loss']:.3f} > {threshold:g}")
+        if reasons:
+            excluded[task] = "; ".join(reasons)
+        else:
+            chosen.append(task)
+    chosen.sort(key=lambda t: max(task_losses[m][t]["loss"] for m in MODELS))
+    if limit and len(chosen) > limit:
+        excluded.update({t: f"over --max-tasks {limit}" for t in chosen[limit:]})
+        chosen = chosen[:limit]
+    return chosen, excluded
 
 
 def geomean(values: list[float]) -> float:
@@ -85,7 +107,7 @@ def geomean(values: list[float]) -> float:
 
 def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto", max_tasks: int = 6,
          target_loss: float = 0.15, config: str = "small", overrides: list[str] | None = None,
-         corpus: list[str] | None = None, control: bool = True) -> dict:
+         corpus: list[str] | None = None, control: bool = True, margin: float = MARGIN) -> dict:
     from ..circuits import PruneSettings, prune, validate
     from ..viewer import view
 
@@ -109,15 +131,18 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
     candidates = list(BUILTIN_TASKS) if tasks in ("auto", "all") else list(tasks)
     task_losses = stages.run("evaluate tasks", lambda: {m: _task_table(out / m, candidates) for m in MODELS})
     atomic_write_text(out / "tasks.json", json.dumps(task_losses, indent=1))
-    chosen = choose_tasks(task_losses, target_loss, max_tasks if tasks == "auto" else None)
+    chosen, excluded = choose_tasks(task_losses, target_loss, max_tasks if tasks == "auto" else None, margin)
     if tasks == "auto":  # keep to the budget: each task costs about PAIR_MINUTES per model
         left = minutes - (time.perf_counter() - stages.start) / 60
         affordable = max(1, int(left // (PAIR_MINUTES * len(MODELS))))
         if len(chosen) > affordable:
             print(f"pruning {affordable} of {len(chosen)} tasks to stay within --minutes {minutes:g}", file=sys.stderr)
+            excluded.update({t: f"over the --minutes {minutes:g} budget" for t in chosen[affordable:]})
             chosen = chosen[:affordable]
-    if not chosen:
-        print(f"no task is done to loss <= {target_loss} by both models: the report lists the task losses only", file=sys.stderr)
+    print(f"{len(chosen)} of {len(candidates)} tasks done by both models to loss <= {margin * target_loss:g}"
+          f" ({margin:g} x the target): {', '.join(chosen) or 'none'}", file=sys.stderr)
+    for task, reason in excluded.items():
+        print(f"  left out {task}: {reason}", file=sys.stderr)
 
     def circuit_dir(model: str, task: str) -> Path:
         return out / "circuits" / model / Path(task).stem
@@ -147,14 +172,15 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
     stages.run("prune circuits", prune_all)
     stages.run("validate circuits", validate_all)
     stages.run("view circuits", view_all)
-    summary = stages.run("report", lambda: write_report(out, chosen, task_losses, circuit_dir, target_loss))
+    summary = stages.run("report", lambda: write_report(out, chosen, excluded, task_losses, circuit_dir, target_loss, margin))
     summary["seconds_by_stage"] = stages.seconds
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     print(format_summary(summary))
     return summary
 
 
-def write_report(out: Path, chosen: list[str], task_losses: dict, circuit_dir, target_loss: float) -> dict:
+def write_report(out: Path, chosen: list[str], excluded: dict[str, str], task_losses: dict, circuit_dir,
+                 target_loss: float, margin: float) -> dict:
     per_task = {}
     for task in chosen:
         row = {}
@@ -169,14 +195,21 @@ def write_report(out: Path, chosen: list[str], task_losses: dict, circuit_dir, t
                 "loss_circuit_calibrated": validation["loss_circuit_calibrated"],
                 "loss_circuit_ablated": validation["loss_circuit_ablated"],
                 "loss_random_same_size": validation["loss_random_same_size"],
-                "control_nodes": validation.get("control_shuffled", {}).get("n_nodes"),
+                "loss_empty_circuit": validation["loss_empty_circuit"],
+                "real_fitted": _twin(validation.get("control_real_fitted")),
+                "shuffled_fitted": _twin(validation.get("control_shuffled")),
+                "evidence": validation["evidence"],
+                "failed": [name for name, v in validation["verdicts"].items() if not v["pass"]],
                 "page": str((directory / "circuit.html").relative_to(out)),
             }
+        row["edges_ratio"] = row["dense"]["edges"] / max(row["sparse"]["edges"], 1)
         per_task[Path(task).stem] = row
     summary = {
         "target_loss": target_loss,
+        "margin_loss": margin * target_loss,
         "models": {m: {"val_loss": evaluate_run(out / m)["val_loss"], "run_dir": m} for m in MODELS},
         "tasks": per_task,
+        "excluded_tasks": excluded,
         "task_losses": task_losses,
     }
     sparse_edges = [r["sparse"]["edges"] for r in per_task.values()]
@@ -187,6 +220,13 @@ def write_report(out: Path, chosen: list[str], task_losses: dict, circuit_dir, t
     plot_edges(out / "edges.png", per_task)
     atomic_write_text(out / "report.html", render_report(summary))
     return summary
+
+
+def _twin(control: dict | None) -> dict | None:
+    """Nodes and edges of a same-footing pruning (count chosen on the fitted records), if one was run."""
+    if control is None:
+        return None
+    return {k: control[k] for k in ("n_nodes", "n_edges", "reached_target", "loss_fitted", "loss_test")}
 
 
 def plot_edges(path: Path, per_task: dict) -> None:
@@ -204,6 +244,18 @@ def plot_edges(path: Path, per_task: dict) -> None:
     save(fig, path)
 
 
+def _controls_cell(x: dict) -> str:
+    """'real 12 / shuffled 40 (missed)': same-footing node counts, and what the shuffled twin did."""
+    real, fake = x["real_fitted"], x["shuffled_fitted"]
+    if real is None or fake is None:
+        return "not run"
+    return f"real {real['n_nodes']} / shuffled {fake['n_nodes']}{'' if fake['reached_target'] else ' (missed)'}"
+
+
+def _evidence_cell(x: dict) -> str:
+    return "yes" if x["evidence"] else "NO: " + ", ".join(x["failed"] or ["sufficiency or necessity"])
+
+
 def render_report(summary: dict) -> str:
     e = html.escape
     rows = []
@@ -213,35 +265,49 @@ def render_report(summary: dict) -> str:
             x = r[m]
             cells += [f"<td class=num>{x['task_loss']:.4f}</td>", f"<td class=num><a href='{e(x['page'])}'>{x['nodes']}</a></td>",
                       f"<td class=num>{x['edges']}</td>", f"<td class=num>{x['loss_circuit']:.4f}</td>",
-                      f"<td class=num>{x['loss_circuit_ablated']:.4f}</td>"]
+                      f"<td class=num>{x['loss_circuit_ablated']:.4f}</td>", f"<td>{e(_controls_cell(x))}</td>",
+                      f"<td>{e(_evidence_cell(x))}</td>"]
+        cells.append(f"<td class=num>{r['edges_ratio']:.2f}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    head = "".join(f"<th>{m} {h}</th>" for m in MODELS for h in ("task loss", "nodes", "edges", "circuit loss", "ablated loss"))
+    head = "".join(f"<th>{m} {h}</th>" for m in MODELS for h in ("task loss", "nodes", "edges", "circuit loss", "ablated loss",
+                                                                  "nodes fitted: real / shuffled labels", "evidence"))
+    head += "<th>edges dense / sparse</th>"
     losses = "".join(
         f"<tr><td>{e(t)}</td>" + "".join(f"<td class=num>{summary['task_losses'][m][t].get('loss', float('nan')):.4f}</td>" for m in MODELS) + "</tr>"
         for t in summary["task_losses"]["sparse"])
+    excluded = "".join(f"<li>{e(t)}: {e(why)}</li>" for t, why in summary["excluded_tasks"].items())
     ratio = summary["edges_ratio_geomean"]
     models = ", ".join(f"{m} validation loss {summary['models'][m]['val_loss']:.4f}" for m in MODELS)
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>sparsecircuits demo report</title>
 <style>body{{font:14px/1.4 system-ui,sans-serif;margin:20px;color:#1d232a}}table{{border-collapse:collapse;margin:6px 0 16px}}
 th,td{{border:1px solid #ddd;padding:3px 8px}}td.num{{text-align:right;font-variant-numeric:tabular-nums}}</style></head><body>
 <h1>Weight-sparse vs dense circuits</h1>
-<p>{e(models)}. Target task loss {summary['target_loss']}.</p>
+<p>{e(models)}. Target task loss {summary['target_loss']}; a task counts when both full models do it to
+{summary['margin_loss']:g} ({summary['margin_loss'] / summary['target_loss']:g} x the target), so that neither circuit is large only because its model barely does the task.</p>
 <p>Geometric mean of circuit edges: sparse {summary['edges_geomean']['sparse']:.1f}, dense {summary['edges_geomean']['dense']:.1f};
-dense / sparse = <b>{'n/a' if ratio is None else f'{ratio:.2f}'}</b> over {len(summary['tasks'])} tasks both models learned.</p>
+dense / sparse = <b>{'n/a' if ratio is None else f'{ratio:.2f}'}</b> over {len(summary['tasks'])} tasks.</p>
 <h2>Circuits (click a node count for the circuit page)</h2>
+<p>"Nodes fitted" prunes the real and the shuffled labels on the same footing (node count chosen on the records the
+mask was trained on); a circuit whose shuffled-label twin fits the target with a comparable count is not evidence.</p>
 <table><tr><th>task</th>{head}</tr>{''.join(rows)}</table>
 <img src="edges.png" alt="circuit edges per task">
+<h2>Tasks left out ({len(summary['excluded_tasks'])})</h2>
+<ul>{excluded}</ul>
 <h2>Task losses of both models (held-out records)</h2>
 <table><tr><th>task</th><th>sparse</th><th>dense</th></tr>{losses}</table>
 </body></html>"""
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{'task':28s} {'sparse loss':>11s} {'nodes':>6s} {'edges':>6s} {'dense loss':>10s} {'nodes':>6s} {'edges':>6s}"]
+    lines = [f"{'task':24s} {'sparse loss':>11s} {'nodes':>6s} {'edges':>6s} {'dense loss':>10s} {'nodes':>6s} {'edges':>6s}"
+             f" {'ratio':>6s}  sparse nodes fitted (real / shuffled labels), evidence"]
     for task, r in summary["tasks"].items():
         s, d = r["sparse"], r["dense"]
-        lines.append(f"{task:28s} {s['task_loss']:11.4f} {s['nodes']:6d} {s['edges']:6d} {d['task_loss']:10.4f} {d['nodes']:6d} {d['edges']:6d}")
+        lines.append(f"{task:24s} {s['task_loss']:11.4f} {s['nodes']:6d} {s['edges']:6d} {d['task_loss']:10.4f} {d['nodes']:6d}"
+                     f" {d['edges']:6d} {r['edges_ratio']:6.2f}  {_controls_cell(s)}, {_evidence_cell(s)}")
     ratio = summary["edges_ratio_geomean"]
     lines.append("validation loss: " + ", ".join(f"{m} {summary['models'][m]['val_loss']:.4f}" for m in MODELS))
-    lines.append(f"edges_ratio_geomean (dense / sparse): {'n/a' if ratio is None else f'{ratio:.2f}'}")
+    lines.append(f"edges_ratio_geomean (dense / sparse): {'n/a' if ratio is None else f'{ratio:.2f}'} over"
+                 f" {len(summary['tasks'])} tasks both models do to loss <= {summary['margin_loss']:g};"
+                 f" {len(summary['excluded_tasks'])} left out (see report.html)")
     return "\n".join(lines)

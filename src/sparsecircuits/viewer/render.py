@@ -126,9 +126,19 @@ def render_markdown(data: dict) -> str:
                   f"| circuit only, logit scale calibrated | {v['loss_circuit_calibrated']:.4f} | |",
                   f"| circuit ablated (necessity) | {v['loss_circuit_ablated']:.4f} | {'pass' if v['necessary'] else 'FAIL'} |",
                   f"| random nodes, same size per site | {v['loss_random_same_size']:.4f} | |"]
-        if "control_shuffled" in v:
-            s = v["control_shuffled"]
-            lines.append(f"| shuffled-label control ({s['n_nodes']} nodes{'' if s['reached_target'] else ', target not reached'}) | {s['loss']:.4f} | |")
+        if "loss_empty_circuit" in v:
+            lines.append(f"| empty circuit (every node ablated) | {v['loss_empty_circuit']:.4f} | |")
+        if "control_real_fitted" in v:
+            lines += ["", "Same footing, node count chosen on the records the mask was trained on:", "",
+                      "| labels | nodes | edges | target | loss fitted | loss on test records |", "|---|---|---|---|---|---|"]
+            for name, key in (("real", "control_real_fitted"), ("shuffled", "control_shuffled")):
+                s = v[key]
+                lines.append(f"| {name} | {s['n_nodes']} | {s['n_edges']} | {'reached' if s['reached_target'] else 'missed'}"
+                             f" | {s['loss_fitted']:.4f} | {s['loss_test']:.4f} |")
+        lines += ["", "| control | verdict | why |", "|---|---|---|"]
+        lines += [f"| {name} | {'pass' if c['pass'] else 'FAIL'} | {c['why']} |" for name, c in v.get("verdicts", {}).items()]
+        lines += [] if "evidence" not in v else ["", f"**{'Evidence' if v['evidence'] else 'Not evidence'}**: sufficient, necessary and every control"
+                      f" run {'passed' if v['evidence'] else 'did not all pass'}."]
     lines += ["", "## Nodes", "", "| node | full-model loss without it | top activating token |", "|---|---|---|"]
     for node in data["nodes"]:
         name = f"{node['site']}:{node['index']}"

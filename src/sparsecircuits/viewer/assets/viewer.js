@@ -229,13 +229,23 @@
   table("metrics", ["metric", "value"], Object.entries(m).filter(([, v]) => typeof v !== "object").map(([k, v]) => [k, v]));
   const v = data.validation;
   if (v) {
+    // validation.json from before the verdicts were written has none: those cells stay empty
+    const verdict = (name) => (v.verdicts && v.verdicts[name] ? (v.verdicts[name].pass ? "pass" : "FAIL") : "");
     const rows = [["full model", v.loss_full_model, ""],
       ["circuit only (sufficiency)", v.loss_circuit, v.sufficient ? "pass" : "FAIL"],
       ["circuit only, logit scale calibrated", v.loss_circuit_calibrated, ""],
       ["circuit ablated (necessity)", v.loss_circuit_ablated, v.necessary ? "pass" : "FAIL"],
-      ["random nodes, same size per site", v.loss_random_same_size, ""]];
-    if (v.control_shuffled) rows.push([`shuffled-label control: ${v.control_shuffled.n_nodes} nodes` +
-      (v.control_shuffled.reached_target ? "" : " (did not reach the target)"), v.control_shuffled.loss, ""]);
+      ["random nodes, same size per site", v.loss_random_same_size, verdict("random")],
+      ["empty circuit (every node ablated)", v.loss_empty_circuit, verdict("empty")]];
+    for (const [name, key] of [["real labels", "control_real_fitted"], ["shuffled labels", "control_shuffled"]]) {
+      const c = v[key];
+      if (!c || c.loss_test === undefined) continue;  // older validation.json: no same-footing figures
+      rows.push([`${name}, node count chosen on the records fitted: ${c.n_nodes} nodes, ${c.n_edges} edges, ` +
+        `${c.reached_target ? "reached" : "missed"} the target (loss fitted ${fmt(c.loss_fitted)}; on test records)`,
+        c.loss_test, key === "control_shuffled" ? verdict("shuffled") : ""]);
+    }
+    if (v.verdicts) rows.push([v.evidence ? "evidence: sufficient, necessary, every control passed" :
+      "NOT EVIDENCE: " + Object.entries(v.verdicts).filter(([, c]) => !c.pass).map(([, c]) => c.why).join("; "), "", ""]);
     table("validation", ["check", "task loss", "verdict"], rows);
   } else {
     el("p", { class: "hint", text: "No validation.json yet: run `sparsecircuits validate` and view again." }, tables);
