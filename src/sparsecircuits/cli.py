@@ -149,14 +149,29 @@ def cmd_configs(args: argparse.Namespace) -> None:
 
 def cmd_tasks_list(args: argparse.Namespace) -> None:
     from .tasks import DESCRIPTIONS
+    from .tasks.audit import audit_task
 
     for name, description in DESCRIPTIONS.items():
-        print(f"{name:28s} {description}")
+        flagged = audit_task(name)["flagged"]
+        print(f"{name:28s} {description}" + (f"  [FLAGGED by `tasks audit`: {', '.join(flagged)}]" if flagged else ""))
+
+
+def cmd_tasks_audit(args: argparse.Namespace) -> None:
+    from .model.gpt import SparseGPT
+    from .tasks import BUILTIN_TASKS
+    from .tasks.audit import audit_task, format_audit
+
+    model = SparseGPT.from_pretrained(args.run_dir) if args.run_dir else None
+    rows = [audit_task(name, model) for name in (args.tasks or list(BUILTIN_TASKS))]
+    print(json.dumps(rows, indent=1) if args.json else format_audit(rows))
+    if any(r["flagged"] for r in rows):
+        sys.exit(EXIT_VALIDATION_FAILED)
 
 
 def cmd_tasks_eval(args: argparse.Namespace) -> None:
     from .model.gpt import SparseGPT
     from .tasks import BUILTIN_TASKS, evaluate_task, load_task
+    from .tasks.audit import audit_task
 
     model = SparseGPT.from_pretrained(args.run_dir)
     names = args.task or list(BUILTIN_TASKS)
@@ -169,16 +184,18 @@ def cmd_tasks_eval(args: argparse.Namespace) -> None:
                 raise
             rows.append({"task": name, "error": str(err)})
             continue
-        rows.append({"task": task.name, **evaluate_task(model, task), "dropped": task.dropped})
+        rows.append({"task": task.name, **evaluate_task(model, task), "dropped": task.dropped,
+                     "audit_flagged": audit_task(name, model)["flagged"]})
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    print(f"{'task':28s} {'loss':>7s} {'accuracy':>8s} {'records':>7s}")
+    print(f"{'task':28s} {'loss':>7s} {'accuracy':>8s} {'records':>7s}  trivial cue (`tasks audit`)")
     for row in rows:
         if "error" in row:
             print(f"{row['task']:28s} {'-':>7s} {'-':>8s} {'-':>7s}  unavailable: {row['error']}")
         else:
-            print(f"{row['task']:28s} {row['loss']:7.4f} {row['accuracy']:8.3f} {row['records']:7d}")
+            flagged = ", ".join(row["audit_flagged"]) or "none above 70%"
+            print(f"{row['task']:28s} {row['loss']:7.4f} {row['accuracy']:8.3f} {row['records']:7d}  {flagged}")
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -198,7 +215,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
     result = validate(args.circuit_dir, args.run_dir, control=not args.no_control)
     print(format_validation(result))
-    if not (result["sufficient"] and result["necessary"]):
+    if not result["evidence"]:
         sys.exit(EXIT_VALIDATION_FAILED)
 
 
@@ -316,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     tasks_sub = tasks.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
     p = tasks_sub.add_parser("list", help="the built-in tasks and what each one tests")
     p.set_defaults(func=cmd_tasks_list)
+    p = tasks_sub.add_parser("audit", help="can a trivial cue (last token, length, bag of tokens, bigram) answer a task?",
+                             description="Held-out accuracy of trivial predictors fitted on each task's train records: the "
+                                         "prompt's last token, its length, a bag of its tokens (logistic regression) and, with "
+                                         "--run-dir, the run's bigram table. Exits 1 when a task is flagged (any above 70%%).")
+    p.add_argument("tasks", nargs="*", metavar="TASK", help="built-in tasks or JSONL files (default: every built-in task)")
+    p.add_argument("--run-dir", metavar="RUN_DIR", help="tokenise with this run's tokenizer and try its bigram table")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_tasks_audit)
     p = tasks_sub.add_parser("eval", help="task loss and accuracy of a trained model",
                              description="Task loss (two-way cross-entropy at the last position) and accuracy per task.")
     p.add_argument("run_dir", metavar="RUN_DIR")

@@ -23,6 +23,7 @@ from ..io import atomic_write_text, output_folder
 from .plots import pyplot, save
 from ..model.gpt import SparseGPT
 from ..tasks import BUILTIN_TASKS, evaluate_task, load_task
+from ..tasks.audit import audit_task
 from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
 
@@ -59,6 +60,8 @@ def _train_stage(config_name: str, overrides: list[str], data_dir: Path, run_dir
 
 
 def _task_table(run_dir: Path, tasks: list[str]) -> dict[str, dict]:
+    """Each task's loss on its choose records, and which trivial cues answer it (`tasks audit`,
+    with this run's tokenizer and bigram table)."""
     model = SparseGPT.from_pretrained(run_dir)
     table = {}
     for name in tasks:
@@ -67,7 +70,7 @@ def _task_table(run_dir: Path, tasks: list[str]) -> dict[str, dict]:
         except SparseCircuitsError as err:
             table[name] = {"error": str(err)}
             continue
-        table[name] = evaluate_task(model, task)
+        table[name] = {**evaluate_task(model, task), "audit_flagged": audit_task(name, model)["flagged"]}
     return table
 
 
@@ -143,6 +146,11 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
           f" ({margin:g} x the target): {', '.join(chosen) or 'none'}", file=sys.stderr)
     for task, reason in excluded.items():
         print(f"  left out {task}: {reason}", file=sys.stderr)
+    for task in chosen:
+        flagged = task_losses["sparse"][task].get("audit_flagged")
+        if flagged:
+            print(f"  note: a trivial cue answers {task} ({', '.join(flagged)}; see `sparsecircuits tasks audit`)",
+                  file=sys.stderr)
 
     def circuit_dir(model: str, task: str) -> Path:
         return out / "circuits" / model / Path(task).stem
@@ -203,6 +211,7 @@ def write_report(out: Path, chosen: list[str], excluded: dict[str, str], task_lo
                 "page": str((directory / "circuit.html").relative_to(out)),
             }
         row["edges_ratio"] = row["dense"]["edges"] / max(row["sparse"]["edges"], 1)
+        row["audit_flagged"] = task_losses["sparse"][task].get("audit_flagged", [])
         per_task[Path(task).stem] = row
     summary = {
         "target_loss": target_loss,
@@ -268,10 +277,11 @@ def render_report(summary: dict) -> str:
                       f"<td class=num>{x['loss_circuit_ablated']:.4f}</td>", f"<td>{e(_controls_cell(x))}</td>",
                       f"<td>{e(_evidence_cell(x))}</td>"]
         cells.append(f"<td class=num>{r['edges_ratio']:.2f}</td>")
+        cells.append(f"<td>{e(', '.join(r['audit_flagged']) or 'none')}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     head = "".join(f"<th>{m} {h}</th>" for m in MODELS for h in ("task loss", "nodes", "edges", "circuit loss", "ablated loss",
                                                                   "nodes fitted: real / shuffled labels", "evidence"))
-    head += "<th>edges dense / sparse</th>"
+    head += "<th>edges dense / sparse</th><th>trivial cue above 70% (tasks audit)</th>"
     losses = "".join(
         f"<tr><td>{e(t)}</td>" + "".join(f"<td class=num>{summary['task_losses'][m][t].get('loss', float('nan')):.4f}</td>" for m in MODELS) + "</tr>"
         for t in summary["task_losses"]["sparse"])
@@ -304,7 +314,8 @@ def format_summary(summary: dict) -> str:
     for task, r in summary["tasks"].items():
         s, d = r["sparse"], r["dense"]
         lines.append(f"{task:24s} {s['task_loss']:11.4f} {s['nodes']:6d} {s['edges']:6d} {d['task_loss']:10.4f} {d['nodes']:6d}"
-                     f" {d['edges']:6d} {r['edges_ratio']:6.2f}  {_controls_cell(s)}, {_evidence_cell(s)}")
+                     f" {d['edges']:6d} {r['edges_ratio']:6.2f}  {_controls_cell(s)}, {_evidence_cell(s)}"
+                     + (f"; trivial cue: {', '.join(r['audit_flagged'])}" if r["audit_flagged"] else ""))
     ratio = summary["edges_ratio_geomean"]
     lines.append("validation loss: " + ", ".join(f"{m} {summary['models'][m]['val_loss']:.4f}" for m in MODELS))
     lines.append(f"edges_ratio_geomean (dense / sparse): {'n/a' if ratio is None else f'{ratio:.2f}'} over"

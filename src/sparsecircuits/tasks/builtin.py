@@ -59,9 +59,16 @@ def final_kwarg(rng: random.Random) -> Pair:
 
 
 def _set_or_string(rng: random.Random, var: str) -> Pair:
-    item, loop = rng.sample([n for n in NAMES if n != var], 2)
-    return _pair(lambda is_set: (f"{var} = {'set()' if is_set else chr(34) * 2}\nfor {item} in {loop}:\n    {var}",
-                                 "." if is_set else " +=", " +=" if is_set else "."))
+    """Both kinds of initialisation are in every prompt: which one `var` got decides."""
+    other, item, loop = rng.sample([n for n in NAMES if n != var], 3)
+    set_first = rng.random() < 0.5
+
+    def make(is_set: bool) -> tuple[str, str, str]:
+        inits = [f"{var} = {'set()' if is_set else chr(34) * 2}", f"{other} = {chr(34) * 2 if is_set else 'set()'}"]
+        if set_first != is_set:
+            inits.reverse()
+        return ("\n".join(inits) + f"\nfor {item} in {loop}:\n    {var}", "." if is_set else " +=", " +=" if is_set else ".")
+    return _pair(make)
 
 
 def set_or_string(rng: random.Random) -> Pair:
@@ -73,14 +80,20 @@ def set_or_string_fixedvarname(rng: random.Random) -> Pair:
 
 
 def class_init(rng: random.Random) -> Pair:
+    """Copy the attribute's name. Both names occur as often in one prompt as in the other, so the one
+    still to be copied is not the one seen fewer times."""
     names = _names(rng, 4)
     cls = rng.choice(CLASSES)
     head = f"class {cls}:\n    def __init__(self, {', '.join(names)}):\n"
-    done = rng.randint(1, 2)
+    done = rng.randint(0, 1)
     body = "".join(f"        self.{n} = {n}\n" for n in names[:done])
     first, second = names[done], names[done + 1]
-    return (_record(f"{head}{body}        self.{first} =", f" {first}", f" {second}"),
-            _record(f"{head}{body}        self.{second} =", f" {second}", f" {first}"))
+
+    def make(pick_first: bool) -> tuple[str, str, str]:
+        this, other = (first, second) if pick_first else (second, first)
+        return (f"{head}{body}        self.{other} = {other}\n        assert {this}\n        self.{this} =",
+                f" {this}", f" {other}")
+    return _pair(make)
 
 
 def with_as(rng: random.Random) -> Pair:
@@ -114,10 +127,11 @@ def bracket_counting(rng: random.Random) -> Pair:
 
 
 def for_while(rng: random.Random) -> Pair:
-    var = rng.choice(NAMES)
-    head = _function_head(rng, var)
-    return _pair(lambda is_for: (f"{head}for {var}" if is_for else f"{head}while {var}", " in" if is_for else ":",
-                                 ":" if is_for else " in"))
+    """A for loop inside a while loop or the other way round: the innermost header decides."""
+    a, b, c, d = _names(rng, 4)
+    head = _function_head(rng, a, b, c, d)
+    return _pair(lambda is_for: (f"{head}while {a} in {b}:\n        for {c}" if is_for else f"{head}for {a} in {b}:\n        while {c}",
+                                 " in" if is_for else ":", ":" if is_for else " in"))
 
 
 def else_elif(rng: random.Random) -> Pair:
@@ -142,22 +156,29 @@ def if_ternary(rng: random.Random) -> Pair:
 
 
 def var_swap(rng: random.Random) -> Pair:
+    """x, y = y, x: each name occurs as often in one prompt as in the other."""
     x, y = _names(rng, 2)
-    return (_record(f"{x}, {y} = {y},", f" {x}", f" {y}"), _record(f"{y}, {x} = {x},", f" {y}", f" {x}"))
+    return (_record(f"{y} = {x} + {x}\n{x}, {y} = {y},", f" {x}", f" {y}"),
+            _record(f"{x} = {y} + {y}\n{y}, {x} = {x},", f" {y}", f" {x}"))
 
 
 def indent_for(rng: random.Random) -> Pair:
-    var, seq = _names(rng, 2)
-    call = rng.choice(FUNCS)
-    return _pair(lambda in_loop: (f"{seq} = {call}()\nfor {var} in {seq}:" if in_loop else f"{seq} = {call}()\n{var} = {seq}",
-                                  "\n    " if in_loop else "\n", "\n" if in_loop else "\n    "))
+    """The body of a for loop is indented one level deeper than its header: 8 spaces after a header
+    in a function body, 12 after one nested in another loop (what real code writes)."""
+    var, seq, outer, items, total = _names(rng, 5)
+    head = f"def {rng.choice(FUNCS)}({items}):\n    {total} = 0\n    for {outer} in {items}:\n        {total} += 1\n"
+    return _pair(lambda nested: (f"{head}{'        ' if nested else '    '}for {var} in {seq}:",
+                                 "\n" + " " * 11 if nested else "\n" + " " * 7, "\n" + " " * 7 if nested else "\n" + " " * 11))
 
 
 def lambda_func(rng: random.Random) -> Pair:
-    var = rng.choice(NAMES)
-    func = f"{rng.choice(FUNCS)}_{rng.choice(NAMES)}"
-    return _pair(lambda is_lambda: (f"{func} = lambda {var}" if is_lambda else f"def {func}", ":" if is_lambda else "(",
-                                    "(" if is_lambda else ":"))
+    """Both kinds of definition in every prompt; the last line's keyword decides. Names come from one
+    pool, so the last token says nothing."""
+    pool = NAMES + FUNCS
+    f, g, x, y = rng.sample(pool, 4)
+    return _pair(lambda is_lambda: (f"def {g}({y}):\n    return {y}\n{f} = lambda {x}" if is_lambda
+                                    else f"{f} = lambda {x}: {x}\ndef {g}",
+                                    ":" if is_lambda else "(", "(" if is_lambda else ":"))
 
 
 def if_equals(rng: random.Random) -> Pair:
@@ -224,11 +245,34 @@ DESCRIPTIONS = {
 }
 
 
+def _pre_tokens(text: str) -> int:
+    from tokenizers import pre_tokenizers
+
+    return len(pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str(text))
+
+
+def _same_length(pair: Pair, rng: random.Random) -> Pair:
+    """Pad the shorter prompt of a pair with a leading comment line so both have as many byte-level
+    pre-tokens (what `prepare`'s tokenizer splits first): then no threshold on a prompt's length can
+    tell the two answers apart."""
+    first, second = pair
+    gap = _pre_tokens(first["prompt"]) - _pre_tokens(second["prompt"])
+    if gap == 0:
+        return pair
+    short = second if gap > 0 else first
+    gap = abs(gap)
+    # "#", gap - 2 words and "\n" are gap pre-tokens; a lone "\n" is one
+    pad = "\n" if gap == 1 else "#" + "".join(f" {rng.choice(WORDS)}" for _ in range(gap - 2)) + "\n"
+    padded = {**short, "prompt": pad + short["prompt"]}
+    return (first, padded) if short is second else (padded, second)
+
+
 def generate(name: str, n_pairs: int, seed: int) -> list[Record]:
-    """`n_pairs` pairs (2 * n_pairs records) of a built-in task, deterministic in `seed`."""
+    """`n_pairs` pairs (2 * n_pairs records) of a built-in task, deterministic in `seed`; the two
+    prompts of each pair have the same length in pre-tokens."""
     rng = random.Random(f"{name}:{seed}")
     make = BUILTIN_TASKS[name]
     records: list[Record] = []
     for _ in range(n_pairs):
-        records.extend(make(rng))
+        records.extend(_same_length(make(rng), rng))
     return records

@@ -1,0 +1,153 @@
+"""`sparsecircuits tasks audit`: can a trivial cue answer the task?
+
+A task is evidence of a mechanism only if no shortcut answers it. Each predictor below is fitted on
+the task's train records and scored on its test records (the accuracy of choosing the correct of the
+two candidates; a record it cannot decide counts one half):
+
+- last token: a lookup table from the prompt's last token to the answer;
+- length: one threshold on the prompt's length in tokens;
+- bag of tokens: logistic regression on the counts of the prompt's tokens (order ignored);
+- bigram table (when a run is given): the run's learned bigram logits from the last token.
+
+Every predictor answers in terms of the pair's two candidates: the label is whether the correct
+completion is the first of the two in sorted order. Without a run, prompts are split into the
+byte-level pre-tokens that `prepare`'s tokenizer starts from (no BPE token spans two of them), so
+the last-token and bag predictors see at least as much as with any tokenizer `prepare` trains.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from .records import task_records
+
+FLAG_ACCURACY = 0.70  # a task some trivial predictor answers this well on held-out records is flagged
+PREDICTORS = ("last_token", "length", "bag_of_tokens", "bigram_table")
+
+
+@dataclass
+class Example:
+    tokens: list[str] | list[int]
+    label: int  # 1 when the correct completion sorts before the incorrect one
+    pair: tuple[str, str]  # the two candidates, sorted
+    candidate_ids: tuple[int, int] | None = None  # (first, second) token ids, when tokenised by a run
+
+
+def _examples(records: list[dict], split_tokens, candidate_id=None) -> list[Example]:
+    out = []
+    for r in records:
+        pair = tuple(sorted((r["correct"], r["incorrect"])))
+        ids = None
+        if candidate_id is not None:
+            ids = (candidate_id(pair[0]), candidate_id(pair[1]))
+            if None in ids:
+                continue
+        out.append(Example(split_tokens(r["prompt"]), int(r["correct"] == pair[0]), pair, ids))
+    return out
+
+
+def _accuracy(predictions: list[float], examples: list[Example]) -> float:
+    """Mean agreement; a prediction of 0.5 (undecided) scores one half."""
+    score = sum(0.5 if p == 0.5 else float((p > 0.5) == bool(e.label)) for p, e in zip(predictions, examples))
+    return score / max(len(examples), 1)
+
+
+def last_token_predictor(train: list[Example], test: list[Example]) -> float:
+    votes: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+    for e in train:
+        votes[(e.pair, e.tokens[-1] if e.tokens else None)][e.label] += 1
+    predictions = []
+    for e in test:
+        no, yes = votes.get((e.pair, e.tokens[-1] if e.tokens else None), (0, 0))
+        predictions.append(0.5 if yes == no else float(yes > no))
+    return _accuracy(predictions, test)
+
+
+def length_predictor(train: list[Example], test: list[Example]) -> float:
+    """The best threshold and direction on the train records' lengths, applied to the test records."""
+    def predict(e: Example, cut: int, longer_means_first: bool) -> int:
+        return int((len(e.tokens) >= cut) == longer_means_first)
+
+    rules = [(cut, direction) for cut in sorted({len(e.tokens) for e in train}) for direction in (True, False)]
+    cut, direction = max(rules, key=lambda rule: sum(predict(e, *rule) == e.label for e in train))
+    return _accuracy([float(predict(e, cut, direction)) for e in test], test)
+
+
+def bag_predictor(train: list[Example], test: list[Example], steps: int = 200) -> float:
+    """L2-regularised logistic regression on token counts (one weight per token seen in train)."""
+    vocab = {t: i for i, t in enumerate(sorted({str(t) for e in train for t in e.tokens}))}
+
+    def counts(examples: list[Example]) -> torch.Tensor:
+        x = torch.zeros(len(examples), len(vocab) + 1)
+        x[:, -1] = 1.0  # bias
+        for row, e in enumerate(examples):
+            for token, n in Counter(str(t) for t in e.tokens).items():
+                if token in vocab:
+                    x[row, vocab[token]] = n
+        return x
+
+    x, y = counts(train), torch.tensor([float(e.label) for e in train])
+    weights = torch.zeros(x.shape[1], requires_grad=True)
+    optimizer = torch.optim.LBFGS([weights], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ weights, y) + 1e-3 * weights[:-1].pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        logits = counts(test) @ weights
+    return _accuracy([0.5 if float(z) == 0 else float(z > 0) for z in logits], test)
+
+
+def bigram_predictor(test: list[Example], bigram: torch.Tensor) -> float:
+    """The run's bigram logits from the last token (nothing fitted: the table was learned in pretraining)."""
+    predictions = []
+    for e in test:
+        row = bigram[int(e.tokens[-1])]
+        first, second = float(row[e.candidate_ids[0]]), float(row[e.candidate_ids[1]])
+        predictions.append(0.5 if first == second else float(first > second))
+    return _accuracy(predictions, test)
+
+
+def audit_task(name_or_path: str, model=None) -> dict:
+    """Held-out accuracy of each trivial predictor, and whether the task is flagged (any above
+    FLAG_ACCURACY). With `model`, prompts are tokenised by its tokenizer and its bigram table is tried."""
+    name, splits = task_records(name_or_path, warn=False)
+    if model is None:
+        from tokenizers import pre_tokenizers
+
+        pre = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        split_tokens, candidate_id = (lambda text: [piece for piece, _ in pre.pre_tokenize_str(text)]), None
+    else:
+        tokenizer = model.tokenizer
+        split_tokens = lambda text: tokenizer.encode(text).ids  # noqa: E731
+
+        def candidate_id(text: str) -> int | None:
+            ids = tokenizer.encode(text).ids
+            return ids[0] if len(ids) == 1 else None
+    train = _examples(splits["train"], split_tokens, candidate_id)
+    test = _examples(splits["test"], split_tokens, candidate_id)
+    accuracy = {"last_token": last_token_predictor(train, test), "length": length_predictor(train, test),
+                "bag_of_tokens": bag_predictor(train, test)}
+    bigram = getattr(model, "bigram", None) if model is not None else None
+    if bigram is not None:
+        accuracy["bigram_table"] = bigram_predictor(test, bigram.weight.detach().float().cpu())
+    flagged = [p for p, a in accuracy.items() if a > FLAG_ACCURACY]
+    return {"task": name, "records": {"train": len(train), "test": len(test)}, "accuracy": accuracy, "flagged": flagged}
+
+
+def format_audit(rows: list[dict]) -> str:
+    columns = [p for p in PREDICTORS if any(p in r["accuracy"] for r in rows)]
+    lines = [f"{'task':28s} " + " ".join(f"{c:>13s}" for c in columns) + "  verdict"]
+    for r in rows:
+        cells = " ".join(f"{r['accuracy'][c]:13.0%}" if c in r["accuracy"] else f"{'':>13s}" for c in columns)
+        verdict = "FLAGGED: " + ", ".join(r["flagged"]) if r["flagged"] else "pass"
+        lines.append(f"{r['task']:28s} {cells}  {verdict}")
+    lines.append(f"(held-out accuracy of predictors fitted on the train records; flagged above {FLAG_ACCURACY:.0%})")
+    return "\n".join(lines)
