@@ -162,7 +162,15 @@ def cmd_tasks_audit(args: argparse.Namespace) -> None:
     from .tasks.audit import audit_task, format_audit
 
     model = SparseGPT.from_pretrained(args.run_dir) if args.run_dir else None
-    rows = [audit_task(name, model) for name in (args.tasks or list(BUILTIN_TASKS))]
+    names = args.tasks or list(BUILTIN_TASKS)
+    rows = []
+    for name in names:
+        try:
+            rows.append(audit_task(name, model))
+        except SparseCircuitsError as err:
+            if len(names) == 1:
+                raise
+            print(f"warning: {name} not audited: {err}", file=sys.stderr)
     print(json.dumps(rows, indent=1) if args.json else format_audit(rows))
     if any(r["flagged"] for r in rows):
         sys.exit(EXIT_VALIDATION_FAILED)

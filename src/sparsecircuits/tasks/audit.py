@@ -10,7 +10,8 @@ two candidates; a record it cannot decide counts one half):
 - bigram table (when a run is given): the run's learned bigram logits from the last token.
 
 Every predictor answers in terms of the pair's two candidates: the label is whether the correct
-completion is the first of the two in sorted order. Without a run, prompts are split into the
+completion is the first of the two in sorted order. With a run, the records are tokenised and
+checked exactly as for pruning. Without a run, prompts are split into the
 byte-level pre-tokens that `prepare`'s tokenizer starts from (no BPE token spans two of them), so
 the last-token and bag predictors see at least as much as with any tokenizer `prepare` trains.
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .records import task_records
+from .records import load_task_splits, task_records
 
 FLAG_ACCURACY = 0.70  # a task some trivial predictor answers this well on held-out records is flagged
 PREDICTORS = ("last_token", "length", "bag_of_tokens", "bigram_table")
@@ -32,20 +33,15 @@ PREDICTORS = ("last_token", "length", "bag_of_tokens", "bigram_table")
 class Example:
     tokens: list[str] | list[int]
     label: int  # 1 when the correct completion sorts before the incorrect one
-    pair: tuple[str, str]  # the two candidates, sorted
-    candidate_ids: tuple[int, int] | None = None  # (first, second) token ids, when tokenised by a run
+    pair: tuple[str, str]  # the two candidates, sorted (as text, or token ids written as text)
+    candidate_ids: tuple[int, int] | None = None  # the pair's token ids, when tokenised by a run
 
 
-def _examples(records: list[dict], split_tokens, candidate_id=None) -> list[Example]:
+def _examples(records: list[dict], split_tokens) -> list[Example]:
     out = []
     for r in records:
         pair = tuple(sorted((r["correct"], r["incorrect"])))
-        ids = None
-        if candidate_id is not None:
-            ids = (candidate_id(pair[0]), candidate_id(pair[1]))
-            if None in ids:
-                continue
-        out.append(Example(split_tokens(r["prompt"]), int(r["correct"] == pair[0]), pair, ids))
+        out.append(Example(split_tokens(r["prompt"]), int(r["correct"] == pair[0]), pair))
     return out
 
 
@@ -115,24 +111,29 @@ def bigram_predictor(test: list[Example], bigram: torch.Tensor) -> float:
     return _accuracy(predictions, test)
 
 
+def _examples_of(task) -> list[Example]:
+    """Examples from a task tokenised for a run (the records whose completions are single tokens)."""
+    out = []
+    for prompt, correct, incorrect in zip(task.prompts, task.correct.tolist(), task.incorrect.tolist()):
+        pair = (min(correct, incorrect), max(correct, incorrect))
+        out.append(Example(prompt, int(correct == pair[0]), tuple(map(str, pair)), pair))
+    return out
+
+
 def audit_task(name_or_path: str, model=None) -> dict:
     """Held-out accuracy of each trivial predictor, and whether the task is flagged (any above
-    FLAG_ACCURACY). With `model`, prompts are tokenised by its tokenizer and its bigram table is tried."""
-    name, splits = task_records(name_or_path, warn=False)
+    FLAG_ACCURACY). With `model`, prompts are tokenised (and checked) as for pruning, and its bigram
+    table is tried."""
     if model is None:
         from tokenizers import pre_tokenizers
 
         pre = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        split_tokens, candidate_id = (lambda text: [piece for piece, _ in pre.pre_tokenize_str(text)]), None
+        name, splits = task_records(name_or_path, warn=False)
+        train, test = (_examples(splits[split], lambda text: [piece for piece, _ in pre.pre_tokenize_str(text)])
+                       for split in ("train", "test"))
     else:
-        tokenizer = model.tokenizer
-        split_tokens = lambda text: tokenizer.encode(text).ids  # noqa: E731
-
-        def candidate_id(text: str) -> int | None:
-            ids = tokenizer.encode(text).ids
-            return ids[0] if len(ids) == 1 else None
-    train = _examples(splits["train"], split_tokens, candidate_id)
-    test = _examples(splits["test"], split_tokens, candidate_id)
+        tokenized = load_task_splits(name_or_path, model.tokenizer, max_len=model.config.ctx_len, warn=False)
+        name, train, test = tokenized.name, _examples_of(tokenized.train), _examples_of(tokenized.test)
     accuracy = {"last_token": last_token_predictor(train, test), "length": length_predictor(train, test),
                 "bag_of_tokens": bag_predictor(train, test)}
     bigram = getattr(model, "bigram", None) if model is not None else None

@@ -2,7 +2,9 @@
 
 Each generator takes a `random.Random` and returns one minimal pair: two records whose prompts
 differ in the one detail that decides the answer, with the answers swapped. The prompts are
-short, ordinary Python; none of this text is written into any training corpus.
+short, ordinary Python; none of this text is written into any training corpus. `generate` pads
+the shorter prompt of a pair so no length threshold tells them apart (`tasks audit` checks this
+and the other trivial cues).
 """
 
 from __future__ import annotations
@@ -224,20 +226,20 @@ BUILTIN_TASKS: dict[str, Callable[[random.Random], Pair]] = {
 DESCRIPTIONS = {
     "single_double_quote": "close a string with ') or \") according to its opening quote",
     "final_kwarg": "after a keyword argument, the next def argument gets =None, else ):",
-    "set_or_string": "a variable initialised as set() or \"\": .add vs +=",
+    "set_or_string": "two variables, one set() and one \"\": .add vs += for the one in the loop",
     "set_or_string_fixedvarname": "set_or_string with the variable always named current",
-    "class_init": "copy the right name after self.x = in __init__",
+    "class_init": "copy the right name after self.x = in __init__ (both names equally frequent)",
     "with_as": "open() in a with statement is followed by ' as'",
     "bracket_brace": "':' inside a dict, ',' inside a list",
     "with_open": "'r' vs 'w' in open() from the file's role",
     "bracket_counting": "] vs ]] by list nesting depth",
-    "for_while": "' in' after a for target, ':' after a while condition",
+    "for_while": "' in' after a for target, ':' after a while condition (the other loop around it)",
     "else_elif": "':' after else, a condition after elif",
     "fstring_brace": "an f-string goes on to a ' {', a plain string closes",
     "if_ternary": "' else' inside a ternary, ':' after an if statement",
-    "var_swap": "x, y = y, x",
-    "indent_for": "a newline and an indent after a for header, a bare newline after a statement",
-    "lambda_func": "':' after lambda name, '(' after def name",
+    "var_swap": "x, y = y, x (both names equally frequent)",
+    "indent_for": "the body indent after a for header: 8 spaces in a function, 12 in a nested loop",
+    "lambda_func": "':' after lambda name, '(' after def name (the other kind defined above)",
     "if_equals": "' ==' in an if condition, ' =' in an assignment",
     "enumerate_range": "zip with two loop variables, range with one",
     "var_if": "':' after if x == True, newline after x = True",
