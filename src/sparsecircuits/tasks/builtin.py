@@ -9,6 +9,7 @@ and the other trivial cues).
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 
@@ -247,10 +248,15 @@ DESCRIPTIONS = {
 }
 
 
-def _pre_tokens(text: str) -> int:
+@functools.cache
+def _pre_tokenizer():
     from tokenizers import pre_tokenizers
 
-    return len(pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str(text))
+    return pre_tokenizers.ByteLevel(add_prefix_space=False)
+
+
+def _pre_tokens(text: str) -> int:
+    return len(_pre_tokenizer().pre_tokenize_str(text))
 
 
 def _same_length(pair: Pair, rng: random.Random) -> Pair:
