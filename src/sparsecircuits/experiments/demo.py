@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..circuits.validate import not_evidence_reasons
 from ..config import load_config
 from ..data.prepare import MANIFEST, prepare
 from ..errors import SparseCircuitsError
@@ -207,7 +208,7 @@ def write_report(out: Path, chosen: list[str], excluded: dict[str, str], task_lo
                 "real_fitted": _twin(validation.get("control_real_fitted")),
                 "shuffled_fitted": _twin(validation.get("control_shuffled")),
                 "evidence": validation["evidence"],
-                "failed": [name for name, v in validation["verdicts"].items() if not v["pass"]],
+                "failed": not_evidence_reasons(validation),
                 "page": str((directory / "circuit.html").relative_to(out)),
             }
         row["edges_ratio"] = row["dense"]["edges"] / max(row["sparse"]["edges"], 1)
@@ -262,7 +263,7 @@ def _controls_cell(x: dict) -> str:
 
 
 def _evidence_cell(x: dict) -> str:
-    return "yes" if x["evidence"] else "NO: " + ", ".join(x["failed"] or ["sufficiency or necessity"])
+    return "yes" if x["evidence"] else "NO: " + ", ".join(x["failed"])
 
 
 def render_report(summary: dict) -> str:

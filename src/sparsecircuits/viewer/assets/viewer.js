@@ -244,8 +244,11 @@
         `${c.reached_target ? "reached" : "missed"} the target (loss fitted ${fmt(c.loss_fitted)}; on test records)`,
         c.loss_test, key === "control_shuffled" ? verdict("shuffled") : ""]);
     }
-    if (v.verdicts) rows.push([v.evidence ? "evidence: sufficient, necessary, every control passed" :
-      "NOT EVIDENCE: " + Object.entries(v.verdicts).filter(([, c]) => !c.pass).map(([, c]) => c.why).join("; "), "", ""]);
+    if (v.verdicts) {
+      const reasons = [...(v.sufficient ? [] : ["not sufficient"]), ...(v.necessary ? [] : ["not necessary"]),
+        ...Object.values(v.verdicts).filter((c) => !c.pass).map((c) => c.why)];
+      rows.push([v.evidence ? "evidence: sufficient, necessary, every control passed" : "NOT EVIDENCE: " + reasons.join("; "), "", ""]);
+    }
     table("validation", ["check", "task loss", "verdict"], rows);
   } else {
     el("p", { class: "hint", text: "No validation.json yet: run `sparsecircuits validate` and view again." }, tables);
