@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import SparseCircuitsError
 
 EXIT_BAD_INPUT = 2  # any error: line
-EXIT_VALIDATION_FAILED = 1  # `validate`: the circuit is not sufficient or not necessary
+EXIT_VALIDATION_FAILED = 1  # `validate`: the circuit is not evidence; `tasks audit`: a task is flagged
 
 
 class _Parser(argparse.ArgumentParser):
@@ -178,22 +178,15 @@ def cmd_tasks_audit(args: argparse.Namespace) -> None:
 
 def cmd_tasks_eval(args: argparse.Namespace) -> None:
     from .model.gpt import SparseGPT
-    from .tasks import BUILTIN_TASKS, evaluate_task, load_task
-    from .tasks.audit import audit_task
+    from .tasks import BUILTIN_TASKS
+    from .tasks.audit import score_tasks
 
     model = SparseGPT.from_pretrained(args.run_dir)
     names = args.task or list(BUILTIN_TASKS)
-    rows = []
-    for name in names:
-        try:
-            task = load_task(name, model.tokenizer, split=args.split, max_len=model.config.ctx_len, warn=len(names) == 1)
-        except SparseCircuitsError as err:
-            if len(names) == 1:
-                raise
-            rows.append({"task": name, "error": str(err)})
-            continue
-        rows.append({"task": task.name, **evaluate_task(model, task), "dropped": task.dropped,
-                     "audit_flagged": audit_task(name, model)["flagged"]})
+    table = score_tasks(model, names, args.split, warn=len(names) == 1)
+    if len(names) == 1 and "error" in table[names[0]]:
+        raise SparseCircuitsError(table[names[0]]["error"])
+    rows = list(table.values())
     if args.json:
         print(json.dumps(rows, indent=1))
         return
@@ -379,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a circuit's sufficiency, necessity and controls",
                        description="Writes CIRCUIT_DIR/validation.json and prints a table. Exit status 0: the circuit is"
-                                   " sufficient and necessary; 1: it fails either check; 2: bad input.")
+                                   " evidence (sufficient, necessary, every control passed); 1: it is not; 2: bad input.")
     p.add_argument("circuit_dir", metavar="CIRCUIT_DIR")
     p.add_argument("--run-dir", metavar="RUN_DIR", help="the model's run directory, if it moved")
     p.add_argument("--no-control", action="store_true", help="skip the shuffled-label pruning control")

@@ -19,12 +19,11 @@ from pathlib import Path
 from ..circuits.validate import not_evidence_reasons
 from ..config import load_config
 from ..data.prepare import MANIFEST, prepare
-from ..errors import SparseCircuitsError
 from ..io import atomic_write_text, output_folder
 from .plots import pyplot, save
 from ..model.gpt import SparseGPT
-from ..tasks import BUILTIN_TASKS, evaluate_task, load_task
-from ..tasks.audit import audit_task
+from ..tasks import BUILTIN_TASKS
+from ..tasks.audit import score_tasks
 from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
 
@@ -63,16 +62,7 @@ def _train_stage(config_name: str, overrides: list[str], data_dir: Path, run_dir
 def _task_table(run_dir: Path, tasks: list[str]) -> dict[str, dict]:
     """Each task's loss on its choose records, and which trivial cues answer it (`tasks audit`,
     with this run's tokenizer and bigram table)."""
-    model = SparseGPT.from_pretrained(run_dir)
-    table = {}
-    for name in tasks:
-        try:
-            task = load_task(name, model.tokenizer, "choose", max_len=model.config.ctx_len, warn=False)
-        except SparseCircuitsError as err:
-            table[name] = {"error": str(err)}
-            continue
-        table[name] = {**evaluate_task(model, task), "audit_flagged": audit_task(name, model)["flagged"]}
-    return table
+    return score_tasks(SparseGPT.from_pretrained(run_dir), tasks, "choose")
 
 
 MARGIN = 0.5  # a task counts for the comparison when both full models do it to half the target loss

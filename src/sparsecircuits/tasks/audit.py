@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .records import load_task_splits, task_records
+from ..errors import SparseCircuitsError
+from .records import evaluate_task, load_task, load_task_splits, task_records
 
 FLAG_ACCURACY = 0.70  # a task some trivial predictor answers this well on held-out records is flagged
 PREDICTORS = ("last_token", "length", "bag_of_tokens", "bigram_table")
@@ -141,6 +142,21 @@ def audit_task(name_or_path: str, model=None) -> dict:
         accuracy["bigram_table"] = bigram_predictor(test, bigram.weight.detach().float().cpu())
     flagged = [p for p, a in accuracy.items() if a > FLAG_ACCURACY]
     return {"task": name, "records": {"train": len(train), "test": len(test)}, "accuracy": accuracy, "flagged": flagged}
+
+
+def score_tasks(model, names: list[str], split: str, warn: bool = False) -> dict[str, dict]:
+    """Per task given: its name, loss, accuracy, records and dropped records on `split`, and which
+    trivial cues answer it; a task that cannot be loaded for this model gets {"task", "error"}."""
+    table = {}
+    for name in names:
+        try:
+            task = load_task(name, model.tokenizer, split, max_len=model.config.ctx_len, warn=warn)
+        except SparseCircuitsError as err:
+            table[name] = {"task": name, "error": str(err)}
+            continue
+        table[name] = {"task": task.name, **evaluate_task(model, task), "dropped": task.dropped,
+                       "audit_flagged": audit_task(name, model)["flagged"]}
+    return table
 
 
 def format_audit(rows: list[dict]) -> str:
