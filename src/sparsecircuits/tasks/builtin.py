@@ -24,6 +24,9 @@ FUNCS = ["load", "parse", "update", "render", "compute", "process", "build", "ch
          "write", "merge", "split", "format", "apply", "collect", "filter", "resolve", "encode"]
 WORDS = ["hello", "world", "error", "done", "ready", "value", "name", "path", "data", "test", "file", "line", "start",
          "stop", "open", "close", "left", "right", "empty", "full"]
+# Words that do not start like an English contraction ('s, 'd, 't, ...): after a quote, the byte-level
+# pre-tokenizer would split those differently after "f'" than after "('".
+PLAIN_WORDS = [w for w in WORDS if not w.startswith(("s", "t", "d", "m", "re", "ve", "ll"))]
 CLASSES = ["Point", "Node", "Config", "Parser", "Buffer", "Record", "Item", "Entry", "Token", "Message"]
 
 
@@ -55,9 +58,11 @@ def single_double_quote(rng: random.Random) -> Pair:
 
 
 def final_kwarg(rng: random.Random) -> Pair:
-    func = rng.choice(FUNCS)
-    a, b, c = _names(rng, 3)
-    return _pair(lambda kw: (f"def {func}({a}, {b}=None, {c}" if kw else f"def {func}({a}, {b}, {c}",
+    """Two defs, one keyword argument: in the def being written or in the one above it."""
+    f, g = rng.sample(FUNCS, 2)
+    a, b, c, d, e = _names(rng, 5)
+    return _pair(lambda kw: (f"def {f}({a}, {b}{'' if kw else '=None'}):\n    return {a}\n\n"
+                             f"def {g}({c}, {d}{'=None' if kw else ''}, {e}",
                              "=" if kw else "):", "):" if kw else "="))
 
 
@@ -114,11 +119,15 @@ def bracket_brace(rng: random.Random) -> Pair:
 
 
 def with_open(rng: random.Random) -> Pair:
+    """Both files are the function's arguments and both are used: the one opened decides."""
     reading = rng.choice(["input", "source", "config", "data", "template", "settings"])
     writing = rng.choice(["output", "report", "log", "result", "backup", "export"])
     suffix = rng.choice(["path", "file", "name", "filename"])
-    head = _function_head(rng)
-    return _pair(lambda read: (f"{head}with open({reading if read else writing}_{suffix}, '",
+    src, dst = f"{reading}_{suffix}", f"{writing}_{suffix}"
+    func, check = rng.sample(FUNCS, 2)
+    args = [src, dst] if rng.random() < 0.5 else [dst, src]
+    head = f"def {func}({', '.join(args)}):\n    "
+    return _pair(lambda read: (f"{head}{check}({dst if read else src})\n    with open({src if read else dst}, '",
                                "r" if read else "w", "w" if read else "r"))
 
 
@@ -146,9 +155,11 @@ def else_elif(rng: random.Random) -> Pair:
 
 
 def fstring_brace(rng: random.Random) -> Pair:
-    first, second = rng.sample(WORDS, 2)
-    return _pair(lambda is_f: (f"print({'f' if is_f else ''}'{first} {second}", " {" if is_f else "'",
-                               "'" if is_f else " {"))
+    """An f-string and a plain string with braces in every prompt: the open one's prefix decides."""
+    first, second, third = rng.sample(PLAIN_WORDS, 3)
+    var = rng.choice(NAMES)
+    return _pair(lambda is_f: (f"print({'' if is_f else 'f'}'{third} {{{var}}}')\nprint({'f' if is_f else ''}'{first} {second}",
+                               " {" if is_f else "'", "'" if is_f else " {"))
 
 
 def if_ternary(rng: random.Random) -> Pair:
@@ -167,11 +178,14 @@ def var_swap(rng: random.Random) -> Pair:
 
 def indent_for(rng: random.Random) -> Pair:
     """The body of a for loop is indented one level deeper than its header: 8 spaces after a header
-    in a function body, 12 after one nested in another loop (what real code writes)."""
+    in a function body, 12 after one nested in another loop (what real code writes). Both prompts
+    hold the same lines; only where the loop header sits differs."""
     var, seq, outer, items, total = _names(rng, 5)
-    head = f"def {rng.choice(FUNCS)}({items}):\n    {total} = 0\n    for {outer} in {items}:\n        {total} += 1\n"
-    return _pair(lambda nested: (f"{head}{'        ' if nested else '    '}for {var} in {seq}:",
-                                 "\n" + " " * 11 if nested else "\n" + " " * 7, "\n" + " " * 7 if nested else "\n" + " " * 11))
+    head = f"def {rng.choice(FUNCS)}({items}):\n"
+    return _pair(lambda nested: (
+        f"{head}    {total} = 0\n    for {outer} in {items}:\n        for {var} in {seq}:" if nested
+        else f"{head}    for {outer} in {items}:\n        {total} = 0\n    for {var} in {seq}:",
+        "\n" + " " * 11 if nested else "\n" + " " * 7, "\n" + " " * 7 if nested else "\n" + " " * 11))
 
 
 def lambda_func(rng: random.Random) -> Pair:
@@ -193,11 +207,13 @@ def if_equals(rng: random.Random) -> Pair:
 
 
 def enumerate_range(rng: random.Random) -> Pair:
+    """The second name is a loop variable or was unpacked on the line above."""
     # " enumerate" is several tokens in small vocabularies; zip is the two-variable loop that stays one.
-    i, item = _names(rng, 2)
-    head = _function_head(rng, i, item)
-    return _pair(lambda two: (f"{head}for {i}, {item} in" if two else f"{head}for {i} in", " zip" if two else " range",
-                              " range" if two else " zip"))
+    i, item, a, b = _names(rng, 4)
+    head = _function_head(rng, i, item, a, b)
+    return _pair(lambda two: (f"{head}{a} = {b}\n    for {i}, {item} in" if two
+                              else f"{head}{a}, {item} = {b}\n    for {i} in",
+                              " zip" if two else " range", " range" if two else " zip"))
 
 
 def var_if(rng: random.Random) -> Pair:
@@ -226,23 +242,23 @@ BUILTIN_TASKS: dict[str, Callable[[random.Random], Pair]] = {
 
 DESCRIPTIONS = {
     "single_double_quote": "close a string with ') or \") according to its opening quote",
-    "final_kwarg": "after a keyword argument, the next def argument gets =None, else ):",
+    "final_kwarg": "after a keyword argument, the next def argument gets =None, else ): (the other def has one)",
     "set_or_string": "two variables, one set() and one \"\": .add vs += for the one in the loop",
     "set_or_string_fixedvarname": "set_or_string with the variable always named current",
     "class_init": "copy the right name after self.x = in __init__ (both names equally frequent)",
     "with_as": "open() in a with statement is followed by ' as'",
     "bracket_brace": "':' inside a dict, ',' inside a list",
-    "with_open": "'r' vs 'w' in open() from the file's role",
+    "with_open": "'r' vs 'w' in open() from the opened file's role (both files are arguments)",
     "bracket_counting": "] vs ]] by list nesting depth",
     "for_while": "' in' after a for target, ':' after a while condition (the other loop around it)",
     "else_elif": "':' after else, a condition after elif",
-    "fstring_brace": "an f-string goes on to a ' {', a plain string closes",
+    "fstring_brace": "an f-string goes on to a ' {', a plain string closes (one of each kind per prompt)",
     "if_ternary": "' else' inside a ternary, ':' after an if statement",
     "var_swap": "x, y = y, x (both names equally frequent)",
     "indent_for": "the body indent after a for header: 8 spaces in a function, 12 in a nested loop",
     "lambda_func": "':' after lambda name, '(' after def name (the other kind defined above)",
     "if_equals": "' ==' in an if condition, ' =' in an assignment",
-    "enumerate_range": "zip with two loop variables, range with one",
+    "enumerate_range": "zip with two loop variables, range with one (the other name unpacked above)",
     "var_if": "':' after if x == True, newline after x = True",
     "while_return_true": "':' after while True, newline after return True",
 }
