@@ -66,7 +66,8 @@ TASK_LOSS = _real(0.0, math.log(2), low_open=True, high_open=True)  # between pe
 def cmd_prepare(args: argparse.Namespace) -> None:
     from .data.prepare import prepare
 
-    prepare(args.out, corpus=args.corpus, vocab_size=args.vocab_size, val_fraction=args.val_fraction, force=args.force)
+    prepare(args.out, corpus=args.corpus, vocab_size=args.vocab_size, val_fraction=args.val_fraction, force=args.force,
+            generated_tokens=args.tokens, seed=args.seed)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -289,11 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="build a tokenized data directory from Python source",
-                       description="Scan a corpus (default: this interpreter's standard library), train a byte-level BPE, "
+                       description="Read a corpus (default: this interpreter's standard library), train a byte-level BPE, "
                                    "and write token arrays and a manifest into DATA_DIR.")
     p.add_argument("--out", required=True, metavar="DATA_DIR", help="directory to create")
-    p.add_argument("--corpus", nargs="+", metavar="PATH",
-                   help="folders of .py/.txt/.jsonl files or single files (default: the standard library)")
+    p.add_argument("--corpus", nargs="+", metavar="SOURCE",
+                   help="'stdlib' (this interpreter's standard library), 'simple-python' (generated simple programs), "
+                        "or folders of .py/.txt/.jsonl files or single files; several are mixed (default: stdlib)")
+    p.add_argument("--tokens", type=POSITIVE, default=10_000_000,
+                   help="about how many tokens of simple-python to generate (default 10,000,000)")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of the simple-python generator (default 0)")
     p.add_argument("--vocab-size", type=POSITIVE, default=2048, help="BPE vocabulary size (default 2048)")
     p.add_argument("--val-fraction", type=_real(0, 1, True, True), default=0.02, help="fraction of files held out for validation (default 0.02)")
     p.add_argument("--force", action="store_true", help="replace DATA_DIR if `prepare` made it")

@@ -29,9 +29,10 @@ MIN_VAL_TOKENS = 8192  # below this a validation loss is too noisy to compare ru
 
 @dataclass
 class Document:
-    source: str  # path, or path:line for a JSONL record
+    source: str  # path, path:line for a JSONL record, or simple-python:SEED:INDEX
     text: str
     sha256: str
+    part: int = 0  # index of the corpus part it came from
 
 
 @dataclass
@@ -40,6 +41,12 @@ class CorpusScan:
     undecodable: list[str] = field(default_factory=list)
     duplicates: int = 0
     empty: int = 0
+
+
+STDLIB, SIMPLE_PYTHON = "stdlib", "simple-python"  # the named corpora `--corpus` accepts beside paths
+DEFAULT_CORPUS = [STDLIB]
+DEFAULT_GENERATED_TOKENS = 10_000_000
+CHARS_PER_TOKEN = 4.2  # generated programs under a 2048-token BPE (benchmarks/corpus_speed.py: 4.19); the manifest has the count
 
 
 def default_corpus_root() -> Path:
@@ -63,10 +70,10 @@ def _iter_files(root: Path) -> list[Path]:
     return found
 
 
-def scan_corpus(paths: list[Path]) -> CorpusScan:
+def scan_corpus(paths: list[Path], scan: CorpusScan | None = None, seen: set[str] | None = None) -> CorpusScan:
     """Read every document under `paths` in a deterministic order, dropping exact duplicates."""
-    scan = CorpusScan()
-    seen: set[str] = set()
+    scan = scan or CorpusScan()
+    seen = set() if seen is None else seen
     for root in paths:
         if not root.exists():
             raise SparseCircuitsError(f"corpus path not found: {root}")
@@ -75,16 +82,42 @@ def scan_corpus(paths: list[Path]) -> CorpusScan:
             raise SparseCircuitsError(f"unsupported corpus file {root}: give .py, .txt or .jsonl files or folders of them")
         for path in files:
             for source, text in _read_documents(path, scan):
-                if not text.strip():
-                    scan.empty += 1
-                    continue
-                digest = hashlib.sha256(text.encode()).hexdigest()
-                if digest in seen:
-                    scan.duplicates += 1
-                    continue
-                seen.add(digest)
-                scan.documents.append(Document(source, text, digest))
+                _add_document(scan, seen, source, text)
     return scan
+
+
+def _add_document(scan: CorpusScan, seen: set[str], source: str, text: str) -> None:
+    if not text.strip():
+        scan.empty += 1
+        return
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    if digest in seen:
+        scan.duplicates += 1
+        return
+    seen.add(digest)
+    scan.documents.append(Document(source, text, digest))
+
+
+def scan_sources(corpus: list[str | Path], generated_tokens: int, seed: int) -> tuple[CorpusScan, list[dict]]:
+    """Documents of every part of the corpus (`stdlib`, `simple-python` or a path), in order, without
+    duplicates across parts; and one manifest entry per part."""
+    from .simple_python import generate_corpus
+
+    scan, seen, parts = CorpusScan(), set(), []
+    for source in corpus:
+        before = len(scan.documents)
+        if str(source) == SIMPLE_PYTHON:
+            for i, text in enumerate(generate_corpus(int(generated_tokens * CHARS_PER_TOKEN), seed)):
+                _add_document(scan, seen, f"{SIMPLE_PYTHON}:{seed}:{i}", text)
+            part = {"corpus": SIMPLE_PYTHON, "seed": seed, "tokens_asked": generated_tokens}
+        else:
+            root = default_corpus_root() if str(source) == STDLIB else Path(source)
+            scan_corpus([root], scan, seen)
+            part = {"corpus": str(source), "path": str(root)}
+        for doc in scan.documents[before:]:
+            doc.part = len(parts)
+        parts.append({**part, "documents": len(scan.documents) - before, "tokens": {"train": 0, "val": 0}})
+    return scan, parts
 
 
 def _read_documents(path: Path, scan: CorpusScan):
@@ -144,8 +177,12 @@ def prepare(
     val_fraction: float = 0.02,
     force: bool = False,
     show_progress: bool = True,
+    generated_tokens: int = DEFAULT_GENERATED_TOKENS,
+    seed: int = 0,
 ) -> dict:
-    """Build a data directory from `corpus` (default: the standard library). Returns the manifest."""
+    """Build a data directory from `corpus`: paths and the named corpora `stdlib` and `simple-python`
+    (about `generated_tokens` tokens of generated programs, deterministic in `seed`); default
+    `DEFAULT_CORPUS`. Returns the manifest."""
     out = Path(out)
     if vocab_size < 257 or vocab_size > 65535:
         raise SparseCircuitsError(f"--vocab-size {vocab_size} is out of range: use 257..65535 (byte-level BPE, uint16 tokens)")
@@ -153,17 +190,17 @@ def prepare(
         raise SparseCircuitsError(f"validation fraction {val_fraction} must be in (0, 1)")
     check_output_dir(out, "prepare", force)
     with directory_lock(out):
-        return _prepare(out, corpus, vocab_size, val_fraction, show_progress)
+        return _prepare(out, corpus or DEFAULT_CORPUS, vocab_size, val_fraction, show_progress, generated_tokens, seed)
 
 
-def _prepare(out: Path, corpus: list[str | Path] | None, vocab_size: int, val_fraction: float, show_progress: bool) -> dict:
-    roots = [Path(p) for p in corpus] if corpus else [default_corpus_root()]
+def _prepare(out: Path, corpus: list[str | Path], vocab_size: int, val_fraction: float, show_progress: bool,
+             generated_tokens: int, seed: int) -> dict:
     say = print if show_progress else (lambda *a, **k: None)
-    say(f"scanning {', '.join(map(str, roots))}", file=sys.stderr)
-    scan = scan_corpus(roots)
+    say(f"reading {', '.join(map(str, corpus))}", file=sys.stderr)
+    scan, parts = scan_sources(corpus, generated_tokens, seed)
     if not scan.documents:
         raise SparseCircuitsError(
-            f"the corpus at {', '.join(map(str, roots))} has no non-empty .py, .txt or .jsonl documents"
+            f"the corpus {', '.join(map(str, corpus))} has no non-empty .py, .txt or .jsonl documents"
             f" ({len(scan.undecodable)} undecodable); point --corpus at Python source"
         )
     val_docs = [d for d in scan.documents if _is_validation(d, val_fraction)]
@@ -191,7 +228,10 @@ def _prepare(out: Path, corpus: list[str | Path] | None, vocab_size: int, val_fr
                 batch = docs[start : start + 256]
                 token_lists += [e.ids for e in tokenizer.encode_batch([d.text for d in batch])]
             counts[split] = _write_tokens(staging / f"{split}.bin", token_lists, eot_id)
-            files += [{"path": d.source, "sha256": d.sha256, "split": split, "tokens": len(t)} for d, t in zip(docs, token_lists)]
+            for d, t in zip(docs, token_lists):
+                parts[d.part]["tokens"][split] += len(t) + 1
+                if parts[d.part]["corpus"] != SIMPLE_PYTHON:  # generated documents are named by their seed and index
+                    files.append({"path": d.source, "sha256": d.sha256, "split": split, "tokens": len(t)})
         if counts["train"] - len(train_docs) <= 0:
             raise SparseCircuitsError("the corpus yields no tokens: give non-empty Python or text files")
         if counts["val"] < MIN_VAL_TOKENS:
@@ -199,7 +239,8 @@ def _prepare(out: Path, corpus: list[str | Path] | None, vocab_size: int, val_fr
                             " validation losses will be too noisy to compare; give a larger corpus or --val-fraction")
         manifest = {
             "format": 1,
-            "corpus": [str(r) for r in roots],
+            "corpus": [str(c) for c in corpus],
+            "parts": parts,
             "vocab_size": tokenizer.get_vocab_size(),
             "eot_id": eot_id,
             "tokenizer_sha256": hashlib.sha256((staging / "tokenizer.json").read_bytes()).hexdigest(),
