@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-loss", type=TASK_LOSS, default=0.15)
     p.add_argument("--config", default="small", metavar="NAME_OR_FILE")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument("--corpus", nargs="+", metavar="PATH", help="corpus instead of the standard library")
+    p.add_argument("--corpus", nargs="+", metavar="SOURCE", help="corpus instead of the standard library: stdlib, simple-python, folders or files (as prepare --corpus)")
     p.add_argument("--no-control", action="store_true", help="skip the shuffled-label pruning control in validation")
     p.set_defaults(func=cmd_demo)
 
