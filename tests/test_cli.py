@@ -123,7 +123,8 @@ def test_ctrl_c_checkpoints_and_resume_finishes(tmp_path, data_dir):
     cmd += TINY_SET + ["--set", "train.steps=300", "--set", "train.log_interval=1", "--set", "train.eval_interval=100"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while time.time() < deadline and not (run / "metrics.jsonl").is_file():
+    metrics = run / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.is_file() and metrics.stat().st_size > 0):  # a step is logged
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

@@ -96,7 +96,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         data_dir = args.data or ensure_default_data()
     try:
         train(config, data_dir, run_dir, resume=args.resume, stop_after=args.stop_after, force=args.force)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside the training loop, which checkpoints and says so itself
+        print(f"interrupted outside the training loop: {run_dir} keeps the last checkpoint written, if any;"
+              " continue with --resume, or start again with --force", file=sys.stderr)
         sys.exit(130)
     if args.stop_after is not None and args.stop_after < config.train.steps:
         print(f"stopped at step {args.stop_after} of {config.train.steps} with a checkpoint; continue with"
