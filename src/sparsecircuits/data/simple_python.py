@@ -54,6 +54,7 @@ class Writer:
         self.lines: list[str] = []
         self.scope: dict[str, str] = {}
         self.loop_vars: list[str] = []  # variables of the loops around the line being written
+        self.in_function = False  # a `return` may end a block
 
     # -- helpers ---------------------------------------------------------------------------------
     def emit(self, depth: int, text: str) -> None:
@@ -71,6 +72,10 @@ class Writer:
 
     def quote(self, text: str) -> str:
         return f"'{text}'" if self.chance(0.5) else f'"{text}"'
+
+    def empty(self, kind: str) -> str:
+        """The empty value an accumulator of `kind` starts from."""
+        return {"list": "[]", "set": "set()", "str": self.quote(""), "int": "0", "dict": "{}"}[kind]
 
     def new_name(self, kind: str) -> str:
         pool = {"int": INT_NAMES, "str": STR_NAMES, "bool": BOOL_NAMES, "set": SET_NAMES, "dict": DICT_NAMES,
@@ -185,8 +190,7 @@ class Writer:
         if acc in (source, each) or each in self.loop_vars:
             self.small_statement(depth)
             return
-        init = {"list": "[]", "set": "set()", "str": self.quote(""), "int": "0", "dict": "{}"}[kind]
-        self.emit(depth, f"{acc} = {init}")
+        self.emit(depth, f"{acc} = {self.empty(kind)}")
         self.emit(depth, f"for {each} in {source}:")
         if self.chance(0.3):
             self.emit(depth + 1, f"if not {each}:")
@@ -226,9 +230,10 @@ class Writer:
             self.scope["key"], self.scope["value"] = "str", "int"
             each = "key"
         self.scope[each] = "str"
-        self.loop_vars += [each, "i"] if form in (1, 2) else [each]
+        bound = [each, "i"] if form in (1, 2) else [each]
+        self.loop_vars += bound
         self.block(depth + 1, budget - 1)
-        del self.loop_vars[-2 if form in (1, 2) else -1:]
+        del self.loop_vars[-len(bound):]
 
     def while_loop(self, depth: int, budget: int) -> None:
         if self.chance(0.5):
@@ -271,7 +276,6 @@ class Writer:
         if roll < 0.25:
             self.assign(depth)
         elif roll < 0.35:
-            a, b = self.var("int"), None
             names = [n for n, k in self.scope.items() if k == "int"]
             if len(names) >= 2:
                 a, b = self.rng.sample(names, 2)
@@ -319,8 +323,6 @@ class Writer:
             self.emit(depth, f"return {self.pick([self.int_expr(), self.str_expr(), 'True', 'False', 'None'])}")
 
     # -- definitions -----------------------------------------------------------------------------
-    in_function = False
-
     def arguments(self) -> list[str]:
         args = []
         for _ in range(self.rng.randint(0, 3)):
@@ -365,8 +367,7 @@ class Writer:
         if self.chance(0.4):
             extra = self.pick(["items", "seen", "count", "name"])
             kind = {"items": "list", "seen": "set", "count": "int", "name": "str"}[extra]
-            initial = {"list": "[]", "set": "set()", "int": "0", "str": self.quote("")}[kind]
-            self.emit(2, f"self.{extra} = {initial}")
+            self.emit(2, f"self.{extra} = {self.empty(kind)}")
             fields[f"self.{extra}"] = kind
         for _ in range(self.rng.randint(1, 2)):
             self.emit(0, "")
