@@ -64,7 +64,6 @@ def task_run(tmp_path_factory):
     small enough to train in seconds, trained enough to do the task better than chance."""
     import json
 
-    from sparsecircuits.tasks.builtin import generate
     from sparsecircuits.train.trainer import train
 
     root = tmp_path_factory.mktemp("task_run")
@@ -74,7 +73,7 @@ def task_run(tmp_path_factory):
                                   "optim.grad_clip=normalize", "optim.lr=0.01"])
     train(config, root / "data", root / "run", show_progress=False)
     task = root / "lambda.jsonl"
-    task.write_text("".join(json.dumps(r) + "\n" for r in generate("lambda_func", 200, 7)))
+    task.write_text("".join(json.dumps(r) + "\n" for r in idiom_records("lambda", 200, 7)))
     return root / "run", task
 
 
@@ -96,15 +95,36 @@ def circuit_dir(task_run, tmp_path_factory):
     return out
 
 
-def write_idiom_corpus(root: Path) -> Path:
-    """Text rich in two idioms (lambda vs def, while True vs return True) that a tiny model learns fast."""
+def idiom_records(idiom: str, n_pairs: int, seed: int) -> list[dict]:
+    """Paired records of an idiom a tiny model learns in a few hundred steps: "lambda" (':' after a
+    lambda's argument, '(' after a def's name; the other kind defined above) or "while" (':' after
+    `while True`, a newline after `return True`). The built-in tasks also write the other member's line
+    commented out above, which a tiny model does not learn this fast; these keep the test suite quick.
+    Tasks made from them are answered by a bag of their tokens (`tasks audit` flags them)."""
     import random
 
-    from sparsecircuits.tasks.builtin import generate
+    from sparsecircuits.tasks.builtin import FUNCS, NAMES
+
+    rng, records = random.Random(f"{idiom}:{seed}"), []
+    for _ in range(n_pairs):
+        f, g, x, y = rng.sample(NAMES + FUNCS, 4)
+        if idiom == "lambda":
+            records += [{"prompt": f"def {g}({y}):\n    return {y}\n{f} = lambda {x}", "correct": ":", "incorrect": "("},
+                        {"prompt": f"{f} = lambda {x}: {x}\ndef {g}", "correct": "(", "incorrect": ":"}]
+        else:
+            head = f"def {g}({y}):\n    "
+            records += [{"prompt": f"{head}while True", "correct": ":", "incorrect": "\n"},
+                        {"prompt": f"{head}return True", "correct": "\n", "incorrect": ":"}]
+    return records
+
+
+def write_idiom_corpus(root: Path) -> Path:
+    """Text rich in the two idioms of `idiom_records` that a tiny model learns fast."""
+    import random
 
     root.mkdir(parents=True, exist_ok=True)
     for i in range(40):
-        records = generate("lambda_func", 30, 100 + i) + generate("while_return_true", 30, 200 + i)
+        records = idiom_records("lambda", 30, 100 + i) + idiom_records("while", 30, 200 + i)
         random.Random(i).shuffle(records)
         (root / f"f{i}.py").write_text("\n\n".join(r["prompt"] + r["correct"] for r in records) + "\n")
     return root

@@ -25,9 +25,8 @@ def hostile_page(tmp_path_factory):
     from sparsecircuits.circuits import PruneSettings, prune
     from sparsecircuits.config import load_config
     from sparsecircuits.data.prepare import prepare
-    from sparsecircuits.tasks.builtin import generate
     from sparsecircuits.train.trainer import train
-    from tests.conftest import write_idiom_corpus
+    from tests.conftest import idiom_records, write_idiom_corpus
 
     root = tmp_path_factory.mktemp("hostile")
     corpus = write_idiom_corpus(root / "corpus")
@@ -38,7 +37,7 @@ def hostile_page(tmp_path_factory):
                                   "optim.grad_clip=normalize", "optim.lr=0.01"])
     train(config, root / "data", root / "run", show_progress=False)
     task = root / f"{HOSTILE_TASK}.jsonl"
-    records = generate("lambda_func", 200, 7)
+    records = idiom_records("lambda", 200, 7)
     task.write_text("".join(json.dumps(r) + "\n" for r in records))
     circuit = root / "circuit"
     prune(root / "run", str(task), circuit, PruneSettings(target_loss=0.6, steps=60, calibration_steps=8), show_progress=False)

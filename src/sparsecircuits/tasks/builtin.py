@@ -1,15 +1,13 @@
 """The 20 built-in tasks of METHOD.md section 2 as seeded generators of paired records.
 
 Each generator takes a `random.Random` and returns one minimal pair: two records whose prompts
-differ in the one detail that decides the answer, with the answers swapped. The prompts are
-short, ordinary Python; none of this text is written into any training corpus. `generate` pads
-the shorter prompt of a pair so no length threshold tells them apart (`tasks audit` checks this
-and the other trivial cues).
+hold the same tokens in a different order, with the answers swapped, so no count of tokens (and no
+length) tells them apart; `tasks audit` checks this and the other trivial cues. The prompts are
+short, ordinary Python; none of this text is written into any training corpus.
 """
 
 from __future__ import annotations
 
-import functools
 import random
 from collections.abc import Callable
 
@@ -50,11 +48,25 @@ def _pair(make: Callable[[bool], tuple[str, str, str]]) -> Pair:
     return _record(*make(True)), _record(*make(False))
 
 
+def _commented_twin(head: str, make: Callable[[bool], tuple[str, str, str]]) -> Pair:
+    """Like `_pair` for tasks decided within the last line: each prompt holds both members' last lines,
+    the other member's commented out above its own, so the two prompts hold the same tokens and only
+    which line is code decides (a comment ends at its line; the nearer line is still the one to read).
+    `head` ends with a newline and the indent of the last line, which must be indented, so that a line
+    splits into the same pre-tokens after that indent as after "# "."""
+    indent = head.rsplit("\n", 1)[1]
+
+    def build(bit: bool) -> Record:
+        line, correct, incorrect = make(bit)
+        return _record(f"{head}# {make(not bit)[0]}\n{indent}{line}", correct, incorrect)
+    return build(True), build(False)
+
+
 def single_double_quote(rng: random.Random) -> Pair:
     func, word = rng.choice(FUNCS), rng.choice(WORDS)
     var = rng.choice(NAMES)
-    return _pair(lambda single: (f"{var} = {func}({chr(39) if single else chr(34)}{word}",
-                                 "')" if single else '")', '")' if single else "')"))
+    return _commented_twin(_function_head(rng, var), lambda single: (
+        f"{var} = {func}({chr(39) if single else chr(34)}{word}", "')" if single else '")', '")' if single else "')"))
 
 
 def final_kwarg(rng: random.Random) -> Pair:
@@ -108,13 +120,13 @@ def with_as(rng: random.Random) -> Pair:
     var, path = _names(rng, 2)
     head = _function_head(rng, var, path)
     mode = rng.choice(["", ", 'rb'", ", 'w'", ", encoding='utf-8'"])
-    return _pair(lambda in_with: (f"{head}with open({path}{mode})" if in_with else f"{head}{var} = open({path}{mode})",
+    return _commented_twin(head, lambda in_with: (f"with open({path}{mode})" if in_with else f"{var} = open({path}{mode})",
                                   " as" if in_with else "\n", "\n" if in_with else " as"))
 
 
 def bracket_brace(rng: random.Random) -> Pair:
     var, a, b = _names(rng, 3)
-    return _pair(lambda is_dict: (f"{var} = {{{a}: 1, {b}" if is_dict else f"{var} = [{a}, {b}",
+    return _commented_twin(_function_head(rng, var, a, b), lambda is_dict: (f"{var} = {{{a}: 1, {b}" if is_dict else f"{var} = [{a}, {b}",
                                   ":" if is_dict else ",", "," if is_dict else ":"))
 
 
@@ -134,7 +146,7 @@ def with_open(rng: random.Random) -> Pair:
 def bracket_counting(rng: random.Random) -> Pair:
     var = rng.choice(NAMES)
     items = ", ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(1, 3)))
-    return _pair(lambda nested: (f"{var} = [[{items}" if nested else f"{var} = [{items}",
+    return _commented_twin(_function_head(rng, var), lambda nested: (f"{var} = [[{items}" if nested else f"{var} = [{items}",
                                  "]]" if nested else "]", "]" if nested else "]]"))
 
 
@@ -149,8 +161,8 @@ def for_while(rng: random.Random) -> Pair:
 def else_elif(rng: random.Random) -> Pair:
     var = rng.choice(NAMES)
     value = rng.randint(0, 9)
-    head = f"if {var} > {value}:\n    return {var}\n"
-    return _pair(lambda is_else: (f"{head}else" if is_else else f"{head}elif", ":" if is_else else f" {var}",
+    head = f"def {rng.choice(FUNCS)}({var}):\n    if {var} > {value}:\n        return {var}\n    "
+    return _commented_twin(head, lambda is_else: ("else" if is_else else "elif", ":" if is_else else f" {var}",
                                   f" {var}" if is_else else ":"))
 
 
@@ -165,7 +177,7 @@ def fstring_brace(rng: random.Random) -> Pair:
 def if_ternary(rng: random.Random) -> Pair:
     a, b, c = _names(rng, 3)
     head = _function_head(rng, a, b, c)
-    return _pair(lambda ternary: (f"{head}{a} = {b} if {c}" if ternary else f"{head}if {c}", " else" if ternary else ":",
+    return _commented_twin(head, lambda ternary: (f"{a} = {b} if {c}" if ternary else f"if {c}", " else" if ternary else ":",
                                   ":" if ternary else " else"))
 
 
@@ -189,20 +201,18 @@ def indent_for(rng: random.Random) -> Pair:
 
 
 def lambda_func(rng: random.Random) -> Pair:
-    """Both kinds of definition in every prompt; the last line's keyword decides. Names come from one
-    pool, so the last token says nothing."""
-    pool = NAMES + FUNCS
-    f, g, x, y = rng.sample(pool, 4)
-    return _pair(lambda is_lambda: (f"def {g}({y}):\n    return {y}\n{f} = lambda {x}" if is_lambda
-                                    else f"{f} = lambda {x}: {x}\ndef {g}",
-                                    ":" if is_lambda else "(", "(" if is_lambda else ":"))
+    """A helper defined inside a function, by a lambda or a def. Names come from one pool, so the last
+    token (the lambda's argument or the def's name) says nothing."""
+    f, g, x = rng.sample(NAMES + FUNCS, 3)
+    return _commented_twin(_function_head(rng, f, g, x), lambda is_lambda: (
+        f"{f} = lambda {x}" if is_lambda else f"def {g}", ":" if is_lambda else "(", "(" if is_lambda else ":"))
 
 
 def if_equals(rng: random.Random) -> Pair:
     a, b = _names(rng, 2)
     func = rng.choice(FUNCS)
     head = f"def {func}({a}, {b}):\n    "
-    return _pair(lambda in_if: (f"{head}if {a}" if in_if else f"{head}{a}", " ==" if in_if else " =",
+    return _commented_twin(head, lambda in_if: (f"if {a}" if in_if else a, " ==" if in_if else " =",
                                 " =" if in_if else " =="))
 
 
@@ -220,7 +230,7 @@ def var_if(rng: random.Random) -> Pair:
     var = rng.choice(NAMES)
     head = _function_head(rng, var)
     value = rng.choice(["True", "False", "None"])
-    return _pair(lambda in_if: (f"{head}if {var} == {value}" if in_if else f"{head}{var} = {value}", ":" if in_if else "\n",
+    return _commented_twin(head, lambda in_if: (f"if {var} == {value}" if in_if else f"{var} = {value}", ":" if in_if else "\n",
                                 "\n" if in_if else ":"))
 
 
@@ -228,7 +238,7 @@ def while_return_true(rng: random.Random) -> Pair:
     func = rng.choice(FUNCS)
     var = rng.choice(NAMES)
     head = f"def {func}({var}):\n    "
-    return _pair(lambda is_while: (f"{head}while True" if is_while else f"{head}return True",
+    return _commented_twin(head, lambda is_while: ("while True" if is_while else "return True",
                                    ":" if is_while else "\n", "\n" if is_while else ":"))
 
 
@@ -241,62 +251,34 @@ BUILTIN_TASKS: dict[str, Callable[[random.Random], Pair]] = {
 }
 
 DESCRIPTIONS = {
-    "single_double_quote": "close a string with ') or \") according to its opening quote",
+    "single_double_quote": "close a string with ') or \") according to its opening quote (the other line commented out above)",
     "final_kwarg": "after a keyword argument, the next def argument gets =None, else ): (the other def has one)",
     "set_or_string": "two variables, one set() and one \"\": .add vs += for the one in the loop",
     "set_or_string_fixedvarname": "set_or_string with the variable always named current",
     "class_init": "copy the right name after self.x = in __init__ (both names equally frequent)",
-    "with_as": "open() in a with statement is followed by ' as'",
-    "bracket_brace": "':' inside a dict, ',' inside a list",
+    "with_as": "open() in a with statement is followed by ' as' (the other line commented out above)",
+    "bracket_brace": "':' inside a dict, ',' inside a list (the other line commented out above)",
     "with_open": "'r' vs 'w' in open() from the opened file's role (both files are arguments)",
-    "bracket_counting": "] vs ]] by list nesting depth",
+    "bracket_counting": "] vs ]] by list nesting depth (the other line commented out above)",
     "for_while": "' in' after a for target, ':' after a while condition (the other loop around it)",
-    "else_elif": "':' after else, a condition after elif",
+    "else_elif": "':' after else, a condition after elif (the other line commented out above)",
     "fstring_brace": "an f-string goes on to a ' {', a plain string closes (one of each kind per prompt)",
-    "if_ternary": "' else' inside a ternary, ':' after an if statement",
+    "if_ternary": "' else' inside a ternary, ':' after an if statement (the other line commented out above)",
     "var_swap": "x, y = y, x (both names equally frequent)",
     "indent_for": "the body indent after a for header: 8 spaces in a function, 12 in a nested loop",
-    "lambda_func": "':' after lambda name, '(' after def name (the other kind defined above)",
-    "if_equals": "' ==' in an if condition, ' =' in an assignment",
+    "lambda_func": "':' after a lambda's argument, '(' after a def's name (the other line commented out above)",
+    "if_equals": "' ==' in an if condition, ' =' in an assignment (the other line commented out above)",
     "enumerate_range": "zip with two loop variables, range with one (the other name unpacked above)",
-    "var_if": "':' after if x == True, newline after x = True",
-    "while_return_true": "':' after while True, newline after return True",
+    "var_if": "':' after if x == True, newline after x = True (the other line commented out above)",
+    "while_return_true": "':' after while True, newline after return True (the other line commented out above)",
 }
 
 
-@functools.cache
-def _pre_tokenizer():
-    from tokenizers import pre_tokenizers
-
-    return pre_tokenizers.ByteLevel(add_prefix_space=False)
-
-
-def _pre_tokens(text: str) -> int:
-    return len(_pre_tokenizer().pre_tokenize_str(text))
-
-
-def _same_length(pair: Pair, rng: random.Random) -> Pair:
-    """Pad the shorter prompt of a pair with a leading comment line so both have as many byte-level
-    pre-tokens (what `prepare`'s tokenizer splits first): then no threshold on a prompt's length can
-    tell the two answers apart."""
-    first, second = pair
-    gap = _pre_tokens(first["prompt"]) - _pre_tokens(second["prompt"])
-    if gap == 0:
-        return pair
-    short = second if gap > 0 else first
-    gap = abs(gap)
-    # "#", gap - 2 words and "\n" are gap pre-tokens; a lone "\n" is one
-    pad = "\n" if gap == 1 else "#" + "".join(f" {rng.choice(WORDS)}" for _ in range(gap - 2)) + "\n"
-    padded = {**short, "prompt": pad + short["prompt"]}
-    return (first, padded) if short is second else (padded, second)
-
-
 def generate(name: str, n_pairs: int, seed: int) -> list[Record]:
-    """`n_pairs` pairs (2 * n_pairs records) of a built-in task, deterministic in `seed`; the two
-    prompts of each pair have the same length in pre-tokens."""
+    """`n_pairs` pairs (2 * n_pairs records) of a built-in task, deterministic in `seed`."""
     rng = random.Random(f"{name}:{seed}")
     make = BUILTIN_TASKS[name]
     records: list[Record] = []
     for _ in range(n_pairs):
-        records.extend(_same_length(make(rng), rng))
+        records.extend(make(rng))
     return records
