@@ -85,5 +85,8 @@ def test_prepare_mixes_generated_programs_with_a_folder_and_records_each_part(tm
     assert generated["corpus"] == "simple-python" and generated["seed"] == 3 and generated["documents"] > 20
     assert sum(p["tokens"]["train"] for p in manifest["parts"]) == manifest["tokens"]["train"]
     assert sum(p["tokens"]["val"] for p in manifest["parts"]) == manifest["tokens"]["val"]
+    mix = manifest["mix"]
+    assert mix[str(corpus)] == round(folder["tokens"]["train"] / manifest["tokens"]["train"], 4)
+    assert 0 < mix["simple-python"] < 1 and abs(sum(mix.values()) - 1) < 1e-3
     assert json.loads((tmp_path / "data" / "manifest.json").read_text())["parts"] == manifest["parts"]
     assert all(not f["path"].startswith("simple-python") for f in manifest["files"])

@@ -245,6 +245,7 @@ def _prepare(out: Path, corpus: list[str | Path], vocab_size: int, val_fraction:
             "eot_id": eot_id,
             "tokenizer_sha256": hashlib.sha256((staging / "tokenizer.json").read_bytes()).hexdigest(),
             "tokens": counts,
+            "mix": {p["corpus"]: round(p["tokens"]["train"] / counts["train"], 4) for p in parts},  # share of train tokens
             "documents": {"train": len(train_docs), "val": len(val_docs)},
             "skipped": {"duplicates": scan.duplicates, "empty": scan.empty, "undecodable": len(scan.undecodable)},
             "undecodable_files": scan.undecodable,

@@ -5,8 +5,8 @@ on "especially simple and repetitive" Python, in the spirit of TinyStories). Eac
 from Python's grammar and ordinary coding habits: typed variables with names that say what they hold
 (a set is added to, a string is concatenated, a file opened for writing is named like an output),
 functions with positional and keyword arguments, classes whose `__init__` stores its arguments, loops,
-branches, comprehensions, literals of every kind and both quote styles. Nothing here reads the task
-definitions. Every program is checked with `ast.parse`; `generate_programs` is deterministic in its seed.
+branches, comprehensions, literals of every kind and both quote styles, and commented-out statements.
+Nothing here reads the task definitions. Every program is checked with `ast.parse`; `generate_programs` is deterministic in its seed.
 """
 
 from __future__ import annotations
@@ -131,10 +131,14 @@ class Writer:
         return "[" + ", ".join(self.quote(self.pick(WORDS)) for _ in range(size)) + "]"
 
     def literal_dict(self) -> str:
-        keys = self.rng.sample(WORDS, self.rng.randint(0, 3))
+        names = [n for n, k in self.scope.items() if k == "str" and not n.startswith("self.")]
+        if names and self.chance(0.3):  # keyed by variables
+            keys = self.rng.sample(names, self.rng.randint(1, min(3, len(names))))
+        else:
+            keys = [self.quote(k) for k in self.rng.sample(WORDS, self.rng.randint(0, 3))]
         values = [self.pick([str(self.rng.randint(0, 9)), self.quote(self.pick(WORDS)), self.literal_list(1), "None",
                              "True", "{}"]) for _ in keys]
-        return "{" + ", ".join(f"{self.quote(k)}: {v}" for k, v in zip(keys, values)) + "}"
+        return "{" + ", ".join(f"{k}: {v}" for k, v in zip(keys, values)) + "}"
 
     def list_expr(self) -> str:
         items = self.var("list")
@@ -259,7 +263,12 @@ class Writer:
 
     def with_open(self, depth: int) -> None:
         handle = self.pick(["f", "fh", "handle", "stream"])
-        if self.chance(0.5):
+        if self.chance(0.25):  # the older habit: open, use, close
+            path = self.pick(READ_PATHS)
+            self.emit(depth, f"{handle} = open({path})")
+            self.emit(depth, f"{self.new_name('str')} = {handle}.read()")
+            self.emit(depth, f"{handle}.close()")
+        elif self.chance(0.5):
             path = self.pick(READ_PATHS)
             mode = self.pick(["", ", 'r'", ', "r"', ", encoding='utf-8'"])
             self.emit(depth, f"with open({path}{mode}) as {handle}:")
@@ -293,9 +302,11 @@ class Writer:
             body = {"square": f"{arg} * {arg}", "double": f"{arg} * 2", "key": f"{arg}[0]", "clean": f"{arg}.strip()",
                     "is_big": f"{arg} > 10", "first": f"{arg}[0]"}[verb]
             self.emit(depth, f"{verb} = lambda {arg}: {body}")
-        elif roll < 0.78:
+        elif roll < 0.74:
             self.emit(depth, f"# {self.pick(COMMENTS)}")
             self.assign(depth)
+        elif roll < 0.78:
+            self.commented_out(depth)
         elif roll < 0.88:
             target = self.var("int")
             if target:
@@ -304,6 +315,15 @@ class Writer:
                 self.assign(depth)
         else:
             self.with_open(depth)
+
+    def commented_out(self, depth: int) -> None:
+        """A statement switched off by commenting it out (its names stay out of scope), then one that runs."""
+        start, scope = len(self.lines), dict(self.scope)
+        self.small_statement(depth)
+        indent = "    " * depth
+        self.lines[start:] = [f"{indent}# {line[len(indent):]}" for line in self.lines[start:]]
+        self.scope = scope
+        self.small_statement(depth)
 
     def block(self, depth: int, budget: int, last: bool = True) -> None:
         """One to four statements at `depth`; compound ones while `budget` lasts."""
