@@ -120,14 +120,15 @@ def with_as(rng: random.Random) -> Pair:
     var, path = _names(rng, 2)
     head = _function_head(rng, var, path)
     mode = rng.choice(["", ", 'rb'", ", 'w'", ", encoding='utf-8'"])
-    return _commented_twin(head, lambda in_with: (f"with open({path}{mode})" if in_with else f"{var} = open({path}{mode})",
-                                  " as" if in_with else "\n", "\n" if in_with else " as"))
+    return _commented_twin(head, lambda in_with: (
+        f"with open({path}{mode})" if in_with else f"{var} = open({path}{mode})",
+        " as" if in_with else "\n", "\n" if in_with else " as"))
 
 
 def bracket_brace(rng: random.Random) -> Pair:
     var, a, b = _names(rng, 3)
-    return _commented_twin(_function_head(rng, var, a, b), lambda is_dict: (f"{var} = {{{a}: 1, {b}" if is_dict else f"{var} = [{a}, {b}",
-                                  ":" if is_dict else ",", "," if is_dict else ":"))
+    return _commented_twin(_function_head(rng, var, a, b), lambda is_dict: (
+        f"{var} = {{{a}: 1, {b}" if is_dict else f"{var} = [{a}, {b}", ":" if is_dict else ",", "," if is_dict else ":"))
 
 
 def with_open(rng: random.Random) -> Pair:
@@ -146,8 +147,8 @@ def with_open(rng: random.Random) -> Pair:
 def bracket_counting(rng: random.Random) -> Pair:
     var = rng.choice(NAMES)
     items = ", ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(1, 3)))
-    return _commented_twin(_function_head(rng, var), lambda nested: (f"{var} = [[{items}" if nested else f"{var} = [{items}",
-                                 "]]" if nested else "]", "]" if nested else "]]"))
+    return _commented_twin(_function_head(rng, var), lambda nested: (
+        f"{var} = [[{items}" if nested else f"{var} = [{items}", "]]" if nested else "]", "]" if nested else "]]"))
 
 
 def for_while(rng: random.Random) -> Pair:
@@ -162,8 +163,8 @@ def else_elif(rng: random.Random) -> Pair:
     var = rng.choice(NAMES)
     value = rng.randint(0, 9)
     head = f"def {rng.choice(FUNCS)}({var}):\n    if {var} > {value}:\n        return {var}\n    "
-    return _commented_twin(head, lambda is_else: ("else" if is_else else "elif", ":" if is_else else f" {var}",
-                                  f" {var}" if is_else else ":"))
+    return _commented_twin(head, lambda is_else: (
+        "else" if is_else else "elif", ":" if is_else else f" {var}", f" {var}" if is_else else ":"))
 
 
 def fstring_brace(rng: random.Random) -> Pair:
@@ -177,8 +178,8 @@ def fstring_brace(rng: random.Random) -> Pair:
 def if_ternary(rng: random.Random) -> Pair:
     a, b, c = _names(rng, 3)
     head = _function_head(rng, a, b, c)
-    return _commented_twin(head, lambda ternary: (f"{a} = {b} if {c}" if ternary else f"if {c}", " else" if ternary else ":",
-                                  ":" if ternary else " else"))
+    return _commented_twin(head, lambda ternary: (
+        f"{a} = {b} if {c}" if ternary else f"if {c}", " else" if ternary else ":", ":" if ternary else " else"))
 
 
 def var_swap(rng: random.Random) -> Pair:
@@ -212,8 +213,7 @@ def if_equals(rng: random.Random) -> Pair:
     a, b = _names(rng, 2)
     func = rng.choice(FUNCS)
     head = f"def {func}({a}, {b}):\n    "
-    return _commented_twin(head, lambda in_if: (f"if {a}" if in_if else a, " ==" if in_if else " =",
-                                " =" if in_if else " =="))
+    return _commented_twin(head, lambda in_if: (f"if {a}" if in_if else a, " ==" if in_if else " =", " =" if in_if else " =="))
 
 
 def enumerate_range(rng: random.Random) -> Pair:
@@ -230,16 +230,16 @@ def var_if(rng: random.Random) -> Pair:
     var = rng.choice(NAMES)
     head = _function_head(rng, var)
     value = rng.choice(["True", "False", "None"])
-    return _commented_twin(head, lambda in_if: (f"if {var} == {value}" if in_if else f"{var} = {value}", ":" if in_if else "\n",
-                                "\n" if in_if else ":"))
+    return _commented_twin(head, lambda in_if: (
+        f"if {var} == {value}" if in_if else f"{var} = {value}", ":" if in_if else "\n", "\n" if in_if else ":"))
 
 
 def while_return_true(rng: random.Random) -> Pair:
     func = rng.choice(FUNCS)
     var = rng.choice(NAMES)
     head = f"def {func}({var}):\n    "
-    return _commented_twin(head, lambda is_while: ("while True" if is_while else "return True",
-                                   ":" if is_while else "\n", "\n" if is_while else ":"))
+    return _commented_twin(head, lambda is_while: (
+        "while True" if is_while else "return True", ":" if is_while else "\n", "\n" if is_while else ":"))
 
 
 BUILTIN_TASKS: dict[str, Callable[[random.Random], Pair]] = {
