@@ -16,7 +16,7 @@ def test_demo_on_tiny_models(tmp_path, task_run):
     corpus = write_idiom_corpus(tmp_path / "corpus")
     out = tmp_path / "demo"
     summary = demo(out, tasks=[str(task)], target_loss=0.68, config="tiny", overrides=TINY, corpus=[str(corpus)],
-                   control=False, margin=1.0)
+                   control=False, margin=1.0, dense_set=["train.log_interval=7"])
     assert (out / "report.html").is_file() and (out / "edges.png").stat().st_size > 1000
     assert json.loads((out / "summary.json").read_text())["tasks"] == summary["tasks"]
     assert set(summary["tasks"]) == {"lambda"}
@@ -32,6 +32,8 @@ def test_demo_on_tiny_models(tmp_path, task_run):
         assert f">{row['nodes']}</a>" in report
     dense_config = json.loads((out / "dense" / "config.json").read_text())
     assert dense_config["sparsity"]["l0_fraction"] == 1.0 and dense_config["model"]["keep_fraction"] == 0.25
+    sparse_config = json.loads((out / "sparse" / "config.json").read_text())
+    assert dense_config["train"]["log_interval"] == 7 != sparse_config["train"]["log_interval"]  # --dense-set
     # A second call finds every stage done and changes nothing.
     before = (out / "circuits" / "sparse" / "lambda" / "circuit.json").stat().st_mtime
     demo(out, tasks=[str(task)], target_loss=0.68, config="tiny", overrides=TINY, corpus=[str(corpus)], control=False,
@@ -116,3 +118,12 @@ def test_compare_averages_over_the_tasks_every_model_reaches():
             {"model": "dense", "task": "b", "target_loss": 0.1, "edges": 4000}]  # only dense reaches b
     assert geomean_edges(rows, "sparse", 0.1) == pytest.approx(10) and geomean_edges(rows, "dense", 0.1) == pytest.approx(40)
     assert geomean_edges(rows, "sparse", 0.05) is None
+
+
+def test_demo_refuses_a_bad_dense_override_before_training(tmp_path, capsys):
+    from sparsecircuits.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--out", str(tmp_path / "demo"), "--dense-set", "model.no_such_key=1"])
+    assert info.value.code == 2 and "no_such_key" in capsys.readouterr().err
+    assert not (tmp_path / "demo" / "data").exists() and not (tmp_path / "demo" / "sparse").exists()

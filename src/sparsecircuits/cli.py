@@ -247,7 +247,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     tasks = args.tasks if args.tasks in ("auto", "all") else [t for t in args.tasks.split(",") if t]
     demo(args.out, minutes=args.minutes, tasks=tasks, max_tasks=args.max_tasks, target_loss=args.target_loss,
-         config=args.config, overrides=args.set, corpus=args.corpus, control=not args.no_control)
+         config=args.config, overrides=args.set, corpus=args.corpus, control=not args.no_control, dense_set=args.dense_set)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -413,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-loss", type=TASK_LOSS, default=0.15)
     p.add_argument("--config", default="small", metavar="NAME_OR_FILE")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--dense-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="an override for the dense model alone, after --set (e.g. model.d_model=64 for a smaller dense model)")
     p.add_argument("--corpus", nargs="+", metavar="SOURCE", help="corpus instead of the standard library: stdlib, simple-python, folders or files (as prepare --corpus)")
     p.add_argument("--no-control", action="store_true", help="skip the shuffled-label pruning control in validation")
     p.set_defaults(func=cmd_demo)

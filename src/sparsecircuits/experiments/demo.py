@@ -101,7 +101,10 @@ def geomean(values: list[float]) -> float:
 
 def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto", max_tasks: int = 6,
          target_loss: float = 0.15, config: str = "small", overrides: list[str] | None = None,
-         corpus: list[str] | None = None, control: bool = True, margin: float = MARGIN) -> dict:
+         corpus: list[str] | None = None, control: bool = True, margin: float = MARGIN,
+         dense_set: list[str] | None = None) -> dict:
+    """`dense_set`: overrides for the dense model alone, after the shared ones (another width, more
+    steps): the paper compares a sparse model with a smaller dense one at matched pretraining loss."""
     from ..circuits import PruneSettings, prune, validate
     from ..viewer import view
 
@@ -110,7 +113,8 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
     base_steps = load_config(config, overrides).train.steps
     steps = max(50, round(base_steps * minutes / 30.0))  # the default budget is sized for 30 minutes
     overrides.append(f"train.steps={steps}")
-    dense_overrides = overrides + ["sparsity.l0_fraction=1.0", f"train.eval_interval={max(10, steps // 36)}"]
+    dense_overrides = overrides + ["sparsity.l0_fraction=1.0", f"train.eval_interval={max(10, steps // 36)}"] + list(dense_set or [])
+    load_config(config, dense_overrides)  # a bad --dense-set fails now, not after the sparse model has trained
     names = ["prepare corpus", "train sparse model", "train dense model", "evaluate tasks", "prune circuits",
              "validate circuits", "view circuits", "report"]
     stages = Stages(names, minutes * 60)
