@@ -152,3 +152,15 @@ def test_cli_eval_and_sample(capsys, trained_run):
 def test_no_traceback_from_the_real_command(tmp_path):
     result = subprocess.run([sys.executable, "-m", "sparsecircuits", "eval", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_in_a_resumable_command_exits_130_with_a_message_not_a_traceback(capsys, tmp_path, data_dir, monkeypatch):
+    import sparsecircuits.experiments.sweep as sweep_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sweep_module, "sweep", interrupted)
+    with pytest.raises(SystemExit) as info:
+        main(["sweep", "--grid", "cpu-frontier", "--out", str(tmp_path / "grid"), "--data", str(data_dir)])
+    assert info.value.code == 130
+    assert "run the same command again to continue" in capsys.readouterr().err

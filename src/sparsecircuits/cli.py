@@ -457,6 +457,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: out of memory ({str(err).splitlines()[0] if str(err) else type(err).__name__}): make the model or"
               " the batch smaller", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt:  # `train` says more itself; demo and sweep skip what they finished when run again
+        print("interrupted: finished runs, circuits and checkpoints are kept; run the same command again to continue",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 def torch_out_of_memory() -> type:
