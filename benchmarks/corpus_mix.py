@@ -20,7 +20,7 @@ import torch
 
 from sparsecircuits.config import load_config
 from sparsecircuits.data.dataset import TokenData
-from sparsecircuits.data.prepare import MANIFEST, SIMPLE_PYTHON, STDLIB, default_corpus_root, prepare
+from sparsecircuits.data.prepare import DEFAULT_GENERATED_TOKENS, MANIFEST, SIMPLE_PYTHON, STDLIB, default_corpus_root, prepare
 from sparsecircuits.model.gpt import SparseGPT
 from sparsecircuits.tasks import BUILTIN_TASKS
 from sparsecircuits.tasks.audit import score_tasks
@@ -35,7 +35,7 @@ def corpus_for(share: float) -> tuple[list[str], int]:
     if share <= 0:
         return [STDLIB], 0
     if share >= 1:
-        return [SIMPLE_PYTHON], 10_000_000
+        return [SIMPLE_PYTHON], DEFAULT_GENERATED_TOKENS
     return [STDLIB, SIMPLE_PYTHON], round(STDLIB_TOKENS * share / (1 - share))
 
 

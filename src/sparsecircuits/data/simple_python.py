@@ -6,7 +6,8 @@ from Python's grammar and ordinary coding habits: typed variables with names tha
 (a set is added to, a string is concatenated, a file opened for writing is named like an output),
 functions with positional and keyword arguments, classes whose `__init__` stores its arguments, loops,
 branches, comprehensions, literals of every kind and both quote styles, and commented-out statements.
-Nothing here reads the task definitions. Every program is checked with `ast.parse`; `generate_programs` is deterministic in its seed.
+Nothing here reads the task definitions. Every program is checked with `ast.parse`; `generate_programs`
+is deterministic in its seed.
 """
 
 from __future__ import annotations
