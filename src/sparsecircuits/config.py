@@ -51,7 +51,18 @@ class ModelConfig:
     attention_sinks: bool = True
     bigram_table: bool = True
     keep_fraction: float = 0.25  # AbsTopK: fraction of channels kept at every node site
-    site_keep_fraction: dict[str, float] = field(default_factory=dict)  # per site kind, e.g. "mlp.post_act"
+    # per site kind, e.g. {"mlp.post_act" = 0.5}; "off" (or 1) turns AbsTopK off at that kind
+    site_keep_fraction: dict[str, float | str] = field(default_factory=dict)
+    # channels kept: "round" = max(1, round(fraction * width)); "floor" = int(fraction * width), which
+    # can be 0 (the authors' rule)
+    keep_rounding: str = "round"
+    norm: str = "rms"  # "rms" (RMSNorm) or "layer" (LayerNorm)
+    norm_eps: float = 1e-6  # the authors' RMSNorm uses fp32's machine epsilon (1.1920929e-07), LayerNorm 1e-5
+    norm_bias: bool = False  # LayerNorm only: a learned bias after the gain
+    linear_bias: bool = True  # biases in the attention and MLP projections (the unembedding always has one)
+    mlp_activation: str = "gelu"  # "gelu" or "relu"
+    residual_activation: str = "identity"  # "identity" or "relu" (applied to the residual after every sublayer)
+    tied_embedding: bool = False  # unembedding weight = token embedding
     init_std: float = 0.02
 
     @property
@@ -63,7 +74,17 @@ class ModelConfig:
         return self.d_mlp or 4 * self.d_model
 
     def keep_fraction_at(self, kind: str) -> float:
-        return self.site_keep_fraction.get(kind, self.keep_fraction)
+        fraction = self.site_keep_fraction.get(kind, self.keep_fraction)
+        return 1.0 if fraction == "off" else fraction
+
+    def keep_count(self, kind: str, width: int) -> int:
+        """Channels AbsTopK keeps at a site of this kind and width (width itself: AbsTopK is off)."""
+        fraction = self.keep_fraction_at(kind)
+        if fraction >= 1:
+            return width
+        if self.keep_rounding == "floor":
+            return int(fraction * width)
+        return max(1, round(fraction * width))
 
 
 @dataclass
@@ -146,6 +167,7 @@ class Config:
             ("model.ctx_len", m.ctx_len, 1, 1 << 20, False),
             ("model.keep_fraction", m.keep_fraction, 0, 1, False),
             ("model.init_std", m.init_std, 0, 10, False),
+            ("model.norm_eps", m.norm_eps, 0, 1, False),
             ("sparsity.l0_fraction", s.l0_fraction, 0, 1, False),
             ("sparsity.anneal_start", s.anneal_start, 0, 1, True),
             ("sparsity.anneal_end", s.anneal_end, 0, 1, True),
@@ -173,6 +195,11 @@ class Config:
         checks = [
             (m.n_head > 0 or m.d_model % m.d_head == 0, "model.d_model must be a multiple of model.d_head (or set model.n_head)"),
             (m.positional in ("none", "learned"), "model.positional must be 'none' or 'learned'"),
+            (m.keep_rounding in ("round", "floor"), "model.keep_rounding must be 'round' or 'floor'"),
+            (m.norm in ("rms", "layer"), "model.norm must be 'rms' or 'layer'"),
+            (not m.norm_bias or m.norm == "layer", "model.norm_bias needs model.norm = 'layer' (RMSNorm has no bias)"),
+            (m.mlp_activation in ("gelu", "relu"), "model.mlp_activation must be 'gelu' or 'relu'"),
+            (m.residual_activation in ("identity", "relu"), "model.residual_activation must be 'identity' or 'relu'"),
             (s.anneal_start <= s.anneal_end, "sparsity.anneal_start must not be after sparsity.anneal_end"),
             (s.min_nonzero_on in ("neurons", "rows_and_columns"), "sparsity.min_nonzero_on must be 'neurons' or 'rows_and_columns'"),
             (o.grad_clip in ("clip", "normalize", "none"), "optim.grad_clip must be 'clip', 'normalize' or 'none'"),
@@ -186,8 +213,8 @@ class Config:
                 raise SparseCircuitsError(
                     f"unknown site kind 'model.site_keep_fraction.{kind}' (kinds: {', '.join(NODE_SITE_KINDS)})"
                 )
-            if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
-                raise SparseCircuitsError(f"bad config value: model.site_keep_fraction.{kind} must be in (0, 1]")
+            if fraction != "off" and not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction <= 1):
+                raise SparseCircuitsError(f"bad config value: model.site_keep_fraction.{kind} must be in (0, 1] or 'off'")
 
 
 def _section_from_dict(section_cls: type, data: Any, section: str, origin: str) -> Any:

@@ -5,6 +5,11 @@ q[j] <-> k[j] (a query and key channel of one head interact: one edge), mlp.act_
 (fc), post_act -> mlp.resid_delta (proj). Across sublayers, on one residual channel: a
 resid_delta -> every later act_in, the embedding -> every act_in, and a resid_delta -> the
 unembedding. Residual edges carry the reading norm's gain as their weight.
+
+The norm's scale (and LayerNorm's mean) is a statistic of the whole residual vector, not an
+edge, as in the paper. With `model.residual_activation = "relu"` the residual stream is not
+linear: every residual edge that passes a ReLU (all but embedding -> the first attention) is
+marked `"through": "relu"`.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ def circuit_edges(model: SparseGPT, keep: Mapping[str, torch.Tensor]) -> list[di
     embed_live = (model.wte.weight != 0).any(0).cpu()
     if model.wpe is not None:
         embed_live |= (model.wpe.weight != 0).any(0).cpu()
-    unembed_live = (model.lm_head.weight != 0).any(0).cpu()
+    unembed_live = (model.unembedding_weight != 0).any(0).cpu()
     writes: list[str] = []  # resid_delta sites of earlier sublayers
     for layer, block in enumerate(model.blocks):
         s = lambda kind: f"{layer}.{kind}"
@@ -70,4 +75,9 @@ def circuit_edges(model: SparseGPT, keep: Mapping[str, torch.Tensor]) -> list[di
     final_gain = model.final_norm.weight.detach().cpu()
     for write in writes:
         edges += _channel_edges(write, keep[write], "unembed", unembed_live, final_gain, "unembed")
+    if model.config.residual_activation != "identity":
+        for edge in edges:
+            crosses = edge["kind"] in ("residual", "unembed") or (edge["kind"] == "embed" and edge["dst"]["site"] != "0.attn.act_in")
+            if crosses:
+                edge["through"] = model.config.residual_activation
     return edges

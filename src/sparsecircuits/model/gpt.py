@@ -2,7 +2,10 @@
 
 Pre-norm GPT with RMSNorm, untied embedding and unembedding, optional learned absolute
 positions, attention sinks, a dense bigram table added to the logits, a GELU MLP, biases,
-and AbsTopK at the eight node sites of every block (METHOD.md 1.2 and 1.3).
+and AbsTopK at the eight node sites of every block (METHOD.md 1.2 and 1.3). The options the
+authors' released models use are config keys: LayerNorm, ReLU MLPs, a ReLU on the residual
+stream, tied unembedding, projections without biases, AbsTopK off at some site kinds and the
+floor rounding of its k.
 """
 
 from __future__ import annotations
@@ -43,14 +46,33 @@ def attention_with_sinks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink
     return out[:, :, 1:, :d_head]
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, width: int, eps: float = 1e-6):
+class Norm(nn.Module):
+    """RMSNorm, or LayerNorm (optionally with a bias), with a gain per channel."""
+
+    def __init__(self, width: int, config: ModelConfig):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(width))
-        self.eps = eps
+        self.bias = nn.Parameter(torch.zeros(width)) if config.norm_bias else None
+        self.layer_norm = config.norm == "layer"
+        self.eps = config.norm_eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layer_norm:
+            return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class TiedUnembedding(nn.Module):
+    """Logits = x @ embedding.T + bias: the unembedding of a model whose embedding is tied to it.
+    Only the bias is its own (so no state dict holds one tensor twice)."""
+
+    def __init__(self, embedding: nn.Embedding):
+        super().__init__()
+        self.tied_to = (embedding,)  # a tuple: not registered a second time as a submodule
+        self.bias = nn.Parameter(torch.zeros(embedding.num_embeddings))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.tied_to[0].weight, self.bias)
 
 
 class Block(nn.Module):
@@ -59,20 +81,23 @@ class Block(nn.Module):
         self.layer = layer
         self.heads, self.d_head = config.heads, config.d_head
         inner = self.heads * self.d_head
-        self.attn_norm = RMSNorm(config.d_model)
-        self.q_proj = nn.Linear(config.d_model, inner)
-        self.k_proj = nn.Linear(config.d_model, inner)
-        self.v_proj = nn.Linear(config.d_model, inner)
-        self.o_proj = nn.Linear(inner, config.d_model)
+        bias = config.linear_bias
+        self.attn_norm = Norm(config.d_model, config)
+        self.q_proj = nn.Linear(config.d_model, inner, bias=bias)
+        self.k_proj = nn.Linear(config.d_model, inner, bias=bias)
+        self.v_proj = nn.Linear(config.d_model, inner, bias=bias)
+        self.o_proj = nn.Linear(inner, config.d_model, bias=bias)
         self.sink_logit = nn.Parameter(torch.zeros(self.heads)) if config.attention_sinks else None
-        self.mlp_norm = RMSNorm(config.d_model)
-        self.fc = nn.Linear(config.d_model, config.mlp_width)
-        self.proj = nn.Linear(config.mlp_width, config.d_model)
+        self.mlp_norm = Norm(config.d_model, config)
+        self.fc = nn.Linear(config.d_model, config.mlp_width, bias=bias)
+        self.proj = nn.Linear(config.mlp_width, config.d_model, bias=bias)
+        self.mlp_activation = {"gelu": F.gelu, "relu": F.relu}[config.mlp_activation]
+        self.residual_activation = {"identity": None, "relu": F.relu}[config.residual_activation]
         widths = {"attn.act_in": config.d_model, "attn.q": inner, "attn.k": inner, "attn.v": inner,
                   "attn.resid_delta": config.d_model, "mlp.act_in": config.d_model,
                   "mlp.post_act": config.mlp_width, "mlp.resid_delta": config.d_model}
         self.site_width = {f"{layer}.{kind}": widths[kind] for kind in NODE_SITE_KINDS}
-        self.keep = {f"{layer}.{kind}": max(1, round(config.keep_fraction_at(kind) * widths[kind])) for kind in NODE_SITE_KINDS}
+        self.keep = {f"{layer}.{kind}": config.keep_count(kind, widths[kind]) for kind in NODE_SITE_KINDS}
 
     def node(self, hooks: SiteHooks, kind: str, x: torch.Tensor) -> torch.Tensor:
         """AbsTopK, then the site's hook: hooks see exactly what flows on."""
@@ -89,11 +114,15 @@ class Block(nn.Module):
         split = lambda t: t.view(batch, T, self.heads, self.d_head).transpose(1, 2)
         z = attention_with_sinks(split(q), split(k), split(v), self.sink_logit)
         z = z.transpose(1, 2).reshape(batch, T, self.heads * self.d_head)
-        x = x + self.node(hooks, "attn.resid_delta", self.o_proj(z))
+        x = self.add_to_residual(x, self.node(hooks, "attn.resid_delta", self.o_proj(z)))
         x = hooks(f"{self.layer}.resid_mid", x)
         m = self.node(hooks, "mlp.act_in", self.mlp_norm(x))
-        h = self.node(hooks, "mlp.post_act", F.gelu(self.fc(m)))
-        return x + self.node(hooks, "mlp.resid_delta", self.proj(h))
+        h = self.node(hooks, "mlp.post_act", self.mlp_activation(self.fc(m)))
+        return self.add_to_residual(x, self.node(hooks, "mlp.resid_delta", self.proj(h)))
+
+    def add_to_residual(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        x = x + delta
+        return x if self.residual_activation is None else self.residual_activation(x)
 
 
 class SparseGPT(nn.Module):
@@ -105,8 +134,8 @@ class SparseGPT(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
         self.wpe = nn.Embedding(config.ctx_len, config.d_model) if config.positional == "learned" else None
         self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
-        self.final_norm = RMSNorm(config.d_model)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size)
+        self.final_norm = Norm(config.d_model, config)
+        self.lm_head = TiedUnembedding(self.wte) if config.tied_embedding else nn.Linear(config.d_model, config.vocab_size)
         self.bigram = nn.Embedding(config.vocab_size, config.vocab_size) if config.bigram_table else None
         self.site_width = {site: w for block in self.blocks for site, w in block.site_width.items()}
         self.hook_points = SiteHooks(list(self.site_width) + residual_sites(config.n_layer))
@@ -115,14 +144,19 @@ class SparseGPT(nn.Module):
     def reset_parameters(self) -> None:
         std = self.config.init_std
         for name, param in self.named_parameters():
-            if name.endswith(".bias") or name.endswith("sink_logit") or name.startswith("bigram"):
-                nn.init.zeros_(param)
-            elif "norm" in name:
+            if "norm" in name and name.endswith(".weight"):
                 nn.init.ones_(param)
+            elif name.endswith(".bias") or name.endswith("sink_logit") or name.startswith("bigram"):
+                nn.init.zeros_(param)
             elif name.endswith(("o_proj.weight", ".proj.weight")):
                 nn.init.normal_(param, std=std / math.sqrt(2 * self.config.n_layer))  # residual writes
             else:
                 nn.init.normal_(param, std=std)
+
+    @property
+    def unembedding_weight(self) -> torch.Tensor:
+        """(vocab, d_model): the unembedding's own weight, or the embedding's when they are tied."""
+        return self.wte.weight if self.config.tied_embedding else self.lm_head.weight
 
     # --- sites ---
     @property

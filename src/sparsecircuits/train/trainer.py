@@ -174,7 +174,8 @@ def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: boo
         saved = run_dir / "config.json"
         if not saved.is_file():
             raise SparseCircuitsError(f"cannot resume: {run_dir} is not a run directory (no config.json)")
-        if json.loads(saved.read_text()) != config.to_dict():
+        # read through Config so keys added since the run started compare as their defaults
+        if Config.from_dict(json.loads(saved.read_text()), origin=str(saved)).to_dict() != config.to_dict():
             raise SparseCircuitsError(
                 f"cannot resume {run_dir} with a different config: drop --config/--set to use the run's own, or train into a new --out"
             )
