@@ -278,6 +278,20 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/frontier.csv and {args.out}/frontier.png")
 
 
+def cmd_import_openai(args: argparse.Namespace) -> None:
+    from .interop.openai import import_openai
+
+    out = import_openai(args.model_dir, args.out, args.tokenizer, args.data, args.force)
+    print(f"wrote {out}: a run directory (prune, validate, view and eval work on it; give --data for mean ablation)")
+
+
+def cmd_export_openai(args: argparse.Namespace) -> None:
+    from .interop.openai import export_openai
+
+    out = export_openai(args.run_dir, args.out, args.allow_eps_change, args.force)
+    print(f"wrote {out}: beeg_config.json and final_model.pt (load with circuit_sparsity's load_model), tokenizer.json")
+
+
 def _prune_default(name: str):
     from .circuits.prune import PruneSettings
 
@@ -434,6 +448,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--data", metavar="DATA_DIR", help="prepared data (default: the standard library, prepared and cached)")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("import-openai", help="a model released by the paper's authors as a run directory",
+                       description="Reads MODEL_DIR/beeg_config.json and final_model.pt (weights only, never arbitrary"
+                                   " pickled objects) and writes a run directory every other command accepts.")
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--tokenizer", metavar="DIR_OR_FILE",
+                   help="the model's tokenizer: a folder with vocab.bpe + encoder.json (e.g. tinypython_2k), or a"
+                        " tokenizer.json (default: look in MODEL_DIR)")
+    p.add_argument("--data", metavar="DATA_DIR", help="prepared data tokenised with this tokenizer, for mean ablation")
+    p.add_argument("--force", action="store_true", help="replace RUN_DIR if `import-openai` made it")
+    p.set_defaults(func=cmd_import_openai)
+
+    p = sub.add_parser("export-openai", help="a run directory in the authors' released format",
+                       description="Writes MODEL_DIR/beeg_config.json and final_model.pt for circuit_sparsity's"
+                                   " load_model; refuses what their model cannot compute the same way.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR")
+    p.add_argument("--allow-eps-change", action="store_true",
+                   help="export a model whose norm epsilon differs from theirs (their logits will differ slightly)")
+    p.add_argument("--force", action="store_true", help="replace MODEL_DIR if `export-openai` made it")
+    p.set_defaults(func=cmd_export_openai)
 
     p = sub.add_parser("configs", help="list the built-in configs, or show one fully resolved")
     p.add_argument("name", nargs="?", metavar="NAME_OR_FILE")

@@ -1,0 +1,216 @@
+"""The authors' released format: import against an independent forward, export, the data-gym
+tokenizer against tiktoken, and every bad input refused by name with nothing written."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparsecircuits.cli import main
+from sparsecircuits.config import load_config
+from sparsecircuits.errors import SparseCircuitsError
+from sparsecircuits.interop.openai import export_openai, import_openai, read_openai_model
+from sparsecircuits.io import load_tensors
+from sparsecircuits.model.gpt import SparseGPT
+from sparsecircuits.train.trainer import train
+
+from .conftest import TINY_OVERRIDES
+
+FIXTURES = Path(__file__).parent / "fixtures" / "openai"
+spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
+make_fixtures = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(make_fixtures)
+
+
+@pytest.mark.parametrize("name", sorted(make_fixtures.CONFIGS))
+def test_imported_model_matches_the_independent_forward_at_every_site(name):
+    folder = FIXTURES / name
+    assert all(p.stat().st_size < 200_000 for p in folder.iterdir())
+    config, state, _ = read_openai_model(folder)
+    model = SparseGPT(config)
+    model.load_state_dict(state)
+    expected = load_tensors(folder / "expected.safetensors")
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(expected.pop("tokens"))
+    torch.testing.assert_close(logits, expected.pop("logits"), rtol=1e-4, atol=1e-5)
+    sites = {key.removeprefix("site:"): value for key, value in expected.items()}
+    assert set(sites) == set(cache)  # every site of ours is one of theirs, and the other way round
+    for site, value in sites.items():
+        torch.testing.assert_close(cache[site], value, rtol=1e-4, atol=1e-5, msg=lambda m: f"{site}: {m}")
+
+
+def test_option_table_of_the_fixtures():
+    configs = {name: read_openai_model(FIXTURES / name)[0] for name in make_fixtures.CONFIGS}
+    assert configs["layer_norm_with_bias"].norm == "layer" and configs["layer_norm_with_bias"].norm_bias
+    assert configs["rms_sink_bigram_all_sites"].norm_eps == torch.finfo(torch.float32).eps
+    relu = configs["relu_mlp_and_residual"]
+    assert relu.mlp_activation == relu.residual_activation == "relu"
+    assert relu.site_keep_fraction == {"attn.act_in": "off", "attn.v": "off", "attn.resid_delta": "off",
+                                       "mlp.act_in": "off", "mlp.resid_delta": "off"}
+    tied = configs["tied_without_biases"]
+    assert tied.tied_embedding and not tied.linear_bias and tied.keep_fraction == 1
+    old = configs["old_keys_layer_norm_no_bias"]
+    assert old.d_mlp == 64 and not old.attention_sinks and old.heads * old.d_head == 16 and not old.norm_bias
+    floor = SparseGPT(configs["floor_keeps_zero"])
+    assert floor.blocks[0].keep["0.attn.q"] == 0 and floor.blocks[0].keep["0.mlp.post_act"] == 3
+
+
+def _released_folder(tmp_path: Path, vocab_size: int, **changes) -> Path:
+    c = {**make_fixtures.BASE, "vocab_size": vocab_size, "block_size": 32, "afrac": 0.25,
+         "afrac_loctypes": make_fixtures.ALL_SITES, "sink": True, **changes}
+    folder = tmp_path / "released"
+    folder.mkdir()
+    (folder / "beeg_config.json").write_text(json.dumps(c))
+    torch.save(make_fixtures.released_state(c, torch.Generator().manual_seed(0)), folder / "final_model.pt")
+    return folder
+
+
+def test_import_cli_makes_a_run_that_every_command_accepts(data_dir, tmp_path, capsys):
+    from tokenizers import Tokenizer
+
+    folder = _released_folder(tmp_path, Tokenizer.from_file(str(data_dir / "tokenizer.json")).get_vocab_size())
+    run = tmp_path / "run"
+    main(["import-openai", str(folder), "--out", str(run), "--tokenizer", str(data_dir / "tokenizer.json"),
+          "--data", str(data_dir)])
+    assert "wrote" in capsys.readouterr().out
+    info = json.loads((run / "run.json").read_text())
+    assert info["imported_from"]["format"] == "openai/circuit_sparsity" and info["data"]
+    model = SparseGPT.from_pretrained(run)
+    assert model.config.keep_rounding == "floor" and model.config.attention_sinks
+    main(["eval", str(run), "--json"])
+    assert "val_loss" in json.loads(capsys.readouterr().out)
+    main(["sample", str(run), "--max-new-tokens", "4"])
+    main(["explain", str(run), "--node", "1.mlp.post_act:3", "--tokens", "512", "--top", "2", "--no-color"])
+    assert "1.mlp.post_act:3" in capsys.readouterr().out
+    out = export_openai(run, tmp_path / "exported")
+    again = read_openai_model(out)[1]
+    assert torch.equal(again["wte.weight"], model.wte.weight) and torch.equal(again["blocks.1.k_proj.bias"],
+                                                                             model.blocks[1].k_proj.bias)
+
+
+def test_export_then_import_is_the_identity_on_a_trained_run(data_dir, tmp_path):
+    eps = torch.finfo(torch.float32).eps
+    run = train(load_config("tiny", TINY_OVERRIDES + [f"model.norm_eps={eps!r}"]), data_dir, tmp_path / "run",
+                show_progress=False)
+    exported = export_openai(run, tmp_path / "released")
+    assert json.loads((exported / "beeg_config.json").read_text())["afrac"] == 0.25
+    back = import_openai(exported, tmp_path / "back", tokenizer_path=exported / "tokenizer.json")
+    original, imported = SparseGPT.from_pretrained(run), SparseGPT.from_pretrained(back)
+    tokens = torch.randint(0, original.config.vocab_size, (3, 32))
+    with torch.no_grad():
+        assert torch.equal(original(tokens), imported(tokens))  # bit for bit
+
+
+def test_export_refuses_what_their_code_cannot_compute(trained_run, data_dir, tmp_path):
+    with pytest.raises(SparseCircuitsError, match="model.norm_eps = 1e-06 .* --allow-eps-change"):
+        export_openai(trained_run, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    export_openai(trained_run, tmp_path / "b", allow_eps_change=True)
+    mixed = train(load_config("tiny", TINY_OVERRIDES + ["model.site_keep_fraction.mlp.post_act=0.5", "train.steps=2"]),
+                  data_dir, tmp_path / "mixed", show_progress=False)
+    with pytest.raises(SparseCircuitsError, match="site_keep_fraction .* one fraction"):
+        export_openai(mixed, tmp_path / "c", allow_eps_change=True)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"afrac_loctypes": "attn_in,resid_post_mlp"}, "'resid_post_mlp' .AbsTopK on the residual stream"),
+    ({"d_pos_emb": 8}, "d_pos_emb = 8 .positions concatenated"),
+    ({"some_new_key": 1}, "some_new_key = 1 is not a GPTConfig field"),
+    ({"activation_type": "swiglu"}, "activation_type = 'swiglu' is not one of gelu, relu"),
+    ({"afrac": 1.5}, "afrac = 1.5 must be a fraction"),
+    ({"n_layer": 0}, "n_layer = 0 must be a positive integer"),
+])
+def test_import_refuses_config_keys_by_name(tmp_path, change, message):
+    folder = _released_folder(tmp_path, 40)
+    beeg = json.loads((folder / "beeg_config.json").read_text())
+    (folder / "beeg_config.json").write_text(json.dumps({**beeg, **change}))
+    with pytest.raises(SparseCircuitsError, match=message):
+        import_openai(folder, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+class NotATensor:
+    pass
+
+
+def test_import_refuses_bad_weights_and_writes_nothing(tmp_path, capsys):
+    folder = _released_folder(tmp_path, 40)
+    state = torch.load(folder / "final_model.pt", weights_only=True)
+    cases = {
+        "missing": ({k: v for k, v in state.items() if k != "transformer.h.1.mlp.c_fc.bias"},
+                    "missing tensor transformer.h.1.mlp.c_fc.bias"),
+        "unexpected": ({**state, "transformer.h.9.attn.c_attn.weight": torch.zeros(1)},
+                       "unexpected tensor transformer.h.9.attn.c_attn.weight"),
+        "object": ({**state, "payload": NotATensor()}, "not a weights-only PyTorch state dict"),
+    }
+    for name, (bad, message) in cases.items():
+        torch.save(bad, folder / "final_model.pt")
+        with pytest.raises(SparseCircuitsError, match=message):
+            import_openai(folder, tmp_path / name, tokenizer_path=folder)
+        assert not (tmp_path / name).exists(), name
+    (folder / "final_model.pt").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["import-openai", str(folder), "--out", str(tmp_path / "none")])
+    assert exit_info.value.code == 2 and "final_model.pt is missing" in capsys.readouterr().err
+    torch.save(state, folder / "final_model.pt")
+    with pytest.raises(SparseCircuitsError, match="holds no tokenizer.*--tokenizer"):
+        import_openai(folder, tmp_path / "none")
+
+
+SAMPLE_TEXT = [
+    "def f(x):\r\n    return x  \r\n",
+    "name = 'caf\u00e9' + \"na\u00efve \u65e5\u672c\"  # \u00fcber\n",
+    "n = 1234567890123 + 0x1F\n\n\n",
+    "data = [[1, 2], [3]]\nprint(data[0][1]])\n",
+    "    \n\t\tif a == b:   \n        pass\n",
+    "x=\"\"\"doc\"\"\"\n# trailing   ",
+]
+
+
+def _datagym_folder(tmp_path: Path) -> Path:
+    """A small vocab.bpe + encoder.json trained on Python text by HF tokenizers, in GPT-2's data-gym layout."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    source = [Path(shutil.__file__).read_text(), Path(json.__file__).read_text()] + SAMPLE_TEXT
+    tokenizer.train_from_iterator(source, trainer)
+    state = json.loads(tokenizer.to_str())
+    merges = [m if isinstance(m, str) else " ".join(m) for m in state["model"]["merges"]]
+    # tiktoken's byte ranks: printable bytes (their own characters, < 256) first, then the rest (256 + n)
+    byte_order = sorted(pre_tokenizers.ByteLevel.alphabet(), key=ord)
+    encoder = {ch: i for i, ch in enumerate(byte_order)}
+    for merge in merges:
+        encoder.setdefault(merge.replace(" ", ""), len(encoder))
+    encoder["<|endoftext|>"] = len(encoder)
+    folder = tmp_path / "datagym"
+    folder.mkdir()
+    (folder / "vocab.bpe").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    (folder / "encoder.json").write_text(json.dumps(encoder), encoding="utf-8")
+    return folder
+
+
+def test_datagym_tokenizer_matches_tiktoken(tmp_path, monkeypatch):
+    tiktoken = pytest.importorskip("tiktoken")
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    from sparsecircuits.interop.datagym import TINYPYTHON_PATTERN, tokenizer_from_datagym
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")
+    folder = _datagym_folder(tmp_path)
+    ranks = data_gym_to_mergeable_bpe_ranks(str(folder / "vocab.bpe"), str(folder / "encoder.json"))
+    reference = tiktoken.Encoding("test", pat_str=TINYPYTHON_PATTERN, mergeable_ranks=ranks,
+                                  special_tokens={"<|endoftext|>": len(ranks)})
+    ours = tokenizer_from_datagym(folder)
+    texts = SAMPLE_TEXT + [Path(shutil.__file__).read_text()[:20000], "]]\n", "a  ", "1" * 10, "\r\n\r\n  x"]
+    for text in texts:
+        assert ours.encode(text).ids == reference.encode_ordinary(text), repr(text[:40])
+        assert ours.decode(ours.encode(text).ids) == text
+    assert ours.token_to_id("<|endoftext|>") == len(ranks)
