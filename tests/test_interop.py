@@ -214,3 +214,24 @@ def test_datagym_tokenizer_matches_tiktoken(tmp_path, monkeypatch):
         assert ours.encode(text).ids == reference.encode_ordinary(text), repr(text[:40])
         assert ours.decode(ours.encode(text).ids) == text
     assert ours.token_to_id("<|endoftext|>") == len(ranks)
+
+
+def test_an_exported_and_reimported_model_prunes_validates_and_views_with_data(task_run, tmp_path, capsys):
+    run, task = task_run
+    data = json.loads((run / "run.json").read_text())["data"]
+    released = export_openai(run, tmp_path / "released", allow_eps_change=True)
+    imported = import_openai(released, tmp_path / "imported")  # the tokenizer.json export wrote beside the weights
+    with pytest.raises(SystemExit):
+        main(["prune", str(imported), "--task", str(task), "--out", str(tmp_path / "no-data"), "--steps", "20"])
+    assert "pass --data DATA_DIR" in capsys.readouterr().err and not (tmp_path / "no-data").exists()
+    circuit = tmp_path / "circuit"
+    main(["prune", str(imported), "--task", str(task), "--out", str(circuit), "--steps", "40", "--target-loss", "0.6",
+          "--data", data])
+    assert json.loads((circuit / "circuit.json").read_text())["means_data"] == str(Path(data).resolve())
+    try:
+        main(["validate", str(circuit), "--no-control"])
+    except SystemExit as verdict:
+        assert verdict.code == 1  # not evidence (exit 1) is a verdict; bad input (exit 2) would not be
+    assert (circuit / "validation.json").is_file()
+    main(["view", str(circuit)])
+    assert (circuit / "circuit.html").is_file()

@@ -207,7 +207,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
     settings = PruneSettings(target_loss=args.target_loss, ablation=args.ablation, steps=args.steps,
                              k_coef=args.k_coef, lr=args.lr, seed=args.seed, csr_max_density=args.csr_max_density)
-    circuit = prune(args.run_dir, args.task, args.out, settings, search_trials=args.search, force=args.force)
+    circuit = prune(args.run_dir, args.task, args.out, settings, search_trials=args.search, force=args.force,
+                    data_dir=args.data)
     m = circuit.metrics
     print(f"{circuit.task}: {m['n_nodes']} nodes, {m['n_edges']} edges; task loss: full model {m['loss_full_model']:.4f},"
           f" circuit {m['loss_circuit']:.4f}, circuit ablated {m['loss_circuit_ablated']:.4f},"
@@ -380,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="CIRCUIT_DIR")
     p.add_argument("--target-loss", type=TASK_LOSS, default=0.15, help="held-out task loss the circuit must reach (default 0.15)")
     p.add_argument("--ablation", choices=["mean", "zero"], default="mean", help="what pruned nodes are frozen at (default mean)")
+    p.add_argument("--data", metavar="DATA_DIR", help="text the node means are taken over (default: the run's own data;"
+                                                      " needed for an imported run), tokenised with the run's tokenizer")
     p.add_argument("--search", type=NON_NEGATIVE, default=0, metavar="N", help="run N Optuna trials over the pruning hyperparameters")
     p.add_argument("--steps", type=POSITIVE, default=_prune_default("steps"), help="mask training steps")
     p.add_argument("--k-coef", type=_real(0, 1e3), default=_prune_default("k_coef"), help="penalty per active node")

@@ -32,10 +32,12 @@ CIRCUIT_FILE = "circuit.json"
 RANDOM_CONTROLS = 8
 
 
-def ablation_values(model: SparseGPT, run_dir: Path, ablation: str, show_progress: bool = True) -> dict[str, torch.Tensor]:
+def ablation_values(model: SparseGPT, run_dir: Path, ablation: str, show_progress: bool = True,
+                    data_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """What pruned nodes are frozen at: zeros, or node means over `data_dir` (default: the run's own data)."""
     if ablation == "zero":
         return {site: torch.zeros(width) for site, width in model.node_sites.items()}
-    return load_or_compute_means(model, run_dir, show_progress=show_progress)
+    return load_or_compute_means(model, run_dir, show_progress=show_progress, data_dir=data_dir)
 
 
 def load_task_splits(model: SparseGPT, task: str) -> TaskSplits:
@@ -94,22 +96,25 @@ def write_circuit_dir(out: Path, record: dict, scores: Mapping[str, torch.Tensor
 
 
 def prune(run_dir: str | Path, task: str, out: str | Path, settings: PruneSettings | None = None,
-          search_trials: int = 0, show_progress: bool = True, force: bool = False) -> "Circuit":
-    """Find, measure and save the circuit of `task` in the model of `run_dir`."""
+          search_trials: int = 0, show_progress: bool = True, force: bool = False,
+          data_dir: str | Path | None = None) -> "Circuit":
+    """Find, measure and save the circuit of `task` in the model of `run_dir`. `data_dir` is the text
+    mean ablation averages over (default: the run's own data; an imported run has none)."""
     settings = settings or PruneSettings()
     settings.validate()
     run_dir, out = Path(run_dir), Path(out)
     check_output_dir(out, "prune", force)
     with directory_lock(out):
-        return _prune(run_dir, task, out, settings, search_trials, show_progress)
+        return _prune(run_dir, task, out, settings, search_trials, show_progress, data_dir)
 
 
-def _prune(run_dir: Path, task: str, out: Path, settings: PruneSettings, search_trials: int, show_progress: bool) -> "Circuit":
+def _prune(run_dir: Path, task: str, out: Path, settings: PruneSettings, search_trials: int, show_progress: bool,
+           data_dir: str | Path | None) -> "Circuit":
     start = time.perf_counter()
     model = SparseGPT.from_pretrained(run_dir)
     with sparse_weight_kernels(model, settings.csr_max_density) as csr_layers:
         splits = load_task_splits(model, task)
-        means = ablation_values(model, run_dir, settings.ablation, show_progress)
+        means = ablation_values(model, run_dir, settings.ablation, show_progress, data_dir)
         means_seconds = time.perf_counter() - start
         if search_trials > 0:
             from .search import search_settings
@@ -135,6 +140,7 @@ def _prune(run_dir: Path, task: str, out: Path, settings: PruneSettings, search_
                   "weights_sha256": model.weights_sha256},
         "target_loss": settings.target_loss,
         "ablation": settings.ablation,
+        "means_data": str(Path(data_dir).resolve()) if data_dir is not None else None,  # None: the run's own data
         "records": splits.counts(),
         "nodes": nodes,
         "edges": edges,
@@ -168,6 +174,7 @@ class Circuit:
     edges = property(lambda self: self.data["edges"])
     metrics = property(lambda self: self.data["metrics"])
     logit_scale = property(lambda self: self.data["metrics"].get("logit_scale", 1.0))
+    means_data = property(lambda self: self.data.get("means_data"))  # the --data prune averaged over, or None
 
     @property
     def run_dir(self) -> Path:
@@ -198,6 +205,6 @@ class Circuit:
     def only(self, model: SparseGPT, means: Mapping[str, torch.Tensor] | None = None):
         """Run `model` with only the circuit kept, every other node ablated as when it was pruned."""
         if means is None:
-            means = ablation_values(model, self.run_dir, self.data["ablation"], show_progress=False)
+            means = ablation_values(model, self.run_dir, self.data["ablation"], False, self.means_data)
         with model.hooks(ablation_hooks(model, self.keep(model), means)):
             yield model

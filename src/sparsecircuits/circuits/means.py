@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from ..data.dataset import TokenData
 from ..model.gpt import SparseGPT
 from ..io import atomic_save_tensors
+from ..train.checkpoint import read_run_info
 from ..train.evaluation import run_data
 
 MEANS_FILE = "node_means.safetensors"
@@ -37,20 +38,25 @@ def compute_means(model: SparseGPT, data: TokenData, n_tokens: int = 65536, batc
 
 
 def load_or_compute_means(model: SparseGPT, run_dir: str | Path, n_tokens: int = 65536,
-                          show_progress: bool = True) -> dict[str, torch.Tensor]:
-    """Means cached in RUN_DIR/node_means.safetensors, tied to the weights' sha256 and recomputed
-    when the weights or n_tokens changed."""
+                          show_progress: bool = True, data_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """Means over `data_dir` (default: the run's own data), cached in RUN_DIR/node_means.safetensors,
+    tied to the weights' sha256, and recomputed when the weights, n_tokens or a given `data_dir` changed."""
     run_dir = Path(run_dir)
     path = run_dir / MEANS_FILE
     digest = model.weights_sha256
+    own = read_run_info(run_dir).get("data")
+    own = str(Path(own).resolve()) if own else None
+    wanted = str(Path(data_dir).resolve()) if data_dir is not None else own
     if path.is_file():
         try:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
-                if meta.get("model") == digest and meta.get("tokens") == str(n_tokens):
+                cached = meta.get("data", own)  # caches that predate this key were made from the run's own data
+                if meta.get("model") == digest and meta.get("tokens") == str(n_tokens) and wanted in (None, cached):
                     return {site: f.get_tensor(site) for site in model.node_sites}
         except Exception:  # a damaged cache is simply recomputed
             pass
-    means = compute_means(model, run_data(run_dir, None), n_tokens, show_progress=show_progress)
-    atomic_save_tensors(path, means, metadata={"model": digest, "tokens": str(n_tokens)})
+    data = run_data(run_dir, data_dir)
+    means = compute_means(model, data, n_tokens, show_progress=show_progress)
+    atomic_save_tensors(path, means, metadata={"model": digest, "tokens": str(n_tokens), "data": str(data.directory.resolve())})
     return means

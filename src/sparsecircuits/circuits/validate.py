@@ -112,7 +112,7 @@ def _validate(circuit: Circuit, model, model_run_dir: Path, control: bool, show_
     settings = PruneSettings(**circuit.data["settings"])
     with sparse_weight_kernels(model, settings.csr_max_density):
         splits = load_task_splits(model, circuit.data["task_source"])
-        means = ablation_values(model, model_run_dir, circuit.data["ablation"], show_progress)
+        means = ablation_values(model, model_run_dir, circuit.data["ablation"], show_progress, circuit.means_data)
         evaluator = CircuitEvaluator(model, splits, means, settings.calibration_steps)
         keep = circuit.keep(model)
         scale = circuit.logit_scale

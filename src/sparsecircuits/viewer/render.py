@@ -47,7 +47,7 @@ def circuit_page_data(circuit_dir: str | Path, run_dir: str | Path | None = None
     model_dir = Path(run_dir) if run_dir else circuit.run_dir
     splits = load_task_splits(model, circuit.data["task_source"])
     test = splits.test
-    means = ablation_values(model, model_dir, circuit.data["ablation"], show_progress)
+    means = ablation_values(model, model_dir, circuit.data["ablation"], show_progress, circuit.means_data)
     keep = circuit.keep(model)
     validation_path = Path(circuit_dir) / "validation.json"
     validation = json.loads(validation_path.read_text()) if validation_path.is_file() else None
@@ -61,7 +61,7 @@ def circuit_page_data(circuit_dir: str | Path, run_dir: str | Path | None = None
             alone = {site: k.clone() for site, k in everything.items()}
             alone[node["site"]][node["index"]] = False
             ablation[f"{node['site']}:{node['index']}"] = {"loss_full_model_without_node": evaluator.loss(alone)}
-    info = node_examples(model, run_data(model_dir, None), nodes=[(n["site"], n["index"]) for n in circuit.nodes],
+    info = node_examples(model, run_data(model_dir, circuit.means_data), nodes=[(n["site"], n["index"]) for n in circuit.nodes],
                          n_tokens=n_tokens, top=top, show_progress=show_progress)
     shown = dataclasses.replace(test, prompts=test.prompts[:N_EXAMPLES], correct=test.correct[:N_EXAMPLES],
                                 incorrect=test.incorrect[:N_EXAMPLES])
