@@ -58,6 +58,11 @@ def test_option_table_of_the_fixtures():
     assert old.d_mlp == 64 and not old.attention_sinks and old.heads * old.d_head == 16 and not old.norm_bias
     floor = SparseGPT(configs["floor_keeps_zero"])
     assert floor.blocks[0].keep["0.attn.q"] == 0 and floor.blocks[0].keep["0.mlp.post_act"] == 3
+    concat = SparseGPT(configs["concat_positions"])
+    assert configs["concat_positions"].positional == "concat" and concat.node_sites["0.attn.act_in"] == 32 + 8
+    sinusoidal = configs["sinusoidal_positions_residual_topk"]
+    assert sinusoidal.positional == "concat_sinusoidal" and sinusoidal.d_pos == 6
+    assert sinusoidal.residual_keep_fraction == {"after_attn": 0.5, "after_mlp": 0.5}
 
 
 def _released_folder(tmp_path: Path, vocab_size: int, **changes) -> Path:
@@ -118,8 +123,8 @@ def test_export_refuses_what_their_code_cannot_compute(trained_run, data_dir, tm
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"afrac_loctypes": "attn_in,resid_post_mlp"}, "'resid_post_mlp' .AbsTopK on the residual stream"),
-    ({"d_pos_emb": 8}, "d_pos_emb = 8 .positions concatenated"),
+    ({"d_pos_emb": -1}, "d_pos_emb = -1 must be a positive integer"),
+    ({"afrac_loctypes": "attn_in,resid_post_everything"}, "'resid_post_everything' is not a location"),
     ({"some_new_key": 1}, "some_new_key = 1 is not a GPTConfig field"),
     ({"activation_type": "swiglu"}, "activation_type = 'swiglu' is not one of gelu, relu"),
     ({"afrac": 1.5}, "afrac = 1.5 must be a fraction"),

@@ -25,6 +25,10 @@ OPTIONS = {
     "tied_embedding_without_biases": ["model.tied_embedding=true", "model.linear_bias=false"],
     "floor_rounding_and_sites_off": ["model.keep_rounding=floor", "model.keep_fraction=0.1",
                                      "model.site_keep_fraction.attn.q=off", "model.site_keep_fraction.mlp.post_act=1"],
+    "concatenated_learned_positions": ["model.positional=concat", "model.d_pos=8"],
+    "sinusoidal_positions_and_residual_topk": ["model.positional=concat_sinusoidal", "model.d_pos=6",
+                                               "model.residual_keep_fraction.after_attn=0.5",
+                                               "model.residual_keep_fraction.after_mlp=0.25"],
 }
 
 
@@ -111,6 +115,9 @@ def test_floor_rounding_and_off_sites_set_the_kept_counts():
     ("model.keep_rounding=ceil", "model.keep_rounding must be"),
     ("model.site_keep_fraction.attn.q=none", "must be in (0, 1] or 'off'"),
     ("model.norm_eps=0", "model.norm_eps"),
+    ("model.positional=concat", "model.d_pos .* must be set exactly when"),
+    ("model.d_pos=4", "model.d_pos .* must be set exactly when"),
+    ("model.residual_keep_fraction.after_everything=0.5", "unknown site kind 'model.residual_keep_fraction.after_everything'"),
 ])
 def test_bad_option_values_are_refused_by_name(override, message):
     with pytest.raises(SparseCircuitsError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -126,3 +133,31 @@ def test_relu_residual_edges_are_marked():
                             for e in crossing)
     plain = circuit_edges(SparseGPT(_tiny(["model.keep_fraction=1", "model.n_layer=1"])), keep)
     assert not any("through" in e for e in plain)
+
+
+def test_sinusoidal_positions_stay_fixed_and_dense_through_training(data_dir, tmp_path):
+    from sparsecircuits.model.gpt import sinusoidal_positions
+
+    config = load_config("tiny", TINY_OVERRIDES + OPTIONS["sinusoidal_positions_and_residual_topk"])
+    model = SparseGPT.from_pretrained(train(config, data_dir, tmp_path / "run", show_progress=False))
+    assert torch.equal(model.wpe.weight, sinusoidal_positions(config.model.ctx_len, 6))
+    assert not model.wpe.weight.requires_grad
+    _, cache = model.run_with_cache(torch.randint(0, model.config.vocab_size, (2, 16)))
+    assert int((cache["0.resid_mid"] != 0).sum(-1).max()) <= 16 and int((cache["1.resid_in"] != 0).sum(-1).max()) <= 8
+    assert model.node_sites["0.attn.act_in"] == 32 + 6 and model.node_sites["1.mlp.act_in"] == 32 + 6
+
+
+def test_position_channels_are_nodes_of_their_own_with_position_edges():
+    model = SparseGPT(_tiny(["model.positional=concat", "model.d_pos=4", "model.keep_fraction=1", "model.n_layer=1",
+                             "model.residual_keep_fraction.after_attn=0.5"]))
+    keep = {site: torch.ones(width, dtype=torch.bool) for site, width in model.node_sites.items()}
+    keep["0.mlp.act_in"][32 + 2] = False  # one position channel of the MLP's input pruned
+    edges = circuit_edges(model, keep)
+    position = [e for e in edges if e["kind"] == "position"]
+    assert {(e["dst"]["site"], e["dst"]["index"]) for e in position} == (
+        {("0.attn.act_in", 32 + j) for j in range(4)} | {("0.mlp.act_in", 32 + j) for j in (0, 1, 3)})
+    assert all(e["src"]["site"] == "position" and e["dst"]["index"] == 32 + e["src"]["index"] for e in position)
+    residual = [e for e in edges if e["kind"] in ("embed", "residual", "unembed")]
+    assert all(e["dst"]["site"] == "unembed" or e["dst"]["index"] < 32 for e in residual)
+    assert {e.get("through") for e in residual if e["dst"]["site"] == "0.mlp.act_in"} == {"abstopk"}
+    assert all("through" not in e for e in residual if e["dst"]["site"] == "0.attn.act_in")

@@ -37,6 +37,9 @@ NODE_SITE_KINDS = (
     "mlp.resid_delta",
 )
 
+# Where AbsTopK may act on the residual stream itself (the authors' resid_post_attn, resid_post_mlp).
+RESIDUAL_TOPK_KINDS = ("after_attn", "after_mlp")
+
 
 @dataclass
 class ModelConfig:
@@ -47,7 +50,10 @@ class ModelConfig:
     n_head: int = 0  # 0: d_model // d_head
     d_mlp: int = 0  # 0: 4 * d_model
     ctx_len: int = 256
-    positional: str = "none"  # "none" or "learned" (absolute)
+    # "none", "learned" (absolute, added to the residual), or positions concatenated to every sublayer's
+    # normed input as d_pos channels of their own: "concat" (learned) or "concat_sinusoidal" (fixed)
+    positional: str = "none"
+    d_pos: int = 0  # width of the concatenated position channels
     attention_sinks: bool = True
     bigram_table: bool = True
     keep_fraction: float = 0.25  # AbsTopK: fraction of channels kept at every node site
@@ -63,6 +69,8 @@ class ModelConfig:
     mlp_activation: str = "gelu"  # "gelu" or "relu"
     residual_activation: str = "identity"  # "identity" or "relu" (applied to the residual after every sublayer)
     tied_embedding: bool = False  # unembedding weight = token embedding
+    # AbsTopK on the residual stream itself, after the sublayer: {"after_attn" = 0.25, "after_mlp" = 0.25}
+    residual_keep_fraction: dict[str, float | str] = field(default_factory=dict)
     init_std: float = 0.02
 
     @property
@@ -77,9 +85,16 @@ class ModelConfig:
         fraction = self.site_keep_fraction.get(kind, self.keep_fraction)
         return 1.0 if fraction == "off" else fraction
 
+    @property
+    def concat_positions(self) -> int:
+        """Position channels concatenated to each sublayer's input (0 unless positions are concatenated)."""
+        return self.d_pos if self.positional.startswith("concat") else 0
+
     def keep_count(self, kind: str, width: int) -> int:
-        """Channels AbsTopK keeps at a site of this kind and width (width itself: AbsTopK is off)."""
-        fraction = self.keep_fraction_at(kind)
+        """Channels AbsTopK keeps at a site of this kind and width (width itself: AbsTopK is off).
+        Residual kinds are "after_attn" and "after_mlp"; they are off unless set."""
+        fraction = self.residual_keep_fraction.get(kind, 1.0) if kind.startswith("after_") else self.keep_fraction_at(kind)
+        fraction = 1.0 if fraction == "off" else fraction
         if fraction >= 1:
             return width
         if self.keep_rounding == "floor":
@@ -163,6 +178,7 @@ class Config:
             ("model.n_layer", m.n_layer, 0, 1024, False),
             ("model.d_head", m.d_head, 0, 1 << 12, False),
             ("model.n_head", m.n_head, 0, 1 << 12, True),  # 0: d_model // d_head
+            ("model.d_pos", m.d_pos, 0, 1 << 16, True),
             ("model.d_mlp", m.d_mlp, 0, 1 << 20, True),  # 0: 4 * d_model
             ("model.ctx_len", m.ctx_len, 1, 1 << 20, False),
             ("model.keep_fraction", m.keep_fraction, 0, 1, False),
@@ -194,7 +210,10 @@ class Config:
                 raise SparseCircuitsError(f"bad config value: {key} = {value!r} is out of range {interval}")
         checks = [
             (m.n_head > 0 or m.d_model % m.d_head == 0, "model.d_model must be a multiple of model.d_head (or set model.n_head)"),
-            (m.positional in ("none", "learned"), "model.positional must be 'none' or 'learned'"),
+            (m.positional in ("none", "learned", "concat", "concat_sinusoidal"),
+             "model.positional must be 'none', 'learned', 'concat' or 'concat_sinusoidal'"),
+            ((m.d_pos > 0) == m.positional.startswith("concat"),
+             "model.d_pos (the width of concatenated positions) must be set exactly when model.positional is 'concat*'"),
             (m.keep_rounding in ("round", "floor"), "model.keep_rounding must be 'round' or 'floor'"),
             (m.norm in ("rms", "layer"), "model.norm must be 'rms' or 'layer'"),
             (not m.norm_bias or m.norm == "layer", "model.norm_bias needs model.norm = 'layer' (RMSNorm has no bias)"),
@@ -208,13 +227,13 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise SparseCircuitsError(f"bad config value: {message}")
-        for kind, fraction in m.site_keep_fraction.items():
-            if kind not in NODE_SITE_KINDS:
-                raise SparseCircuitsError(
-                    f"unknown site kind 'model.site_keep_fraction.{kind}' (kinds: {', '.join(NODE_SITE_KINDS)})"
-                )
-            if fraction != "off" and not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction <= 1):
-                raise SparseCircuitsError(f"bad config value: model.site_keep_fraction.{kind} must be in (0, 1] or 'off'")
+        for key, kinds in (("site_keep_fraction", NODE_SITE_KINDS), ("residual_keep_fraction", RESIDUAL_TOPK_KINDS)):
+            for kind, fraction in getattr(m, key).items():
+                if kind not in kinds:
+                    raise SparseCircuitsError(f"unknown site kind 'model.{key}.{kind}' (kinds: {', '.join(kinds)})")
+                if fraction != "off" and not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+                                              and 0 < fraction <= 1):
+                    raise SparseCircuitsError(f"bad config value: model.{key}.{kind} must be in (0, 1] or 'off'")
 
 
 def _section_from_dict(section_cls: type, data: Any, section: str, origin: str) -> Any:
@@ -300,8 +319,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         section = data.setdefault(path[0], {})
         if not isinstance(section, dict):
             raise SparseCircuitsError(f"bad --set '{text}': '{path[0]}' is not a section")
-        if path[1] == "site_keep_fraction" and len(path) > 2:  # the site kind itself has a dot
-            section.setdefault("site_keep_fraction", {})[".".join(path[2:])] = value
+        if path[1] in ("site_keep_fraction", "residual_keep_fraction") and len(path) > 2:  # a kind may hold a dot
+            section.setdefault(path[1], {})[".".join(path[2:])] = value
         elif len(path) == 2:
             section[path[1]] = value
         else:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import NODE_SITE_KINDS, ModelConfig
+from ..config import NODE_SITE_KINDS, RESIDUAL_TOPK_KINDS, ModelConfig
 from ..errors import SparseCircuitsError
 
 CONFIG_FILE = "beeg_config.json"
@@ -29,7 +29,7 @@ LAYER_NORM_EPS = 1e-5  # their LayerNorm
 LOCTYPES = {
     "attn_in": "attn.act_in", "attn_q": "attn.q", "attn_k": "attn.k", "attn_v": "attn.v",
     "attn_out": "attn.resid_delta", "mlp_in": "mlp.act_in", "mlp_neuron": "mlp.post_act",
-    "mlp_out": "mlp.resid_delta",
+    "mlp_out": "mlp.resid_delta", "resid_post_attn": "after_attn", "resid_post_mlp": "after_mlp",
 }
 # Keys that only matter for training or for their runtime, not for what the model computes.
 IGNORED_KEYS = {"dropout", "debug_nans", "grad_checkpointing", "flash", "enable_sparse_kernels", "tokenizer_name",
@@ -56,42 +56,44 @@ def model_config_from_openai(beeg: dict) -> ModelConfig:
     for key in ("block_size", "vocab_size", "n_layer", "n_head", "d_model"):
         if not isinstance(beeg.get(key), int) or isinstance(beeg.get(key), bool) or beeg[key] <= 0:
             raise _refuse(key, beeg.get(key), "must be a positive integer")
-    if beeg.get("d_pos_emb") is not None:
-        raise _refuse("d_pos_emb", beeg["d_pos_emb"], "(positions concatenated to the residual stream) is not"
-                      " supported by this version of sparsecircuits")
+    d_pos = beeg.get("d_pos_emb")
+    if d_pos is not None and (not isinstance(d_pos, int) or isinstance(d_pos, bool) or d_pos <= 0):
+        raise _refuse("d_pos_emb", d_pos, "must be a positive integer (the width of concatenated positions) or null")
     if beeg.get("use_tied_aux_matrix"):
         raise _refuse("use_tied_aux_matrix", True, "is a training-time option their own loader refuses")
     d_model, n_head = beeg["d_model"], beeg["n_head"]
     d_head = beeg.get("d_head") or d_model // n_head
     d_mlp = beeg.get("d_mlp", beeg.get("n_mlp")) or 4 * d_model
     rms = bool(beeg.get("rms_norm", False))
-    keep_fraction, per_site = 1.0, {}
+    keep_fraction, per_site, residual = 1.0, {}, {}
     afrac = beeg.get("afrac")
     if afrac is not None:
         if not isinstance(afrac, (int, float)) or isinstance(afrac, bool) or not 0 < afrac <= 1:
             raise _refuse("afrac", afrac, "must be a fraction in (0, 1]")
         loctypes = [t for t in str(beeg.get("afrac_loctypes", "attn_in,attn_out,mlp_in,mlp_out")).split(",") if t]
-        unsupported = [t for t in loctypes if t not in LOCTYPES]
-        if unsupported:
-            where = ("(AbsTopK on the residual stream itself) is not supported by this version of sparsecircuits"
-                     if unsupported[0].startswith("resid_") else f"names an unknown location (known: {', '.join(LOCTYPES)})")
-            raise _refuse("afrac_loctypes", beeg.get("afrac_loctypes"), f": '{unsupported[0]}' {where}")
+        unknown_loctypes = [t for t in loctypes if t not in LOCTYPES]
+        if unknown_loctypes:
+            raise _refuse("afrac_loctypes", beeg.get("afrac_loctypes"),
+                          f": '{unknown_loctypes[0]}' is not a location their code knows ({', '.join(LOCTYPES)})")
         kinds = {LOCTYPES[t] for t in loctypes}
         keep_fraction = float(afrac)
         per_site = {kind: "off" for kind in NODE_SITE_KINDS if kind not in kinds}
+        residual = {kind: float(afrac) for kind in RESIDUAL_TOPK_KINDS if kind in kinds}
     for key, allowed in (("residual_activation_type", ("identity", "relu")), ("activation_type", ("gelu", "relu"))):
         if beeg.get(key, allowed[0]) not in allowed:
             raise _refuse(key, beeg[key], f"is not one of {', '.join(allowed)}")
     config = ModelConfig(
         vocab_size=beeg["vocab_size"], d_model=d_model, n_layer=beeg["n_layer"], d_head=d_head, n_head=n_head,
-        d_mlp=d_mlp, ctx_len=beeg["block_size"], positional="learned",  # their position table is always added
+        d_mlp=d_mlp, ctx_len=beeg["block_size"], d_pos=d_pos or 0,
+        # their position table is always there: added to the residual, or concatenated to sublayer inputs
+        positional=("concat_sinusoidal" if beeg.get("sinusoidal_cat_pos_emb") else "concat") if d_pos else "learned",
         attention_sinks=bool(beeg.get("sink", False)), bigram_table=bool(beeg.get("enable_bigram_table", False)),
         keep_fraction=keep_fraction, site_keep_fraction=per_site,
         keep_rounding="floor", norm="rms" if rms else "layer", norm_eps=FP32_EPS if rms else LAYER_NORM_EPS,
         norm_bias=not rms and bool(beeg.get("ln_bias", True)), linear_bias=bool(beeg.get("bias", True)),
         mlp_activation=beeg.get("activation_type", "gelu"),
         residual_activation=beeg.get("residual_activation_type", "identity"),
-        tied_embedding=bool(beeg.get("tied_unembed", True)),
+        tied_embedding=bool(beeg.get("tied_unembed", True)), residual_keep_fraction=residual,
     )
     return config
 
@@ -109,6 +111,8 @@ def _their_names(config: ModelConfig) -> dict[str, str]:
     for i in range(config.n_layer):
         ours, theirs = f"blocks.{i}.", f"transformer.h.{i}."
         pairs = {"ln_1": "attn_norm", "ln_2": "mlp_norm"}
+        if config.concat_positions:
+            pairs.update({"ln_p1": "attn_pos_norm", "ln_p2": "mlp_pos_norm"})
         for their, our in pairs.items():
             names[f"{theirs}{their}.weight"] = f"{ours}{our}.weight"
             if config.norm_bias:
@@ -200,11 +204,13 @@ def openai_config_from_model(config: ModelConfig, tokenizer_name: str, allow_eps
     if config.norm_eps != their_eps and not allow_eps_change:
         raise refuse("norm_eps", f"but their {config.norm.upper()}Norm uses {their_eps:.8g}: logits would change"
                                  " slightly; pass --allow-eps-change to export anyway")
-    widths = {"attn.act_in": config.d_model, "attn.q": config.heads * config.d_head, "attn.k": config.heads * config.d_head,
-              "attn.v": config.heads * config.d_head, "attn.resid_delta": config.d_model, "mlp.act_in": config.d_model,
-              "mlp.post_act": config.mlp_width, "mlp.resid_delta": config.d_model}
-    on = [kind for kind in NODE_SITE_KINDS if config.keep_fraction_at(kind) < 1]
-    fractions = {config.keep_fraction_at(kind) for kind in on}
+    inner, d_in = config.heads * config.d_head, config.d_model + config.concat_positions
+    widths = {"attn.act_in": d_in, "attn.q": inner, "attn.k": inner, "attn.v": inner, "attn.resid_delta": config.d_model,
+              "mlp.act_in": d_in, "mlp.post_act": config.mlp_width, "mlp.resid_delta": config.d_model,
+              "after_attn": config.d_model, "after_mlp": config.d_model}
+    on = [kind for kind in widths if config.keep_count(kind, widths[kind]) < widths[kind]]
+    fraction_of = lambda kind: config.residual_keep_fraction[kind] if kind in RESIDUAL_TOPK_KINDS else config.keep_fraction_at(kind)
+    fractions = {fraction_of(kind) for kind in on}
     if len(fractions) > 1:
         raise refuse("site_keep_fraction", "keeps different fractions at different site kinds; their afrac is one"
                                            " fraction for every site kind where AbsTopK is on")
@@ -222,7 +228,8 @@ def openai_config_from_model(config: ModelConfig, tokenizer_name: str, allow_eps
         "afrac": afrac, "afrac_loctypes": ",".join(their_loctype[k] for k in on), "debug_nans": False,
         "tied_unembed": config.tied_embedding, "tokenizer_name": tokenizer_name, "grad_checkpointing": False,
         "d_mlp": config.mlp_width, "enable_bigram_table": config.bigram_table, "learnable_bigram_table": config.bigram_table,
-        "d_pos_emb": None, "dropout_cat_pos_emb": False, "sinusoidal_cat_pos_emb": False,
+        "d_pos_emb": config.concat_positions or None, "dropout_cat_pos_emb": False,
+        "sinusoidal_cat_pos_emb": config.positional == "concat_sinusoidal",
         "enable_sparse_kernels": False, "flash": True, "sink": config.attention_sinks,
     }
 

@@ -4,8 +4,9 @@ Pre-norm GPT with RMSNorm, untied embedding and unembedding, optional learned ab
 positions, attention sinks, a dense bigram table added to the logits, a GELU MLP, biases,
 and AbsTopK at the eight node sites of every block (METHOD.md 1.2 and 1.3). The options the
 authors' released models use are config keys: LayerNorm, ReLU MLPs, a ReLU on the residual
-stream, tied unembedding, projections without biases, AbsTopK off at some site kinds and the
-floor rounding of its k.
+stream, AbsTopK on the residual stream, positions concatenated to every sublayer's input (learned
+or sinusoidal), tied unembedding, projections without biases, AbsTopK off at some site kinds and
+the floor rounding of its k.
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ def attention_with_sinks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink
     return out[:, :, 1:, :d_head]
 
 
+def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
+    """Fixed position channels: sines then cosines of periods log-spaced from 4 tokens to `length`
+    (the authors' `sinusoidal_cat_pos_emb`), zero-padded to `width`."""
+    half = max(1, width // 2)
+    periods = torch.logspace(math.log10(4.0), math.log10(max(4.0, float(length))), steps=half)
+    angles = torch.arange(length, dtype=torch.float32)[:, None] * (2 * math.pi / periods)
+    table = torch.cat([angles.sin(), angles.cos()], dim=1)
+    return F.pad(table, (0, max(0, width - table.shape[1])))[:, :width]
+
+
 class Norm(nn.Module):
     """RMSNorm, or LayerNorm (optionally with a bias), with a gain per channel."""
 
@@ -81,20 +92,24 @@ class Block(nn.Module):
         self.layer = layer
         self.heads, self.d_head = config.heads, config.d_head
         inner = self.heads * self.d_head
-        bias = config.linear_bias
+        bias, pos = config.linear_bias, config.concat_positions
+        d_in = config.d_model + pos  # a sublayer reads its normed residual, then any position channels
         self.attn_norm = Norm(config.d_model, config)
-        self.q_proj = nn.Linear(config.d_model, inner, bias=bias)
-        self.k_proj = nn.Linear(config.d_model, inner, bias=bias)
-        self.v_proj = nn.Linear(config.d_model, inner, bias=bias)
+        self.attn_pos_norm = Norm(pos, config) if pos else None
+        self.q_proj = nn.Linear(d_in, inner, bias=bias)
+        self.k_proj = nn.Linear(d_in, inner, bias=bias)
+        self.v_proj = nn.Linear(d_in, inner, bias=bias)
         self.o_proj = nn.Linear(inner, config.d_model, bias=bias)
         self.sink_logit = nn.Parameter(torch.zeros(self.heads)) if config.attention_sinks else None
         self.mlp_norm = Norm(config.d_model, config)
-        self.fc = nn.Linear(config.d_model, config.mlp_width, bias=bias)
+        self.mlp_pos_norm = Norm(pos, config) if pos else None
+        self.fc = nn.Linear(d_in, config.mlp_width, bias=bias)
         self.proj = nn.Linear(config.mlp_width, config.d_model, bias=bias)
         self.mlp_activation = {"gelu": F.gelu, "relu": F.relu}[config.mlp_activation]
         self.residual_activation = {"identity": None, "relu": F.relu}[config.residual_activation]
-        widths = {"attn.act_in": config.d_model, "attn.q": inner, "attn.k": inner, "attn.v": inner,
-                  "attn.resid_delta": config.d_model, "mlp.act_in": config.d_model,
+        self.residual_keep = {kind: config.keep_count(kind, config.d_model) for kind in ("after_attn", "after_mlp")}
+        widths = {"attn.act_in": d_in, "attn.q": inner, "attn.k": inner, "attn.v": inner,
+                  "attn.resid_delta": config.d_model, "mlp.act_in": d_in,
                   "mlp.post_act": config.mlp_width, "mlp.resid_delta": config.d_model}
         self.site_width = {f"{layer}.{kind}": widths[kind] for kind in NODE_SITE_KINDS}
         self.keep = {f"{layer}.{kind}": config.keep_count(kind, widths[kind]) for kind in NODE_SITE_KINDS}
@@ -104,25 +119,35 @@ class Block(nn.Module):
         site = f"{self.layer}.{kind}"
         return hooks(site, abs_topk(x, self.keep[site]))
 
-    def forward(self, x: torch.Tensor, hooks: SiteHooks) -> torch.Tensor:
+    @staticmethod
+    def read(x: torch.Tensor, norm: Norm, pos_norm: Norm | None, pos: torch.Tensor | None) -> torch.Tensor:
+        """A sublayer's input: the normed residual, then the normed position channels if concatenated."""
+        if pos_norm is None:
+            return norm(x)
+        return torch.cat([norm(x), pos_norm(pos).expand(*x.shape[:-1], -1)], dim=-1)
+
+    def forward(self, x: torch.Tensor, hooks: SiteHooks, pos: torch.Tensor | None = None) -> torch.Tensor:
         batch, T, _ = x.shape
         x = hooks(f"{self.layer}.resid_in", x)
-        a = self.node(hooks, "attn.act_in", self.attn_norm(x))
+        a = self.node(hooks, "attn.act_in", self.read(x, self.attn_norm, self.attn_pos_norm, pos))
         q = self.node(hooks, "attn.q", self.q_proj(a))
         k = self.node(hooks, "attn.k", self.k_proj(a))
         v = self.node(hooks, "attn.v", self.v_proj(a))
         split = lambda t: t.view(batch, T, self.heads, self.d_head).transpose(1, 2)
         z = attention_with_sinks(split(q), split(k), split(v), self.sink_logit)
         z = z.transpose(1, 2).reshape(batch, T, self.heads * self.d_head)
-        x = self.add_to_residual(x, self.node(hooks, "attn.resid_delta", self.o_proj(z)))
+        x = self.add_to_residual(x, self.node(hooks, "attn.resid_delta", self.o_proj(z)), "after_attn")
         x = hooks(f"{self.layer}.resid_mid", x)
-        m = self.node(hooks, "mlp.act_in", self.mlp_norm(x))
+        m = self.node(hooks, "mlp.act_in", self.read(x, self.mlp_norm, self.mlp_pos_norm, pos))
         h = self.node(hooks, "mlp.post_act", self.mlp_activation(self.fc(m)))
-        return self.add_to_residual(x, self.node(hooks, "mlp.resid_delta", self.proj(h)))
+        return self.add_to_residual(x, self.node(hooks, "mlp.resid_delta", self.proj(h)), "after_mlp")
 
-    def add_to_residual(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    def add_to_residual(self, x: torch.Tensor, delta: torch.Tensor, where: str) -> torch.Tensor:
+        """The residual after a sublayer: the sum, then the optional ReLU and AbsTopK on the stream."""
         x = x + delta
-        return x if self.residual_activation is None else self.residual_activation(x)
+        if self.residual_activation is not None:
+            x = self.residual_activation(x)
+        return abs_topk(x, self.residual_keep[where])
 
 
 class SparseGPT(nn.Module):
@@ -132,7 +157,8 @@ class SparseGPT(nn.Module):
             raise SparseCircuitsError("model.vocab_size must be set (it comes from the tokenizer when training)")
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
-        self.wpe = nn.Embedding(config.ctx_len, config.d_model) if config.positional == "learned" else None
+        pos_width = config.concat_positions or config.d_model
+        self.wpe = nn.Embedding(config.ctx_len, pos_width) if config.positional != "none" else None
         self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.final_norm = Norm(config.d_model, config)
         self.lm_head = TiedUnembedding(self.wte) if config.tied_embedding else nn.Linear(config.d_model, config.vocab_size)
@@ -152,6 +178,10 @@ class SparseGPT(nn.Module):
                 nn.init.normal_(param, std=std / math.sqrt(2 * self.config.n_layer))  # residual writes
             else:
                 nn.init.normal_(param, std=std)
+        if self.config.positional == "concat_sinusoidal":
+            with torch.no_grad():
+                self.wpe.weight.copy_(sinusoidal_positions(self.config.ctx_len, self.config.d_pos))
+            self.wpe.weight.requires_grad_(False)  # fixed: never trained, never sparsified
 
     @property
     def unembedding_weight(self) -> torch.Tensor:
@@ -193,10 +223,13 @@ class SparseGPT(nn.Module):
         if T > self.config.ctx_len:
             raise ValueError(f"sequence of {T} tokens is longer than the model's context ({self.config.ctx_len})")
         x = self.wte(tokens)
-        if self.wpe is not None:
+        pos = None
+        if self.config.concat_positions:
+            pos = self.wpe.weight[:T]
+        elif self.wpe is not None:
             x = x + self.wpe.weight[:T]
         for block in self.blocks:
-            x = block(x, self.hook_points)
+            x = block(x, self.hook_points, pos)
         x = self.hook_points("final_resid", x)
         if at is not None:
             rows, at = torch.arange(len(tokens), device=tokens.device), at.to(tokens.device)

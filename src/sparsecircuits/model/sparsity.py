@@ -79,8 +79,8 @@ def sparse_parameters(model: nn.Module, config: SparsityConfig) -> dict[str, nn.
     """The parameters weight top-k applies to, by name (norms, sinks and the bigram table stay dense)."""
     chosen = {}
     for name, param in model.named_parameters():
-        if name.startswith("bigram") or "norm" in name or name.endswith("sink_logit"):
-            continue
+        if name.startswith("bigram") or "norm" in name or name.endswith("sink_logit") or not param.requires_grad:
+            continue  # frozen parameters (fixed sinusoidal positions) are never sparsified
         if name.endswith(".bias"):
             if config.sparse_biases:
                 chosen[name] = param

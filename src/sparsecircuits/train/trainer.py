@@ -123,7 +123,7 @@ def training_memory_estimate(config: Config, batch_rows: int) -> tuple[int, int]
     inner = m.heads * m.d_head
     per_layer = 2 * 3 * m.d_model * inner + inner * m.d_model + 2 * m.d_model * m.mlp_width  # q, k, v, o, fc, proj
     params = (m.n_layer * per_layer + 2 * m.vocab_size * m.d_model + m.vocab_size ** 2 * m.bigram_table
-              + m.ctx_len * m.d_model * (m.positional == "learned"))
+              + m.ctx_len * (m.concat_positions or m.d_model) * (m.positional != "none"))
     per_token = m.n_layer * (10 * m.d_model + 6 * inner + 3 * m.mlp_width) + 3 * m.vocab_size
     return 16 * params, 4 * per_token * batch_rows * m.ctx_len
 

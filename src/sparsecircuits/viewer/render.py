@@ -78,7 +78,7 @@ def circuit_page_data(circuit_dir: str | Path, run_dir: str | Path | None = None
     if len(edges) > MAX_DRAWN_EDGES:
         edges = sorted(edges, key=lambda e: -abs(e["weight"]))[:MAX_DRAWN_EDGES]
     return {"circuit": {k: v for k, v in circuit.data.items() if k not in ("nodes", "edges")},
-            "nodes": circuit.nodes, "edges": edges, "validation": validation,
+            "nodes": circuit.nodes, "edges": edges, "validation": validation, "d_model": model.config.d_model,
             "node_info": info, "node_ablation": ablation, "examples": examples}
 
 

@@ -21,21 +21,28 @@
   const layerOf = (site) => Number(site.split(".")[0]);
 
   // ---- layout: one column per site, residual-width nodes on the lane of their channel ----
+  // Sublayer inputs of a model with concatenated positions hold position channels after the
+  // d_model residual channels: those sit on position lanes, beside the `position` terminals.
+  const TERMINALS = new Set(["embed", "position", "unembed"]);
+  const D = data.d_model ?? Infinity;
+  const laneOf = (end) => (end.site === "position" ? `p${end.index}`
+    : !TERMINALS.has(end.site) && end.index >= D ? `p${end.index - D}` : `r${end.index}`);
   const layers = [...new Set(data.nodes.map((n) => layerOf(n.site)))].sort((a, b) => a - b);
-  const columns = ["embed"];
+  const hasPositions = data.edges.some((e) => e.src.site === "position");
+  const columns = hasPositions ? ["embed", "position"] : ["embed"];
   for (const layer of layers) for (const kind of KINDS) columns.push(`${layer}.${kind}`);
   columns.push("unembed");
   const colX = new Map(columns.map((c, i) => [c, LEFT + i * COL]));
   const lanes = new Set();
-  for (const n of data.nodes) if (RESIDUAL_KINDS.has(kindOf(n.site))) lanes.add(n.index);
-  for (const e of data.edges) for (const end of [e.src, e.dst]) if (end.site === "embed" || end.site === "unembed") lanes.add(end.index);
-  const laneList = [...lanes].sort((a, b) => a - b);
+  for (const n of data.nodes) if (RESIDUAL_KINDS.has(kindOf(n.site))) lanes.add(laneOf(n));
+  for (const e of data.edges) for (const end of [e.src, e.dst]) if (TERMINALS.has(end.site)) lanes.add(laneOf(end));
+  const laneList = [...lanes].sort((a, b) => a[0] === b[0] ? Number(a.slice(1)) - Number(b.slice(1)) : a[0] === "r" ? -1 : 1);
   const laneY = new Map(laneList.map((c, i) => [c, TOP + i * ROW]));
   const stacked = new Map();
   const position = new Map();
   for (const n of [...data.nodes].sort((a, b) => a.index - b.index)) {
     let y;
-    if (RESIDUAL_KINDS.has(kindOf(n.site))) y = laneY.get(n.index);
+    if (RESIDUAL_KINDS.has(kindOf(n.site))) y = laneY.get(laneOf(n));
     else {
       const used = stacked.get(n.site) || 0;
       stacked.set(n.site, used + 1);
@@ -43,7 +50,7 @@
     }
     position.set(nodeName(n), { x: colX.get(n.site), y });
   }
-  const terminalPos = (end) => ({ x: colX.get(end.site), y: laneY.get(end.index) });
+  const terminalPos = (end) => ({ x: colX.get(end.site), y: laneY.get(laneOf(end)) });
   const posOf = (end) => position.get(nodeName(end)) || terminalPos(end);
   const rows = Math.max(laneList.length, ...[...stacked.values()], 1);
   const width = LEFT + columns.length * COL + 20, height = TOP + rows * ROW + 20;
@@ -54,10 +61,10 @@
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   for (const c of laneList) {
     el("line", { class: "lane", x1: LEFT - 20, x2: width - 10, y1: laneY.get(c), y2: laneY.get(c) }, svg, true);
-    el("text", { x: 4, y: laneY.get(c) + 3, text: `resid ${c}` }, svg, true);
+    el("text", { x: 4, y: laneY.get(c) + 3, text: `${c[0] === "r" ? "resid" : "pos"} ${c.slice(1)}` }, svg, true);
   }
   columns.forEach((c, i) => {
-    const label = c === "embed" || c === "unembed" ? c : `${layerOf(c)}.${kindOf(c).replace("attn.", "").replace("mlp.", "m.")}`;
+    const label = TERMINALS.has(c) ? c : `${layerOf(c)}.${kindOf(c).replace("attn.", "").replace("mlp.", "m.")}`;
     el("text", { class: "column-label", x: colX.get(c), y: 16 + (i % 2) * 12, "text-anchor": "middle", text: label }, svg, true);
   });
 
@@ -82,7 +89,7 @@
 
   // ---- nodes ----
   const terminals = new Set();
-  for (const e of data.edges) for (const end of [e.src, e.dst]) if (end.site === "embed" || end.site === "unembed") terminals.add(nodeName(end));
+  for (const e of data.edges) for (const end of [e.src, e.dst]) if (TERMINALS.has(end.site)) terminals.add(nodeName(end));
   for (const name of terminals) {
     const [site, index] = name.split(":");
     const p = terminalPos({ site, index: Number(index) });
