@@ -240,3 +240,30 @@ def test_an_exported_and_reimported_model_prunes_validates_and_views_with_data(t
     assert (circuit / "validation.json").is_file()
     main(["view", str(circuit)])
     assert (circuit / "circuit.html").is_file()
+
+
+def test_a_published_circuit_imports_with_the_same_nodes_and_edges(circuit_dir, task_run, tmp_path, capsys):
+    run, task = task_run
+    original = json.loads((circuit_dir / "circuit.json").read_text())
+    circuit_data = {}
+    for node in original["nodes"]:
+        circuit_data.setdefault(node["site"], []).append(node["index"])
+    viz = {"circuit_data": {site: torch.tensor(indices) for site, indices in circuit_data.items()} | {"prune_config": {"k": 1}},
+           "importances": {"loss": torch.tensor(0.4), "interv_loss": 0.5}}
+    torch.save(viz, tmp_path / "viz_data.pt")
+    out = tmp_path / "imported"
+    main(["import-openai-circuit", str(tmp_path / "viz_data.pt"), "--run", str(run), "--task", str(task),
+          "--out", str(out), "--target-loss", str(original["target_loss"])])
+    assert "nodes" in capsys.readouterr().out
+    imported = json.loads((out / "circuit.json").read_text())
+    assert imported["nodes"] == original["nodes"] and imported["edges"] == original["edges"]
+    assert imported["imported_from"]["authors_losses_on_their_records"] == {"loss_full_model": pytest.approx(0.2),
+                                                                            "loss_circuit": 0.25}
+    assert imported["metrics"]["loss_full_model"] == original["metrics"]["loss_full_model"]
+    main(["view", str(out)])
+    assert (out / "circuit.html").is_file()
+    torch.save({"circuit_data": {"0.attn.y": [1]}}, tmp_path / "other.pt")
+    with pytest.raises(SparseCircuitsError, match="names site '0.attn.y'"):
+        from sparsecircuits.interop.openai import import_openai_circuit
+        import_openai_circuit(tmp_path / "other.pt", run, str(task), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -293,6 +293,17 @@ def cmd_export_openai(args: argparse.Namespace) -> None:
     print(f"wrote {out}: beeg_config.json and final_model.pt (load with circuit_sparsity's load_model), tokenizer.json")
 
 
+def cmd_import_openai_circuit(args: argparse.Namespace) -> None:
+    from .circuits.circuit import Circuit
+    from .interop.openai import import_openai_circuit
+
+    out = import_openai_circuit(args.viz_data, args.run, args.task, args.out, args.target_loss, args.data, args.force)
+    m = Circuit.load(out).metrics
+    print(f"{args.task}: {m['n_nodes']} nodes, {m['n_edges']} edges; task loss: full model {m['loss_full_model']:.4f},"
+          f" circuit {m['loss_circuit']:.4f}, circuit ablated {m['loss_circuit_ablated']:.4f}; wrote {out}/circuit.json"
+          " (check it with `sparsecircuits validate`)")
+
+
 def _prune_default(name: str):
     from .circuits.prune import PruneSettings
 
@@ -463,6 +474,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DATA_DIR", help="prepared data tokenised with this tokenizer, for mean ablation")
     p.add_argument("--force", action="store_true", help="replace RUN_DIR if `import-openai` made it")
     p.set_defaults(func=cmd_import_openai)
+
+    p = sub.add_parser("import-openai-circuit", help="a circuit published by the paper's authors (viz_data.pt) as a circuit directory",
+                       description="Nodes from its circuit_data, edges recomputed from the imported run's weights,"
+                                   " metrics measured on --task; then validate and view work on it.")
+    p.add_argument("viz_data", metavar="VIZ_DATA")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="the run `import-openai` made from the same model")
+    p.add_argument("--task", required=True, metavar="NAME_OR_FILE", help="the task to measure it on (built-in or JSONL)")
+    p.add_argument("--out", required=True, metavar="CIRCUIT_DIR")
+    p.add_argument("--target-loss", type=TASK_LOSS, default=0.15, help="the loss its sufficiency is judged by (default 0.15)")
+    p.add_argument("--data", metavar="DATA_DIR", help="text for the node means (default: the run's own data)")
+    p.add_argument("--force", action="store_true", help="replace CIRCUIT_DIR if `import-openai-circuit` made it")
+    p.set_defaults(func=cmd_import_openai_circuit)
 
     p = sub.add_parser("export-openai", help="a run directory in the authors' released format",
                        description="Writes MODEL_DIR/beeg_config.json and final_model.pt for circuit_sparsity's"

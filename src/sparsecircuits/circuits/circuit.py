@@ -89,8 +89,8 @@ def circuit_metrics(evaluator: CircuitEvaluator, keep: Mapping[str, torch.Tensor
     }
 
 
-def write_circuit_dir(out: Path, record: dict, scores: Mapping[str, torch.Tensor]) -> None:
-    with staged_directory(out, command="prune") as staging:
+def write_circuit_dir(out: Path, record: dict, scores: Mapping[str, torch.Tensor], command: str = "prune") -> None:
+    with staged_directory(out, command=command) as staging:
         (staging / CIRCUIT_FILE).write_text(json.dumps(record, indent=1))
         atomic_save_tensors(staging / "scores.safetensors", dict(scores))
 
@@ -123,20 +123,27 @@ def _prune(run_dir: Path, task: str, out: Path, settings: PruneSettings, search_
         else:
             found = find_circuit(model, splits, means, settings, show_progress)
         keep, scale = found["keep"], found["logit_scale"]
-        nodes = nodes_of(keep)
-        edges = circuit_edges(model, keep)
-        metrics = circuit_metrics(found["evaluator"], keep, scale, settings.seed)
-    metrics.update({"n_nodes": len(nodes), "n_edges": len(edges), "logit_scale": scale, "loss_choose": found["loss_choose"],
-                    "nodes_active_after_mask_training": found["active_after_training"],
-                    "csr_layers": len(csr_layers),
-                    "seconds": round(time.perf_counter() - start, 1),
-                    "seconds_by_stage": {"load_and_means": round(means_seconds, 1), **found["seconds"]}})
-    config = read_run_config(run_dir)
-    record = {
+        record = circuit_record(run_dir, model, task, splits, settings, keep, scale, found["evaluator"], data_dir)
+    record["metrics"].update({"loss_choose": found["loss_choose"], "nodes_active_after_mask_training": found["active_after_training"],
+                              "csr_layers": len(csr_layers), "seconds": round(time.perf_counter() - start, 1),
+                              "seconds_by_stage": {"load_and_means": round(means_seconds, 1), **found["seconds"]}})
+    record["search_trials"] = search_trials
+    write_circuit_dir(out, record, found["scores"])
+    return Circuit.load(out)
+
+
+def circuit_record(run_dir: Path, model: SparseGPT, task: str, splits: TaskSplits, settings: PruneSettings,
+                   keep: Mapping[str, torch.Tensor], scale: float, evaluator: CircuitEvaluator,
+                   data_dir: str | Path | None) -> dict:
+    """circuit.json's content for these kept nodes: nodes, edges and the test-record metrics."""
+    nodes, edges = nodes_of(keep), circuit_edges(model, keep)
+    metrics = circuit_metrics(evaluator, keep, scale, settings.seed)
+    metrics.update({"n_nodes": len(nodes), "n_edges": len(edges), "logit_scale": scale})
+    return {
         "format": 1,
         "task": splits.name,
         "task_source": task,
-        "model": {"run_dir": str(run_dir.resolve()), "name": run_dir.name, "config_hash": config.hash(),
+        "model": {"run_dir": str(run_dir.resolve()), "name": run_dir.name, "config_hash": read_run_config(run_dir).hash(),
                   "weights_sha256": model.weights_sha256},
         "target_loss": settings.target_loss,
         "ablation": settings.ablation,
@@ -146,10 +153,8 @@ def _prune(run_dir: Path, task: str, out: Path, settings: PruneSettings, search_
         "edges": edges,
         "metrics": metrics,
         "settings": settings_dict(settings),
-        "search_trials": search_trials,
+        "search_trials": 0,
     }
-    write_circuit_dir(out, record, found["scores"])
-    return Circuit.load(out)
 
 
 @dataclass

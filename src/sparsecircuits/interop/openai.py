@@ -136,14 +136,20 @@ def _stacked_qkv(config: ModelConfig) -> dict[str, list[str]]:
     return stacked
 
 
-def load_openai_state(path: Path) -> dict[str, torch.Tensor]:
-    """`final_model.pt` as tensors, through torch's weights-only unpickler (never arbitrary objects)."""
+def load_weights_only(path: Path, what: str):
+    """A torch.save file through torch's weights-only unpickler: tensors and plain containers only,
+    never arbitrary objects, so loading cannot run code."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SparseCircuitsError(f"{path} is not a weights-only PyTorch state dict ({first[:200]}): it cannot be"
+        raise SparseCircuitsError(f"{path} is not a weights-only PyTorch {what} ({first[:200]}): it cannot be"
                                   " loaded safely; nothing was imported") from None
+
+
+def load_openai_state(path: Path) -> dict[str, torch.Tensor]:
+    """`final_model.pt` as tensors."""
+    state = load_weights_only(path, "state dict")
     if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
         raise SparseCircuitsError(f"{path} does not hold a flat dict of named tensors (a released model's state dict)")
     return state
@@ -335,4 +341,53 @@ def export_openai(run_dir: str | Path, out: str | Path, allow_eps_change: bool =
         atomic_write_text(staging / CONFIG_FILE, json.dumps(beeg, indent=1))
         (staging / WEIGHTS_FILE).write_bytes(weights)
         shutil.copyfile(run_dir / "tokenizer.json", staging / "tokenizer.json")
+    return out
+
+
+def import_openai_circuit(viz_data: str | Path, run_dir: str | Path, task: str, out: str | Path,
+                          target_loss: float = 0.15, data_dir: str | Path | None = None, force: bool = False) -> Path:
+    """The authors' published circuit (`viz_data.pt`: `circuit_data` maps a site to its kept channel
+    indices) as our circuit directory on an imported run: nodes from `circuit_data`, edges recomputed
+    from the run's weights, metrics measured on `task`'s test records with mean ablation."""
+    from ..circuits.circuit import ablation_values, circuit_record, load_task_splits, write_circuit_dir
+    from ..circuits.prune import CircuitEvaluator, PruneSettings
+    from ..io import check_output_dir
+    from ..model.gpt import SparseGPT
+
+    viz_path, run_dir, out = Path(viz_data), Path(run_dir), Path(out)
+    check_output_dir(out, "import-openai-circuit", force)
+    if not viz_path.is_file():
+        raise SparseCircuitsError(f"circuit file not found: {viz_path}")
+    settings = PruneSettings(target_loss=target_loss)
+    settings.validate()
+    viz = load_weights_only(viz_path, "circuit file (viz_data.pt)")
+    circuit_data = viz.get("circuit_data") if isinstance(viz, dict) else None
+    if not isinstance(circuit_data, dict):
+        raise SparseCircuitsError(f"{viz_path} has no circuit_data (a dict of site -> kept channels): it is not a"
+                                  " published circuit")
+    model = SparseGPT.from_pretrained(run_dir)
+    keep = {site: torch.zeros(width, dtype=torch.bool) for site, width in model.node_sites.items()}
+    for site, indices in circuit_data.items():
+        if site == "prune_config":  # the settings they pruned with, not a site
+            continue
+        if site not in keep:
+            raise SparseCircuitsError(f"{viz_path}: circuit_data names site '{site}', which is not a node site of"
+                                      f" {run_dir} (sites look like '0.attn.q'): the circuit belongs to another model")
+        indices = torch.as_tensor(indices).long().flatten() if not isinstance(indices, dict) else None
+        if indices is None or (len(indices) and not (0 <= int(indices.min()) and int(indices.max()) < len(keep[site]))):
+            raise SparseCircuitsError(f"{viz_path}: circuit_data['{site}'] is not a list of channels below"
+                                      f" {len(keep[site])}: the circuit belongs to another model")
+        keep[site][indices] = True
+    splits = load_task_splits(model, task)
+    evaluator = CircuitEvaluator(model, splits, ablation_values(model, run_dir, "mean", False, data_dir),
+                                 settings.calibration_steps)
+    scale = evaluator.calibrated(keep)[2]
+    record = circuit_record(run_dir, model, task, splits, settings, keep, scale, evaluator, data_dir)
+    importances = viz.get("importances") if isinstance(viz.get("importances"), dict) else {}
+    # their stored task losses sum both members of a pair: halved, they read like ours
+    authors = {name: float(importances[key]) / 2 for name, key in (("loss_full_model", "loss"), ("loss_circuit", "interv_loss"))
+               if isinstance(importances.get(key), (int, float, torch.Tensor))}
+    record["imported_from"] = {"format": "openai/circuit_sparsity viz_data", "path": str(viz_path.resolve()),
+                               "authors_losses_on_their_records": authors}
+    write_circuit_dir(out, record, {site: k.float() for site, k in keep.items()}, command="import-openai-circuit")
     return out
