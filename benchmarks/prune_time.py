@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from sparsecircuits.circuits import PruneSettings, prune
-from sparsecircuits.circuits.means import MEANS_FILE
+from sparsecircuits.rundir import MEANS_FILE
 
 
 def main() -> None:

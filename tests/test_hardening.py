@@ -226,7 +226,7 @@ def test_foreign_tokenizer_and_data_are_refused(capsys, tmp_path, trained_run, d
     shutil.copytree(data_dir, other)
     (other / "tokenizer.json").write_text(json.dumps(tokenizer))
     manifest = json.loads((other / "manifest.json").read_text())
-    from sparsecircuits.train.checkpoint import file_sha256
+    from sparsecircuits.rundir import file_sha256
 
     manifest["tokenizer_sha256"] = file_sha256(other / "tokenizer.json")
     (other / "manifest.json").write_text(json.dumps(manifest))

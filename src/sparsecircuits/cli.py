@@ -73,7 +73,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .config import load_config
     from .data.dataset import ensure_default_data
-    from .model.gpt import read_run_config
+    from .rundir import RUN_INFO_FILE, read_run_config, read_run_info, recorded_data_dir
     from .train.evaluation import evaluate_run
     from .train.trainer import check_new_run_dir, train
 
@@ -90,8 +90,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         config = load_config(args.config, args.set)
     if not args.resume and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone owns the run directory
         check_new_run_dir(run_dir, args.force)  # before the default data is prepared
-    if args.data is None and args.resume and (run_dir / "run.json").is_file():
-        data_dir = json.loads((run_dir / "run.json").read_text())["data"]
+    if args.data is None and args.resume and (run_dir / RUN_INFO_FILE).is_file():
+        data_dir = recorded_data_dir(run_dir) or read_run_info(run_dir)["data"]
     else:
         data_dir = args.data or ensure_default_data()
     try:

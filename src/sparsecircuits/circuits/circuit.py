@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from ..errors import SparseCircuitsError
-from ..model.gpt import SparseGPT, read_run_config
+from ..model.gpt import SparseGPT
+from ..rundir import read_run_config
 from ..model.sparse_kernels import sparse_weight_kernels
 from ..tasks.records import TaskSplits, task_accuracy, task_loss
 from ..tasks.records import load_task_splits as _load_task_splits

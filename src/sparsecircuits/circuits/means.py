@@ -12,10 +12,8 @@ from tqdm.auto import tqdm
 from ..data.dataset import TokenData
 from ..model.gpt import SparseGPT
 from ..io import atomic_save_tensors
-from ..train.checkpoint import read_run_info
+from ..rundir import MEANS_FILE, recorded_data_dir
 from ..train.evaluation import run_data
-
-MEANS_FILE = "node_means.safetensors"
 
 
 @torch.no_grad()
@@ -44,8 +42,8 @@ def load_or_compute_means(model: SparseGPT, run_dir: str | Path, n_tokens: int =
     run_dir = Path(run_dir)
     path = run_dir / MEANS_FILE
     digest = model.weights_sha256
-    own = read_run_info(run_dir).get("data")
-    own = str(Path(own).resolve()) if own else None
+    own = recorded_data_dir(run_dir)
+    own = str(own) if own else None
     wanted = str(Path(data_dir).resolve()) if data_dir is not None else own
     if path.is_file():
         try:

@@ -22,6 +22,7 @@ from ..data.prepare import MANIFEST, prepare
 from ..io import atomic_write_text, output_folder
 from .plots import pyplot, save
 from ..model.gpt import SparseGPT
+from ..rundir import METRICS_FILE
 from ..tasks import BUILTIN_TASKS
 from ..tasks.audit import score_tasks
 from ..train.evaluation import evaluate_run
@@ -50,7 +51,7 @@ class Stages:
 
 
 def _last_val_loss(run_dir: Path) -> float:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
     return [r["val_loss"] for r in records if "val_loss" in r][-1]
 
 

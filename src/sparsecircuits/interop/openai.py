@@ -292,7 +292,7 @@ def import_openai(model_dir: str | Path, out: str | Path, tokenizer_path: str | 
     from ..data.dataset import TokenData
     from ..io import atomic_save_tensors, atomic_write_text, check_output_dir, staged_directory
     from ..model.gpt import SparseGPT
-    from ..train.checkpoint import MODEL_FILE, file_sha256, load_state_into
+    from ..rundir import CONFIG_FILE as RUN_CONFIG, MODEL_FILE, RUN_INFO_FILE, TOKENIZER_FILE, file_sha256, load_state_into, run_info
 
     model_dir, out = Path(model_dir), Path(out)
     check_output_dir(out, "import-openai", force)
@@ -306,19 +306,17 @@ def import_openai(model_dir: str | Path, out: str | Path, tokenizer_path: str | 
     load_state_into(SparseGPT(model_config), state, model_dir / WEIGHTS_FILE)  # shapes checked before writing
     data = TokenData(data_dir) if data_dir is not None else None
     with staged_directory(out, "import-openai") as staging:
-        tokenizer.save(str(staging / "tokenizer.json"))
-        tokenizer_sha = file_sha256(staging / "tokenizer.json")
+        tokenizer.save(str(staging / TOKENIZER_FILE))
+        tokenizer_sha = file_sha256(staging / TOKENIZER_FILE)
         if data is not None and data.manifest["tokenizer_sha256"] != tokenizer_sha:
             raise SparseCircuitsError(f"--data {data_dir} was tokenised with another tokenizer: prepare data with this"
                                       " model's tokenizer (or leave --data out and give it to prune)")
-        atomic_write_text(staging / "config.json", json.dumps(config.to_dict(), indent=1))
-        atomic_write_text(staging / "run.json", json.dumps({
-            "data": str(data.directory.resolve()) if data is not None else None,
-            "tokenizer_sha256": tokenizer_sha, "config_hash": config.hash(),
-            "imported_from": {"format": "openai/circuit_sparsity", "path": str(model_dir.resolve()),
-                              "final_model_sha256": file_sha256(model_dir / WEIGHTS_FILE),
-                              "tokenizer_name": beeg.get("tokenizer_name")},
-        }, indent=1))
+        atomic_write_text(staging / RUN_CONFIG, json.dumps(config.to_dict(), indent=1))
+        atomic_write_text(staging / RUN_INFO_FILE, run_info(
+            out, data.directory if data is not None else None, tokenizer_sha, config,
+            imported_from={"format": "openai/circuit_sparsity", "path": str(model_dir.resolve()),
+                           "final_model_sha256": file_sha256(model_dir / WEIGHTS_FILE),
+                           "tokenizer_name": beeg.get("tokenizer_name")}))
         atomic_save_tensors(staging / MODEL_FILE, state, metadata={"config_hash": config.hash()})
     return out
 
@@ -329,7 +327,7 @@ def export_openai(run_dir: str | Path, out: str | Path, allow_eps_change: bool =
 
     from ..io import atomic_write_text, check_output_dir, staged_directory
     from ..model.gpt import SparseGPT
-    from ..train.checkpoint import read_run_info
+    from ..rundir import TOKENIZER_FILE, read_run_info
 
     run_dir, out = Path(run_dir), Path(out)
     check_output_dir(out, "export-openai", force)
@@ -340,7 +338,7 @@ def export_openai(run_dir: str | Path, out: str | Path, allow_eps_change: bool =
     with staged_directory(out, "export-openai") as staging:
         atomic_write_text(staging / CONFIG_FILE, json.dumps(beeg, indent=1))
         (staging / WEIGHTS_FILE).write_bytes(weights)
-        shutil.copyfile(run_dir / "tokenizer.json", staging / "tokenizer.json")
+        shutil.copyfile(run_dir / TOKENIZER_FILE, staging / TOKENIZER_FILE)
     return out
 
 

@@ -11,7 +11,6 @@ the floor rounding of its k.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import NODE_SITE_KINDS, Config, ModelConfig
+from ..config import NODE_SITE_KINDS, ModelConfig
 from ..errors import SparseCircuitsError
 from .sites import Hook, SiteHooks, record_into, residual_sites
 from .sparsity import abs_topk
@@ -263,20 +262,9 @@ class SparseGPT(nn.Module):
     @classmethod
     def from_pretrained(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> "SparseGPT":
         """Load the trained model of a run directory (`model.safetensors` + `config.json`)."""
-        from ..train.checkpoint import load_run_model
+        from ..rundir import load_run_model
 
         return load_run_model(run_dir, device)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def read_run_config(run_dir: str | Path) -> Config:
-    run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise SparseCircuitsError(f"{run_dir} is not a run directory (no config.json): train one with `sparsecircuits train`")
-    try:
-        return Config.from_dict(json.loads(path.read_text()), origin=str(path))
-    except json.JSONDecodeError:
-        raise SparseCircuitsError(f"{path} is not valid JSON: the run directory is damaged") from None

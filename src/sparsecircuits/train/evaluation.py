@@ -12,7 +12,7 @@ from ..data.dataset import TokenData
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparsity import count_nonzeros, sparse_parameters
-from .checkpoint import read_run_info
+from ..rundir import read_run_info, recorded_data_dir
 from .trainer import evaluate
 
 
@@ -21,9 +21,10 @@ def run_data(run_dir: Path, data_dir: str | Path | None) -> TokenData:
     tokenised with the run's own tokenizer (its sha256 is in run.json)."""
     info = read_run_info(run_dir)
     if data_dir is None:
-        data_dir = info.get("data")
-        if not data_dir or not Path(data_dir).is_dir():
-            raise SparseCircuitsError(f"the run's data directory {data_dir} is gone: pass --data DATA_DIR")
+        data_dir = recorded_data_dir(run_dir)
+        if data_dir is None:
+            where = f"its data directory {info['data']} is gone" if info.get("data") else "it has no data of its own (imported)"
+            raise SparseCircuitsError(f"{run_dir}: {where}: pass --data DATA_DIR (data prepared with the run's tokenizer)")
     data = TokenData(data_dir)
     if data.manifest["tokenizer_sha256"] != info["tokenizer_sha256"]:
         raise SparseCircuitsError(f"{data.directory} was tokenised with another tokenizer than {run_dir} was trained with:"

@@ -22,7 +22,8 @@ from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparsity import apply_weight_topk, check_sparsity_budget, l0_fraction_at, sparse_parameters
 from ..io import atomic_save_tensors, atomic_write_text, check_output_dir, directory_lock, write_marker
-from .checkpoint import CHECKPOINT, MODEL_FILE, load_checkpoint, save_checkpoint
+from ..rundir import CHECKPOINT, CONFIG_FILE, METRICS_FILE, MODEL_FILE, RUN_INFO_FILE, TOKENIZER_FILE, run_info
+from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Distributed
 
 
@@ -171,7 +172,7 @@ def check_new_run_dir(run_dir: Path, force: bool) -> None:
 def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: bool, force: bool) -> None:
     config_json = json.dumps(config.to_dict(), indent=1)
     if resume:
-        saved = run_dir / "config.json"
+        saved = run_dir / CONFIG_FILE
         if not saved.is_file():
             raise SparseCircuitsError(f"cannot resume: {run_dir} is not a run directory (no config.json)")
         # read through Config so keys added since the run started compare as their defaults
@@ -179,8 +180,8 @@ def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: boo
             raise SparseCircuitsError(
                 f"cannot resume {run_dir} with a different config: drop --config/--set to use the run's own, or train into a new --out"
             )
-        run_info = json.loads((run_dir / "run.json").read_text())
-        if run_info["tokenizer_sha256"] != data.manifest["tokenizer_sha256"]:
+        recorded = json.loads((run_dir / RUN_INFO_FILE).read_text())
+        if recorded["tokenizer_sha256"] != data.manifest["tokenizer_sha256"]:
             raise SparseCircuitsError(f"cannot resume {run_dir} on different data: its tokenizer differs from {data.directory}'s")
         return
     check_new_run_dir(run_dir, force)
@@ -188,13 +189,9 @@ def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: boo
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_marker(run_dir, "train")
-    shutil.copyfile(data.tokenizer_path, run_dir / "tokenizer.json")
-    atomic_write_text(run_dir / "run.json", json.dumps({
-        "data": str(data.directory.resolve()),
-        "tokenizer_sha256": data.manifest["tokenizer_sha256"],
-        "config_hash": config.hash(),
-    }, indent=1))
-    atomic_write_text(run_dir / "config.json", config_json)
+    shutil.copyfile(data.tokenizer_path, run_dir / TOKENIZER_FILE)
+    atomic_write_text(run_dir / RUN_INFO_FILE, run_info(run_dir, data.directory, data.manifest["tokenizer_sha256"], config))
+    atomic_write_text(run_dir / CONFIG_FILE, config_json)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -261,10 +258,10 @@ def _train_loop(config: Config, data: TokenData, run_dir: Path, resume: bool, sh
     start = 0
     if resume:
         start = load_checkpoint(run_dir, model, optimizer)["step"]
-        _truncate_metrics(run_dir / "metrics.jsonl", start)
+        _truncate_metrics(run_dir / METRICS_FILE, start)
     last_checkpoint = start if resume else None
     val_inputs, val_targets = data.eval_windows("val", model_cfg.ctx_len, train_cfg.eval_batches * train_cfg.batch_size * model_cfg.ctx_len)
-    metrics = open(run_dir / "metrics.jsonl" if group.is_main else os.devnull, "a")
+    metrics = open(run_dir / METRICS_FILE if group.is_main else os.devnull, "a")
     tokens_per_step = train_cfg.batch_size * model_cfg.ctx_len
 
     def log(record: dict) -> None:
