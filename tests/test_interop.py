@@ -179,7 +179,9 @@ SAMPLE_TEXT = [
 
 def _datagym_folder(tmp_path: Path) -> Path:
     """A small vocab.bpe + encoder.json trained on Python text by HF tokenizers, in GPT-2's data-gym layout."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
+
+    from sparsecircuits.interop.datagym import write_datagym_files
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -187,19 +189,8 @@ def _datagym_folder(tmp_path: Path) -> Path:
                                   show_progress=False)
     source = [Path(shutil.__file__).read_text(), Path(json.__file__).read_text()] + SAMPLE_TEXT
     tokenizer.train_from_iterator(source, trainer)
-    state = json.loads(tokenizer.to_str())
-    merges = [m if isinstance(m, str) else " ".join(m) for m in state["model"]["merges"]]
-    # tiktoken's byte ranks: printable bytes (their own characters, < 256) first, then the rest (256 + n)
-    byte_order = sorted(pre_tokenizers.ByteLevel.alphabet(), key=ord)
-    encoder = {ch: i for i, ch in enumerate(byte_order)}
-    for merge in merges:
-        encoder.setdefault(merge.replace(" ", ""), len(encoder))
-    encoder["<|endoftext|>"] = len(encoder)
-    folder = tmp_path / "datagym"
-    folder.mkdir()
-    (folder / "vocab.bpe").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    (folder / "encoder.json").write_text(json.dumps(encoder), encoding="utf-8")
-    return folder
+    tokenizer.add_special_tokens([AddedToken("<|endoftext|>", special=True)])
+    return write_datagym_files(tokenizer, tmp_path / "datagym")
 
 
 def test_datagym_tokenizer_matches_tiktoken(tmp_path, monkeypatch):

@@ -69,3 +69,26 @@ def tokenizer_from_datagym(folder: str | Path, pattern: str = TINYPYTHON_PATTERN
                 raise SparseCircuitsError(f"{folder}/encoder.json gives {token} the id {token_id}, but it is not the"
                                           " next id after the BPE tokens; this layout is not supported")
     return tokenizer
+
+
+def write_datagym_files(tokenizer: Tokenizer, folder: str | Path) -> Path:
+    """A byte-level BPE tokenizer's vocabulary and merges as data-gym files, in tiktoken's rank order
+    (the 256 bytes first, printable ones before the rest, then one token per merge). The
+    pre-tokenizer's pattern is not part of these files: whoever reads them supplies it."""
+    state = json.loads(tokenizer.to_str())
+    if state["model"].get("type") != "BPE":
+        raise SparseCircuitsError("only a BPE tokenizer can be written as data-gym files")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in state["model"]["merges"]]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    # tiktoken's byte ranks: printable bytes (their own characters, below 256) first, then the rest (256 + n)
+    encoder = {ch: rank for rank, ch in enumerate(sorted(alphabet, key=ord))}
+    for merge in merges:
+        encoder.setdefault(merge.replace(" ", ""), len(encoder))
+    for token in SPECIAL_TOKENS:
+        if tokenizer.token_to_id(token) is not None:
+            encoder[token] = len(encoder)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.bpe").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    (folder / "encoder.json").write_text(json.dumps(encoder), encoding="utf-8")
+    return folder
