@@ -283,7 +283,8 @@ def cmd_import_openai(args: argparse.Namespace) -> None:
     from .interop.openai import import_openai
 
     out = import_openai(args.model_dir, args.out, args.tokenizer, args.data, args.force)
-    print(f"wrote {out}: a run directory (prune, validate, view and eval work on it; give --data for mean ablation)")
+    data = f"its data: {args.data}" if args.data else "give prune and eval --data DATA_DIR prepared with its tokenizer"
+    print(f"wrote {out}: a run directory every command accepts ({data})")
 
 
 def cmd_export_openai(args: argparse.Namespace) -> None:
