@@ -294,6 +294,16 @@ def cmd_export_openai(args: argparse.Namespace) -> None:
     print(f"wrote {out}: beeg_config.json and final_model.pt (load with circuit_sparsity's load_model), tokenizer.json")
 
 
+def cmd_label(args: argparse.Namespace) -> None:
+    from .circuits.labels import format_labels, label_run
+
+    result, out = label_run(args.run_dir, args.node, args.circuit, args.tokens, args.data, args.threshold, args.out)
+    if len(result["nodes"]) <= 200:
+        print(format_labels(result))
+    labelled = sum(bool(node["labels"]) for node in result["nodes"])
+    print(f"{labelled} of {len(result['nodes'])} nodes labelled above threshold; wrote {out}")
+
+
 def cmd_import_openai_circuit(args: argparse.Namespace) -> None:
     from .circuits.circuit import Circuit
     from .interop.openai import import_openai_circuit
@@ -463,6 +473,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--data", metavar="DATA_DIR", help="prepared data (default: the standard library, prepared and cached)")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("label", help="the Python concepts that best explain each node's activation",
+                       description="Scores every node (or the given ones) against 52 Python concepts computed from the"
+                                   " validation text (AUROC, correlation, activation mass), with a shuffled-weights"
+                                   " baseline, and writes labels.json (into CIRCUIT_DIR with --circuit, else RUN_DIR).")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--node", action="append", metavar="SITE:INDEX", help="a node to label (repeatable; default: all)")
+    p.add_argument("--circuit", metavar="CIRCUIT_DIR", help="label the nodes of this circuit")
+    p.add_argument("--tokens", type=POSITIVE, default=16384, help="validation tokens to read (default 16384)")
+    p.add_argument("--data", metavar="DATA_DIR", help="text to read (default: the run's own data)")
+    p.add_argument("--threshold", type=_real(0, 1), default=0.6,
+                   help="least strength of a label: |2 AUROC - 1| or |r| (default 0.6)")
+    p.add_argument("--out", metavar="FILE", help="where to write the JSON (default CIRCUIT_DIR or RUN_DIR/labels.json)")
+    p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("import-openai", help="a model released by the paper's authors as a run directory",
                        description="Reads MODEL_DIR/beeg_config.json and final_model.pt (weights only, never arbitrary"

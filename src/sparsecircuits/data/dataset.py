@@ -80,11 +80,15 @@ class TokenData:
         """A fixed evaluation set of up to `max_tokens` tokens: non-overlapping windows spread evenly
         over the whole split (the start of a split alone is a few files, not a fair sample)."""
         tokens = self.splits[split]
-        available = (len(tokens) - 1) // ctx_len
-        n = max(1, min(available, max_tokens // ctx_len))
-        starts = np.linspace(0, available - 1, n).round().astype(np.int64) * ctx_len
+        starts = self.eval_window_starts(split, ctx_len, max_tokens)
         windows = np.stack([tokens[s : s + ctx_len + 1] for s in starts]).astype(np.int64)
         return torch.from_numpy(windows[:, :-1]), torch.from_numpy(windows[:, 1:])
+
+    def eval_window_starts(self, split: str, ctx_len: int, max_tokens: int) -> np.ndarray:
+        """Where `eval_windows`' windows start in the split's token stream."""
+        available = (len(self.splits[split]) - 1) // ctx_len
+        n = max(1, min(available, max_tokens // ctx_len))
+        return np.linspace(0, available - 1, n).round().astype(np.int64) * ctx_len
 
 
 def default_data_dir(vocab_size: int = 2048) -> Path:

@@ -16,13 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+from ..circuits.labels import LABELS_FILE, label_run, read_labels
 from ..circuits.validate import not_evidence_reasons
 from ..config import load_config
 from ..data.prepare import MANIFEST, prepare
 from ..io import atomic_write_text, output_folder
 from .plots import pyplot, save
 from ..model.gpt import SparseGPT
-from ..rundir import METRICS_FILE
+from ..rundir import METRICS_FILE, MODEL_FILE, file_sha256
 from ..tasks import BUILTIN_TASKS
 from ..tasks.audit import score_tasks
 from ..train.evaluation import evaluate_run
@@ -117,7 +118,7 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
     dense_overrides = overrides + ["sparsity.l0_fraction=1.0", f"train.eval_interval={max(10, steps // 36)}"] + list(dense_set or [])
     load_config(config, dense_overrides)  # a bad --dense-set fails now, not after the sparse model has trained
     names = ["prepare corpus", "train sparse model", "train dense model", "evaluate tasks", "prune circuits",
-             "validate circuits", "view circuits", "report"]
+             "validate circuits", "label circuit nodes", "view circuits", "report"]
     stages = Stages(names, minutes * 60)
     data_dir = out / "data"
 
@@ -167,6 +168,13 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
                 if not (circuit_dir(model, task) / "validation.json").is_file():
                     validate(circuit_dir(model, task), control=control)
 
+    def label_all():
+        for task in chosen:
+            for model in MODELS:
+                directory = circuit_dir(model, task)
+                if read_labels(directory, file_sha256(out / model / MODEL_FILE)) is None:
+                    label_run(out / model, circuit_dir=directory)
+
     def view_all():
         for task in chosen:
             for model in MODELS:
@@ -175,6 +183,7 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
 
     stages.run("prune circuits", prune_all)
     stages.run("validate circuits", validate_all)
+    stages.run("label circuit nodes", label_all)
     stages.run("view circuits", view_all)
     summary = stages.run("report", lambda: write_report(out, chosen, excluded, task_losses, circuit_dir, target_loss, margin))
     summary["seconds_by_stage"] = stages.seconds
@@ -192,7 +201,11 @@ def write_report(out: Path, chosen: list[str], excluded: dict[str, str], task_lo
             directory = circuit_dir(model, task)
             circuit = json.loads((directory / "circuit.json").read_text())
             validation = json.loads((directory / "validation.json").read_text())
+            labels = json.loads((directory / LABELS_FILE).read_text())["nodes"]
             row[model] = {
+                "nodes_labelled": sum(bool(n["labels"]) for n in labels),
+                "nodes_labelled_above_baseline": sum(bool(n["labels"]) and n["labels"][0].get("beats_baseline", True)
+                                                     for n in labels),
                 "task_loss": task_losses[model][task]["loss"],
                 "nodes": circuit["metrics"]["n_nodes"], "edges": circuit["metrics"]["n_edges"],
                 "loss_circuit": validation["loss_circuit"],
@@ -257,6 +270,14 @@ def _controls_cell(x: dict) -> str:
     return f"real {real['n_nodes']} / shuffled {fake['n_nodes']}{'' if fake['reached_target'] else ' (missed)'}"
 
 
+def _labelled_cell(x: dict) -> str:
+    """'12/40 = 30% (9)': nodes with a Python concept above threshold, and how many beat the baseline."""
+    if "nodes_labelled" not in x:
+        return "-"
+    return (f"{x['nodes_labelled']}/{x['nodes']} = {x['nodes_labelled'] / max(x['nodes'], 1):.0%}"
+            f" ({x['nodes_labelled_above_baseline']})")
+
+
 def _evidence_cell(x: dict) -> str:
     return "yes" if x["evidence"] else "NO: " + ", ".join(x["failed"])
 
@@ -271,12 +292,14 @@ def render_report(summary: dict) -> str:
             cells += [f"<td class=num>{x['task_loss']:.4f}</td>", f"<td class=num><a href='{e(x['page'])}'>{x['nodes']}</a></td>",
                       f"<td class=num>{x['edges']}</td>", f"<td class=num>{x['loss_circuit']:.4f}</td>",
                       f"<td class=num>{x['loss_circuit_ablated']:.4f}</td>", f"<td>{e(_controls_cell(x))}</td>",
+                      f"<td class=num>{_labelled_cell(x)}</td>",
                       f"<td>{e(_evidence_cell(x))}</td>"]
         cells.append(f"<td class=num>{r['edges_ratio']:.2f}</td>")
         cells.append(f"<td>{e(', '.join(r['audit_flagged']) or 'none')}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     head = "".join(f"<th>{m} {h}</th>" for m in MODELS for h in ("task loss", "nodes", "edges", "circuit loss", "ablated loss",
-                                                                  "nodes fitted: real / shuffled labels", "evidence"))
+                                                                  "nodes fitted: real / shuffled labels",
+                                                                  "nodes labelled (above shuffled baseline)", "evidence"))
     head += "<th>edges dense / sparse</th><th>trivial cue above 70% (tasks audit)</th>"
     losses = "".join(
         f"<tr><td>{e(t)}</td>" + "".join(f"<td class=num>{summary['task_losses'][m][t].get('loss', float('nan')):.4f}</td>" for m in MODELS) + "</tr>"
@@ -310,7 +333,8 @@ def format_summary(summary: dict) -> str:
     for task, r in summary["tasks"].items():
         s, d = r["sparse"], r["dense"]
         lines.append(f"{task:24s} {s['task_loss']:11.4f} {s['nodes']:6d} {s['edges']:6d} {d['task_loss']:10.4f} {d['nodes']:6d}"
-                     f" {d['edges']:6d} {r['edges_ratio']:6.2f}  {_controls_cell(s)}, {_evidence_cell(s)}"
+                     f" {d['edges']:6d} {r['edges_ratio']:6.2f}  {_controls_cell(s)}, {_evidence_cell(s)},"
+                     f" labelled {_labelled_cell(s)}"
                      + (f"; trivial cue: {', '.join(r['audit_flagged'])}" if r["audit_flagged"] else ""))
     ratio = summary["edges_ratio_geomean"]
     lines.append("validation loss: " + ", ".join(f"{m} {summary['models'][m]['val_loss']:.4f}" for m in MODELS))

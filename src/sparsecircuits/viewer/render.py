@@ -22,6 +22,7 @@ from ..circuits.prune import CircuitEvaluator
 from ..circuits.validate import MAX_PER_NODE
 from ..errors import SparseCircuitsError
 from ..io import atomic_write_text, check_writable, directory_lock
+from ..circuits.labels import label_nodes, read_labels
 from ..train.evaluation import run_data
 
 ASSETS = Path(__file__).parent / "assets"
@@ -61,7 +62,10 @@ def circuit_page_data(circuit_dir: str | Path, run_dir: str | Path | None = None
             alone = {site: k.clone() for site, k in everything.items()}
             alone[node["site"]][node["index"]] = False
             ablation[f"{node['site']}:{node['index']}"] = {"loss_full_model_without_node": evaluator.loss(alone)}
-    info = node_examples(model, run_data(model_dir, circuit.means_data), nodes=[(n["site"], n["index"]) for n in circuit.nodes],
+    data = run_data(model_dir, circuit.means_data)
+    labels = read_labels(circuit_dir, model.weights_sha256) or label_nodes(
+        model, data, [(n["site"], n["index"]) for n in circuit.nodes], show_progress=show_progress)
+    info = node_examples(model, data, nodes=[(n["site"], n["index"]) for n in circuit.nodes],
                          n_tokens=n_tokens, top=top, show_progress=show_progress)
     shown = dataclasses.replace(test, prompts=test.prompts[:N_EXAMPLES], correct=test.correct[:N_EXAMPLES],
                                 incorrect=test.incorrect[:N_EXAMPLES])
@@ -79,7 +83,9 @@ def circuit_page_data(circuit_dir: str | Path, run_dir: str | Path | None = None
         edges = sorted(edges, key=lambda e: -abs(e["weight"]))[:MAX_DRAWN_EDGES]
     return {"circuit": {k: v for k, v in circuit.data.items() if k not in ("nodes", "edges")},
             "nodes": circuit.nodes, "edges": edges, "validation": validation, "d_model": model.config.d_model,
-            "node_info": info, "node_ablation": ablation, "examples": examples}
+            "node_info": info, "node_ablation": ablation, "examples": examples,
+            "labels": {f"{n['site']}:{n['index']}": n for n in labels["nodes"]},
+            "labels_summary": {"threshold": labels["threshold"], "tokens_read": labels["tokens_read"]}}
 
 
 # Characters that could end or confuse a <script> block (`</script>`, `<!--`) or a JavaScript string,
@@ -112,6 +118,16 @@ def render_html(data: dict) -> str:
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], (ASSETS / "page.html").read_text())
 
 
+def label_text(node: dict | None) -> str:
+    """A node's best label in a few words, e.g. `in_string 0.82` or `-`."""
+    if not node or not node["labels"]:
+        return "-"
+    best = node["labels"][0]
+    sign = "" if best["sign"] == "+" else " (-)"
+    flag = "" if best.get("beats_baseline", True) else " (not above baseline)"
+    return f"{best['concept']}{sign} {best['strength']:.2f}{flag}"
+
+
 def render_markdown(data: dict) -> str:
     c, m = data["circuit"], data["circuit"]["metrics"]
     lines = [f"# Circuit for `{c['task']}`", "",
@@ -139,13 +155,19 @@ def render_markdown(data: dict) -> str:
         lines += [f"| {name} | {'pass' if c['pass'] else 'FAIL'} | {c['why']} |" for name, c in v.get("verdicts", {}).items()]
         lines += [] if "evidence" not in v else ["", f"**{'Evidence' if v['evidence'] else 'Not evidence'}**: sufficient, necessary and every control"
                       f" run {'passed' if v['evidence'] else 'did not all pass'}."]
-    lines += ["", "## Nodes", "", "| node | full-model loss without it | top activating token |", "|---|---|---|"]
+    labelled = [n for n in data["labels"].values() if n["labels"]]
+    lines += ["", "## Nodes", "", f"{len(labelled)} of {len(data['nodes'])} nodes have a Python concept above the threshold"
+              f" ({data['labels_summary']['threshold']}; strength is |2 AUROC - 1| or |r|; `(not above baseline)`: the same"
+              " nodes of a shuffled-weights copy reach as much by chance).", "",
+              "| node | label | full-model loss without it | top activating token |", "|---|---|---|---|"]
     for node in data["nodes"]:
         name = f"{node['site']}:{node['index']}"
         effect = data["node_ablation"].get(name, {}).get("loss_full_model_without_node")
         top = data["node_info"].get(name, {}).get("top") or []
         token = top[0]["tokens"][top[0]["focus"]] if top else ""
-        lines.append(f"| `{name}` | {effect:.4f} | `{json.dumps(token)[1:-1]}` |" if effect is not None else f"| `{name}` | | |")
+        label = label_text(data["labels"].get(name))
+        lines.append(f"| `{name}` | {label} | {effect:.4f} | `{json.dumps(token)[1:-1]}` |" if effect is not None
+                     else f"| `{name}` | {label} | | |")
     lines += ["", "## Examples (held-out)", "", "| prompt (end) | correct | incorrect | full p(correct) | circuit p(correct) |",
               "|---|---|---|---|---|"]
     for x in data["examples"]:

@@ -95,6 +95,11 @@
     const p = terminalPos({ site, index: Number(index) });
     el("rect", { class: "terminal", x: p.x - 4, y: p.y - 4, width: 8, height: 8 }, svg, true);
   }
+  // a node's best Python concept, as "concept strength" (with (-) when it fires less there)
+  const bestLabel = (name) => {
+    const best = ((data.labels || {})[name] || { labels: [] }).labels[0];
+    return best ? `${best.concept}${best.sign === "+" ? "" : " (-)"} ${fmt(best.strength, 2)}` : "";
+  };
   const nodeColors = { q: "#fde68a", k: "#fcd34d", v: "#fbbf24", act_in: "#bfdbfe", resid_delta: "#a7f3d0", post_act: "#f9a8d4" };
   const nodeElements = new Map();
   for (const n of data.nodes) {
@@ -103,7 +108,11 @@
       class: "node", cx: p.x, cy: p.y, r: 6, tabindex: 0, "data-node": name, "data-layer": layerOf(n.site),
       "data-kind": kindOf(n.site), fill: nodeColors[n.site.split(".").pop()] || "#ddd",
     }, svg, true);
-    el("title", { text: name }, circle, true);
+    const label = bestLabel(name);
+    el("title", { text: label ? `${name}: ${label}` : name }, circle, true);
+    if (label && data.nodes.length <= 300) {
+      el("text", { class: "node-label", x: p.x + 8, y: p.y + 3, text: label.split(" ")[0].slice(0, 14) }, svg, true);
+    }
     circle.addEventListener("click", () => select(name));
     circle.addEventListener("focus", () => select(name));
     nodeElements.set(name, circle);
@@ -185,6 +194,20 @@
     el("h2", { text: `${site} : ${index}` }, details);
     const info = data.node_info[name] || {};
     const ablation = data.node_ablation[name];
+    const labelled = (data.labels || {})[name];
+    if (labelled) {
+      el("h3", { text: "Python concepts (strength = |2·AUROC − 1| or |r|)" }, details);
+      if (!labelled.labels.length) el("p", { class: "hint", text: "no concept above threshold" }, details);
+      const t = el("table", { class: "labels" }, details);
+      for (const entry of labelled.labels) {
+        const tr = el("tr", {}, t);
+        el("td", { text: `${entry.concept}${entry.sign === "+" ? "" : " (fires less)"}`, title: entry.description }, tr);
+        el("td", { class: "num", text: fmt(entry.strength, 2) }, tr);
+        el("td", { text: entry.auroc !== undefined ? `AUROC ${fmt(entry.auroc, 2)}, mass ${fmt(entry.mass_fraction, 2)}` : `r ${fmt(entry.correlation, 2)}` }, tr);
+        el("td", { class: entry.beats_baseline === false ? "fail" : "", text: entry.beats_baseline === false
+          ? `not above the shuffled-weights baseline (${fmt(labelled.baseline_best_strength, 2)})` : "" }, tr);
+      }
+    }
     if (ablation) {
       const t = el("table", {}, details);
       for (const [label, value] of [["task loss, full model without this node", ablation.loss_full_model_without_node],
