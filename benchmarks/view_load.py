@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("page")
     parser.add_argument("--screenshot", default=None)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--node", help="the node to select before the screenshot, e.g. 1.attn.k:37 (default: the first)")
     args = parser.parse_args()
     page_path = Path(args.page).resolve()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -38,7 +39,8 @@ def main() -> None:
             page.wait_for_selector("circle.node")
             seconds.append(time.perf_counter() - start)
         nodes, edges = page.locator("circle.node").count(), page.locator("path.edge").count()
-        page.locator("circle.node").first.click()
+        chosen = page.locator(f'circle.node[data-node="{args.node}"]') if args.node else page.locator("circle.node").first
+        chosen.click()
         if args.screenshot:
             page.screenshot(path=args.screenshot, full_page=True)
         browser.close()

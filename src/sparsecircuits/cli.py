@@ -484,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=POSITIVE, default=16384, help="validation tokens to read (default 16384)")
     p.add_argument("--data", metavar="DATA_DIR", help="text to read (default: the run's own data)")
     p.add_argument("--threshold", type=_real(0, 1), default=0.6,
-                   help="least strength of a label: |2 AUROC - 1| or |r| (default 0.6)")
+                   help="least strength of a label: 2 AUROC - 1 or |r| (default 0.6)")
     p.add_argument("--out", metavar="FILE", help="where to write the JSON (default CIRCUIT_DIR or RUN_DIR/labels.json)")
     p.set_defaults(func=cmd_label)
 

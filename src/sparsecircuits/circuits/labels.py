@@ -2,11 +2,12 @@
 
 For every node and concept, over the validation tokens where every concept is known:
 
-- a binary concept scores the AUROC of the node's activation (does it separate the tokens where the
-  concept holds from the others?) and the fraction of the node's activation mass (sum of |a|) on
-  tokens where it holds; its strength is |2·AUROC − 1| (a node that fires *less* where the concept
-  holds has AUROC below 0.5 and sign −);
-- a numeric concept (a depth, an indentation) scores the Pearson correlation r; strength |r|.
+- a binary concept scores the AUROC of the node's activation (does it fire more on the tokens where
+  the concept holds than on the others?) and the fraction of the node's activation mass (sum of |a|)
+  on tokens where it holds; its strength is 2·AUROC − 1, floored at 0 (a node is labelled by what
+  it fires *on*: firing less somewhere rare, such as after `is`, says little about it);
+- a numeric concept (a depth, an indentation) scores the Pearson correlation r; strength |r|, and
+  its sign says which way.
 
 The top concepts by strength are the node's labels; below `threshold` the node gets "no concept
 above threshold". The same nodes of a copy of the model whose nonzero weights are shuffled within
@@ -33,7 +34,7 @@ from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparsity import sparse_parameters
 
-DEFAULT_THRESHOLD = 0.6  # AUROC 0.8 (or 0.2), or |r| 0.6
+DEFAULT_THRESHOLD = 0.6  # AUROC 0.8, or |r| 0.6
 NODE_CHUNK = 512  # nodes scored at once (bounds the memory of the rank tensors)
 MIN_TOKENS = 100  # a concept known on fewer validation tokens is not scored
 
@@ -201,7 +202,7 @@ def _score_known(acts: np.ndarray, values: np.ndarray, concepts: Sequence[Concep
         auc[spread == 0] = 0.5  # a node that never changes separates nothing
         block = slice(lo, lo + a.shape[1])
         result["score"][block, binary] = auc.numpy()
-        result["strength"][block, binary] = (2 * auc - 1).abs().numpy()
+        result["strength"][block, binary] = (2 * auc - 1).clamp_min(0).numpy()
         result["mass"][block, binary] = mass.numpy()
         result["score"][block, numeric] = r.numpy()
         result["strength"][block, numeric] = r.abs().numpy()

@@ -157,7 +157,7 @@ def render_markdown(data: dict) -> str:
                       f" run {'passed' if v['evidence'] else 'did not all pass'}."]
     labelled = [n for n in data["labels"].values() if n["labels"]]
     lines += ["", "## Nodes", "", f"{len(labelled)} of {len(data['nodes'])} nodes have a Python concept above the threshold"
-              f" ({data['labels_summary']['threshold']}; strength is |2 AUROC - 1| or |r|; `(not above baseline)`: the same"
+              f" ({data['labels_summary']['threshold']}; strength is 2 AUROC - 1 or |r|; `(not above baseline)`: the same"
               " nodes of a shuffled-weights copy reach as much by chance).", "",
               "| node | label | full-model loss without it | top activating token |", "|---|---|---|---|"]
     for node in data["nodes"]:

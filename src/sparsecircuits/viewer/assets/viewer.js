@@ -196,7 +196,7 @@
     const ablation = data.node_ablation[name];
     const labelled = (data.labels || {})[name];
     if (labelled) {
-      el("h3", { text: "Python concepts (strength = |2·AUROC − 1| or |r|)" }, details);
+      el("h3", { text: "Python concepts (strength = 2·AUROC − 1 or |r|)" }, details);
       if (!labelled.labels.length) el("p", { class: "hint", text: "no concept above threshold" }, details);
       const t = el("table", { class: "labels" }, details);
       for (const entry of labelled.labels) {
