@@ -9,6 +9,9 @@ For every node and concept, over the validation tokens where every concept is kn
 - a numeric concept (a depth, an indentation) scores the Pearson correlation r; strength |r|, and
   its sign says which way.
 
+A binary concept that holds on fewer than MIN_POSITIVES of the tokens read (or fails on fewer) is
+not scored: read more tokens to label by it.
+
 The top concepts by strength are the node's labels; below `threshold` the node gets "no concept
 above threshold". The same nodes of a copy of the model whose nonzero weights are shuffled within
 each matrix (same sparsity pattern) give the baseline: the best strength any concept reaches there
@@ -37,6 +40,9 @@ from ..model.sparsity import sparse_parameters
 DEFAULT_THRESHOLD = 0.6  # AUROC 0.8, or |r| 0.6
 NODE_CHUNK = 512  # nodes scored at once (bounds the memory of the rank tensors)
 MIN_TOKENS = 100  # a concept known on fewer validation tokens is not scored
+# A binary concept is scored only where it holds on at least this many tokens and fails on as many:
+# on a handful of tokens (`after is` may hold on 6 of 16,384) an AUROC near 1 is luck.
+MIN_POSITIVES = 30
 
 
 @dataclass
@@ -193,7 +199,7 @@ def _score_known(acts: np.ndarray, values: np.ndarray, concepts: Sequence[Concep
         ranks = _average_ranks(a)
         u = ranks.T @ b - positives * (positives + 1) / 2
         auc = u / (positives * negatives).clamp_min(1)
-        auc[:, (positives == 0) | (negatives == 0)] = float("nan")
+        auc[:, (positives < MIN_POSITIVES) | (negatives < MIN_POSITIVES)] = float("nan")
         mass = a.abs().T @ b / a.abs().sum(0).clamp_min(1e-12)[:, None]
         spread = a.std(0)
         az = (a - a.mean(0)) / spread.clamp_min(1e-12)
