@@ -141,20 +141,18 @@ def node_activations(model: SparseGPT, inputs: torch.Tensor, nodes: Sequence[tup
         by_site.setdefault(site, []).append(index)
     out = np.zeros((inputs.numel(), len(nodes)), dtype=np.float32)
     columns = {site: [k for k, (s, _) in enumerate(nodes) if s == site] for site in by_site}
-    row = 0
-    rows = {"at": 0}
+    first_row = [0]  # where the batch being run goes in `out`
 
     def grab(x: torch.Tensor, site: str) -> None:
         flat = x[..., by_site[site]].float().reshape(-1, len(by_site[site])).cpu().numpy()
-        out[rows["at"]:rows["at"] + len(flat), columns[site]] = flat
+        out[first_row[0]:first_row[0] + len(flat), columns[site]] = flat
 
     device = next(model.parameters()).device
     with model.hooks({site: grab for site in by_site}):
         for start in range(0, len(inputs), batch_size):
             batch = inputs[start:start + batch_size]
-            rows["at"] = row
             model(batch.to(device))
-            row += batch.numel()
+            first_row[0] += batch.numel()
     return out
 
 
