@@ -172,3 +172,21 @@ def test_string_and_comment_spans_agree_with_pythons_tokenize_on_the_standard_li
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     edges = np.flatnonzero(np.diff(np.concatenate([[0], (mask == 1).astype(int), [0]])))
     return list(zip(edges[::2], edges[1::2]))
+
+
+def test_line_breaks_continuations_and_comments():
+    crlf = SourceFacts("if x and \\\r\n    y:\r\n    pass\r\n")
+    assert crlf.logical_lines[0][:2] == (0, 20) and crlf.end_of_statement.nonzero()[0].tolist() == [19, 29]
+    comment = SourceFacts("x = 1  # C:\\\nif y:\n    pass\n")  # a backslash in a comment continues nothing
+    assert comment.line_keyword["if"][comment.text.index("if")] == 1
+    assert SourceFacts("# note\nx = 1\n").end_of_statement.nonzero()[0].tolist() == [12]  # a comment alone: no statement
+    escaped = SourceFacts('x = "a\\\r\nb"\r\nz\r\n')  # an escaped CRLF stays inside the string
+    assert escaped.in_string[escaped.text.index("\n")] == 1 and escaped.first_of_line[escaped.text.index("b")] == 0
+
+
+def test_generator_arguments_and_escaped_braces():
+    generator = SourceFacts("s = sum(x for x in y)\n")
+    assert generator.innermost_container[generator.text.index("x")] == 1  # the call, not a tuple
+    assert SourceFacts("x = (a), b\n").innermost_container[5] == 0  # (a) is not the tuple's parenthesis
+    raw = SourceFacts('z = rf"\\{x}"\n')  # a backslash does not escape a field's brace
+    assert raw.in_fstring_brace[raw.text.index("x")] == 1 and raw.code[raw.text.index("x")]

@@ -137,9 +137,10 @@ class SourceFacts:
                 self._mark_string(j, end - 1, kind, fstring)  # inside until the last closing quote
                 self.closes_string[end - 1] = 1
                 return end
-            if ch == "\\" and j + 1 < n:
-                self._mark_string(j, j + 2, kind, fstring)
-                j += 2 if not text.startswith("\r\n", j + 1) else 3
+            if ch == "\\" and j + 1 < n and not (fstring and text[j + 1] == "{"):  # f"\{x}" still opens a field
+                step = 3 if text.startswith("\r\n", j + 1) else 2
+                self._mark_string(j, j + step, kind, fstring)
+                j += step
                 continue
             if ch in "\r\n" and not triple:  # unterminated: unknown to the end of the line
                 self.string_known[start:j] = False
@@ -231,9 +232,12 @@ class SourceFacts:
                 i += 1
             j = i
             while j < n:
-                if self.text[j] in "\r\n" and self._ends_statement(j):
-                    j += 2 if self.text.startswith("\r\n", j) else 1
-                    break
+                if self.text[j] in "\r\n":  # one line break, \r\n included
+                    brk = 2 if self.text.startswith("\r\n", j) else 1
+                    j += brk
+                    if self._ends_statement(j - brk):
+                        break
+                    continue
                 j += 1
             lines.append((start, j, indent))
             i = j
@@ -246,13 +250,14 @@ class SourceFacts:
             return False
         if j > 0 and any(self.depth[o][before] > 0 for o in OPENERS):
             return False
-        return not (j > 0 and self.text[before] == "\\")
+        return not (j > 0 and self.text[before] == "\\" and self.in_comment[before] == 0)
 
     @cached_property
     def end_of_statement(self) -> np.ndarray:
         out = np.zeros(self.n, dtype=np.float32)
+        code_text = self.code & ~np.array([ch.isspace() for ch in self.text], dtype=bool)
         for start, end, _ in self.logical_lines:
-            if end > start and self.text[end - 1] in "\r\n" and self.text[start:end].strip():
+            if end > start and self.text[end - 1] in "\r\n" and code_text[start:end].any():  # not a comment alone
                 out[end - 1] = 1
         return out
 
@@ -369,7 +374,7 @@ class SourceFacts:
                 spans.append((*self.span(node), kinds[type(node)]))
             elif isinstance(node, (ast.Tuple, ast.GeneratorExp)):
                 start, end = self.span(node)
-                if start < self.n and self.text[start] == "(":
+                if start < self.n and self.text[start] == "(" and self.matching.get(start) == end - 1:
                     spans.append((start, end, 5))
             elif isinstance(node, ast.Call):
                 opening = self._next_opener(self.span(node.func)[1], "(")
@@ -380,7 +385,8 @@ class SourceFacts:
                 if opening is not None:
                     spans.append((opening, self.span(node)[1], 6))
         out = np.zeros(self.n, dtype=np.float32)
-        for start, end, kind in sorted(spans, key=lambda s: s[0] - s[1]):  # outermost first, inner overwrite
+        # outermost first, inner overwrite; on the same span (a call's only argument is a generator) the call wins
+        for start, end, kind in sorted(spans, key=lambda s: (s[0] - s[1], s[2] == 1)):
             out[start:max(start, end - 1)] = kind  # the closing bracket is read as outside
         return out
 

@@ -73,8 +73,10 @@ def tokenizer_from_datagym(folder: str | Path, pattern: str = TINYPYTHON_PATTERN
 
 def write_datagym_files(tokenizer: Tokenizer, folder: str | Path) -> Path:
     """A byte-level BPE tokenizer's vocabulary and merges as data-gym files, in tiktoken's rank order
-    (the 256 bytes first, printable ones before the rest, then one token per merge). The
-    pre-tokenizer's pattern is not part of these files: whoever reads them supplies it."""
+    (the 256 bytes first, printable ones before the rest, then one token per merge, special tokens
+    last). The files describe the same tokens and merges, renumbered: a token's id in them is its
+    rank, not its id in `tokenizer` (ours give <|endoftext|> id 0). The pre-tokenizer's pattern is not
+    part of these files either: whoever reads them supplies it."""
     state = json.loads(tokenizer.to_str())
     if state["model"].get("type") != "BPE":
         raise SparseCircuitsError("only a BPE tokenizer can be written as data-gym files")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -63,7 +64,7 @@ def model_config_from_openai(beeg: dict) -> ModelConfig:
         raise _refuse("use_tied_aux_matrix", True, "is a training-time option their own loader refuses")
     d_model, n_head = beeg["d_model"], beeg["n_head"]
     d_head = beeg.get("d_head") or d_model // n_head
-    d_mlp = beeg.get("d_mlp", beeg.get("n_mlp")) or 4 * d_model
+    d_mlp = beeg.get("d_mlp") or beeg.get("n_mlp") or 4 * d_model
     rms = bool(beeg.get("rms_norm", False))
     keep_fraction, per_site, residual = 1.0, {}, {}
     afrac = beeg.get("afrac")
@@ -87,7 +88,8 @@ def model_config_from_openai(beeg: dict) -> ModelConfig:
         d_mlp=d_mlp, ctx_len=beeg["block_size"], d_pos=d_pos or 0,
         # their position table is always there: added to the residual, or concatenated to sublayer inputs
         positional=("concat_sinusoidal" if beeg.get("sinusoidal_cat_pos_emb") else "concat") if d_pos else "learned",
-        attention_sinks=bool(beeg.get("sink", False)), bigram_table=bool(beeg.get("enable_bigram_table", False)),
+        # their sink module exists only with flash attention, so a model saved without flash has none
+        attention_sinks=bool(beeg.get("sink", False)) and bool(beeg.get("flash", True)), bigram_table=bool(beeg.get("enable_bigram_table", False)),
         keep_fraction=keep_fraction, site_keep_fraction=per_site,
         keep_rounding="floor", norm="rms" if rms else "layer", norm_eps=FP32_EPS if rms else LAYER_NORM_EPS,
         norm_bias=not rms and bool(beeg.get("ln_bias", True)), linear_bias=bool(beeg.get("bias", True)),
@@ -207,7 +209,7 @@ def openai_config_from_model(config: ModelConfig, tokenizer_name: str, allow_eps
     if config.d_model % config.heads:
         raise refuse("d_model", f"is not a multiple of the {config.heads} heads, which their GPTConfig requires")
     their_eps = FP32_EPS if config.norm == "rms" else LAYER_NORM_EPS
-    if config.norm_eps != their_eps and not allow_eps_change:
+    if not math.isclose(config.norm_eps, their_eps, rel_tol=1e-6) and not allow_eps_change:
         raise refuse("norm_eps", f"but their {config.norm.upper()}Norm uses {their_eps!r}: through AbsTopK the"
                                  " difference reaches predictions (2% of next-token argmaxes on the default demo's"
                                  f" model); train with --set model.norm_eps={their_eps!r}, or pass --allow-eps-change")
