@@ -64,6 +64,10 @@ def test_a_node_built_to_fire_inside_double_quoted_strings_gets_that_label_first
     assert built["labels"][0]["concept"] == "in_double_quoted_string", built["labels"]
     assert built["labels"][0]["auroc"] > 0.9 and built["labels"][0]["mass_fraction"] == 1.0
     assert silent["labels"] == []  # a node that never fires: no concept above threshold
+    with torch.no_grad():
+        model.wte.weight[only_inside, 0] = -1.0  # the same node firing negatively: the same label, sign -
+    flipped = label_nodes(model, quoted_data, [("0.attn.act_in", 0)], n_tokens=4096, show_progress=False)["nodes"][0]
+    assert flipped["labels"][0]["concept"] == "in_double_quoted_string" and flipped["labels"][0]["sign"] == "-"
 
 
 def test_shuffled_weights_keep_the_sparsity_pattern_and_change_the_values(trained_run):

@@ -2,10 +2,11 @@
 
 For every node and concept, over the validation tokens where every concept is known:
 
-- a binary concept scores the AUROC of the node's activation (does it fire more on the tokens where
-  the concept holds than on the others?) and the fraction of the node's activation mass (sum of |a|)
-  on tokens where it holds; its strength is 2·AUROC − 1, floored at 0 (a node is labelled by what
-  it fires *on*: firing less somewhere rare, such as after `is`, says little about it);
+- a binary concept scores the AUROC of the node's activation in its own direction (the sign that
+  carries most of its activation mass: AbsTopK nodes fire either way) — does it fire more on the
+  tokens where the concept holds than on the others? — and the fraction of the node's activation
+  mass (sum of |a|) on tokens where it holds; its strength is 2·AUROC − 1, floored at 0 (a node is
+  labelled by what it fires *on*; sign − says it fires negatively there);
 - a numeric concept (a depth, an indentation) scores the Pearson correlation r; strength |r|, and
   its sign says which way.
 
@@ -170,18 +171,21 @@ def score_nodes(acts: np.ndarray, table: ConceptTable) -> dict[str, np.ndarray]:
     each concept on the tokens where it is known (at least MIN_TOKENS of them, else strength 0)."""
     result = {key: np.full((acts.shape[1], len(table.concepts)), np.nan, dtype=np.float32) for key in ("strength", "score", "mass")}
     result["tokens"] = np.zeros(len(table.concepts), dtype=np.int64)
+    result["direction"] = np.where(acts.sum(0) < 0, -1.0, 1.0).astype(np.float32)
     for rows, columns in table.known_groups():
         result["tokens"][columns] = int(rows.sum())
         if rows.sum() < MIN_TOKENS:
             continue
-        part = _score_known(acts[rows], table.values[np.ix_(rows, columns)], [table.concepts[c] for c in columns])
+        part = _score_known(acts[rows], result["direction"], table.values[np.ix_(rows, columns)],
+                            [table.concepts[c] for c in columns])
         for key in ("strength", "score", "mass"):
             result[key][:, columns] = part[key]
     result["strength"] = np.nan_to_num(result["strength"], nan=0.0)
     return result
 
 
-def _score_known(acts: np.ndarray, values: np.ndarray, concepts: Sequence[Concept]) -> dict[str, np.ndarray]:
+def _score_known(acts: np.ndarray, direction: np.ndarray, values: np.ndarray,
+                 concepts: Sequence[Concept]) -> dict[str, np.ndarray]:
     binary = [c for c, concept in enumerate(concepts) if concept.kind == "binary"]
     numeric = [c for c, concept in enumerate(concepts) if concept.kind == "numeric"]
     n_rows, n_nodes = acts.shape
@@ -194,7 +198,7 @@ def _score_known(acts: np.ndarray, values: np.ndarray, concepts: Sequence[Concep
         v = (v - v.mean(0)) / v.std(0).clamp_min(1e-12)
     for lo in range(0, n_nodes, NODE_CHUNK):
         a = torch.from_numpy(acts[:, lo:lo + NODE_CHUNK])
-        ranks = _average_ranks(a)
+        ranks = _average_ranks(a * torch.from_numpy(direction[lo:lo + NODE_CHUNK]))
         u = ranks.T @ b - positives * (positives + 1) / 2
         auc = u / (positives * negatives).clamp_min(1)
         auc[:, (positives < MIN_POSITIVES) | (negatives < MIN_POSITIVES)] = float("nan")
@@ -253,8 +257,9 @@ def label_nodes(model: SparseGPT, data: TokenData, nodes: Sequence[tuple[str, in
             if strength < threshold:
                 break
             concept = concepts[c]
+            positive = scores["direction"][k] > 0 if concept.kind == "binary" else scores["score"][k, c] >= 0
             entry = {"concept": concept.name, "description": concept.description, "kind": concept.kind,
-                     "strength": round(strength, 4), "sign": "+" if scores["score"][k, c] >= (0.5 if concept.kind == "binary" else 0) else "-"}
+                     "strength": round(strength, 4), "sign": "+" if positive else "-"}
             entry["auroc" if concept.kind == "binary" else "correlation"] = round(float(scores["score"][k, c]), 4)
             if concept.kind == "binary":
                 entry["mass_fraction"] = round(float(scores["mass"][k, c]), 4)

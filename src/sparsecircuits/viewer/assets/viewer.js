@@ -201,7 +201,7 @@
       const t = el("table", { class: "labels" }, details);
       for (const entry of labelled.labels) {
         const tr = el("tr", {}, t);
-        el("td", { text: `${entry.concept}${entry.sign === "+" ? "" : " (fires less)"}`, title: entry.description }, tr);
+        el("td", { text: `${entry.concept}${entry.sign === "+" ? "" : entry.auroc !== undefined ? " (negative activations)" : " (negative r)"}`, title: entry.description }, tr);
         el("td", { class: "num", text: fmt(entry.strength, 2) }, tr);
         el("td", { text: entry.auroc !== undefined ? `AUROC ${fmt(entry.auroc, 2)}, mass ${fmt(entry.mass_fraction, 2)}` : `r ${fmt(entry.correlation, 2)}` }, tr);
         el("td", { class: entry.beats_baseline === false ? "fail" : "", text: entry.beats_baseline === false
