@@ -169,10 +169,11 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
                     validate(circuit_dir(model, task), control=control)
 
     def label_all():
+        weights = {model: file_sha256(out / model / MODEL_FILE) for model in MODELS}  # hashed once per model
         for task in chosen:
             for model in MODELS:
                 directory = circuit_dir(model, task)
-                if read_labels(directory, file_sha256(out / model / MODEL_FILE)) is None:
+                if read_labels(directory, weights[model]) is None:
                     label_run(out / model, circuit_dir=directory)
 
     def view_all():
