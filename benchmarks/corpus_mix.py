@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.33, 0.67, 1.0])
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--config", default="small")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (the data stay those of seed 0): rerun to see seed noise")
     args = parser.parse_args()
 
     rows = []
@@ -77,24 +78,26 @@ def main() -> None:
         corpus, tokens = corpus_for(share)
         if not (folder / "data" / MANIFEST).is_file():
             prepare(folder / "data", corpus=corpus, generated_tokens=tokens, force=True)
-        train_or_continue(load_config(args.config, [f"train.steps={args.steps}"]), folder / "data", folder / "run")
-        data, model = TokenData(folder / "data"), SparseGPT.from_pretrained(folder / "run")
+        run = folder / ("run" if args.seed == 0 else f"run-seed{args.seed}")
+        train_or_continue(load_config(args.config, [f"train.steps={args.steps}", f"train.seed={args.seed}"]), folder / "data", run)
+        data, model = TokenData(folder / "data"), SparseGPT.from_pretrained(run)
         train_tokens = {p["corpus"]: p["tokens"]["train"] for p in parts_of(data)}
         scores = score_tasks(model, list(BUILTIN_TASKS), "test")
         losses = {t: r["loss"] for t, r in scores.items()}
         row = {"share": share, "simple_share_measured": train_tokens.get(SIMPLE_PYTHON, 0) / sum(train_tokens.values()),
-               **evaluate_run(folder / "run"), "nats_per_char": part_losses(model, data), "task_losses": losses,
+               **evaluate_run(run), "nats_per_char": part_losses(model, data), "task_losses": losses,
                "tasks_at_target": sum(v <= TARGET for v in losses.values()),
-               "tasks_at_margin": sum(v <= TARGET / 2 for v in losses.values())}
+               "tasks_at_margin": sum(v <= TARGET / 2 for v in losses.values()),
+               "mean_task_loss": sum(losses.values()) / len(losses)}
         rows.append(row)
-        (folder / "result.json").write_text(json.dumps(row, indent=1))
+        (folder / f"result{'' if args.seed == 0 else f'-seed{args.seed}'}.json").write_text(json.dumps(row, indent=1))
 
-    print(f"{'share':>6} {'val':>7} {'bigram':>7} {'unigram':>7} {'stdlib/ch':>9} {'simple/ch':>9} {'tasks<=.15':>10} {'<=.075':>7}")
+    print(f"{'share':>6} {'val':>7} {'bigram':>7} {'unigram':>7} {'stdlib/ch':>9} {'simple/ch':>9} {'tasks<=.15':>10} {'<=.075':>7} {'mean task':>9}")
     for r in rows:
         per_char = r["nats_per_char"]
         print(f"{r['simple_share_measured']:6.2f} {r['val_loss']:7.4f} {r['bigram_loss']:7.4f} {r['unigram_loss']:7.4f}"
               f" {per_char.get(STDLIB, math.nan):9.4f} {per_char.get(SIMPLE_PYTHON, math.nan):9.4f}"
-              f" {r['tasks_at_target']:10d} {r['tasks_at_margin']:7d}")
+              f" {r['tasks_at_target']:10d} {r['tasks_at_margin']:7d} {r['mean_task_loss']:9.3f}")
     names = list(rows[0]["task_losses"]) if rows else []
     print("\n" + f"{'task':28s}" + "".join(f"{r['simple_share_measured']:8.2f}" for r in rows))
     for name in names:

@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from sparsecircuits.data.prepare import CHARS_PER_TOKEN, prepare
+from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.data.simple_python import generate_corpus, generate_programs
 from sparsecircuits.tasks.builtin import BUILTIN_TASKS
 from sparsecircuits.tasks.records import builtin_records
@@ -90,3 +92,23 @@ def test_prepare_mixes_generated_programs_with_a_folder_and_records_each_part(tm
     assert 0 < mix["simple-python"] < 1 and abs(sum(mix.values()) - 1) < 1e-3
     assert json.loads((tmp_path / "data" / "manifest.json").read_text())["parts"] == manifest["parts"]
     assert all(not f["path"].startswith("simple-python") for f in manifest["files"])
+
+
+def test_simple_share_sizes_the_generated_part_from_the_other_parts(tmp_path):
+    corpus = tmp_path / "code"
+    corpus.mkdir()
+    for i in range(40):
+        (corpus / f"m{i}.py").write_text("".join(f"def f{i}_{j}(x, y={j}):\n    return x * y + {i}\n" for j in range(40)))
+    manifest = prepare(tmp_path / "data", corpus=["simple-python", str(corpus)], vocab_size=300, val_fraction=0.1,
+                       show_progress=False, simple_share=0.3)
+    generated, folder = manifest["parts"]  # the order given is kept, though the folder is read first
+    assert generated["corpus"] == "simple-python" and generated["share_asked"] == 0.3 and folder["documents"] == 40
+    assert 0.15 < manifest["mix"]["simple-python"] < 0.5  # sized by characters at the 2048-token BPE's rates
+
+
+def test_simple_share_needs_another_part_and_a_share_inside_zero_one(tmp_path):
+    with pytest.raises(SparseCircuitsError, match="mixes simple-python with other text"):
+        prepare(tmp_path / "a", corpus=["simple-python"], simple_share=0.3, show_progress=False)
+    with pytest.raises(SparseCircuitsError, match="must be between 0 and 1"):
+        prepare(tmp_path / "b", corpus=["stdlib", "simple-python"], simple_share=1.0, show_progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -67,7 +67,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from .data.prepare import prepare
 
     prepare(args.out, corpus=args.corpus, vocab_size=args.vocab_size, val_fraction=args.val_fraction, force=args.force,
-            generated_tokens=args.tokens, seed=args.seed)
+            generated_tokens=args.tokens, seed=args.seed, simple_share=args.simple_share)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -335,8 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", nargs="+", metavar="SOURCE",
                    help="'stdlib' (this interpreter's standard library), 'simple-python' (generated simple programs), "
                         "or folders of .py/.txt/.jsonl files or single files; several are mixed (default: stdlib)")
-    p.add_argument("--tokens", type=POSITIVE, default=10_000_000,
-                   help="about how many tokens of simple-python to generate (default 10,000,000)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--tokens", type=POSITIVE, default=10_000_000,
+                      help="about how many tokens of simple-python to generate (default 10,000,000)")
+    size.add_argument("--simple-share", type=_real(0, 1, True, True), metavar="SHARE",
+                      help="instead of --tokens: generate about this share of all training tokens as simple-python")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of the simple-python generator (default 0)")
     p.add_argument("--vocab-size", type=POSITIVE, default=2048, help="BPE vocabulary size (default 2048)")
     p.add_argument("--val-fraction", type=_real(0, 1, True, True), default=0.02, help="fraction of files held out for validation (default 0.02)")

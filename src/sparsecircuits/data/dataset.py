@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import SparseCircuitsError
-from .prepare import MANIFEST, default_corpus_root, prepare
+from .prepare import DEFAULT_SIMPLE_SHARE, MANIFEST, default_corpus_root, prepare
 
 
 def load_tokenizer(path: str | Path):
@@ -92,11 +92,13 @@ class TokenData:
 
 
 def default_data_dir(vocab_size: int = 2048) -> Path:
-    """Where the implicit `prepare` of the standard library is cached."""
+    """Where the implicit `prepare` of the default corpus is cached (named by its mix, so a change of
+    the default never reuses a cache of another)."""
     cache = Path(os.environ.get("SPARSECIRCUITS_CACHE", Path.home() / ".cache" / "sparsecircuits"))
     stdlib = default_corpus_root()
     tag = hashlib.sha256(str(stdlib).encode()).hexdigest()[:8]
-    return cache / f"stdlib-{stdlib.name}-{tag}-v{vocab_size}"
+    mix = f"-simple{DEFAULT_SIMPLE_SHARE:g}" if DEFAULT_SIMPLE_SHARE else ""
+    return cache / f"stdlib-{stdlib.name}-{tag}{mix}-v{vocab_size}"
 
 
 def ensure_default_data(vocab_size: int = 2048) -> Path:

@@ -44,9 +44,13 @@ class CorpusScan:
 
 
 STDLIB, SIMPLE_PYTHON = "stdlib", "simple-python"  # the named corpora `--corpus` accepts beside paths
-DEFAULT_CORPUS = [STDLIB]
 DEFAULT_GENERATED_TOKENS = 10_000_000
 CHARS_PER_TOKEN = 4.2  # generated programs under a 2048-token BPE (benchmarks/corpus_speed.py: 4.19); the manifest has the count
+REALISTIC_CHARS_PER_TOKEN = 2.97  # the standard library under its own 2048-token BPE: 31.4M characters, 10.56M tokens
+# The default corpus: the standard library with this share of its training tokens generated simple Python,
+# the share that `benchmarks/corpus_mix.py` measured best for the demo's tasks (README "Corpus mix").
+DEFAULT_SIMPLE_SHARE = 0.0
+DEFAULT_CORPUS = [STDLIB, SIMPLE_PYTHON] if DEFAULT_SIMPLE_SHARE > 0 else [STDLIB]
 
 
 def default_corpus_root() -> Path:
@@ -98,22 +102,42 @@ def _add_document(scan: CorpusScan, seen: set[str], source: str, text: str) -> N
     scan.documents.append(Document(source, text, digest))
 
 
-def scan_sources(corpus: list[str | Path], generated_tokens: int, seed: int) -> tuple[CorpusScan, list[dict]]:
+def scan_sources(corpus: list[str | Path], generated_tokens: int, seed: int,
+                 simple_share: float | None = None) -> tuple[CorpusScan, list[dict]]:
     """Documents of every part of the corpus (`stdlib`, `simple-python` or a path), in order, without
-    duplicates across parts; and one manifest entry per part."""
+    duplicates across parts; and one manifest entry per part. With `simple_share`, the generated part
+    is sized to about that share of the training tokens, from the other parts' characters."""
     from .simple_python import generate_corpus
 
-    scan, seen, parts = CorpusScan(), set(), []
-    for source in corpus:
-        before = len(scan.documents)
-        if str(source) == SIMPLE_PYTHON:
-            for i, text in enumerate(generate_corpus(int(generated_tokens * CHARS_PER_TOKEN), seed)):
-                _add_document(scan, seen, f"{SIMPLE_PYTHON}:{seed}:{i}", text)
-            part = {"corpus": SIMPLE_PYTHON, "seed": seed, "tokens_asked": generated_tokens}
-        else:
+    seen: set[str] = set()
+    read = {}  # the other parts come first: a share of generated text is sized from them
+    for i, source in enumerate(corpus):
+        if str(source) != SIMPLE_PYTHON:
             root = default_corpus_root() if str(source) == STDLIB else Path(source)
-            scan_corpus([root], scan, seen)
+            read[i] = (root, scan_corpus([root], CorpusScan(), seen))
+    if simple_share is not None:
+        if not read or SIMPLE_PYTHON not in map(str, corpus):
+            raise SparseCircuitsError(f"--simple-share mixes simple-python with other text: give --corpus {STDLIB} {SIMPLE_PYTHON}"
+                                      " (or folders beside simple-python)")
+        other_chars = sum(len(d.text) for _, part_scan in read.values() for d in part_scan.documents)
+        generated_tokens = round(other_chars / REALISTIC_CHARS_PER_TOKEN * simple_share / (1 - simple_share))
+
+    scan, parts = CorpusScan(), []
+    for i, source in enumerate(corpus):
+        before = len(scan.documents)
+        if i in read:
+            root, part_scan = read[i]
+            scan.documents += part_scan.documents
+            scan.undecodable += part_scan.undecodable
+            scan.duplicates += part_scan.duplicates
+            scan.empty += part_scan.empty
             part = {"corpus": str(source), "path": str(root)}
+        else:
+            for n, text in enumerate(generate_corpus(int(generated_tokens * CHARS_PER_TOKEN), seed)):
+                _add_document(scan, seen, f"{SIMPLE_PYTHON}:{seed}:{n}", text)
+            part = {"corpus": SIMPLE_PYTHON, "seed": seed, "tokens_asked": generated_tokens}
+            if simple_share is not None:
+                part["share_asked"] = simple_share
         for doc in scan.documents[before:]:
             doc.part = len(parts)
         parts.append({**part, "documents": len(scan.documents) - before, "tokens": {"train": 0, "val": 0}})
@@ -179,25 +203,31 @@ def prepare(
     show_progress: bool = True,
     generated_tokens: int = DEFAULT_GENERATED_TOKENS,
     seed: int = 0,
+    simple_share: float | None = None,
 ) -> dict:
     """Build a data directory from `corpus`: paths and the named corpora `stdlib` and `simple-python`
-    (about `generated_tokens` tokens of generated programs, deterministic in `seed`); default
-    `DEFAULT_CORPUS`. Returns the manifest."""
+    (about `generated_tokens` tokens of generated programs, deterministic in `seed`, or about
+    `simple_share` of all training tokens); default `DEFAULT_CORPUS` with `DEFAULT_SIMPLE_SHARE`.
+    Returns the manifest."""
     out = Path(out)
+    if not corpus:
+        corpus, simple_share = DEFAULT_CORPUS, (DEFAULT_SIMPLE_SHARE or None) if simple_share is None else simple_share
+    if simple_share is not None and not 0 < simple_share < 1:
+        raise SparseCircuitsError(f"--simple-share {simple_share} must be between 0 and 1 (a share of the training tokens)")
     if vocab_size < 257 or vocab_size > 65535:
         raise SparseCircuitsError(f"--vocab-size {vocab_size} is out of range: use 257..65535 (byte-level BPE, uint16 tokens)")
     if not 0 < val_fraction < 1:
         raise SparseCircuitsError(f"validation fraction {val_fraction} must be in (0, 1)")
     check_output_dir(out, "prepare", force)
     with directory_lock(out):
-        return _prepare(out, corpus or DEFAULT_CORPUS, vocab_size, val_fraction, show_progress, generated_tokens, seed)
+        return _prepare(out, corpus, vocab_size, val_fraction, show_progress, generated_tokens, seed, simple_share)
 
 
 def _prepare(out: Path, corpus: list[str | Path], vocab_size: int, val_fraction: float, show_progress: bool,
-             generated_tokens: int, seed: int) -> dict:
+             generated_tokens: int, seed: int, simple_share: float | None) -> dict:
     say = print if show_progress else (lambda *a, **k: None)
     say(f"reading {', '.join(map(str, corpus))}", file=sys.stderr)
-    scan, parts = scan_sources(corpus, generated_tokens, seed)
+    scan, parts = scan_sources(corpus, generated_tokens, seed, simple_share)
     if not scan.documents:
         raise SparseCircuitsError(
             f"the corpus {', '.join(map(str, corpus))} has no non-empty .py, .txt or .jsonl documents"
