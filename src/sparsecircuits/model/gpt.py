@@ -12,7 +12,7 @@ the floor rounding of its k.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -125,9 +125,9 @@ class Block(nn.Module):
             return norm(x)
         return torch.cat([norm(x), pos_norm(pos).expand(*x.shape[:-1], -1)], dim=-1)
 
-    def forward(self, x: torch.Tensor, hooks: SiteHooks, pos: torch.Tensor | None = None) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, hooks: SiteHooks, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """The residual after the attention sublayer, from the residual before it (`resid_in`)."""
         batch, T, _ = x.shape
-        x = hooks(f"{self.layer}.resid_in", x)
         a = self.node(hooks, "attn.act_in", self.read(x, self.attn_norm, self.attn_pos_norm, pos))
         q = self.node(hooks, "attn.q", self.q_proj(a))
         k = self.node(hooks, "attn.k", self.k_proj(a))
@@ -135,8 +135,10 @@ class Block(nn.Module):
         split = lambda t: t.view(batch, T, self.heads, self.d_head).transpose(1, 2)
         z = attention_with_sinks(split(q), split(k), split(v), self.sink_logit)
         z = z.transpose(1, 2).reshape(batch, T, self.heads * self.d_head)
-        x = self.add_to_residual(x, self.node(hooks, "attn.resid_delta", self.o_proj(z)), "after_attn")
-        x = hooks(f"{self.layer}.resid_mid", x)
+        return self.add_to_residual(x, self.node(hooks, "attn.resid_delta", self.o_proj(z)), "after_attn")
+
+    def mlp(self, x: torch.Tensor, hooks: SiteHooks, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """The residual after the MLP sublayer, from the residual before it (`resid_mid`)."""
         m = self.node(hooks, "mlp.act_in", self.read(x, self.mlp_norm, self.mlp_pos_norm, pos))
         h = self.node(hooks, "mlp.post_act", self.mlp_activation(self.fc(m)))
         return self.add_to_residual(x, self.node(hooks, "mlp.resid_delta", self.proj(h)), "after_mlp")
@@ -214,22 +216,56 @@ class SparseGPT(nn.Module):
             logits = self(tokens)
         return logits, cache
 
-    # --- the forward pass ---
-    def forward(self, tokens: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+    # --- the forward pass: embed, then each sublayer from the residual site before it, then unembed ---
+    def sublayers(self) -> list[tuple[str, Callable]]:
+        """(residual site before it, sublayer) for every attention and MLP sublayer, in order."""
+        return [(site, part) for block in self.blocks
+                for site, part in ((f"{block.layer}.resid_in", block.attention), (f"{block.layer}.resid_mid", block.mlp))]
+
+    def forward(self, tokens: torch.Tensor, at: torch.Tensor | None = None, start: str | None = None,
+                residual: torch.Tensor | None = None, stop: str | None = None) -> torch.Tensor:
         """Logits (B, T, vocab); with `at` (B,) positions, only the logits there, (B, vocab): tasks
-        read one position per prompt, and the unembedding is the largest matmul."""
+        read one position per prompt, and the unembedding is the largest matmul.
+
+        Part of the pass: `start` (a residual site such as "1.resid_mid") begins there with `residual`
+        in place of the stream the earlier parts would have made; `stop` returns the residual arriving
+        at that site, before its hooks, instead of logits. Hooks fire from `start` (its own included)
+        up to `stop` (its own excluded), so a pass stopped at a site and one started there with what it
+        returned fire every hook once and compose to the whole pass.
+        `tokens` are still needed: positions come from their length, the bigram table from them."""
         T = tokens.shape[1]
         if T > self.config.ctx_len:
             raise ValueError(f"sequence of {T} tokens is longer than the model's context ({self.config.ctx_len})")
+        order = residual_sites(self.config.n_layer)
+        for name, site in (("start", start), ("stop", stop)):
+            if site is not None and site not in order:
+                raise KeyError(f"{name} '{site}' is not a residual site: use one of {', '.join(order)}")
+        if (start is None) != (residual is None):
+            raise ValueError("give `start` and `residual` together: the residual is the stream at that site")
+        if start is not None and stop is not None and order.index(stop) < order.index(start):
+            raise ValueError(f"stop '{stop}' comes before start '{start}'")
+        pos = self.wpe.weight[:T] if self.config.concat_positions else None
+        x = self.embed(tokens) if start is None else residual
+        running = start is None
+        for site, sublayer in self.sublayers():
+            running = running or site == start
+            if running:
+                if site == stop:
+                    return x
+                x = sublayer(self.hook_points(site, x), self.hook_points, pos)
+        if stop == "final_resid":
+            return x
+        return self.unembed(self.hook_points("final_resid", x), tokens, at)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The residual stream before the first sublayer (token embedding plus added positions)."""
         x = self.wte(tokens)
-        pos = None
-        if self.config.concat_positions:
-            pos = self.wpe.weight[:T]
-        elif self.wpe is not None:
-            x = x + self.wpe.weight[:T]
-        for block in self.blocks:
-            x = block(x, self.hook_points, pos)
-        x = self.hook_points("final_resid", x)
+        if self.wpe is not None and not self.config.concat_positions:
+            x = x + self.wpe.weight[: tokens.shape[1]]
+        return x
+
+    def unembed(self, x: torch.Tensor, tokens: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from the final residual stream (and the bigram table's row of each token)."""
         if at is not None:
             rows, at = torch.arange(len(tokens), device=tokens.device), at.to(tokens.device)
             x, tokens = x[rows, at], tokens[rows, at]
