@@ -88,14 +88,20 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise SparseCircuitsError("--resume continues a run and --force starts it again: give one of them")
     else:
         config = load_config(args.config, args.set)
+    dense = getattr(args, "dense", None)  # `bridge train`: the frozen dense run
     if not args.resume and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone owns the run directory
         check_new_run_dir(run_dir, args.force)  # before the default data is prepared
     if args.data is None and args.resume and (run_dir / RUN_INFO_FILE).is_file():
         data_dir = recorded_data_dir(run_dir) or read_run_info(run_dir)["data"]
+    elif args.data is None and dense is not None:
+        data_dir = recorded_data_dir(dense)
+        if data_dir is None:
+            raise SparseCircuitsError(f"the data directory the dense run {dense} was trained on is not where its run.json"
+                                      " says: give --data (prepared with the dense run's tokenizer)")
     else:
         data_dir = args.data or ensure_default_data()
     try:
-        train(config, data_dir, run_dir, resume=args.resume, stop_after=args.stop_after, force=args.force)
+        train(config, data_dir, run_dir, resume=args.resume, stop_after=args.stop_after, force=args.force, dense_run=dense)
     except KeyboardInterrupt:  # outside the training loop, which checkpoints and says so itself
         print(f"interrupted outside the training loop: {run_dir} keeps the last checkpoint written, if any;"
               " continue with --resume, or start again with --force", file=sys.stderr)
@@ -106,6 +112,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     result = evaluate_run(run_dir, data_dir)
     print(_format_eval(run_dir, result))
+
+
+def cmd_bridge_train(args: argparse.Namespace) -> None:
+    if args.dense is None and not args.resume:
+        raise SparseCircuitsError("give --dense DENSE_RUN, the frozen dense run to bridge to (or --resume to continue a run)")
+    cmd_train(args)
 
 
 def _format_eval(run_dir: Path, result: dict) -> str:
@@ -321,6 +333,22 @@ def _prune_default(name: str):
     return getattr(PruneSettings(), name)
 
 
+def _training_arguments(p: argparse.ArgumentParser, data_help: str = "prepared data (default: the standard library,"
+                        " prepared and cached on first use)") -> None:
+    from .config import builtin_config_names
+
+    p.add_argument("--config", metavar="NAME_OR_FILE",
+                   help=f"built-in config ({', '.join(builtin_config_names())}) or a TOML file")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set train.steps=500 (repeatable)")
+    p.add_argument("--data", metavar="DATA_DIR", help=data_help)
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create (or continue with --resume)")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="start RUN_DIR again if `train` made it (e.g. after a failed start)")
+    p.add_argument("--stop-after", type=POSITIVE, metavar="STEP",
+                   help="end at this step with a checkpoint, to continue later with --resume (e.g. to fit a job time limit)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import builtin_config_names
 
@@ -348,17 +376,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a weight-sparse model",
                        description="Train a model into RUN_DIR, then print its validation loss beside a bigram baseline.")
-    p.add_argument("--config", metavar="NAME_OR_FILE",
-                   help=f"built-in config ({', '.join(builtin_config_names())}) or a TOML file")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value, e.g. --set train.steps=500 (repeatable)")
-    p.add_argument("--data", metavar="DATA_DIR", help="prepared data (default: the standard library, prepared and cached on first use)")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create (or continue with --resume)")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
-    p.add_argument("--force", action="store_true", help="start RUN_DIR again if `train` made it (e.g. after a failed start)")
-    p.add_argument("--stop-after", type=POSITIVE, metavar="STEP",
-                   help="end at this step with a checkpoint, to continue later with --resume (e.g. to fit a job time limit)")
+    _training_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    bridge = sub.add_parser("bridge", help="a sparse model bridged to a frozen dense one: train, evaluate")
+    bridge_sub = bridge.add_subparsers(dest="bridge_command", required=True, metavar="ACTION")
+    p = bridge_sub.add_parser("train", help="train a weight-sparse model with bridges to a frozen dense run",
+                              description="Train a weight-sparse model into RUN_DIR together with an encoder and a decoder"
+                                          " at every sublayer's residual, against the frozen dense run DENSE_RUN (same"
+                                          " number of layers, same tokenizer). Loss: the sparse model's cross-entropy +"
+                                          " both maps' NMSE + the KL of both hybrid passes from the dense model's"
+                                          " distribution, each weighted by [bridge] config keys. RUN_DIR is a normal run"
+                                          " plus bridges.safetensors.")
+    p.add_argument("--dense", metavar="DENSE_RUN", help="the dense run to bridge to (on --resume, the run's own)")
+    _training_arguments(p, data_help="prepared data (default: the dense run's own)")
+    p.set_defaults(func=cmd_bridge_train)
 
     p = sub.add_parser("eval", help="validation loss of a trained run, beside n-gram baselines")
     p.add_argument("run_dir", metavar="RUN_DIR")

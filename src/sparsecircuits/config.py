@@ -142,11 +142,22 @@ class TrainConfig:
 
 
 @dataclass
+class BridgeConfig:
+    """Bridges to a frozen dense model (`sparsecircuits bridge train`; unused by plain training)."""
+    nmse_weight: float = 1.0  # both maps' normalised MSE, summed over sites
+    kl_dense_to_sparse_weight: float = 1.0  # dense prefix -> encoder -> sparse suffix, against the dense logits
+    kl_sparse_to_dense_weight: float = 1.0  # sparse prefix -> decoder -> dense suffix, against the dense logits
+    encoder_keep_fraction: float = 0.25  # the encoder's AbsTopK: fraction of sparse residual channels kept
+    final_site: bool = False  # also bridge the final residual (before the final norm)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -170,7 +181,7 @@ class Config:
         return config
 
     def validate(self) -> None:
-        m, s, o, t = self.model, self.sparsity, self.optim, self.train
+        m, s, o, t, b = self.model, self.sparsity, self.optim, self.train, self.bridge
         # (key, value, lowest, highest, lowest allowed itself): every number has a sane range.
         ranges = [
             ("model.vocab_size", m.vocab_size, 0, 65535, True),  # 0: from the tokenizer; tokens are uint16
@@ -202,6 +213,10 @@ class Config:
             ("train.eval_batches", t.eval_batches, 0, 10**6, False),
             ("train.log_interval", t.log_interval, 0, 10**9, False),
             ("train.checkpoint_interval", t.checkpoint_interval, 0, 10**9, False),
+            ("bridge.nmse_weight", b.nmse_weight, 0, 1e6, True),
+            ("bridge.kl_dense_to_sparse_weight", b.kl_dense_to_sparse_weight, 0, 1e6, True),
+            ("bridge.kl_sparse_to_dense_weight", b.kl_sparse_to_dense_weight, 0, 1e6, True),
+            ("bridge.encoder_keep_fraction", b.encoder_keep_fraction, 0, 1, False),
         ]
         for key, value, low, high, low_allowed in ranges:
             if not (low <= value <= high) or (value == low and not low_allowed):

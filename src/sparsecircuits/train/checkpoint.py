@@ -14,10 +14,14 @@ from ..io import atomic_save_tensors, atomic_write_text, load_tensors, staged_di
 from ..rundir import CHECKPOINT, MODEL_FILE, load_state_into
 
 
-def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Write checkpoint/ as a whole: a staging folder renamed into place."""
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                    extra: dict[str, torch.nn.Module] | None = None) -> None:
+    """Write checkpoint/ as a whole: a staging folder renamed into place. `extra`: other trained
+    modules (bridges), each in its own file."""
     with staged_directory(run_dir / CHECKPOINT) as staging:
         atomic_save_tensors(staging / MODEL_FILE, model.state_dict())  # files with the usual permissions
+        for file_name, module in (extra or {}).items():
+            atomic_save_tensors(staging / file_name, module.state_dict())
         opt_state = optimizer.state_dict()
         tensors, per_param = {}, {}
         for index, entries in opt_state["state"].items():
@@ -33,7 +37,8 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
         atomic_write_text(staging / "state.json", json.dumps(state, indent=1))
 
 
-def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    extra: dict[str, torch.nn.Module] | None = None) -> dict[str, Any]:
     directory = run_dir / CHECKPOINT
     if not (directory / "state.json").is_file():
         raise SparseCircuitsError(f"{run_dir} has no checkpoint to resume from: start it again without --resume")
@@ -42,6 +47,10 @@ def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     except json.JSONDecodeError:
         raise SparseCircuitsError(f"{directory / 'state.json'} is corrupted: start the run again without --resume") from None
     load_state_into(model, load_tensors(directory / MODEL_FILE), directory / MODEL_FILE)
+    for file_name, module in (extra or {}).items():
+        if not (directory / file_name).is_file():
+            raise SparseCircuitsError(f"{directory} has no {file_name}: the checkpoint is not of this kind of run")
+        load_state_into(module, load_tensors(directory / file_name), directory / file_name)
     tensors = load_tensors(directory / "optimizer.safetensors")
     torch.set_rng_state(tensors.pop("rng.torch"))
     opt_state: dict[str, Any] = {"state": {}, "param_groups": state.pop("param_groups")}

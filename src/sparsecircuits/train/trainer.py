@@ -22,7 +22,8 @@ from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparsity import apply_weight_topk, check_sparsity_budget, l0_fraction_at, sparse_parameters
 from ..io import atomic_save_tensors, atomic_write_text, check_output_dir, directory_lock, write_marker
-from ..rundir import CHECKPOINT, CONFIG_FILE, METRICS_FILE, MODEL_FILE, RUN_INFO_FILE, TOKENIZER_FILE, run_info
+from ..bridges.bridge import BRIDGES_FILE, BridgedObjective, bridged_dense_run, dense_run_record
+from ..rundir import CHECKPOINT, CONFIG_FILE, METRICS_FILE, MODEL_FILE, RUN_INFO_FILE, TOKENIZER_FILE, load_run_model, run_info
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Distributed
 
@@ -141,15 +142,17 @@ def check_memory(config: Config, batch_rows: int, device: torch.device) -> None:
             " (train.batch_size, model.ctx_len) smaller")
 
 
-def training_step(model: SparseGPT, optimizer: torch.optim.Optimizer, sparse: dict[str, torch.nn.Parameter],
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sparse: dict[str, torch.nn.Parameter],
                   x: torch.Tensor, y: torch.Tensor, lr: float, l0_fraction: float, config: Config,
-                  group: Distributed = Distributed()) -> tuple[torch.Tensor, float]:
+                  group: Distributed = Distributed(), objective=None) -> tuple[torch.Tensor, float]:
     """One full step: forward, backward, gradient averaging across ranks, gradient RMS clip, AdamW,
-    weight top-k. Returns (loss on this rank's rows, grad RMS)."""
+    weight top-k. `model` holds every trained weight (a SparseGPT, or with bridges a module holding
+    it and them); `objective(x, y)` is the loss (default `model.loss`). Returns (loss on this rank's
+    rows, grad RMS)."""
     for param_group in optimizer.param_groups:
         param_group["lr"] = lr
     with autocast(x.device):
-        loss = model.loss(x, y)
+        loss = (objective or model.loss)(x, y)
     loss.backward()
     group.average_gradients(model)
     grad_rms = scale_gradients(model, config.optim)
@@ -169,7 +172,8 @@ def check_new_run_dir(run_dir: Path, force: bool) -> None:
     check_output_dir(run_dir, "train", force)
 
 
-def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: bool, force: bool) -> None:
+def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: bool, force: bool,
+                     dense_run: Path | None) -> None:
     config_json = json.dumps(config.to_dict(), indent=1)
     if resume:
         saved = run_dir / CONFIG_FILE
@@ -190,7 +194,8 @@ def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: boo
     run_dir.mkdir(parents=True, exist_ok=True)
     write_marker(run_dir, "train")
     shutil.copyfile(data.tokenizer_path, run_dir / TOKENIZER_FILE)
-    atomic_write_text(run_dir / RUN_INFO_FILE, run_info(run_dir, data.directory, data.manifest["tokenizer_sha256"], config))
+    extra = {"bridged_to": dense_run_record(run_dir, dense_run)} if dense_run else {}
+    atomic_write_text(run_dir / RUN_INFO_FILE, run_info(run_dir, data.directory, data.manifest["tokenizer_sha256"], config, **extra))
     atomic_write_text(run_dir / CONFIG_FILE, config_json)
 
 
@@ -203,11 +208,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False,
           show_progress: bool = True, stop_after: int | None = None, stop_at_val_loss: float | None = None,
-          force: bool = False) -> Path:
+          force: bool = False, dense_run: str | Path | None = None) -> Path:
     """Train a model into `run_dir`. `stop_after` ends the run early at that step with a checkpoint
     (as Ctrl-C does), for tests of --resume. `stop_at_val_loss` finishes the run at the first
     evaluation whose validation loss is at or under it (to match another model's loss). `force`
-    starts again in a run directory that `train` made (never in any other folder).
+    starts again in a run directory that `train` made (never in any other folder). `dense_run`:
+    train the sparse model with bridges to that frozen dense run (`bridges`); on resume, the one
+    the run recorded.
 
     A loss or gradient that becomes NaN or infinite stops the run with an error; the last checkpoint
     (written only while every weight is finite) stays for inspection."""
@@ -219,6 +226,7 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
     if not resume and group.is_main:
         check_new_run_dir(run_dir, force)  # before any work
     data = TokenData(data_dir)
+    dense_run = bridged_dense_run(run_dir, data, dense_run, resume) if dense_run or resume else None
     model_cfg, train_cfg = config.model, config.train
     if model_cfg.vocab_size == 0:
         model_cfg.vocab_size = data.vocab_size
@@ -239,25 +247,30 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
     # Only rank 0 writes (and locks) the run directory; the others wait for it.
     with directory_lock(run_dir) if group.is_main else contextlib.nullcontext():
         if group.is_main:
-            _prepare_run_dir(config, data, run_dir, resume, force)
+            _prepare_run_dir(config, data, run_dir, resume, force, dense_run)
         group.barrier()
         finished = _train_loop(config, data, run_dir, resume, show_progress and group.is_main, stop_after,
-                               stop_at_val_loss, group, device)
+                               stop_at_val_loss, group, device, dense_run)
     group.close()
     return finished
 
 
 def _train_loop(config: Config, data: TokenData, run_dir: Path, resume: bool, show_progress: bool,
-                stop_after: int | None, stop_at_val_loss: float | None, group: Distributed, device: torch.device) -> Path:
+                stop_after: int | None, stop_at_val_loss: float | None, group: Distributed, device: torch.device,
+                dense_run: Path | None) -> Path:
     model_cfg, train_cfg = config.model, config.train
 
     torch.manual_seed(train_cfg.seed)
     model = SparseGPT(model_cfg).to(device)
-    optimizer = make_optimizer(model, config.optim)
+    trained, objective, extra = model, None, {}
+    if dense_run is not None:  # the bridges are made after the model, so its initial weights are a plain run's
+        objective = BridgedObjective(model, load_run_model(dense_run, device), config.bridge)
+        trained, extra = objective.trained, {BRIDGES_FILE: objective.bridges}
+    optimizer = make_optimizer(trained, config.optim)
     sparse = sparse_parameters(model, config.sparsity)
     start = 0
     if resume:
-        start = load_checkpoint(run_dir, model, optimizer)["step"]
+        start = load_checkpoint(run_dir, model, optimizer, extra)["step"]
         _truncate_metrics(run_dir / METRICS_FILE, start)
     last_checkpoint = start if resume else None
     val_inputs, val_targets = data.eval_windows("val", model_cfg.ctx_len, train_cfg.eval_batches * train_cfg.batch_size * model_cfg.ctx_len)
@@ -279,7 +292,7 @@ def _train_loop(config: Config, data: TokenData, run_dir: Path, resume: bool, sh
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             raise diverged(step, "a weight became non-finite")
         if group.is_main:
-            save_checkpoint(run_dir, model, optimizer, {"step": step, "config_hash": config.hash()})
+            save_checkpoint(run_dir, model, optimizer, {"step": step, "config_hash": config.hash()}, extra)
         last_checkpoint = step
 
     def eval_record(step: int, l0: float) -> dict:
@@ -302,7 +315,7 @@ def _train_loop(config: Config, data: TokenData, run_dir: Path, resume: bool, sh
             x, y = (t.to(device) for t in data.batch("train", train_cfg.batch_size, model_cfg.ctx_len, train_cfg.seed, step,
                                                     group.rank, group.world_size))  # this rank's rows of the global batch
             try:
-                loss, grad_rms = training_step(model, optimizer, sparse, x, y, lr, l0, config, group)
+                loss, grad_rms = training_step(trained, optimizer, sparse, x, y, lr, l0, config, group, objective)
             except TrainingDiverged as err:
                 raise diverged(step + 1, str(err)) from None
             step += 1
@@ -312,7 +325,8 @@ def _train_loop(config: Config, data: TokenData, run_dir: Path, resume: bool, sh
                 tokens_per_s = (step - last_step) * tokens_per_step / max(now - last_time, 1e-9)
                 last_time, last_step = now, step
                 log({"step": step, "tokens": step * tokens_per_step, "train_loss": float(loss), "lr": lr,
-                     "l0_fraction": l0, "grad_rms": grad_rms, "tokens_per_s": tokens_per_s})
+                     "l0_fraction": l0, "grad_rms": grad_rms, "tokens_per_s": tokens_per_s,
+                     **({"bridge": objective.last_terms()} if objective else {})})
                 bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{tokens_per_s:,.0f}", l0=f"{l0:.4f}")
             matched = False
             if (step % train_cfg.eval_interval == 0 or step == train_cfg.steps) and group.is_main:
@@ -338,6 +352,8 @@ def _train_loop(config: Config, data: TokenData, run_dir: Path, resume: bool, sh
                 return run_dir
     checkpoint(step)
     if group.is_main:
+        for file_name, module in extra.items():  # bridges first: model.safetensors marks the run finished
+            atomic_save_tensors(run_dir / file_name, module.state_dict(), metadata={"sites": json.dumps(module.sites)})
         atomic_save_tensors(run_dir / MODEL_FILE, model.state_dict(), metadata={"config_hash": config.hash()})
     group.barrier()
     return run_dir
