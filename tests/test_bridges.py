@@ -115,3 +115,70 @@ def test_bad_pairings_are_refused_with_one_line(tmp_path, data_dir, dense_run, t
     with pytest.raises(SystemExit):
         main(["bridge", "train", "--dense", str(dense_run), "--resume", "--out", str(trained_run)])
     assert "trained without bridges" in capsys.readouterr().err
+
+
+def test_steering_through_an_identity_bridge_is_patching_the_node_to_its_counterfactual(trained_run):
+    from sparsecircuits.bridges.steer import steering
+
+    model = SparseGPT.from_pretrained(trained_run)
+    bridges = identity_bridges(model)
+    generator = torch.Generator().manual_seed(4)
+    presented = torch.randint(0, model.config.vocab_size, (4, 14), generator=generator)
+    counterfactual = torch.randint(0, model.config.vocab_size, (4, 14), generator=generator)
+    site = "1.attn.act_in"
+    with torch.no_grad():
+        _, here = model.run_with_cache(presented, [site])
+        _, there = model.run_with_cache(counterfactual, [site])
+        moved = (there[site] - here[site]).abs().sum((0, 1))
+        index = int(moved.argmax())  # a channel whose value differs between the prompts
+        assert moved[index] > 0
+
+        def patch(x, _site):
+            x = x.clone()
+            x[..., index] = there[site][..., index]
+            return x
+        with model.hooks({site: patch}):
+            patched = model(presented)
+        with steering(model, model, bridges, (site, index), presented, counterfactual, strength=1.0):
+            steered = model(presented)
+        with steering(model, model, bridges, (site, index), presented, counterfactual, strength=0.0):
+            unsteered = model(presented)
+    assert torch.allclose(steered, patched, atol=1e-5, rtol=0)
+    assert torch.equal(unsteered, model(presented))
+    assert not torch.allclose(steered, unsteered, atol=1e-3)
+
+
+def test_bridge_eval_and_steer_from_the_command_line(tmp_path, task_run, capsys):
+    from .conftest import idiom_records
+
+    dense_run, _ = task_run
+    data = dense_run.parent / "data"
+    out = tmp_path / "bridged"
+    main(["bridge", "train", "--dense", str(dense_run), "--config", "tiny", "--set", "model.ctx_len=64",
+          "--set", "train.steps=12", "--set", "train.eval_interval=6", "--set", "train.batch_size=4", "--out", str(out)])
+    assert (out / BRIDGES_FILE).is_file() and read_run_info(out)["data"] == str(data.resolve())
+    main(["bridge", "eval", str(out), "--max-tokens", "2048"])
+    table = capsys.readouterr().out
+    result = json.loads((out / "bridge_eval.json").read_text())
+    assert [row["site"] for row in result["sites"]] == bridge_sites(2, final_site=False)
+    assert all(row["nmse_dense_to_sparse"] > 0 and row["loss_sparse_to_dense"] > 0 for row in result["sites"])
+    assert "0.resid_mid" in table and (out / "bridge_eval.png").stat().st_size > 1000
+
+    task = tmp_path / "while.jsonl"
+    task.write_text("".join(json.dumps(r) + "\n" for r in idiom_records("while", 120, 3)))
+    main(["steer", str(out), "--node", "1.mlp.act_in:5", "--task", str(task), "--split", "test",
+          "--strengths", "0,0.5,1", "--out", str(tmp_path / "steer")])
+    printed = capsys.readouterr().out
+    steer = json.loads((tmp_path / "steer" / "steer.json").read_text())
+    assert steer["strengths"] == [0, 0.5, 1] and steer["records"] >= 8 and steer["control_node"] != "1.mlp.act_in:5"
+    for curve in steer["curves"].values():
+        assert curve["mean_shift"][0] == 0 and len(curve["shift_interval"]) == 3
+        assert all(low <= mean <= high for (low, high), mean in zip(curve["shift_interval"], curve["mean_shift"]))
+    assert "ratio to the random direction" in printed and (tmp_path / "steer" / "steer.png").is_file()
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["steer", str(dense_run), "--node", "1.mlp.act_in:5", "--task", str(task)])
+    assert exit_info.value.code == 2 and "not a bridged run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["steer", str(out), "--node", "1.mlp.q:5", "--task", str(task)])
+    assert "input of a sublayer" in capsys.readouterr().err

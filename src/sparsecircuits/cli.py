@@ -114,6 +114,28 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(_format_eval(run_dir, result))
 
 
+def cmd_bridge_eval(args: argparse.Namespace) -> None:
+    from .bridges.evaluate import run_bridge_eval
+
+    run_bridge_eval(args.run_dir, args.data, args.max_tokens)
+
+
+def cmd_steer(args: argparse.Namespace) -> None:
+    from .bridges.steer import run_steer
+
+    run_steer(args.run_dir, args.node, args.task, args.strengths, args.split, args.circuit, args.out, args.seed, args.records)
+
+
+def _strengths(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma list of numbers, e.g. 0,0.25,0.5,1") from None
+    if len(values) < 2 or values[0] != 0 or any(not 0 <= v <= 1 for v in values) or list(values) != sorted(set(values)):
+        raise argparse.ArgumentTypeError(f"'{text}': give at least two rising strengths in [0, 1], the first 0")
+    return values
+
+
 def cmd_bridge_train(args: argparse.Namespace) -> None:
     if args.dense is None and not args.resume:
         raise SparseCircuitsError("give --dense DENSE_RUN, the frozen dense run to bridge to (or --resume to continue a run)")
@@ -391,6 +413,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense", metavar="DENSE_RUN", help="the dense run to bridge to (on --resume, the run's own)")
     _training_arguments(p, data_help="prepared data (default: the dense run's own)")
     p.set_defaults(func=cmd_bridge_train)
+    p = bridge_sub.add_parser("eval", help="per site: NMSE of both maps and the loss of both hybrid passes",
+                              description="On validation windows, per bridge site: the NMSE of the encoder and the decoder"
+                                          " and the loss of each hybrid pass (dense prefix -> encoder -> sparse suffix, and"
+                                          " sparse prefix -> decoder -> dense suffix) beside both models' own losses."
+                                          " Prints a table; writes RUN_DIR/bridge_eval.json and bridge_eval.png.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--data", metavar="DATA_DIR", help="data to evaluate on (default: the run's own)")
+    p.add_argument("--max-tokens", type=POSITIVE, default=32768, help="validation tokens to use (default 32768)")
+    p.set_defaults(func=cmd_bridge_eval)
+
+    p = sub.add_parser("steer", help="steer a bridged run's dense model with a sparse node",
+                       description="For each task record and its twin, add the sparse node's counterfactual change,"
+                                   " carried through the bridge, to the dense model's read at that site, and report the"
+                                   " dense model's log-odds (correct - incorrect) against strength, beside a random"
+                                   " direction of the same norm and a random node outside the circuit, with 95%% bootstrap"
+                                   " intervals. Writes steer.json and steer.png.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run made by `bridge train`")
+    p.add_argument("--node", required=True, metavar="SITE:INDEX", help="a sublayer input node, e.g. 1.attn.act_in:12")
+    p.add_argument("--task", required=True, metavar="NAME_OR_FILE", help="a built-in task or a JSONL file of twin records")
+    p.add_argument("--strengths", type=_strengths, metavar="S,S,...",
+                   help="strengths in [0, 1], rising from 0 (default 0,0.1,...,1)")
+    p.add_argument("--split", choices=["train", "choose", "test"], default="test", help="which records (default test)")
+    p.add_argument("--circuit", metavar="CIRCUIT_DIR", help="the task's circuit: the random control node is drawn outside it")
+    p.add_argument("--records", type=POSITIVE, metavar="N", help="use at most N records")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of the controls and the bootstrap (default 0)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/steer/TASK-NODE)")
+    p.set_defaults(func=cmd_steer)
 
     p = sub.add_parser("eval", help="validation loss of a trained run, beside n-gram baselines")
     p.add_argument("run_dir", metavar="RUN_DIR")

@@ -141,12 +141,16 @@ def check_output_dir(out: Path, command: str, force: bool, what: str = "--out") 
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     clean_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         publish(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -180,3 +180,26 @@ def bridged_dense_run(run_dir: Path, data, dense_run: str | Path | None, resume:
         raise SparseCircuitsError(f"the dense run {dense_run} was trained with another tokenizer than {data.directory}'s:"
                                   " give --data the dense run's own data directory")
     return dense_run.resolve()
+
+
+def load_bridged_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[SparseGPT, SparseGPT, Bridges]:
+    """(sparse model, its frozen dense model, the bridges) of a run made by `bridge train`."""
+    from ..io import load_tensors
+    from ..rundir import load_state_into
+
+    run_dir = Path(run_dir)
+    sparse = load_run_model(run_dir, device)
+    record = read_run_info(run_dir).get("bridged_to")
+    if record is None or not (run_dir / BRIDGES_FILE).is_file():
+        raise SparseCircuitsError(f"{run_dir} is not a bridged run (no {BRIDGES_FILE} or no dense run in its run.json):"
+                                  " make one with `sparsecircuits bridge train`")
+    found = [Path(p) for p in (record["run"], run_dir / record["run_relative"]) if (Path(p) / MODEL_FILE).is_file()]
+    if not found:
+        raise SparseCircuitsError(f"the dense run {record['run']} that {run_dir} is bridged to is gone: put it back")
+    dense = load_run_model(found[0], device).requires_grad_(False)
+    if dense.weights_sha256 != record["model_sha256"]:
+        raise SparseCircuitsError(f"the dense model in {found[0]} has changed since {run_dir} was bridged to it:"
+                                  " its bridges no longer fit; train the bridged run again")
+    bridges = Bridges.for_models(dense, sparse, sparse.run_config.bridge)
+    load_state_into(bridges, load_tensors(run_dir / BRIDGES_FILE), run_dir / BRIDGES_FILE)
+    return sparse, dense, bridges.to(device).eval()

@@ -13,7 +13,13 @@ def pyplot():
 
 
 def save(fig, path) -> None:
-    """Write a figure as PNG and free it."""
+    """Write a figure as PNG (whole: a temporary file renamed into place) and free it."""
+    import io
+
+    from ..io import atomic_write_bytes
+
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format="png")
     pyplot().close(fig)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -126,8 +126,9 @@ class TokenizedTask:
 
 
 def tokenize_records(name: str, split: str, records: list[dict], tokenizer, max_len: int | None = None,
-                     warn: bool = True) -> TokenizedTask:
-    """Keep the records whose completions are single tokens that follow the prompt's own tokens."""
+                     warn: bool = True, min_records: int = MIN_RECORDS) -> TokenizedTask:
+    """Keep the records whose completions are single tokens that follow the prompt's own tokens
+    (at least `min_records` of them)."""
     prompts, correct, incorrect = [], [], []
     dropped = 0
     for record in records:
@@ -146,9 +147,9 @@ def tokenize_records(name: str, split: str, records: list[dict], tokenizer, max_
     if dropped and warn:
         print(f"warning: task {name} ({split}): dropped {dropped} of {len(records)} records whose completions are not"
               " single tokens after the prompt (or whose prompt is empty or too long)", file=sys.stderr)
-    if len(prompts) < MIN_RECORDS:
+    if len(prompts) < min_records:
         raise SparseCircuitsError(
-            f"task {name} ({split}) has {len(prompts)} usable records of {len(records)}, fewer than {MIN_RECORDS}:"
+            f"task {name} ({split}) has {len(prompts)} usable records of {len(records)}, fewer than {min_records}:"
             " each completion must be one token of this model's tokenizer, and prompt + completion must tokenise as"
             " the prompt's tokens followed by it"
         )
