@@ -372,8 +372,6 @@ def _training_arguments(p: argparse.ArgumentParser, data_help: str = "prepared d
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import builtin_config_names
-
     parser = _Parser(prog="sparsecircuits", description=(
         "Train weight-sparse transformers and find the circuits behind their predictions."))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
