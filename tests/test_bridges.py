@@ -11,6 +11,7 @@ import torch
 from sparsecircuits.bridges.bridge import BRIDGES_FILE, Bridges, bridge_sites, bridged_loss, nmse
 from sparsecircuits.cli import main
 from sparsecircuits.config import BridgeConfig, load_config
+from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.io import load_tensors
 from sparsecircuits.model.gpt import SparseGPT
 from sparsecircuits.rundir import METRICS_FILE, MODEL_FILE, read_run_info
@@ -175,6 +176,20 @@ def test_bridge_eval_and_steer_from_the_command_line(tmp_path, task_run, capsys)
         assert curve["mean_shift"][0] == 0 and len(curve["shift_interval"]) == 3
         assert all(low <= mean <= high for (low, high), mean in zip(curve["shift_interval"], curve["mean_shift"]))
     assert "ratio to the random direction" in printed and (tmp_path / "steer" / "steer.png").is_file()
+
+    main(["steer", str(out), "--node", "1.mlp.act_in:5", "--task", str(task), "--correct", ":", "--strengths", "0,1",
+          "--out", str(tmp_path / "steer-colon")])
+    colon = json.loads((tmp_path / "steer-colon" / "steer.json").read_text())
+    assert colon["records"] == steer["records"] // 2 and colon["correct"] == ":"
+
+    from sparsecircuits.bridges.steer import pick_node
+
+    sparse = SparseGPT.from_pretrained(out)
+    candidates = {("0.attn.act_in", i) for i in range(8)} | {("1.attn.q", 0)}
+    chosen = pick_node(sparse, str(task), candidates)
+    assert chosen in candidates and chosen[0] == "0.attn.act_in"
+    with pytest.raises(SparseCircuitsError, match="no node at a sublayer input"):
+        pick_node(sparse, str(task), {("1.attn.q", 0)})
 
     with pytest.raises(SystemExit) as exit_info:
         main(["steer", str(dense_run), "--node", "1.mlp.act_in:5", "--task", str(task)])

@@ -123,7 +123,8 @@ def cmd_bridge_eval(args: argparse.Namespace) -> None:
 def cmd_steer(args: argparse.Namespace) -> None:
     from .bridges.steer import run_steer
 
-    run_steer(args.run_dir, args.node, args.task, args.strengths, args.split, args.circuit, args.out, args.seed, args.records)
+    run_steer(args.run_dir, args.node, args.task, args.strengths, args.split, args.circuit, args.out, args.seed, args.records,
+              args.correct)
 
 
 def _strengths(text: str) -> tuple[float, ...]:
@@ -428,13 +429,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    " direction of the same norm and a random node outside the circuit, with 95%% bootstrap"
                                    " intervals. Writes steer.json and steer.png.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run made by `bridge train`")
-    p.add_argument("--node", required=True, metavar="SITE:INDEX", help="a sublayer input node, e.g. 1.attn.act_in:12")
+    p.add_argument("--node", required=True, metavar="SITE:INDEX",
+                   help="a sublayer input node, e.g. 1.attn.act_in:12, or 'auto': the --circuit's sublayer-input node"
+                        " whose value differs most between twins (on the choose split)")
     p.add_argument("--task", required=True, metavar="NAME_OR_FILE", help="a built-in task or a JSONL file of twin records")
     p.add_argument("--strengths", type=_strengths, metavar="S,S,...",
                    help="strengths in [0, 1], rising from 0 (default 0,0.1,...,1)")
     p.add_argument("--split", choices=["train", "choose", "test"], default="test", help="which records (default test)")
     p.add_argument("--circuit", metavar="CIRCUIT_DIR", help="the task's circuit: the random control node is drawn outside it")
     p.add_argument("--records", type=POSITIVE, metavar="N", help="use at most N records")
+    p.add_argument("--correct", metavar="TEXT", help="present only the records whose correct completion is TEXT"
+                                                     " (e.g. '\")' for the double-quoted prompts of single_double_quote)")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of the controls and the bootstrap (default 0)")
     p.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/steer/TASK-NODE)")
     p.set_defaults(func=cmd_steer)

@@ -106,10 +106,11 @@ def steering(sparse: SparseGPT, dense: SparseGPT, bridges: Bridges, node: tuple[
         yield steer
 
 
-def twin_batches(task: str, tokenizer, split: str, limit: int | None) -> list[tuple[torch.Tensor, ...]]:
-    """(presented tokens, counterfactual tokens, last position, correct id, incorrect id) per length:
-    each record with its twin (the other record of its pair: records come in pairs, as the built-in
-    tasks write them), both tokenised to the same length."""
+def twin_batches(task: str, tokenizer, split: str, limit: int | None, correct: str | None = None) -> list[tuple[torch.Tensor, ...]]:
+    """(presented tokens, counterfactual tokens, correct id, incorrect id) per prompt length: each
+    record with its twin (the other record of its pair: records come in pairs, as the built-in tasks
+    write them), both tokenised to the same length; with `correct`, only the records whose correct
+    completion is that text are presented."""
     name, splits = task_records(task)
     records = splits[split]
     if len(records) % 2:
@@ -120,12 +121,14 @@ def twin_batches(task: str, tokenizer, split: str, limit: int | None) -> list[tu
         pair = tokenize_records(name, split, [first, second], tokenizer, warn=False, min_records=0)
         if len(pair) == 2 and len(pair.prompts[0]) == len(pair.prompts[1]):
             for a, b in ((0, 1), (1, 0)):
-                rows.append((pair.prompts[a], pair.prompts[b], int(pair.correct[a]), int(pair.incorrect[a])))
+                if correct is None or (first, second)[a]["correct"] == correct:
+                    rows.append((pair.prompts[a], pair.prompts[b], int(pair.correct[a]), int(pair.incorrect[a])))
     if limit:
         rows = rows[:limit]
     if len(rows) < 8:
+        only = f" and whose correct completion is {correct!r}" if correct is not None else ""
         raise SparseCircuitsError(f"task {name} ({split}) has {len(rows)} records whose twin tokenises to the same length"
-                                  " with single-token answers; steering needs at least 8")
+                                  f" with single-token answers{only}; steering needs at least 8")
     by_length: dict[int, list] = {}
     for row in rows:
         by_length.setdefault(len(row[0]), []).append(row)
@@ -148,17 +151,17 @@ def bootstrap_interval(values: np.ndarray, seed: int, samples: int = 2000) -> tu
 @torch.no_grad()
 def steer_task(sparse: SparseGPT, dense: SparseGPT, bridges: Bridges, node: tuple[str, int], task: str,
                strengths=DEFAULT_STRENGTHS, split: str = "test", circuit_nodes: set[tuple[str, int]] | None = None,
-               seed: int = 0, limit: int | None = None) -> dict:
+               seed: int = 0, limit: int | None = None, correct: str | None = None) -> dict:
     """The dense model's log-odds (correct - incorrect) on each presented prompt, steered toward its
     twin by the node at each strength, beside two controls: the same change's norm in a random
     direction, and a random other node at the same site (outside `circuit_nodes` when given)."""
-    batches = twin_batches(task, sparse.tokenizer, split, limit)
+    batches = twin_batches(task, sparse.tokenizer, split, limit, correct)
     site, index = node
     outside = [i for i in range(sparse.config.d_model) if i != index and (site, i) not in (circuit_nodes or set())]
     control_node = (site, random.Random(seed).choice(outside))
     generator = torch.Generator().manual_seed(seed)
     curves = {"node": [], "random_direction": [], "random_node": []}
-    for presented, counterfactual, correct, incorrect in batches:
+    for presented, counterfactual, correct_ids, incorrect_ids in batches:
         steer = Steering(sparse, dense, bridges, node, presented, counterfactual)
         other = Steering(sparse, dense, bridges, control_node, presented, counterfactual)
         changes = {"node": (steer, steer.change), "random_direction": (steer, steer.random_direction(generator)),
@@ -167,10 +170,10 @@ def steer_task(sparse: SparseGPT, dense: SparseGPT, bridges: Bridges, node: tupl
             rows = []
             for strength in strengths:
                 with dense.hooks({owner.site: owner.hook(change, strength)}):
-                    rows.append(_log_odds(dense(presented), correct, incorrect))
+                    rows.append(_log_odds(dense(presented), correct_ids, incorrect_ids))
             curves[name].append(torch.stack(rows, 1))  # (B, strengths)
     result = {"node": f"{site}:{index}", "control_node": f"{control_node[0]}:{control_node[1]}", "task": task,
-              "split": split, "strengths": list(strengths), "records": sum(len(b[0]) for b in batches), "curves": {}}
+              "split": split, "correct": correct, "strengths": list(strengths), "records": sum(len(b[0]) for b in batches), "curves": {}}
     for name, parts in curves.items():
         odds = torch.cat(parts).numpy().astype(np.float64)
         shift = odds - odds[:, :1]
@@ -184,6 +187,24 @@ def steer_task(sparse: SparseGPT, dense: SparseGPT, bridges: Bridges, node: tupl
     steps = np.diff(result["curves"]["node"]["mean_shift"])
     result["monotonic"] = bool(np.all(steps <= 0) or np.all(steps >= 0))
     return result
+
+
+@torch.no_grad()
+def pick_node(sparse: SparseGPT, task: str, circuit_nodes: set[tuple[str, int]], correct: str | None = None) -> tuple[str, int]:
+    """The circuit's sublayer-input node whose value at the last token differs most between the
+    records and their twins, on the choose split (never the test records the figures come from)."""
+    candidates = sorted((site, i) for site, i in circuit_nodes if site.split(".", 1)[1] in READ_SITES)
+    if not candidates:
+        raise SparseCircuitsError("the circuit has no node at a sublayer input (attn.act_in or mlp.act_in) to steer with:"
+                                  " give --node")
+    sites = sorted({site for site, _ in candidates})
+    totals = {node: 0.0 for node in candidates}
+    for presented, counterfactual, _, _ in twin_batches(task, sparse.tokenizer, "choose", None, correct):
+        _, here = sparse.run_with_cache(presented, sites)
+        _, there = sparse.run_with_cache(counterfactual, sites)
+        for site, i in candidates:
+            totals[(site, i)] += float((there[site][:, -1, i] - here[site][:, -1, i]).abs().sum())
+    return max(candidates, key=lambda node: totals[node])
 
 
 def plot(result: dict, path: Path) -> None:
@@ -207,11 +228,13 @@ def plot(result: dict, path: Path) -> None:
 
 def run_steer(run_dir: str | Path, node: str, task: str, strengths=None, split: str = "test",
               circuit: str | Path | None = None, out: str | Path | None = None, seed: int = 0,
-              limit: int | None = None) -> dict:
+              limit: int | None = None, correct: str | None = None) -> dict:
+    """`node` "auto": the circuit's sublayer-input node that differs most between twins (`pick_node`)."""
     from ..circuits.circuit import Circuit
 
     sparse, dense, bridges = load_bridged_run(run_dir)
-    parsed = parse_node(node, sparse)
+    if node == "auto" and circuit is None:
+        raise SparseCircuitsError("--node auto picks a node of the task's circuit: give --circuit CIRCUIT_DIR")
     circuit_nodes = None
     if circuit is not None:
         loaded = Circuit.load(circuit)
@@ -219,7 +242,10 @@ def run_steer(run_dir: str | Path, node: str, task: str, strengths=None, split: 
             raise SparseCircuitsError(f"{circuit} was pruned from another model than {run_dir}'s sparse model: give a"
                                       " circuit of this run")
         circuit_nodes = {(n["site"], n["index"]) for n in loaded.nodes}
-    result = steer_task(sparse, dense, bridges, parsed, task, strengths or DEFAULT_STRENGTHS, split, circuit_nodes, seed, limit)
+    parsed = pick_node(sparse, task, circuit_nodes, correct) if node == "auto" else parse_node(node, sparse)
+    node = f"{parsed[0]}:{parsed[1]}"
+    result = steer_task(sparse, dense, bridges, parsed, task, strengths or DEFAULT_STRENGTHS, split, circuit_nodes, seed,
+                        limit, correct)
     result["circuit"] = str(circuit) if circuit else None
     out = output_folder(Path(out) if out else Path(run_dir) / "steer" / f"{Path(task).stem}-{node.replace(':', '-')}")
     atomic_write_text(out / "steer.json", json.dumps(result, indent=1))
