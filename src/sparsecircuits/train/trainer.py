@@ -289,7 +289,7 @@ def _train_loop(config: Config, data: TokenData, run_dir: Path, resume: bool, sh
 
     def checkpoint(step: int) -> None:
         nonlocal last_checkpoint
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        if not all(bool(torch.isfinite(p).all()) for p in trained.parameters()):
             raise diverged(step, "a weight became non-finite")
         if group.is_main:
             save_checkpoint(run_dir, model, optimizer, {"step": step, "config_hash": config.hash()}, extra)
