@@ -120,6 +120,12 @@ def cmd_bridge_eval(args: argparse.Namespace) -> None:
     run_bridge_eval(args.run_dir, args.data, args.max_tokens)
 
 
+def cmd_bridge_demo(args: argparse.Namespace) -> None:
+    from .experiments.bridge_demo import bridge_demo
+
+    bridge_demo(args.out, args.config, args.set, args.dense_set, args.data, args.second_task, args.target_loss)
+
+
 def cmd_steer(args: argparse.Namespace) -> None:
     from .bridges.steer import run_steer
 
@@ -421,6 +427,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DATA_DIR", help="data to evaluate on (default: the run's own)")
     p.add_argument("--max-tokens", type=POSITIVE, default=32768, help="validation tokens to use (default 32768)")
     p.set_defaults(func=cmd_bridge_eval)
+    p = bridge_sub.add_parser("demo", help="the paper's steering experiment: dense model, bridged sparse model, circuits,"
+                                           " steering with controls",
+                              description="Train an ordinary dense model (the config with dense weights, no AbsTopK,"
+                                          " d_model 64), a weight-sparse model bridged to it, evaluate the bridges, prune"
+                                          " single_double_quote and a second task, and steer the dense model with each"
+                                          " circuit's input node that differs most between twins (the double-quoted"
+                                          " prompts toward single quotes for the first task), against a random direction"
+                                          " and a random node. Writes DIR/summary.json and the steering plots. Resumable.")
+    p.add_argument("--out", default="bridge-demo", metavar="DIR", help="output directory (default ./bridge-demo)")
+    p.add_argument("--config", default="small", metavar="NAME_OR_FILE", help="both models' config (default small)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="an override for both models")
+    p.add_argument("--dense-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="an override for the dense model alone, after the dense defaults")
+    p.add_argument("--data", metavar="DATA_DIR", help="prepared data (default: the standard library, prepared into DIR/data)")
+    p.add_argument("--second-task", default="auto", metavar="NAME",
+                   help="the second task (default: the one both models do best, after single_double_quote)")
+    p.add_argument("--target-loss", type=TASK_LOSS, default=0.15, help="the circuits' target task loss (default 0.15)")
+    p.set_defaults(func=cmd_bridge_demo)
 
     p = sub.add_parser("steer", help="steer a bridged run's dense model with a sparse node",
                        description="For each task record and its twin, add the sparse node's counterfactual change,"

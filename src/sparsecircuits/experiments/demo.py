@@ -36,15 +36,15 @@ PAIR_MINUTES = 2.0  # pruning + validating + drawing one task on one small model
 class Stages:
     """Prints each stage with the time spent so far and the time left against the budget."""
 
-    def __init__(self, names: list[str], budget_s: float):
+    def __init__(self, names: list[str], budget_s: float | None = None):
         self.names, self.budget_s, self.start = names, budget_s, time.perf_counter()
         self.seconds: dict[str, float] = {}
 
     def run(self, name: str, fn):
         elapsed = time.perf_counter() - self.start
-        left = max(0.0, self.budget_s - elapsed)
-        print(f"[{self.names.index(name) + 1}/{len(self.names)}] {name}  (elapsed {elapsed / 60:.1f} min,"
-              f" about {left / 60:.1f} min of the budget left)", file=sys.stderr, flush=True)
+        left = "" if self.budget_s is None else f", about {max(0.0, self.budget_s - elapsed) / 60:.1f} min of the budget left"
+        print(f"[{self.names.index(name) + 1}/{len(self.names)}] {name}  (elapsed {elapsed / 60:.1f} min{left})",
+              file=sys.stderr, flush=True)
         started = time.perf_counter()
         result = fn()
         self.seconds[name] = round(time.perf_counter() - started, 1)
