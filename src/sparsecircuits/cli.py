@@ -362,7 +362,7 @@ def _prune_default(name: str):
     return getattr(PruneSettings(), name)
 
 
-def _training_arguments(p: argparse.ArgumentParser, data_help: str = "prepared data (default: the standard library,"
+def _training_arguments(p: argparse.ArgumentParser, data_help: str = "prepared data (default: the standard library with simple-python,"
                         " prepared and cached on first use)") -> None:
     from .config import builtin_config_names
 
@@ -384,12 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="build a tokenized data directory from Python source",
-                       description="Read a corpus (default: this interpreter's standard library), train a byte-level BPE, "
+                       description="Read a corpus (default: this interpreter's standard library with a tenth generated simple-python), train a byte-level BPE, "
                                    "and write token arrays and a manifest into DATA_DIR.")
     p.add_argument("--out", required=True, metavar="DATA_DIR", help="directory to create")
     p.add_argument("--corpus", nargs="+", metavar="SOURCE",
                    help="'stdlib' (this interpreter's standard library), 'simple-python' (generated simple programs), "
-                        "or folders of .py/.txt/.jsonl files or single files; several are mixed (default: stdlib)")
+                        "or folders of .py/.txt/.jsonl files or single files; several are mixed (default: stdlib simple-python at --simple-share 0.1)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--tokens", type=POSITIVE, default=10_000_000,
                       help="about how many tokens of simple-python to generate (default 10,000,000)")
@@ -440,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="an override for both models")
     p.add_argument("--dense-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="an override for the dense model alone, after the dense defaults")
-    p.add_argument("--data", metavar="DATA_DIR", help="prepared data (default: the standard library, prepared into DIR/data)")
+    p.add_argument("--data", metavar="DATA_DIR", help="prepared data (default: the default corpus, prepared into DIR/data)")
     p.add_argument("--second-task", default="auto", metavar="NAME",
                    help="the second task (default: the one both models do best, after single_double_quote)")
     p.add_argument("--target-loss", type=TASK_LOSS, default=0.15, help="the circuits' target task loss (default 0.15)")
@@ -553,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("demo", help="the main job: corpus -> sparse and dense models -> validated circuits -> report",
-                       description="Prepare the standard library, train a weight-sparse model and a dense model of the same "
+                       description="Prepare the default corpus, train a weight-sparse model and a dense model of the same "
                                    "shape (stopped at the sparse model's validation loss), prune the tasks both do, validate "
                                    "and view every circuit, and write DIR/report.html and DIR/summary.json. Resumable.")
     p.add_argument("--out", default="demo", metavar="DIR", help="output directory (default ./demo)")
@@ -565,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--dense-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="an override for the dense model alone, after --set (e.g. model.d_model=64 for a smaller dense model)")
-    p.add_argument("--corpus", nargs="+", metavar="SOURCE", help="corpus instead of the standard library: stdlib, simple-python, folders or files (as prepare --corpus)")
+    p.add_argument("--corpus", nargs="+", metavar="SOURCE", help="corpus instead of the default (the standard library with simple-python): stdlib, simple-python, folders or files (as prepare --corpus)")
     p.add_argument("--no-control", action="store_true", help="skip the shuffled-label pruning control in validation")
     p.set_defaults(func=cmd_demo)
 
@@ -582,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Finished runs and circuits under DIR are reused, so a sweep can be stopped and continued.")
     p.add_argument("--grid", required=True, metavar="GRID", help="a grid TOML file, or a built-in grid: cpu-overnight, gpu")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--data", metavar="DATA_DIR", help="prepared data (default: the standard library, prepared and cached)")
+    p.add_argument("--data", metavar="DATA_DIR", help="prepared data (default: the default corpus, prepared and cached)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("label", help="the Python concepts that best explain each node's activation",
