@@ -153,6 +153,18 @@ def dense_run_record(run_dir: Path, dense_run: Path) -> dict:
             "model_sha256": file_sha256(dense_run / MODEL_FILE)}
 
 
+def recorded_dense_run(run_dir: Path, record: dict) -> Path:
+    """The dense run a bridged run's run.json names (at its absolute or its relative path), checked to
+    hold the very weights the bridges were trained against."""
+    found = [Path(p) for p in (record["run"], Path(run_dir) / record["run_relative"]) if (Path(p) / MODEL_FILE).is_file()]
+    if not found:
+        raise SparseCircuitsError(f"the dense run {record['run']} that {run_dir} is bridged to is gone: put it back")
+    if file_sha256(found[0] / MODEL_FILE) != record["model_sha256"]:
+        raise SparseCircuitsError(f"the dense model in {found[0]} has changed since {run_dir} was bridged to it: bridges"
+                                  " trained against other weights no longer fit; train the bridged run again with --force")
+    return found[0].resolve()
+
+
 def bridged_dense_run(run_dir: Path, data, dense_run: str | Path | None, resume: bool) -> Path | None:
     """The dense run a bridged training run uses, checked: a trained run with the data's tokenizer;
     on resume, the one the run recorded, with the same weights."""
@@ -162,16 +174,10 @@ def bridged_dense_run(run_dir: Path, data, dense_run: str | Path | None, resume:
             if dense_run is not None:
                 raise SparseCircuitsError(f"{run_dir} was trained without bridges: resume it with `sparsecircuits train --resume`")
             return None
-        found = [Path(p) for p in (record["run"], Path(run_dir) / record["run_relative"]) if (Path(p) / MODEL_FILE).is_file()]
-        if dense_run is not None and Path(dense_run).resolve() not in [p.resolve() for p in found]:
+        recorded = recorded_dense_run(run_dir, record)
+        if dense_run is not None and Path(dense_run).resolve() != recorded:
             raise SparseCircuitsError(f"{run_dir} was bridged to {record['run']}, not {dense_run}: drop --dense to use its own")
-        if not found:
-            raise SparseCircuitsError(f"the dense run {record['run']} that {run_dir} is bridged to is gone: put it back to resume")
-        dense_run = found[0]
-        if file_sha256(dense_run / MODEL_FILE) != record["model_sha256"]:
-            raise SparseCircuitsError(f"the dense model in {dense_run} has changed since {run_dir} started: bridges trained"
-                                      " against other weights cannot be continued; train again with --force")
-        return dense_run.resolve()
+        return recorded
     if dense_run is None:
         return None
     dense_run = Path(dense_run)
@@ -193,13 +199,7 @@ def load_bridged_run(run_dir: str | Path, device: str | torch.device = "cpu") ->
     if record is None or not (run_dir / BRIDGES_FILE).is_file():
         raise SparseCircuitsError(f"{run_dir} is not a bridged run (no {BRIDGES_FILE} or no dense run in its run.json):"
                                   " make one with `sparsecircuits bridge train`")
-    found = [Path(p) for p in (record["run"], run_dir / record["run_relative"]) if (Path(p) / MODEL_FILE).is_file()]
-    if not found:
-        raise SparseCircuitsError(f"the dense run {record['run']} that {run_dir} is bridged to is gone: put it back")
-    dense = load_run_model(found[0], device).requires_grad_(False)
-    if dense.weights_sha256 != record["model_sha256"]:
-        raise SparseCircuitsError(f"the dense model in {found[0]} has changed since {run_dir} was bridged to it:"
-                                  " its bridges no longer fit; train the bridged run again")
+    dense = load_run_model(recorded_dense_run(run_dir, record), device).requires_grad_(False)
     bridges = Bridges.for_models(dense, sparse, sparse.run_config.bridge)
     load_state_into(bridges, load_tensors(run_dir / BRIDGES_FILE), run_dir / BRIDGES_FILE)
     return sparse, dense, bridges.to(device).eval()
