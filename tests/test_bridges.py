@@ -197,3 +197,14 @@ def test_bridge_eval_and_steer_from_the_command_line(tmp_path, task_run, capsys)
     with pytest.raises(SystemExit):
         main(["steer", str(out), "--node", "1.mlp.q:5", "--task", str(task)])
     assert "input of a sublayer" in capsys.readouterr().err
+
+
+def test_bridge_demo_second_task_is_one_the_sparse_model_can_be_pruned_on():
+    from sparsecircuits.experiments.bridge_demo import choose_second_task
+
+    losses = {"sparse": {"first": {"loss": 0.01}, "a": {"loss": 0.05}, "b": {"loss": 0.12}, "c": {"loss": 0.4},
+                         "d": {"error": "not single tokens"}},
+              "dense": {"first": {"loss": 0.01}, "a": {"loss": 0.3}, "b": {"loss": 0.1}, "c": {"loss": 0.01},
+                        "d": {"loss": 0.0}}}
+    assert choose_second_task(losses, "first", 0.15) == "b"  # a: the dense model does it worse; c: over the target
+    assert choose_second_task(losses, "first", 0.04) is None

@@ -9,7 +9,9 @@ is skipped when its output is there, so an interrupted run continues where it st
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from ..circuits import PruneSettings, prune
@@ -28,7 +30,10 @@ DENSE_SET = ["sparsity.l0_fraction=1.0", "model.keep_fraction=1.0", "model.d_mod
 
 def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | None = None,
                 dense_set: list[str] | None = None, data: str | Path | None = None, second_task: str = "auto",
-                target_loss: float = 0.15, strengths=None) -> dict:
+                target_loss: float = 0.15, strengths=None, first_task: str = FIRST_TASK,
+                first_correct: str | None = FIRST_CORRECT, prune_settings: PruneSettings | None = None) -> dict:
+    """`first_task` (a built-in name or a JSONL file) is steered on the prompts whose correct completion
+    is `first_correct` (all prompts with None); the second task is chosen among the built-in tasks."""
     from ..bridges.evaluate import run_bridge_eval
     from ..bridges.steer import run_steer
 
@@ -50,25 +55,30 @@ def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | N
     bridge_eval = json.loads((out / "sparse" / "bridge_eval.json").read_text())
 
     def task_table() -> dict:
-        return {model: score_tasks(SparseGPT.from_pretrained(out / model), list(BUILTIN_TASKS), "choose")
+        names = list(dict.fromkeys([first_task, *BUILTIN_TASKS]))
+        return {model: score_tasks(SparseGPT.from_pretrained(out / model), names, "choose")
                 for model in ("sparse", "dense")}
     if not (out / "tasks.json").is_file():
         atomic_write_text(out / "tasks.json", json.dumps(stages.run("evaluate tasks", task_table), indent=1))
     losses = json.loads((out / "tasks.json").read_text())
-    worst = lambda task: max(losses[m][task].get("loss", float("inf")) for m in ("sparse", "dense"))
-    if second_task == "auto":  # the task both models do best, after the first
-        second_task = min((t for t in BUILTIN_TASKS if t != FIRST_TASK), key=worst)
-    tasks = {FIRST_TASK: FIRST_CORRECT, second_task: None}
+    tasks = {first_task: first_correct}
+    if second_task == "auto":
+        second_task = choose_second_task(losses, first_task, target_loss)
+    if second_task is not None:
+        tasks[second_task] = None
+
+    folder = lambda task: Path(task).stem  # a built-in name, or a task file's name
+    settings = dataclasses.replace(prune_settings or PruneSettings(), target_loss=target_loss)
 
     def prune_all():
         for task in tasks:
-            if not (out / "circuits" / task / "circuit.json").is_file():
-                prune(out / "sparse", task, out / "circuits" / task, PruneSettings(target_loss=target_loss), force=True)
+            if not (out / "circuits" / folder(task) / "circuit.json").is_file():
+                prune(out / "sparse", task, out / "circuits" / folder(task), settings, force=True)
     stages.run("prune circuits", prune_all)
 
     def steer_all() -> dict:
-        return {task: run_steer(out / "sparse", "auto", task, strengths, circuit=out / "circuits" / task,
-                                out=out / "steer" / task, correct=correct) for task, correct in tasks.items()}
+        return {task: run_steer(out / "sparse", "auto", task, strengths, circuit=out / "circuits" / folder(task),
+                                out=out / "steer" / folder(task), correct=correct) for task, correct in tasks.items()}
     steering = stages.run("steer", steer_all)
     summary = {"dense": {"config": dense_overrides, "val_loss": bridge_eval["dense_loss"]},
                "sparse": {"config": overrides, "val_loss": bridge_eval["sparse_loss"]},
@@ -78,11 +88,24 @@ def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | N
                                                                   "shift_ratio_to_random_direction", "monotonic")},
                                 "shift_at_full_strength": {name: {"mean": c["mean_shift"][-1], "interval": c["shift_interval"][-1]}
                                                            for name, c in steering[task]["curves"].items()},
-                                "plot": str(out / "steer" / task / "steer.png")} for task in tasks},
+                                "plot": str(out / "steer" / folder(task) / "steer.png")} for task in tasks},
                "seconds_by_stage": stages.seconds}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     print(format_summary(summary))
     return summary
+
+
+def choose_second_task(losses: dict, first_task: str, target_loss: float) -> str | None:
+    """The task other than the first that both models do best (lowest worse-of-the-two loss), among
+    those the sparse model does within the target loss (a circuit can only be pruned from those);
+    None when there is none."""
+    loss = lambda model, task: losses[model][task].get("loss", float("inf"))
+    prunable = [t for t in losses["sparse"] if t != first_task and loss("sparse", t) <= target_loss]
+    if not prunable:
+        print(f"no second task: the bridged sparse model does no other task within loss {target_loss}",
+              file=sys.stderr)
+        return None
+    return min(prunable, key=lambda t: max(loss("sparse", t), loss("dense", t)))
 
 
 def format_summary(summary: dict) -> str:
