@@ -26,6 +26,21 @@ def test_topk_mask_keeps_exactly_k_with_ties(k):
     assert bool(mask[1, :100].sum() == k - 1)
 
 
+@pytest.mark.parametrize("width", [300, 700])  # sorted rows, partitioned rows
+def test_topk_mask_in_parallel_blocks_keeps_exactly_the_largest_k_per_row(monkeypatch, width):
+    from sparsecircuits.model import sparsity
+
+    monkeypatch.setattr(sparsity, "MIN_ENTRIES_PER_THREAD", 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # two blocks of rows, whatever the machine
+    scores = torch.randn(37, width).abs().round(decimals=1)  # many ties, in rows of both blocks
+    k = width // 4
+    mask = topk_mask(scores, k)
+    assert mask.sum(-1).tolist() == [k] * 37
+    assert bool((scores.masked_fill(~mask, float("inf")).amin(-1) >= scores.masked_fill(mask, -1).amax(-1)).all())
+    unique = torch.randn(37, width).abs()
+    assert torch.equal(topk_mask(unique, k), torch.zeros_like(mask).scatter(-1, unique.topk(k, dim=-1).indices, True))
+
+
 def test_fast_and_reference_weight_masks_agree():
     weight = torch.randn(96, 40)
     for k, j in [(400, 2), (3000, 0), (100, 4)]:
