@@ -35,6 +35,7 @@ def test_topk_mask_in_parallel_blocks_keeps_exactly_the_largest_k_per_row(monkey
     scores = torch.randn(37, width).abs().round(decimals=1)  # many ties, in rows of both blocks
     k = width // 4
     mask = topk_mask(scores, k)
+    assert torch.equal(topk_mask(scores, k, torch.float32), mask.float())  # the mask AbsTopK multiplies by
     assert mask.sum(-1).tolist() == [k] * 37
     assert bool((scores.masked_fill(~mask, float("inf")).amin(-1) >= scores.masked_fill(mask, -1).amax(-1)).all())
     unique = torch.randn(37, width).abs()

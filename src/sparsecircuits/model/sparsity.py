@@ -36,15 +36,15 @@ def _select_rows(rows: np.ndarray, k: int, keep: np.ndarray, kth: np.ndarray, ti
     np.greater_equal(rows, kth, out=keep)
 
 
-def _topk_mask_cpu(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row of a 2-D `scores`: the mask of scores at least the row's k-th largest,
+def _topk_mask_cpu(scores: torch.Tensor, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of a 2-D `scores`: the mask (bool or float32) of scores at least the row's k-th largest,
     those k-th values, and the rows where a score below the k-th ties it (their masks hold too many).
 
     NumPy's SIMD sort and selection run several times faster than `torch.topk` on CPU for large k,
     stay fast on rows of mostly equal values (zeroed weights), and release the GIL: blocks of rows
     are selected in parallel on torch's thread count."""
     rows = scores.numpy()
-    keep = np.empty(rows.shape, dtype=bool)
+    keep = np.empty(rows.shape, dtype=np.float32 if dtype == torch.float32 else bool)
     kth = np.empty((rows.shape[0], 1), dtype=rows.dtype)
     tied = np.empty(rows.shape[0], dtype=bool)
     blocks = max(1, min(torch.get_num_threads(), rows.shape[0], rows.size // MIN_ENTRIES_PER_THREAD))
@@ -66,24 +66,25 @@ def _break_ties(scores: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor
 
 
 @torch.no_grad()
-def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of exactly the k largest scores along the last axis (the selection `torch.topk`
-    makes; which of several scores tied at the k-th value are kept is deterministic but unspecified).
-    Large k is found as a per-row threshold, small k by `torch.topk` itself."""
+def topk_mask(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """Mask (1 kept, 0 dropped, of `dtype`) of exactly the k largest scores along the last axis (the
+    selection `torch.topk` makes; which of several scores tied at the k-th value are kept is
+    deterministic but unspecified). Large k is found as a per-row threshold, small k by `torch.topk`
+    itself. A mask of the activations' own float type multiplies them without a cast."""
     n = scores.shape[-1]
     if k >= n:
-        return torch.ones_like(scores, dtype=torch.bool)
+        return torch.ones_like(scores, dtype=dtype)
     if k <= 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
+        return torch.zeros_like(scores, dtype=dtype)
     if k <= 8:  # a heap select: torch.topk is fast for few entries
-        keep = torch.zeros_like(scores, dtype=torch.bool)
-        return keep.scatter_(-1, scores.topk(k, dim=-1, sorted=False).indices, True)
-    if scores.device.type != "cpu" or scores.dtype != torch.float32:
-        return _break_ties(scores, scores.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True), k)
+        keep = torch.zeros_like(scores, dtype=dtype)
+        return keep.scatter_(-1, scores.topk(k, dim=-1, sorted=False).indices, 1)
+    if scores.device.type != "cpu" or scores.dtype != torch.float32 or dtype not in (torch.bool, torch.float32):
+        return _break_ties(scores, scores.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True), k).to(dtype)
     rows = scores.contiguous().view(-1, n)
-    keep, kth, tied_rows = _topk_mask_cpu(rows, k)
+    keep, kth, tied_rows = _topk_mask_cpu(rows, k, dtype)
     if len(tied_rows):  # rare, or rows with fewer than k nonzeros: fix just those rows
-        keep[tied_rows] = _break_ties(rows[tied_rows], kth[tied_rows], k)
+        keep[tied_rows] = _break_ties(rows[tied_rows], kth[tied_rows], k).to(dtype)
     return keep.view(scores.shape)
 
 
@@ -92,7 +93,7 @@ def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
     flows to the kept entries only)."""
     if k >= x.shape[-1]:
         return x
-    return x * topk_mask(x.detach().abs(), k)
+    return x * topk_mask(x.detach().abs(), k, x.dtype)
 
 
 def l0_fraction_at(step: int, total_steps: int, config: SparsityConfig) -> float:
