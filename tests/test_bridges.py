@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from sparsecircuits.bridges.bridge import BRIDGES_FILE, Bridges, bridge_sites, bridged_loss, nmse
+from sparsecircuits.bridges.bridge import (BRIDGES_FILE, Bridges, DenseDistribution, bridge_sites, bridged_loss,
+                                          kl_from, nmse)
 from sparsecircuits.cli import main
 from sparsecircuits.config import BridgeConfig, load_config
 from sparsecircuits.errors import SparseCircuitsError
@@ -64,6 +65,21 @@ def test_nmse_is_a_ratio_of_sums_and_not_detached():
     assert target.grad is not None and target.grad.abs().sum() > 0
 
 
+def test_kl_is_the_full_vocabulary_kl_from_the_detached_dense_distribution():
+    torch.manual_seed(0)
+    dense_logits = torch.randn(2, 5, 300, requires_grad=True)
+    logits = torch.randn(2, 5, 300, requires_grad=True)
+    value = kl_from(DenseDistribution(dense_logits), logits)
+    p = dense_logits.detach().softmax(-1)
+    expected = (p * (p.log() - logits.log_softmax(-1))).sum(-1).mean()  # the definition, in float64 below
+    assert value.item() == pytest.approx(expected.double().item(), rel=1e-5)
+    value.backward()
+    assert dense_logits.grad is None  # the dense side is a fixed target
+    torch.testing.assert_close(logits.grad, (logits.detach().softmax(-1) - p) / 10)
+    same = kl_from(DenseDistribution(logits.detach()), logits.detach())
+    assert same.item() == 0.0
+
+
 def _terms(run_dir, step):
     return next(r["bridge"] for r in map(json.loads, (run_dir / METRICS_FILE).read_text().splitlines())
                 if r["step"] == step and "bridge" in r)
@@ -104,6 +120,7 @@ def test_bad_pairings_are_refused_with_one_line(tmp_path, data_dir, dense_run, t
         (["--dense", str(dense_run), "--set", "model.ctx_len=64"], "context"),
         (["--dense", str(dense_run), "--set", "bridge.encoder_keep_fraction=0"], "bridge.encoder_keep_fraction"),
         ([], "give --dense"),
+        (["--dense", str(dense_run), "--init", str(dense_run)], "differs from the config's in model.d_model"),
     ]
     for extra, message in cases:
         out = tmp_path / f"run{len(message)}"
@@ -116,6 +133,20 @@ def test_bad_pairings_are_refused_with_one_line(tmp_path, data_dir, dense_run, t
     with pytest.raises(SystemExit):
         main(["bridge", "train", "--dense", str(dense_run), "--resume", "--out", str(trained_run)])
     assert "trained without bridges" in capsys.readouterr().err
+
+
+def test_bridged_training_can_start_from_a_trained_sparse_run(tmp_path, data_dir, dense_run, trained_run):
+    out = tmp_path / "from-trained"
+    main(["bridge", "train", "--config", "tiny", *[a for o in TINY_OVERRIDES for a in ("--set", o)], "--set", "train.steps=2",
+          "--set", "optim.lr=1e-9", "--data", str(data_dir), "--dense", str(dense_run), "--init", str(trained_run),
+          "--out", str(out)])
+    started, trained = load_tensors(out / MODEL_FILE), load_tensors(trained_run / MODEL_FILE)
+    assert started.keys() == trained.keys()
+    for name in trained:  # a learning rate of 1e-9 leaves the trained weights as they were
+        torch.testing.assert_close(started[name], trained[name], rtol=0, atol=1e-6, msg=name)
+    assert read_run_info(out)["initialised_from"]["run"] == str(trained_run.resolve())
+    with pytest.raises(SparseCircuitsError, match="drop --init"):
+        train(load_config("tiny", TINY_OVERRIDES), data_dir, out, resume=True, dense_run=dense_run, init_from=trained_run)
 
 
 def test_steering_through_an_identity_bridge_is_patching_the_node_to_its_counterfactual(trained_run):

@@ -101,7 +101,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         data_dir = args.data or ensure_default_data()
     try:
-        train(config, data_dir, run_dir, resume=args.resume, stop_after=args.stop_after, force=args.force, dense_run=dense)
+        train(config, data_dir, run_dir, resume=args.resume, stop_after=args.stop_after, force=args.force, dense_run=dense,
+              init_from=getattr(args, "init", None))
     except KeyboardInterrupt:  # outside the training loop, which checkpoints and says so itself
         print(f"interrupted outside the training loop: {run_dir} keeps the last checkpoint written, if any;"
               " continue with --resume, or start again with --force", file=sys.stderr)
@@ -123,7 +124,8 @@ def cmd_bridge_eval(args: argparse.Namespace) -> None:
 def cmd_bridge_demo(args: argparse.Namespace) -> None:
     from .experiments.bridge_demo import bridge_demo
 
-    bridge_demo(args.out, args.config, args.set, args.dense_set, args.data, args.second_task, args.target_loss)
+    bridge_demo(args.out, args.config, args.set, args.dense_set, args.data, args.second_task, args.target_loss,
+                warm_start_steps=args.warm_start)
 
 
 def cmd_steer(args: argparse.Namespace) -> None:
@@ -416,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           " distribution, each weighted by [bridge] config keys. RUN_DIR is a normal run"
                                           " plus bridges.safetensors.")
     p.add_argument("--dense", metavar="DENSE_RUN", help="the dense run to bridge to (on --resume, the run's own)")
+    p.add_argument("--init", metavar="SPARSE_RUN", help="start the sparse model from this run's weights (same model config"
+                                                       " and tokenizer) instead of a fresh initialisation")
     _training_arguments(p, data_help="prepared data (default: the dense run's own)")
     p.set_defaults(func=cmd_bridge_train)
     p = bridge_sub.add_parser("eval", help="per site: NMSE of both maps and the loss of both hybrid passes",
@@ -442,8 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an override for the dense model alone, after the dense defaults")
     p.add_argument("--data", metavar="DATA_DIR", help="prepared data (default: the default corpus, prepared into DIR/data)")
     p.add_argument("--second-task", default="auto", metavar="NAME",
-                   help="the second task (default: the one both models do best, after single_double_quote)")
+                   help="the second task (default: of the tasks the sparse model does within --target-loss, the one both"
+                        " models do best)")
     p.add_argument("--target-loss", type=TASK_LOSS, default=0.15, help="the circuits' target task loss (default 0.15)")
+    p.add_argument("--warm-start", type=POSITIVE, metavar="STEPS",
+                   help="train the sparse model without bridges first, then bridge it for STEPS steps from those weights"
+                        " (default: bridged from scratch, as the paper does)")
     p.set_defaults(func=cmd_bridge_demo)
 
     p = sub.add_parser("steer", help="steer a bridged run's dense model with a sparse node",

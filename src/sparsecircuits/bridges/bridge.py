@@ -73,10 +73,22 @@ def nmse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (prediction - target).float().pow(2).sum() / centred.float().pow(2).sum().clamp_min(1e-12)
 
 
-def kl_from(reference_log_probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """KL(reference || softmax(logits)) over the full vocabulary in fp32, averaged over tokens."""
+class DenseDistribution:
+    """The frozen dense model's next-token distribution over the full vocabulary (fp32, detached),
+    with the part of every KL from it that does not depend on the other distribution: its
+    negative entropy, computed once per batch rather than once per hybrid pass."""
+
+    def __init__(self, logits: torch.Tensor):
+        log_probs = F.log_softmax(logits.detach().float(), dim=-1).reshape(-1, logits.shape[-1])
+        self.probs = log_probs.exp()
+        self.negative_entropy = (self.probs * log_probs).sum() / log_probs.shape[0]
+
+
+def kl_from(reference: DenseDistribution, logits: torch.Tensor) -> torch.Tensor:
+    """KL(reference || softmax(logits)) over the full vocabulary in fp32, averaged over tokens:
+    sum p log p - sum p log q."""
     log_q = F.log_softmax(logits.float(), dim=-1).reshape(-1, logits.shape[-1])
-    return F.kl_div(log_q, reference_log_probs.reshape(-1, logits.shape[-1]), log_target=True, reduction="batchmean")
+    return reference.negative_entropy - (reference.probs * log_q).sum() / log_q.shape[0]
 
 
 @dataclass
@@ -109,7 +121,7 @@ def bridged_loss(sparse: SparseGPT, dense: SparseGPT, bridges: Bridges, tokens: 
     sites = bridges.sites
     with torch.no_grad():
         dense_logits, dense_cache = dense.run_with_cache(tokens, sites)
-        reference = F.log_softmax(dense_logits.float(), dim=-1)
+        reference = DenseDistribution(dense_logits)
     sparse_logits, sparse_cache = sparse.run_with_cache(tokens, sites, detach=False)
     pretrain = F.cross_entropy(sparse_logits.float().reshape(-1, sparse_logits.shape[-1]), targets.reshape(-1))
     nmse_terms, kl_ds, kl_sd = {}, {}, {}

@@ -25,31 +25,41 @@ from ..train.trainer import train_or_continue
 from .demo import Stages
 
 FIRST_TASK, FIRST_CORRECT = "single_double_quote", '")'  # the paper's: double-quoted prompts, steered toward single
+WARM_START_SET = ["sparsity.anneal_start=0", "sparsity.anneal_end=0"]  # the warm start is already at its final L0
 DENSE_SET = ["sparsity.l0_fraction=1.0", "model.keep_fraction=1.0", "model.d_model=64"]  # an ordinary dense model
 
 
 def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | None = None,
                 dense_set: list[str] | None = None, data: str | Path | None = None, second_task: str = "auto",
                 target_loss: float = 0.15, strengths=None, first_task: str = FIRST_TASK,
-                first_correct: str | None = FIRST_CORRECT, prune_settings: PruneSettings | None = None) -> dict:
+                first_correct: str | None = FIRST_CORRECT, prune_settings: PruneSettings | None = None,
+                warm_start_steps: int | None = None) -> dict:
     """`first_task` (a built-in name or a JSONL file) is steered on the prompts whose correct completion
-    is `first_correct` (all prompts with None); the second task is chosen among the built-in tasks."""
+    is `first_correct` (all prompts with None); the second task is chosen among the built-in tasks.
+    `warm_start_steps`: train the sparse model without bridges first (the config as it is), then
+    bridge it for this many steps from those weights at its final L0, instead of training it
+    bridged from scratch as the paper does (a bridged step costs about 10 plain ones)."""
     from ..bridges.evaluate import run_bridge_eval
     from ..bridges.steer import run_steer
 
     out = output_folder(out)
     overrides = list(overrides or [])
     dense_overrides = overrides + DENSE_SET + list(dense_set or [])
-    sparse_config, dense_config = load_config(config, overrides), load_config(config, dense_overrides)  # bad keys fail now
-    names = ["prepare corpus", "train dense model", "train bridged sparse model", "evaluate bridges", "evaluate tasks",
+    bridged_overrides = overrides + (WARM_START_SET + [f"train.steps={warm_start_steps}"] if warm_start_steps else [])
+    dense_config, bridged_config = load_config(config, dense_overrides), load_config(config, bridged_overrides)  # bad keys fail now
+    names = ["prepare corpus", "train dense model", "train sparse model", "train bridged sparse model", "evaluate bridges", "evaluate tasks",
              "prune circuits", "steer", "report"]
     stages = Stages(names)
     data_dir = Path(data) if data else out / "data"
     if not (data_dir / MANIFEST).is_file():
         stages.run("prepare corpus", lambda: prepare(data_dir, force=True))
     stages.run("train dense model", lambda: train_or_continue(dense_config, data_dir, out / "dense"))
-    stages.run("train bridged sparse model",
-               lambda: train_or_continue(sparse_config, data_dir, out / "sparse", dense_run=out / "dense"))
+    init_from = None
+    if warm_start_steps:
+        init_from = out / "sparse-plain"
+        stages.run("train sparse model", lambda: train_or_continue(load_config(config, overrides), data_dir, init_from))
+    stages.run("train bridged sparse model", lambda: train_or_continue(bridged_config, data_dir, out / "sparse",
+                                                                       dense_run=out / "dense", init_from=init_from))
     if not (out / "sparse" / "bridge_eval.json").is_file():
         stages.run("evaluate bridges", lambda: run_bridge_eval(out / "sparse"))
     bridge_eval = json.loads((out / "sparse" / "bridge_eval.json").read_text())
@@ -81,7 +91,8 @@ def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | N
                                 out=out / "steer" / folder(task), correct=correct) for task, correct in tasks.items()}
     steering = stages.run("steer", steer_all)
     summary = {"dense": {"config": dense_overrides, "val_loss": bridge_eval["dense_loss"]},
-               "sparse": {"config": overrides, "val_loss": bridge_eval["sparse_loss"]},
+               "sparse": {"config": bridged_overrides, "warm_started_from": str(init_from) if init_from else None,
+                          "val_loss": bridge_eval["sparse_loss"]},
                "bridge_eval": bridge_eval["sites"],
                "tasks": {task: {"loss_sparse": losses["sparse"][task].get("loss"), "loss_dense": losses["dense"][task].get("loss"),
                                 **{k: steering[task][k] for k in ("node", "control_node", "records", "correct",

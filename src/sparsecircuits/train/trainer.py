@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -23,7 +24,8 @@ from ..model.gpt import SparseGPT
 from ..model.sparsity import apply_weight_topk, check_sparsity_budget, l0_fraction_at, sparse_parameters
 from ..io import atomic_save_tensors, atomic_write_text, check_output_dir, directory_lock, write_marker
 from ..bridges.bridge import BRIDGES_FILE, BridgedObjective, bridged_dense_run, dense_run_record
-from ..rundir import CHECKPOINT, CONFIG_FILE, METRICS_FILE, MODEL_FILE, RUN_INFO_FILE, TOKENIZER_FILE, load_run_model, run_info
+from ..rundir import (CHECKPOINT, CONFIG_FILE, METRICS_FILE, MODEL_FILE, RUN_INFO_FILE, TOKENIZER_FILE, file_sha256,
+                      load_run_model, read_run_info, run_info)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Distributed
 
@@ -172,8 +174,25 @@ def check_new_run_dir(run_dir: Path, force: bool) -> None:
     check_output_dir(run_dir, "train", force)
 
 
+def _checked_init_run(init_from: str | Path, model_cfg, data: TokenData, resume: bool) -> Path:
+    """The run whose weights a new run starts from: same model config, same tokenizer."""
+    if resume:
+        raise SparseCircuitsError("--init starts a new run from another run's weights; a resumed run continues from its"
+                                  " own checkpoint: drop --init")
+    init_model = load_run_model(init_from)
+    ours, theirs = dataclasses.asdict(model_cfg), dataclasses.asdict(init_model.config)
+    differ = [key for key in ours if theirs.get(key) != ours[key]]
+    if differ:
+        raise SparseCircuitsError(f"--init {init_from}: its model differs from the config's in model.{', model.'.join(differ)}:"
+                                  " give the config the run was trained with")
+    if read_run_info(init_from)["tokenizer_sha256"] != data.manifest["tokenizer_sha256"]:
+        raise SparseCircuitsError(f"--init {init_from} was trained with another tokenizer than {data.directory}'s:"
+                                  " give --data that run's own data directory")
+    return Path(init_from).resolve()
+
+
 def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: bool, force: bool,
-                     dense_run: Path | None) -> None:
+                     dense_run: Path | None, init_from: Path | None = None) -> None:
     config_json = json.dumps(config.to_dict(), indent=1)
     if resume:
         saved = run_dir / CONFIG_FILE
@@ -195,6 +214,8 @@ def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: boo
     write_marker(run_dir, "train")
     shutil.copyfile(data.tokenizer_path, run_dir / TOKENIZER_FILE)
     extra = {"bridged_to": dense_run_record(run_dir, dense_run)} if dense_run else {}
+    if init_from is not None:
+        extra["initialised_from"] = {"run": str(init_from), "model_sha256": file_sha256(init_from / MODEL_FILE)}
     atomic_write_text(run_dir / RUN_INFO_FILE, run_info(run_dir, data.directory, data.manifest["tokenizer_sha256"], config, **extra))
     atomic_write_text(run_dir / CONFIG_FILE, config_json)
 
@@ -208,13 +229,14 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False,
           show_progress: bool = True, stop_after: int | None = None, stop_at_val_loss: float | None = None,
-          force: bool = False, dense_run: str | Path | None = None) -> Path:
+          force: bool = False, dense_run: str | Path | None = None, init_from: str | Path | None = None) -> Path:
     """Train a model into `run_dir`. `stop_after` ends the run early at that step with a checkpoint
     (as Ctrl-C does), for tests of --resume. `stop_at_val_loss` finishes the run at the first
     evaluation whose validation loss is at or under it (to match another model's loss). `force`
     starts again in a run directory that `train` made (never in any other folder). `dense_run`:
     train the sparse model with bridges to that frozen dense run (`bridges`); on resume, the one
-    the run recorded.
+    the run recorded. `init_from`: start from that run's trained weights (same model config and
+    tokenizer) instead of a fresh initialisation, e.g. to bridge an existing sparse model.
 
     A loss or gradient that becomes NaN or infinite stops the run with an error; the last checkpoint
     (written only while every weight is finite) stays for inspection."""
@@ -236,6 +258,8 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
             " set model.vocab_size=0 to take it from the tokenizer, or prepare data with that --vocab-size"
         )
     data.check_context(model_cfg.ctx_len)
+    if init_from is not None:
+        init_from = _checked_init_run(init_from, model_cfg, data, resume)
     if train_cfg.batch_size % group.world_size:
         raise SparseCircuitsError(f"train.batch_size {train_cfg.batch_size} does not split over {group.world_size} processes:"
                                   " make it a multiple of --nproc_per_node")
@@ -247,21 +271,23 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
     # Only rank 0 writes (and locks) the run directory; the others wait for it.
     with directory_lock(run_dir) if group.is_main else contextlib.nullcontext():
         if group.is_main:
-            _prepare_run_dir(config, data, run_dir, resume, force, dense_run)
+            _prepare_run_dir(config, data, run_dir, resume, force, dense_run, init_from)
         group.barrier()
         finished = _train_loop(config, data, run_dir, resume, show_progress and group.is_main, stop_after,
-                               stop_at_val_loss, group, device, dense_run)
+                               stop_at_val_loss, group, device, dense_run, init_from)
     group.close()
     return finished
 
 
 def _train_loop(config: Config, data: TokenData, run_dir: Path, resume: bool, show_progress: bool,
                 stop_after: int | None, stop_at_val_loss: float | None, group: Distributed, device: torch.device,
-                dense_run: Path | None) -> Path:
+                dense_run: Path | None, init_from: Path | None = None) -> Path:
     model_cfg, train_cfg = config.model, config.train
 
     torch.manual_seed(train_cfg.seed)
     model = SparseGPT(model_cfg).to(device)
+    if init_from is not None and not resume:
+        model.load_state_dict(load_run_model(init_from, device).state_dict())
     trained, objective, extra = model, None, {}
     if dense_run is not None:  # the bridges are made after the model, so its initial weights are a plain run's
         objective = BridgedObjective(model, load_run_model(dense_run, device), config.bridge)
