@@ -7,11 +7,15 @@ Four steps are timed, in interleaved rounds (the median round counts):
   baseline: the same math written the straightforward way (`sparsecircuits.model.reference`:
             AbsTopK by topk + scatter, a full topk per matrix, sinks through a dense mask);
   dense:    our step with the same shape and all sparsity (weights and activations) off;
-  dense weights: weight sparsity off, AbsTopK on (the dense model `demo` compares against).
+  dense weights: weight sparsity off, AbsTopK on (the dense model `demo` compares against);
+  authors sparse / authors dense: the authors' step on the same shape (`authors_step.py`: their
+                                   GPT, Adam eps 0.1, global gradient RMS rescale, their weight
+                                   top-k with 4 alive per neuron, manual weight decay), with and
+                                   without AbsTopK and weight top-k.
 Model FLOP/s counts the matmuls and attention a step executes (dense-equivalent, forward and
 backward), against this machine's fp32 matmul FLOP/s measured in the same run.
 
-    python benchmarks/train_step.py [--steps 5] [--rounds 3] [--threads N] [--device cpu|cuda]
+    python benchmarks/train_step.py [--steps 5] [--rounds 3] [--threads N] [--device cpu|cuda] [--no-authors]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 
 import torch
 
+from authors_step import AuthorsStep
 from sparsecircuits.config import Config
 from sparsecircuits.model.gpt import SparseGPT
 from sparsecircuits.model.reference import reference_kernels
@@ -94,6 +99,24 @@ class TimedStep:
         return self.x.numel() / statistics.median(self.seconds)
 
 
+class TimedAuthorsStep(TimedStep):
+    """The authors' step (`authors_step.AuthorsStep`) on the reference shape."""
+
+    def __init__(self, config: Config, device: torch.device, sparse: bool):
+        m = config.model
+        self.authors = AuthorsStep(m.vocab_size, m.d_model, m.n_layer, m.d_head, m.ctx_len, config.train.batch_size,
+                                   sparse, config.sparsity.l0_fraction, m.keep_fraction, m.attention_sinks, device)
+        self.x, self.seconds = self.authors.tokens[:, :-1], []
+
+    def run(self, steps: int) -> None:
+        sync(self.x.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.authors.step()
+        sync(self.x.device)
+        self.seconds.append((time.perf_counter() - start) / steps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5, help="steps per round")
@@ -101,6 +124,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-authors", action="store_true", help="leave out the authors' step")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,6 +134,9 @@ def main() -> None:
              "baseline": TimedStep(reference_config(), device, reference_kernels),
              "dense": TimedStep(reference_config(sparse_weights=False, sparse_activations=False), device),
              "dense weights": TimedStep(reference_config(sparse_weights=False), device)}
+    if not args.no_authors:
+        steps["authors sparse"] = TimedAuthorsStep(reference_config(), device, sparse=True)
+        steps["authors dense"] = TimedAuthorsStep(reference_config(), device, sparse=False)
     for step in steps.values():
         step.run(args.warmup)
         step.seconds.clear()
@@ -127,6 +154,10 @@ def main() -> None:
     print(f"sparse speed-up over baseline: {rate['sparse'] / rate['baseline']:.2f}x")
     print(f"sparse / dense time ratio: {rate['dense'] / rate['sparse']:.2f}x "
           f"(against dense weights with AbsTopK on: {rate['dense weights'] / rate['sparse']:.2f}x)")
+    if not args.no_authors:
+        print(f"authors' step: sparse {rate['authors sparse']:,.0f} tokens/s, dense {rate['authors dense']:,.0f} tokens/s")
+        print(f"ours / authors': sparse {rate['sparse'] / rate['authors sparse']:.2f}x, dense"
+              f" {rate['dense'] / rate['authors dense']:.2f}x")
     print(f"model FLOP/s: {sparse_flops_per_s / 1e9:.1f} GFLOP/s ({flops / 1e9:.1f} GFLOP per step); "
           f"machine fp32 matmul: {machine / 1e9:.1f} GFLOP/s; fraction {sparse_flops_per_s / machine:.2f}")
     print(f"sparse_tokens_per_s={rate['sparse']:.0f} dense_tokens_per_s={rate['dense']:.0f} "
