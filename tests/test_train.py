@@ -139,3 +139,26 @@ def test_fast_training_step_matches_the_straightforward_one(tiny_config):
     for (name, slow), fast in zip(models[0].named_parameters(), models[1].parameters()):
         torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-6, msg=name)
         assert torch.equal(fast != 0, slow != 0), name
+
+
+def test_cpu_bf16_steps_run_the_matmuls_in_bf16_and_keep_exactly_k_per_token(tiny_config):
+    tiny_config.train.cpu_bf16 = True
+    tiny_config.model.vocab_size = 96
+    torch.manual_seed(0)
+    model = SparseGPT(tiny_config.model)
+    optimizer, sparse = make_optimizer(model, tiny_config.optim), sparse_parameters(model, tiny_config.sparsity)
+    seen = {}
+    sites = ["0.attn.q", "1.mlp.post_act"]
+
+    def record(x, site):
+        seen[site] = (x.dtype, (x != 0).sum(-1).unique().tolist())
+    tokens = torch.randint(0, 96, (4, 33))
+    losses = []
+    for step in range(12):
+        with model.hooks({s: record for s in sites}) if step == 0 else contextlib.nullcontext():
+            losses.append(float(training_step(model, optimizer, sparse, tokens[:, :-1], tokens[:, 1:], 3e-3, 1.0, tiny_config)[0]))
+    for site in sites:
+        dtype, counts = seen[site]
+        assert dtype == torch.bfloat16 and counts == [model.blocks[int(site[0])].keep[site]], (site, seen[site])
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay fp32
+    assert losses[-1] < losses[0]

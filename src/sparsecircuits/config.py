@@ -139,6 +139,7 @@ class TrainConfig:
     log_interval: int = 10
     checkpoint_interval: int = 500
     device: str = "auto"  # "auto", "cpu" or "cuda"
+    cpu_bf16: bool = False  # bf16 autocast for training steps on CPU too (as on CUDA): fast with AMX, not fp32 numerics
 
 
 @dataclass

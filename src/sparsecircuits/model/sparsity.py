@@ -79,13 +79,14 @@ def topk_mask(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool) -> 
     if k <= 8:  # a heap select: torch.topk is fast for few entries
         keep = torch.zeros_like(scores, dtype=dtype)
         return keep.scatter_(-1, scores.topk(k, dim=-1, sorted=False).indices, 1)
-    if scores.device.type != "cpu" or scores.dtype != torch.float32 or dtype not in (torch.bool, torch.float32):
+    if scores.device.type != "cpu" or scores.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return _break_ties(scores, scores.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True), k).to(dtype)
-    rows = scores.contiguous().view(-1, n)
-    keep, kth, tied_rows = _topk_mask_cpu(rows, k, dtype)
+    rows = scores.float().contiguous().view(-1, n)  # half-precision scores are exact in float32
+    mask_dtype = dtype if dtype in (torch.bool, torch.float32) else torch.float32
+    keep, kth, tied_rows = _topk_mask_cpu(rows, k, mask_dtype)
     if len(tied_rows):  # rare, or rows with fewer than k nonzeros: fix just those rows
-        keep[tied_rows] = _break_ties(rows[tied_rows], kth[tied_rows], k).to(dtype)
-    return keep.view(scores.shape)
+        keep[tied_rows] = _break_ties(rows[tied_rows], kth[tied_rows], k).to(mask_dtype)
+    return keep.view(scores.shape).to(dtype)
 
 
 def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:

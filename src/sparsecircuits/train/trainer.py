@@ -38,10 +38,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full precision on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: torch.device, cpu_bf16: bool = False):
+    """bf16 autocast on CUDA; full precision on CPU unless `cpu_bf16` (`train.cpu_bf16`)."""
+    if device.type == "cuda" or cpu_bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -153,7 +153,7 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, spar
     rows, grad RMS)."""
     for param_group in optimizer.param_groups:
         param_group["lr"] = lr
-    with autocast(x.device):
+    with autocast(x.device, config.train.cpu_bf16):
         loss = (objective or model.loss)(x, y)
     loss.backward()
     group.average_gradients(model)
