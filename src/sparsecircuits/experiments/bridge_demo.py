@@ -37,15 +37,19 @@ def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | N
     """`first_task` (a built-in name or a JSONL file) is steered on the prompts whose correct completion
     is `first_correct` (all prompts with None); the second task is chosen among the built-in tasks.
     `warm_start_steps`: train the sparse model without bridges first (the config as it is), then
-    bridge it for this many steps from those weights at its final L0, instead of training it
-    bridged from scratch as the paper does (a bridged step costs about 10 plain ones)."""
+    bridge it for this many steps from those weights at its final L0 and a third of the learning
+    rate, instead of training it bridged from scratch as the paper does (a bridged step costs about
+    10 plain ones)."""
     from ..bridges.evaluate import run_bridge_eval
     from ..bridges.steer import run_steer
 
     out = output_folder(out)
     overrides = list(overrides or [])
     dense_overrides = overrides + DENSE_SET + list(dense_set or [])
-    bridged_overrides = overrides + (WARM_START_SET + [f"train.steps={warm_start_steps}"] if warm_start_steps else [])
+    bridged_overrides = list(overrides)
+    if warm_start_steps:  # fine-tuning trained weights: a third of the learning rate they were trained with
+        warm_lr = load_config(config, overrides).optim.lr / 3
+        bridged_overrides += WARM_START_SET + [f"train.steps={warm_start_steps}", f"optim.lr={warm_lr:g}"]
     dense_config, bridged_config = load_config(config, dense_overrides), load_config(config, bridged_overrides)  # bad keys fail now
     names = ["prepare corpus", "train dense model", "train sparse model", "train bridged sparse model", "evaluate bridges", "evaluate tasks",
              "prune circuits", "steer", "report"]

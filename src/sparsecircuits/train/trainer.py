@@ -392,6 +392,8 @@ def train_or_continue(config: Config, data_dir: str | Path, run_dir: str | Path,
     if (run_dir / MODEL_FILE).is_file():
         return run_dir
     resume = (run_dir / CHECKPOINT / "state.json").is_file()
+    if resume:
+        kwargs.pop("init_from", None)  # the checkpoint holds the weights now
     return train(config, data_dir, run_dir, resume=resume, force=not resume, **kwargs)
 
 
