@@ -15,7 +15,7 @@ Four steps are timed, in interleaved rounds (the median round counts):
 Model FLOP/s counts the matmuls and attention a step executes (dense-equivalent, forward and
 backward), against this machine's fp32 matmul FLOP/s measured in the same run.
 
-    python benchmarks/train_step.py [--steps 5] [--rounds 3] [--threads N] [--device cpu|cuda] [--no-authors]
+    python benchmarks/train_step.py [--steps 5] [--rounds 3] [--threads N] [--device cpu|cuda] [--no-authors] [--cpu-bf16]
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-authors", action="store_true", help="leave out the authors' step")
+    parser.add_argument("--cpu-bf16", action="store_true", help="also our sparse and dense steps with train.cpu_bf16")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -137,6 +138,10 @@ def main() -> None:
     if not args.no_authors:
         steps["authors sparse"] = TimedAuthorsStep(reference_config(), device, sparse=True)
         steps["authors dense"] = TimedAuthorsStep(reference_config(), device, sparse=False)
+    if args.cpu_bf16:
+        for name, config in (("sparse bf16", reference_config()), ("dense bf16", reference_config(False, False))):
+            config.train.cpu_bf16 = True
+            steps[name] = TimedStep(config, device)
     for step in steps.values():
         step.run(args.warmup)
         step.seconds.clear()
@@ -158,6 +163,9 @@ def main() -> None:
         print(f"authors' step: sparse {rate['authors sparse']:,.0f} tokens/s, dense {rate['authors dense']:,.0f} tokens/s")
         print(f"ours / authors': sparse {rate['sparse'] / rate['authors sparse']:.2f}x, dense"
               f" {rate['dense'] / rate['authors dense']:.2f}x")
+    if args.cpu_bf16:
+        print(f"with train.cpu_bf16: sparse {rate['sparse bf16']:,.0f} tokens/s, dense {rate['dense bf16']:,.0f} tokens/s;"
+              f" sparse / dense time ratio {rate['dense bf16'] / rate['sparse bf16']:.2f}x")
     print(f"model FLOP/s: {sparse_flops_per_s / 1e9:.1f} GFLOP/s ({flops / 1e9:.1f} GFLOP per step); "
           f"machine fp32 matmul: {machine / 1e9:.1f} GFLOP/s; fraction {sparse_flops_per_s / machine:.2f}")
     print(f"sparse_tokens_per_s={rate['sparse']:.0f} dense_tokens_per_s={rate['dense']:.0f} "
