@@ -13,11 +13,14 @@ What a step does, in their order:
   then a global `topk` over the flattened matrix; biases get their top-k computed but not applied;
   decoupled weight decay `p -= wd * lr * p` on every matrix except the bigram table.
 Gradient checkpointing (on in their script: a second forward of every sublayer in the backward) is
-left out by default, as it only trades memory for time (`checkpointing=True` puts it back).
+left out by default, as it only trades memory for time (`checkpointing=True` puts it back). On CUDA
+the forward runs under bf16 autocast, as ours does (their script uses fp16 with a gradient scaler);
+on CPU both run in fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -131,11 +134,13 @@ class AuthorsStep:
         if sparse:
             apply_topk(self.model, l0_fraction)
         self.tokens = torch.randint(0, vocab, (batch, ctx + 1), device=device)
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
 
     def step(self) -> float:
         params = list(self.model.parameters())
         self.optimizer.zero_grad()
-        logits = self.model(self.tokens[:, :-1])
+        with self.autocast():
+            logits = self.model(self.tokens[:, :-1])
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), self.tokens[:, 1:].reshape(-1))
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(params, 1e10)  # only the global norm: nothing is clipped

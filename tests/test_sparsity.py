@@ -134,3 +134,20 @@ def test_a_budget_too_small_for_the_per_neuron_minimum_is_refused():
         config = load_config(name, ["model.vocab_size=2048"])
         with torch.device("meta"):
             check_sparsity_budget(SparseGPT(config.model), config.sparsity)
+
+
+def test_anneal_window_of_zero_keeps_the_final_l0_from_the_first_step():
+    warm = SparsityConfig(l0_fraction=0.125, anneal_start=0.0, anneal_end=0.0)
+    assert [l0_fraction_at(step, 100, warm) for step in (0, 1, 99)] == [0.125] * 3
+    default = SparsityConfig(l0_fraction=0.125)
+    assert l0_fraction_at(0, 100, default) == 1.0 and l0_fraction_at(100, 100, default) == 0.125
+
+
+@pytest.mark.parametrize("zeros", [0.0, 0.9])  # partitioned rows, mostly-zero rows sorted instead
+def test_topk_mask_of_wide_rows_with_many_zeros_keeps_exactly_k(zeros):
+    scores = torch.randn(64, 1024).abs()
+    scores[torch.rand(64, 1024) < zeros] = 0
+    mask = topk_mask(scores, 64)
+    assert mask.sum(-1).tolist() == [64] * 64
+    assert bool((scores.masked_fill(~mask, float("inf")).amin(-1) >= scores.masked_fill(mask, -1).amax(-1)).all())
+

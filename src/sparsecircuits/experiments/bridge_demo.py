@@ -18,6 +18,7 @@ from ..circuits import PruneSettings, prune
 from ..config import load_config
 from ..data.prepare import MANIFEST, prepare
 from ..io import atomic_write_text, output_folder
+from ..rundir import read_run_info
 from ..model.gpt import SparseGPT
 from ..tasks import BUILTIN_TASKS
 from ..tasks.audit import score_tasks
@@ -95,7 +96,7 @@ def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | N
                                 out=out / "steer" / folder(task), correct=correct) for task, correct in tasks.items()}
     steering = stages.run("steer", steer_all)
     summary = {"dense": {"config": dense_overrides, "val_loss": bridge_eval["dense_loss"]},
-               "sparse": {"config": bridged_overrides, "warm_started_from": str(init_from) if init_from else None,
+               "sparse": {"config": bridged_overrides, "warm_started_from": read_run_info(out / "sparse").get("initialised_from"),
                           "val_loss": bridge_eval["sparse_loss"]},
                "bridge_eval": bridge_eval["sites"],
                "tasks": {task: {"loss_sparse": losses["sparse"][task].get("loss"), "loss_dense": losses["dense"][task].get("loss"),
@@ -115,7 +116,7 @@ def choose_second_task(losses: dict, first_task: str, target_loss: float) -> str
     those the sparse model does within the target loss (a circuit can only be pruned from those);
     None when there is none."""
     loss = lambda model, task: losses[model][task].get("loss", float("inf"))
-    prunable = [t for t in losses["sparse"] if t != first_task and loss("sparse", t) <= target_loss]
+    prunable = [t for t in losses["sparse"] if Path(t).stem != Path(first_task).stem and loss("sparse", t) <= target_loss]
     if not prunable:
         print(f"no second task: the bridged sparse model does no other task within loss {target_loss}",
               file=sys.stderr)

@@ -15,6 +15,7 @@ from ..errors import SparseCircuitsError
 
 
 SORT_MAX_WIDTH = 512  # rows up to this wide are sorted, wider ones partitioned (both measured here)
+MOSTLY_ZERO = 0.5  # rows with more exact zeros than this are sorted: NumPy's partition slows down on them
 MIN_ENTRIES_PER_THREAD = 1 << 16  # smaller selections are not worth handing to threads
 
 
@@ -26,7 +27,8 @@ def _thread_pool(workers: int) -> ThreadPoolExecutor:
 def _select_rows(rows: np.ndarray, k: int, keep: np.ndarray, kth: np.ndarray, tied: np.ndarray) -> None:
     """Fill keep (rows >= each row's k-th largest), kth and tied (a score below the k-th equals it)."""
     pivot = rows.shape[1] - k
-    if rows.shape[1] <= SORT_MAX_WIDTH:
+    sample = rows[:8]
+    if rows.shape[1] <= SORT_MAX_WIDTH or np.count_nonzero(sample) < (1 - MOSTLY_ZERO) * sample.size:
         ordered = np.sort(rows, axis=1)
         tied[:] = ordered[:, pivot - 1] == ordered[:, pivot]
     else:
@@ -40,9 +42,10 @@ def _topk_mask_cpu(scores: torch.Tensor, k: int, dtype: torch.dtype) -> tuple[to
     """Per row of a 2-D `scores`: the mask (bool or float32) of scores at least the row's k-th largest,
     those k-th values, and the rows where a score below the k-th ties it (their masks hold too many).
 
-    NumPy's SIMD sort and selection run several times faster than `torch.topk` on CPU for large k,
-    stay fast on rows of mostly equal values (zeroed weights), and release the GIL: blocks of rows
-    are selected in parallel on torch's thread count."""
+    NumPy's SIMD sort and selection run several times faster than `torch.topk` on CPU for large k
+    and release the GIL: blocks of rows are selected in parallel on torch's thread count. Sorting
+    stays fast on rows of mostly equal values (zeroed weights, ReLU outputs); partitioning does not,
+    so those rows are sorted."""
     rows = scores.numpy()
     keep = np.empty(rows.shape, dtype=np.float32 if dtype == torch.float32 else bool)
     kth = np.empty((rows.shape[0], 1), dtype=rows.dtype)
@@ -84,7 +87,7 @@ def topk_mask(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool) -> 
     rows = scores.float().contiguous().view(-1, n)  # half-precision scores are exact in float32
     mask_dtype = dtype if dtype in (torch.bool, torch.float32) else torch.float32
     keep, kth, tied_rows = _topk_mask_cpu(rows, k, mask_dtype)
-    if len(tied_rows):  # rare, or rows with fewer than k nonzeros: fix just those rows
+    if len(tied_rows):  # rare in fp32 (common in bf16), or rows with fewer than k nonzeros: fix just those rows
         keep[tied_rows] = _break_ties(rows[tied_rows], kth[tied_rows], k).to(mask_dtype)
     return keep.view(scores.shape).to(dtype)
 
@@ -94,13 +97,15 @@ def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
     flows to the kept entries only)."""
     if k >= x.shape[-1]:
         return x
-    return x * topk_mask(x.detach().abs(), k, x.dtype)
+    # On CPU a mask of x's own type multiplies without a cast (measured faster there); elsewhere a
+    # boolean mask keeps the memory saved for the backward at one byte per entry.
+    return x * topk_mask(x.detach().abs(), k, x.dtype if x.device.type == "cpu" else torch.bool)
 
 
 def l0_fraction_at(step: int, total_steps: int, config: SparsityConfig) -> float:
     """Fraction of weights kept at `step`: dense, then linear down to the target, then flat."""
     progress = step / max(total_steps, 1)
-    if progress <= config.anneal_start:
+    if progress < config.anneal_start:
         return 1.0
     if progress >= config.anneal_end or config.anneal_end == config.anneal_start:
         return config.l0_fraction

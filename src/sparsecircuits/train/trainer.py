@@ -174,11 +174,13 @@ def check_new_run_dir(run_dir: Path, force: bool) -> None:
     check_output_dir(run_dir, "train", force)
 
 
-def _checked_init_run(init_from: str | Path, model_cfg, data: TokenData, resume: bool) -> Path:
-    """The run whose weights a new run starts from: same model config, same tokenizer."""
+def _checked_init_run(init_from: str | Path, run_dir: Path, model_cfg, data: TokenData, resume: bool) -> Path:
+    """The run whose weights a new run starts from: another run, same model config, same tokenizer."""
     if resume:
         raise SparseCircuitsError("--init starts a new run from another run's weights; a resumed run continues from its"
                                   " own checkpoint: drop --init")
+    if Path(init_from).resolve() == run_dir.resolve():
+        raise SparseCircuitsError(f"--init {init_from} is the run being trained (--out): give another run")
     init_model = load_run_model(init_from)
     ours, theirs = dataclasses.asdict(model_cfg), dataclasses.asdict(init_model.config)
     differ = [key for key in ours if theirs.get(key) != ours[key]]
@@ -259,7 +261,7 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
         )
     data.check_context(model_cfg.ctx_len)
     if init_from is not None:
-        init_from = _checked_init_run(init_from, model_cfg, data, resume)
+        init_from = _checked_init_run(init_from, run_dir, model_cfg, data, resume)
     if train_cfg.batch_size % group.world_size:
         raise SparseCircuitsError(f"train.batch_size {train_cfg.batch_size} does not split over {group.world_size} processes:"
                                   " make it a multiple of --nproc_per_node")
