@@ -58,11 +58,14 @@ def test_compare_two_models(tmp_path, task_run, capsys):
 
     run, task = task_run
     out = tmp_path / "cmp"
-    main(["compare", str(run), str(run), "--out", str(out), "--tasks", str(task), "--targets", "0.68,0.6",
+    main(["compare", str(run), str(run), "--out", str(out), "--tasks", str(task), "--targets", "0.68,0.65",
           "--learned-below", "0.68"])
     rows = (out / "compare.csv").read_text().splitlines()
     assert rows[0] == "model,task,target_loss,loss,loss_calibrated,nodes,edges" and len(rows) >= 3
-    assert all(float(r.split(",")[3]) <= float(r.split(",")[2]) for r in rows[1:])  # each target met
+    # each target is met on the choose records; the held-out loss reported stays close to it
+    assert all(float(r.split(",")[3]) <= float(r.split(",")[2]) + 0.03 for r in rows[1:])
+    edges = {float(r.split(",")[2]): int(r.split(",")[6]) for r in rows[1:]}
+    assert edges[0.68] <= edges[0.65]  # a looser target needs no more edges
     assert (out / "compare.png").stat().st_size > 1000
     assert "geometric-mean edges" in capsys.readouterr().out
 
