@@ -153,7 +153,7 @@ def test_bridged_training_can_start_from_a_trained_sparse_run(tmp_path, data_dir
 
 
 def test_steering_through_an_identity_bridge_is_patching_the_node_to_its_counterfactual(trained_run):
-    from sparsecircuits.bridges.steer import steering
+    from sparsecircuits.bridges.steer import patch_node, steering
 
     model = SparseGPT.from_pretrained(trained_run)
     bridges = identity_bridges(model)
@@ -178,7 +178,10 @@ def test_steering_through_an_identity_bridge_is_patching_the_node_to_its_counter
             steered = model(presented)
         with steering(model, model, bridges, (site, index), presented, counterfactual, strength=0.0):
             unsteered = model(presented)
+        with model.hooks({site: patch_node(index, there[site][..., index] - here[site][..., index], 1.0)}):
+            patched_by_delta = model(presented)  # the sparse model's own curve in `steer`
     assert torch.allclose(steered, patched, atol=1e-5, rtol=0)
+    assert torch.allclose(patched_by_delta, patched, atol=1e-5, rtol=0)
     assert torch.equal(unsteered, model(presented))
     assert not torch.allclose(steered, unsteered, atol=1e-3)
 
@@ -206,6 +209,7 @@ def test_bridge_eval_and_steer_from_the_command_line(tmp_path, task_run, capsys)
     printed = capsys.readouterr().out
     steer = json.loads((tmp_path / "steer" / "steer.json").read_text())
     assert steer["strengths"] == [0, 0.5, 1] and steer["records"] >= 8 and steer["control_node"] != "1.mlp.act_in:5"
+    assert set(steer["curves"]) == {"node", "random_direction", "random_node", "sparse_model"}
     for curve in steer["curves"].values():
         assert curve["mean_shift"][0] == 0 and len(curve["shift_interval"]) == 3
         assert all(low <= mean <= high for (low, high), mean in zip(curve["shift_interval"], curve["mean_shift"]))
@@ -216,12 +220,14 @@ def test_bridge_eval_and_steer_from_the_command_line(tmp_path, task_run, capsys)
     colon = json.loads((tmp_path / "steer-colon" / "steer.json").read_text())
     assert colon["records"] == steer["records"] // 2 and colon["correct"] == ":"
 
-    from sparsecircuits.bridges.steer import pick_node
+    from sparsecircuits.bridges.steer import pick_node, sparse_shifts
 
     sparse = SparseGPT.from_pretrained(out)
     candidates = {("0.attn.act_in", i) for i in range(8)} | {("1.attn.q", 0)}
     chosen = pick_node(sparse, str(task), candidates)
     assert chosen in candidates and chosen[0] == "0.attn.act_in"
+    shifts = sparse_shifts(sparse, str(task), sorted(candidates - {("1.attn.q", 0)}))
+    assert shifts[chosen] == min(shifts.values()) and len(set(shifts.values())) > 1  # the furthest toward the twins
     with pytest.raises(SparseCircuitsError, match="no node at a sublayer input"):
         pick_node(sparse, str(task), {("1.attn.q", 0)})
 

@@ -154,13 +154,15 @@ def steer_task(sparse: SparseGPT, dense: SparseGPT, bridges: Bridges, node: tupl
                seed: int = 0, limit: int | None = None, correct: str | None = None) -> dict:
     """The dense model's log-odds (correct - incorrect) on each presented prompt, steered toward its
     twin by the node at each strength, beside two controls: the same change's norm in a random
-    direction, and a random other node at the same site (outside `circuit_nodes` when given)."""
+    direction, and a random other node at the same site (outside `circuit_nodes` when given); and the
+    sparse model's own log-odds with the node patched the same way (curve "sparse_model": what the
+    bridge has to carry over)."""
     batches = twin_batches(task, sparse.tokenizer, split, limit, correct)
     site, index = node
     outside = [i for i in range(sparse.config.d_model) if i != index and (site, i) not in (circuit_nodes or set())]
     control_node = (site, random.Random(seed).choice(outside))
     generator = torch.Generator().manual_seed(seed)
-    curves = {"node": [], "random_direction": [], "random_node": []}
+    curves = {"node": [], "random_direction": [], "random_node": [], "sparse_model": []}
     for presented, counterfactual, correct_ids, incorrect_ids in batches:
         steer = Steering(sparse, dense, bridges, node, presented, counterfactual)
         other = Steering(sparse, dense, bridges, control_node, presented, counterfactual)
@@ -172,6 +174,11 @@ def steer_task(sparse: SparseGPT, dense: SparseGPT, bridges: Bridges, node: tupl
                 with dense.hooks({owner.site: owner.hook(change, strength)}):
                     rows.append(_log_odds(dense(presented), correct_ids, incorrect_ids))
             curves[name].append(torch.stack(rows, 1))  # (B, strengths)
+        rows = []
+        for strength in strengths:
+            with sparse.hooks({site: patch_node(index, steer.delta, strength)}):
+                rows.append(_log_odds(sparse(presented), correct_ids, incorrect_ids))
+        curves["sparse_model"].append(torch.stack(rows, 1))
     result = {"node": f"{site}:{index}", "control_node": f"{control_node[0]}:{control_node[1]}", "task": task,
               "split": split, "correct": correct, "strengths": list(strengths), "records": sum(len(b[0]) for b in batches), "curves": {}}
     for name, parts in curves.items():
@@ -189,22 +196,43 @@ def steer_task(sparse: SparseGPT, dense: SparseGPT, bridges: Bridges, node: tupl
     return result
 
 
+def patch_node(index: int, delta: torch.Tensor, strength: float):
+    """A hook for the sparse model itself: the node moved by `strength` times its counterfactual change."""
+    def add(x: torch.Tensor, site: str) -> torch.Tensor:
+        unit = torch.zeros(x.shape[-1], dtype=x.dtype, device=x.device)
+        unit[index] = 1
+        return x + strength * delta[..., None].to(x.dtype) * unit
+    return add
+
+
 @torch.no_grad()
+def sparse_shifts(sparse: SparseGPT, task: str, nodes: list[tuple[str, int]], split: str = "choose",
+                  correct: str | None = None) -> dict[tuple[str, int], float]:
+    """Per node: the sparse model's mean log-odds change (negative: toward the twin's answer) when
+    the node alone is patched to its value on the twin prompt."""
+    sites = sorted({site for site, _ in nodes})
+    totals, count = {node: 0.0 for node in nodes}, 0
+    for presented, counterfactual, correct_ids, incorrect_ids in twin_batches(task, sparse.tokenizer, split, None, correct):
+        logits, here = sparse.run_with_cache(presented, sites)
+        _, there = sparse.run_with_cache(counterfactual, sites)
+        unsteered = _log_odds(logits, correct_ids, incorrect_ids)
+        for site, i in nodes:
+            with sparse.hooks({site: patch_node(i, there[site][..., i] - here[site][..., i], 1.0)}):
+                totals[(site, i)] += float((_log_odds(sparse(presented), correct_ids, incorrect_ids) - unsteered).sum())
+        count += len(presented)
+    return {node: total / count for node, total in totals.items()}
+
+
 def pick_node(sparse: SparseGPT, task: str, circuit_nodes: set[tuple[str, int]], correct: str | None = None) -> tuple[str, int]:
-    """The circuit's sublayer-input node whose value at the last token differs most between the
-    records and their twins, on the choose split (never the test records the figures come from)."""
+    """The circuit's sublayer-input node whose counterfactual value moves the sparse model itself
+    furthest toward the twins' answers (`sparse_shifts`), measured on the choose split (never the
+    test records the figures come from)."""
     candidates = sorted((site, i) for site, i in circuit_nodes if site.split(".", 1)[1] in READ_SITES)
     if not candidates:
         raise SparseCircuitsError("the circuit has no node at a sublayer input (attn.act_in or mlp.act_in) to steer with:"
                                   " give --node")
-    sites = sorted({site for site, _ in candidates})
-    totals = {node: 0.0 for node in candidates}
-    for presented, counterfactual, _, _ in twin_batches(task, sparse.tokenizer, "choose", None, correct):
-        _, here = sparse.run_with_cache(presented, sites)
-        _, there = sparse.run_with_cache(counterfactual, sites)
-        for site, i in candidates:
-            totals[(site, i)] += float((there[site][:, -1, i] - here[site][:, -1, i]).abs().sum())
-    return max(candidates, key=lambda node: totals[node])
+    shifts = sparse_shifts(sparse, task, candidates, "choose", correct)
+    return min(candidates, key=lambda node: shifts[node])
 
 
 def plot(result: dict, path: Path) -> None:
@@ -213,14 +241,15 @@ def plot(result: dict, path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     labels = {"node": f"node {result['node']}", "random_direction": "random direction, same norm",
-              "random_node": f"random node {result['control_node']}"}
+              "random_node": f"random node {result['control_node']}",
+              "sparse_model": "the sparse model itself, node patched"}
     for name, curve in result["curves"].items():
         low, high = zip(*curve["shift_interval"])
         ax.plot(result["strengths"], curve["mean_shift"], "o-", label=labels[name])
         ax.fill_between(result["strengths"], low, high, alpha=0.2)
     ax.axhline(0, color="k", linewidth=0.5)
     ax.set_xlabel("steering strength")
-    ax.set_ylabel("change in log-odds (correct - incorrect)")
+    ax.set_ylabel("change in log-odds (correct - incorrect)")  # negative: toward the twin
     ax.set_title(f"Steering the dense model on {result['task']} ({result['records']} prompts, 95% bootstrap)")
     ax.legend(fontsize=8)
     save(fig, path)
@@ -255,7 +284,8 @@ def run_steer(run_dir: str | Path, node: str, task: str, strengths=None, split: 
     print(f"{result['task']}: {result['records']} prompts; steering {result['node']} at strength {result['strengths'][-1]:g}"
           f" moves the dense model's log-odds by {curve['mean_shift'][-1]:+.3f} [{low:+.3f}, {high:+.3f}];"
           f" random direction {control['mean_shift'][-1]:+.3f}, random node {result['control_node']}"
-          f" {result['curves']['random_node']['mean_shift'][-1]:+.3f}; ratio to the random direction"
+          f" {result['curves']['random_node']['mean_shift'][-1]:+.3f}; the sparse model itself"
+          f" {result['curves']['sparse_model']['mean_shift'][-1]:+.3f}; ratio to the random direction"
           f" {result['shift_ratio_to_random_direction']:.1f}; {'monotonic' if result['monotonic'] else 'not monotonic'}")
     print(f"wrote {out / 'steer.json'} and {out / 'steer.png'}", file=sys.stderr)
     return result

@@ -132,6 +132,7 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{task}: task loss sparse {row['loss_sparse']:.3f}, dense {row['loss_dense']:.3f}; steering {row['node']}"
                      f" at s=1 shifts the dense log-odds {node['mean']:+.3f} [{low:+.3f}, {high:+.3f}] over {row['records']}"
                      f" prompts; random direction {shifts['random_direction']['mean']:+.3f}, random node"
-                     f" {shifts['random_node']['mean']:+.3f}; ratio {row['shift_ratio_to_random_direction']:.1f};"
+                     f" {shifts['random_node']['mean']:+.3f}; the sparse model itself {shifts['sparse_model']['mean']:+.3f};"
+                     f" ratio {row['shift_ratio_to_random_direction']:.1f};"
                      f" {'monotonic' if row['monotonic'] else 'not monotonic'}")
     return "\n".join(lines)
