@@ -15,7 +15,7 @@ Four steps are timed, in interleaved rounds (the median round counts):
 Model FLOP/s counts the matmuls and attention a step executes (dense-equivalent, forward and
 backward), against this machine's fp32 matmul FLOP/s measured in the same run.
 
-    python benchmarks/train_step.py [--steps 5] [--rounds 3] [--threads N] [--device cpu|cuda] [--no-authors] [--cpu-bf16]
+    python benchmarks/train_step.py [--steps 5] [--rounds 3] [--threads N] [--device cpu|cuda] [--no-authors] [--cpu-bf16] [--compile]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from sparsecircuits.config import Config
 from sparsecircuits.model.gpt import SparseGPT
 from sparsecircuits.model.reference import reference_kernels
 from sparsecircuits.model.sparsity import apply_weight_topk, sparse_parameters
-from sparsecircuits.train.trainer import make_optimizer, training_step
+from sparsecircuits.train.trainer import make_optimizer, model_objective, training_step
 
 
 def reference_config(sparse_weights: bool = True, sparse_activations: bool = True) -> Config:
@@ -78,6 +78,7 @@ class TimedStep:
         self.config, self.kernels = config, kernels
         self.model = SparseGPT(config.model).to(device)
         self.optimizer = make_optimizer(self.model, config.optim)
+        self.objective = model_objective(self.model, config)
         self.sparse = sparse_parameters(self.model, config.sparsity)
         apply_weight_topk(self.sparse, config.sparsity.l0_fraction, config.sparsity.min_nonzero_per_neuron, config.sparsity.min_nonzero_on)
         shape = (config.train.batch_size, config.model.ctx_len)
@@ -91,7 +92,7 @@ class TimedStep:
             start = time.perf_counter()
             for _ in range(steps):
                 training_step(self.model, self.optimizer, self.sparse, self.x, self.y, self.config.optim.lr,
-                              self.config.sparsity.l0_fraction, self.config)
+                              self.config.sparsity.l0_fraction, self.config, objective=self.objective)
             sync(self.x.device)
         self.seconds.append((time.perf_counter() - start) / steps)
 
@@ -126,6 +127,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-authors", action="store_true", help="leave out the authors' step")
     parser.add_argument("--cpu-bf16", action="store_true", help="also our sparse and dense steps with train.cpu_bf16")
+    parser.add_argument("--compile", action="store_true", help="also our sparse and dense steps with train.compile")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -141,6 +143,10 @@ def main() -> None:
     if args.cpu_bf16:
         for name, config in (("sparse bf16", reference_config()), ("dense bf16", reference_config(False, False))):
             config.train.cpu_bf16 = True
+            steps[name] = TimedStep(config, device)
+    if args.compile:
+        for name, config in (("sparse compiled", reference_config()), ("dense compiled", reference_config(False, False))):
+            config.train.compile = True
             steps[name] = TimedStep(config, device)
     for step in steps.values():
         step.run(args.warmup)
@@ -166,6 +172,12 @@ def main() -> None:
     if args.cpu_bf16:
         print(f"with train.cpu_bf16: sparse {rate['sparse bf16']:,.0f} tokens/s, dense {rate['dense bf16']:,.0f} tokens/s;"
               f" sparse / dense time ratio {rate['dense bf16'] / rate['sparse bf16']:.2f}x")
+    if args.compile:
+        print(f"with train.compile: sparse {rate['sparse compiled']:,.0f} tokens/s, dense {rate['dense compiled']:,.0f} tokens/s;"
+              f" sparse / dense time ratio {rate['dense compiled'] / rate['sparse compiled']:.2f}x; compiled / eager:"
+              f" sparse {rate['sparse compiled'] / rate['sparse']:.2f}x, dense {rate['dense compiled'] / rate['dense']:.2f}x")
+        if not args.no_authors:
+            print(f"ours compiled / authors': sparse {rate['sparse compiled'] / rate['authors sparse']:.2f}x")
     print(f"model FLOP/s: {sparse_flops_per_s / 1e9:.1f} GFLOP/s ({flops / 1e9:.1f} GFLOP per step); "
           f"machine fp32 matmul: {machine / 1e9:.1f} GFLOP/s; fraction {sparse_flops_per_s / machine:.2f}")
     print(f"sparse_tokens_per_s={rate['sparse']:.0f} dense_tokens_per_s={rate['dense']:.0f} "

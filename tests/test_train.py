@@ -12,9 +12,9 @@ from sparsecircuits.data.dataset import TokenData
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.io import write_marker
 from sparsecircuits.model.gpt import SparseGPT
-from sparsecircuits.model.sparsity import nonzeros_to_keep, sparse_parameters
+from sparsecircuits.model.sparsity import abs_topk, nonzeros_to_keep, sparse_parameters
 from sparsecircuits.model.reference import reference_kernels
-from sparsecircuits.train.trainer import lr_at, make_optimizer, train, training_step
+from sparsecircuits.train.trainer import lr_at, make_optimizer, model_objective, train, training_step
 from tests.conftest import TINY_OVERRIDES
 
 
@@ -162,3 +162,37 @@ def test_cpu_bf16_steps_run_the_matmuls_in_bf16_and_keep_exactly_k_per_token(tin
         assert dtype == torch.bfloat16 and counts == [model.blocks[int(site[0])].keep[site]], (site, seen[site])
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay fp32
     assert losses[-1] < losses[0]
+
+
+def test_compiled_steps_match_eager_ones_and_keep_exactly_k(tiny_config):
+    """train.compile: the loss through torch.compile, AbsTopK's selection one opaque operator."""
+    x = torch.randn(64, 48)
+    x[3, :10] = 1.5  # ties at the k-th value
+    compiled_abs_topk = torch.compile(abs_topk, fullgraph=True)  # fullgraph: the selection does not break the graph
+    assert torch.equal(compiled_abs_topk(x, 12), abs_topk(x, 12)) and set((compiled_abs_topk(x, 12) != 0).sum(-1).tolist()) == {12}
+
+    tiny_config.model.vocab_size = 96
+    tokens = torch.randint(0, 96, (4, 33), generator=torch.Generator().manual_seed(1))
+    runs = []
+    for compiled in (False, True):
+        tiny_config.train.compile = compiled
+        torch.manual_seed(0)
+        model = SparseGPT(tiny_config.model)
+        optimizer, sparse = make_optimizer(model, tiny_config.optim), sparse_parameters(model, tiny_config.sparsity)
+        objective = model_objective(model, tiny_config)
+        losses = [float(training_step(model, optimizer, sparse, tokens[:, :-1], tokens[:, 1:], 3e-3, 0.25, tiny_config,
+                                      objective=objective)[0]) for _ in range(4)]
+        runs.append((losses, sparse))
+    (eager_losses, eager_weights), (compiled_losses, compiled_weights) = runs
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-5)
+    for name, weight in compiled_weights.items():
+        assert int(weight.count_nonzero()) == nonzeros_to_keep(weight.numel(), 0.25), name
+        assert torch.allclose(weight, eager_weights[name], atol=1e-5), name
+
+
+def test_compile_is_refused_for_bridged_training(tmp_path, task_run):
+    dense_run, _ = task_run
+    config = load_config("tiny", TINY_OVERRIDES + ["model.ctx_len=64", "train.compile=true"])
+    with pytest.raises(SparseCircuitsError, match="train.compile applies to plain training"):
+        train(config, dense_run.parent / "data", tmp_path / "bridged", dense_run=dense_run, show_progress=False)
+    assert not (tmp_path / "bridged").exists()

@@ -140,6 +140,7 @@ class TrainConfig:
     checkpoint_interval: int = 500
     device: str = "auto"  # "auto", "cpu" or "cuda"
     cpu_bf16: bool = False  # bf16 autocast for training steps on CPU too (as on CUDA): fast with AMX, not fp32 numerics
+    compile: bool = False  # the training loss through torch.compile (fused pointwise work; a minute's compile first)
 
 
 @dataclass

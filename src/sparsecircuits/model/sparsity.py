@@ -92,14 +92,32 @@ def topk_mask(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool) -> 
     return keep.view(scores.shape).to(dtype)
 
 
+def _abs_topk_mask_dtype(x: torch.Tensor) -> torch.dtype:
+    # On CPU a mask of x's own type multiplies without a cast (measured faster there); elsewhere a
+    # boolean mask keeps the memory saved for the backward at one byte per entry.
+    return x.dtype if x.device.type == "cpu" else torch.bool
+
+
+@torch.library.custom_op("sparsecircuits::abs_topk_mask", mutates_args=())
+def abs_topk_mask(x: torch.Tensor, k: int) -> torch.Tensor:
+    """`topk_mask` of |x| as one opaque operator, so that torch.compile keeps the NumPy selection
+    whole inside a compiled graph instead of breaking the graph there."""
+    return topk_mask(x.abs(), k, _abs_topk_mask_dtype(x))
+
+
+@abs_topk_mask.register_fake
+def _(x: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.empty_like(x, dtype=_abs_topk_mask_dtype(x))
+
+
 def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k entries of largest magnitude along the last axis, zero the rest (the gradient
     flows to the kept entries only)."""
     if k >= x.shape[-1]:
         return x
-    # On CPU a mask of x's own type multiplies without a cast (measured faster there); elsewhere a
-    # boolean mask keeps the memory saved for the backward at one byte per entry.
-    return x * topk_mask(x.detach().abs(), k, x.dtype if x.device.type == "cpu" else torch.bool)
+    if torch.compiler.is_compiling():
+        return x * abs_topk_mask(x.detach(), k)
+    return x * topk_mask(x.detach().abs(), k, _abs_topk_mask_dtype(x))
 
 
 def l0_fraction_at(step: int, total_steps: int, config: SparsityConfig) -> float:

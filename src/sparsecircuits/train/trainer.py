@@ -144,6 +144,11 @@ def check_memory(config: Config, batch_rows: int, device: torch.device) -> None:
             " (train.batch_size, model.ctx_len) smaller")
 
 
+def model_objective(model: torch.nn.Module, config: Config):
+    """The plain training loss: `model.loss`, through torch.compile when `train.compile` is set."""
+    return torch.compile(model.loss) if config.train.compile else model.loss
+
+
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sparse: dict[str, torch.nn.Parameter],
                   x: torch.Tensor, y: torch.Tensor, lr: float, l0_fraction: float, config: Config,
                   group: Distributed = Distributed(), objective=None) -> tuple[torch.Tensor, float]:
@@ -251,6 +256,9 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
         check_new_run_dir(run_dir, force)  # before any work
     data = TokenData(data_dir)
     dense_run = bridged_dense_run(run_dir, data, dense_run, resume) if dense_run or resume else None
+    if config.train.compile and dense_run:
+        raise SparseCircuitsError("train.compile applies to plain training; bridged training runs eager: drop"
+                                  " --set train.compile=true")
     model_cfg, train_cfg = config.model, config.train
     if model_cfg.vocab_size == 0:
         model_cfg.vocab_size = data.vocab_size
@@ -290,7 +298,7 @@ def _train_loop(config: Config, data: TokenData, run_dir: Path, resume: bool, sh
     model = SparseGPT(model_cfg).to(device)
     if init_from is not None and not resume:
         model.load_state_dict(load_run_model(init_from, device).state_dict())
-    trained, objective, extra = model, None, {}
+    trained, objective, extra = model, model_objective(model, config), {}
     if dense_run is not None:  # the bridges are made after the model, so its initial weights are a plain run's
         objective = BridgedObjective(model, load_run_model(dense_run, device), config.bridge)
         trained, extra = objective.trained, {BRIDGES_FILE: objective.bridges}
@@ -354,7 +362,7 @@ def _train_loop(config: Config, data: TokenData, run_dir: Path, resume: bool, sh
                 last_time, last_step = now, step
                 log({"step": step, "tokens": step * tokens_per_step, "train_loss": float(loss), "lr": lr,
                      "l0_fraction": l0, "grad_rms": grad_rms, "tokens_per_s": tokens_per_s,
-                     **({"bridge": objective.last_terms()} if objective else {})})
+                     **({"bridge": objective.last_terms()} if dense_run is not None else {})})
                 bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{tokens_per_s:,.0f}", l0=f"{l0:.4f}")
             matched = False
             if (step % train_cfg.eval_interval == 0 or step == train_cfg.steps) and group.is_main:
