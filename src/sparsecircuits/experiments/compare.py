@@ -55,6 +55,7 @@ def compare(run_a: str | Path, run_b: str | Path, out: str | Path, tasks: list[s
                 if not result["reached"]:
                     continue
                 rows.append({"model": label, "task": splits.name, "target_loss": result["target_loss"],
+                             "loss_choose": round(result["loss_choose"], 5),  # what met the target
                              "loss": round(result["loss"], 5), "loss_calibrated": round(result["loss_calibrated"], 5),
                              "nodes": int(sum(k.sum() for k in result["keep"].values())),
                              "edges": len(circuit_edges(model, result["keep"]))})
