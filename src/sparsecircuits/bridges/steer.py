@@ -250,7 +250,8 @@ def plot(result: dict, path: Path) -> None:
     ax.axhline(0, color="k", linewidth=0.5)
     ax.set_xlabel("steering strength")
     ax.set_ylabel("change in log-odds (correct - incorrect)\nbelow 0: toward the twin's answer")
-    ax.set_title(f"Steering the dense model on {result['task']} ({result['records']} prompts, 95% bootstrap)")
+    ax.set_title(f"Steering the dense model on {result['task']}\n({result['records']} prompts, 95% bootstrap intervals)",
+                 fontsize=10)
     ax.legend(fontsize=8)
     save(fig, path)
 

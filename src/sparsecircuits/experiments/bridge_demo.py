@@ -28,6 +28,9 @@ from .demo import Stages
 FIRST_TASK, FIRST_CORRECT = "single_double_quote", '")'  # the paper's: double-quoted prompts, steered toward single
 WARM_START_SET = ["sparsity.anneal_start=0", "sparsity.anneal_end=0"]  # the warm start is already at its final L0
 DENSE_SET = ["sparsity.l0_fraction=1.0", "model.keep_fraction=1.0", "model.d_model=64"]  # an ordinary dense model
+# A lighter node penalty than prune's default: on the warm-started bridged model the default (3e-3,
+# 200 steps) left single_double_quote's circuit at 5,527 of 5,632 nodes; these gave 129 nodes.
+BRIDGE_DEMO_PRUNE = PruneSettings(k_coef=1e-3, steps=400)
 
 
 def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | None = None,
@@ -83,7 +86,7 @@ def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | N
         tasks[second_task] = None
 
     folder = lambda task: Path(task).stem  # a built-in name, or a task file's name
-    settings = dataclasses.replace(prune_settings or PruneSettings(), target_loss=target_loss)
+    settings = dataclasses.replace(prune_settings or BRIDGE_DEMO_PRUNE, target_loss=target_loss)
 
     def prune_all():
         for task in tasks:
