@@ -98,11 +98,13 @@ def _abs_topk_mask_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.device.type == "cpu" else torch.bool
 
 
-@torch.library.custom_op("sparsecircuits::abs_topk_mask", mutates_args=())
-def abs_topk_mask(x: torch.Tensor, k: int) -> torch.Tensor:
-    """`topk_mask` of |x| as one opaque operator, so that torch.compile keeps the NumPy selection
-    whole inside a compiled graph instead of breaking the graph there."""
+def _largest_magnitudes_mask(x: torch.Tensor, k: int) -> torch.Tensor:
     return topk_mask(x.abs(), k, _abs_topk_mask_dtype(x))
+
+
+# The same selection as one opaque operator, so that torch.compile keeps the NumPy selection whole
+# inside a compiled graph instead of breaking the graph there.
+abs_topk_mask = torch.library.custom_op("sparsecircuits::abs_topk_mask", _largest_magnitudes_mask, mutates_args=())
 
 
 @abs_topk_mask.register_fake
@@ -115,9 +117,8 @@ def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
     flows to the kept entries only)."""
     if k >= x.shape[-1]:
         return x
-    if torch.compiler.is_compiling():
-        return x * abs_topk_mask(x.detach(), k)
-    return x * topk_mask(x.detach().abs(), k, _abs_topk_mask_dtype(x))
+    select = abs_topk_mask if torch.compiler.is_compiling() else _largest_magnitudes_mask
+    return x * select(x.detach(), k)
 
 
 def l0_fraction_at(step: int, total_steps: int, config: SparsityConfig) -> float:

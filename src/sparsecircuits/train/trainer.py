@@ -298,10 +298,11 @@ def _train_loop(config: Config, data: TokenData, run_dir: Path, resume: bool, sh
     model = SparseGPT(model_cfg).to(device)
     if init_from is not None and not resume:
         model.load_state_dict(load_run_model(init_from, device).state_dict())
-    trained, objective, extra = model, model_objective(model, config), {}
     if dense_run is not None:  # the bridges are made after the model, so its initial weights are a plain run's
         objective = BridgedObjective(model, load_run_model(dense_run, device), config.bridge)
         trained, extra = objective.trained, {BRIDGES_FILE: objective.bridges}
+    else:
+        trained, objective, extra = model, model_objective(model, config), {}
     optimizer = make_optimizer(trained, config.optim)
     sparse = sparse_parameters(model, config.sparsity)
     start = 0
