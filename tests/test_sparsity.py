@@ -26,20 +26,63 @@ def test_topk_mask_keeps_exactly_k_with_ties(k):
     assert bool(mask[1, :100].sum() == k - 1)
 
 
-@pytest.mark.parametrize("width", [300, 700])  # sorted rows, partitioned rows
-def test_topk_mask_in_parallel_blocks_keeps_exactly_the_largest_k_per_row(monkeypatch, width):
-    from sparsecircuits.model import sparsity
+def _lowest_index_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k largest per row, ties at the k-th broken towards the lowest index, by a stable sort."""
+    order = scores.sort(dim=-1, descending=True, stable=True).indices[..., :k]
+    return torch.zeros_like(scores, dtype=torch.bool).scatter(-1, order, True)
 
-    monkeypatch.setattr(sparsity, "MIN_ENTRIES_PER_THREAD", 1)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # two blocks of rows, whatever the machine
-    scores = torch.randn(37, width).abs().round(decimals=1)  # many ties, in rows of both blocks
-    k = width // 4
-    mask = topk_mask(scores, k)
-    assert torch.equal(topk_mask(scores, k, torch.float32), mask.float())  # the mask AbsTopK multiplies by
-    assert mask.sum(-1).tolist() == [k] * 37
-    assert bool((scores.masked_fill(~mask, float("inf")).amin(-1) >= scores.masked_fill(mask, -1).amax(-1)).all())
-    unique = torch.randn(37, width).abs()
-    assert torch.equal(topk_mask(unique, k), torch.zeros_like(mask).scatter(-1, unique.topk(k, dim=-1).indices, True))
+
+def _unlike_rows(width: int) -> torch.Tensor:
+    """Rows whose thresholds jump from one to the next (each row's search starts from the last's)."""
+    torch.manual_seed(0)
+    rows = [torch.randn(width), torch.randn(width) * 1e-30, torch.randn(width) * 1e30, torch.zeros(width),
+            torch.randn(width).round(), -torch.rand(width) - 5, torch.full((width,), 2.0), torch.randn(width)]
+    rows[4][::3] = -0.0
+    rows[7][: width // 2] = float("inf")
+    subnormal = torch.randn(width) * 1e-42
+    return torch.stack(rows + [subnormal, torch.randn(width).bfloat16().float(), torch.randn(width)])
+
+
+@pytest.mark.parametrize("width, k", [(64, 1), (256, 64), (256, 255), (1024, 256), (300, 7)])
+def test_topk_mask_keeps_the_k_largest_ties_from_the_lowest_index(width, k):
+    scores = _unlike_rows(width)
+    expected = _lowest_index_topk(scores, k)
+    assert torch.equal(topk_mask(scores, k), expected)
+    assert torch.equal(topk_mask(scores, k, torch.float32), expected.float())  # the mask AbsTopK multiplies by
+    assert torch.equal(topk_mask(scores.flip(0), k), expected.flip(0))  # the same rows in another order
+
+
+@pytest.mark.parametrize("width, k", [(256, 64), (1024, 256), (40, 12), (10, 1)])
+def test_abs_topk_forward_and_backward_equal_the_masked_product(width, k):
+    x = _unlike_rows(width).view(1, -1, width).repeat(2, 1, 1)
+    x[1, 3] = torch.randn(width).round(decimals=1)  # rows with ties at the k-th magnitude
+    x[1, 4, : width - k // 2] = 0  # fewer than k nonzeros: zeros are kept from the lowest index
+    x = x.clamp(-1e30, 1e30)  # finite, so that the products below are defined
+    grad = torch.randn_like(x)
+    kept = _lowest_index_topk(x.abs(), k)
+    fused = x.clone().requires_grad_()
+    out = abs_topk(fused, k)
+    out.backward(grad.transpose(0, 1).contiguous().transpose(0, 1))  # a gradient that is not contiguous
+    assert torch.equal(out, torch.where(kept, x, 0.0)) and torch.equal(fused.grad, torch.where(kept, grad, 0.0))
+    assert bool((kept.sum(-1) == k).all())
+
+
+def test_abs_topk_backward_keeps_subnormals_under_flush_to_zero():
+    x = torch.tensor([[3e-42, -2e-42, 0.0, 1e-44]], requires_grad=True)
+    try:
+        torch.set_flush_denormal(True)
+        out = abs_topk(x, 2)
+        out.backward(torch.ones_like(out))
+    finally:
+        torch.set_flush_denormal(False)
+    assert x.grad.tolist() == [[1.0, 1.0, 0.0, 0.0]]
+
+
+def test_abs_topk_refuses_a_backward_through_an_output_changed_in_place():
+    out = abs_topk(torch.randn(4, 16, requires_grad=True), 4)
+    out.mul_(2)
+    with pytest.raises(RuntimeError, match="inplace"):
+        out.sum().backward()
 
 
 def test_fast_and_reference_weight_masks_agree():
@@ -143,7 +186,7 @@ def test_anneal_window_of_zero_keeps_the_final_l0_from_the_first_step():
     assert l0_fraction_at(0, 100, default) == 1.0 and l0_fraction_at(100, 100, default) == 0.125
 
 
-@pytest.mark.parametrize("zeros", [0.0, 0.9])  # partitioned rows, mostly-zero rows sorted instead
+@pytest.mark.parametrize("zeros", [0.0, 0.9])
 def test_topk_mask_of_wide_rows_with_many_zeros_keeps_exactly_k(zeros):
     scores = torch.randn(64, 1024).abs()
     scores[torch.rand(64, 1024) < zeros] = 0

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -12,52 +10,6 @@ from torch import nn
 
 from ..config import SparsityConfig
 from ..errors import SparseCircuitsError
-
-
-SORT_MAX_WIDTH = 512  # rows up to this wide are sorted, wider ones partitioned (both measured here)
-MOSTLY_ZERO = 0.5  # rows with more exact zeros than this are sorted: NumPy's partition slows down on them
-MIN_ENTRIES_PER_THREAD = 1 << 16  # smaller selections are not worth handing to threads
-
-
-@functools.lru_cache(maxsize=None)
-def _thread_pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(workers, thread_name_prefix="topk")
-
-
-def _select_rows(rows: np.ndarray, k: int, keep: np.ndarray, kth: np.ndarray, tied: np.ndarray) -> None:
-    """Fill keep (rows >= each row's k-th largest), kth and tied (a score below the k-th equals it)."""
-    pivot = rows.shape[1] - k
-    sample = rows[:8]
-    if rows.shape[1] <= SORT_MAX_WIDTH or np.count_nonzero(sample) < (1 - MOSTLY_ZERO) * sample.size:
-        ordered = np.sort(rows, axis=1)
-        tied[:] = ordered[:, pivot - 1] == ordered[:, pivot]
-    else:
-        ordered = np.partition(rows, pivot, axis=1)  # linear-time selection: the k-th lands at pivot
-        tied[:] = ordered[:, :pivot].max(axis=1) == ordered[:, pivot]
-    kth[:] = ordered[:, pivot : pivot + 1]
-    np.greater_equal(rows, kth, out=keep)
-
-
-def _topk_mask_cpu(scores: torch.Tensor, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row of a 2-D `scores`: the mask (bool or float32) of scores at least the row's k-th largest,
-    those k-th values, and the rows where a score below the k-th ties it (their masks hold too many).
-
-    NumPy's SIMD sort and selection run several times faster than `torch.topk` on CPU for large k
-    and release the GIL: blocks of rows are selected in parallel on torch's thread count. Sorting
-    stays fast on rows of mostly equal values (zeroed weights, ReLU outputs); partitioning does not,
-    so those rows are sorted."""
-    rows = scores.numpy()
-    keep = np.empty(rows.shape, dtype=np.float32 if dtype == torch.float32 else bool)
-    kth = np.empty((rows.shape[0], 1), dtype=rows.dtype)
-    tied = np.empty(rows.shape[0], dtype=bool)
-    blocks = max(1, min(torch.get_num_threads(), rows.shape[0], rows.size // MIN_ENTRIES_PER_THREAD))
-    if blocks == 1:
-        _select_rows(rows, k, keep, kth, tied)
-    else:
-        bounds = np.linspace(0, rows.shape[0], blocks + 1).astype(int)
-        parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-        list(_thread_pool(blocks).map(lambda part: _select_rows(rows[part], k, keep[part], kth[part], tied[part]), parts))
-    return torch.from_numpy(keep), torch.from_numpy(kth), torch.from_numpy(np.flatnonzero(tied))
 
 
 def _break_ties(scores: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
@@ -71,25 +23,50 @@ def _break_ties(scores: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor
 @torch.no_grad()
 def topk_mask(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
     """Mask (1 kept, 0 dropped, of `dtype`) of exactly the k largest scores along the last axis (the
-    selection `torch.topk` makes; which of several scores tied at the k-th value are kept is
-    deterministic but unspecified). Large k is found as a per-row threshold, small k by `torch.topk`
-    itself. A mask of the activations' own float type multiplies them without a cast."""
+    selection `torch.topk` makes; of several scores tied at the k-th value the lowest indices are
+    kept). On CPU the compiled per-row threshold search of `topk_kernels`; elsewhere `torch.topk`.
+    A mask of the activations' own float type multiplies them without a cast."""
     n = scores.shape[-1]
     if k >= n:
         return torch.ones_like(scores, dtype=dtype)
     if k <= 0:
         return torch.zeros_like(scores, dtype=dtype)
-    if k <= 8:  # a heap select: torch.topk is fast for few entries
-        keep = torch.zeros_like(scores, dtype=dtype)
-        return keep.scatter_(-1, scores.topk(k, dim=-1, sorted=False).indices, 1)
     if scores.device.type != "cpu" or scores.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return _break_ties(scores, scores.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True), k).to(dtype)
-    rows = scores.float().contiguous().view(-1, n)  # half-precision scores are exact in float32
-    mask_dtype = dtype if dtype in (torch.bool, torch.float32) else torch.float32
-    keep, kth, tied_rows = _topk_mask_cpu(rows, k, mask_dtype)
-    if len(tied_rows):  # rare in fp32 (common in bf16), or rows with fewer than k nonzeros: fix just those rows
-        keep[tied_rows] = _break_ties(rows[tied_rows], kth[tied_rows], k).to(mask_dtype)
-    return keep.view(scores.shape).to(dtype)
+    from . import topk_kernels
+
+    rows = scores.float().contiguous().view(-1, n).numpy()  # half-precision scores are exact in float32
+    keep = np.empty(rows.shape, dtype=np.float32 if dtype == torch.float32 else bool)
+    topk_kernels.topk_rows(rows.view(np.uint32), keep, k)
+    return torch.from_numpy(keep).view(scores.shape).to(dtype)
+
+
+class _AbsTopK(torch.autograd.Function):
+    """AbsTopK of a float32 CPU tensor by the compiled kernels: selection and product in one pass
+    forward; the backward finds the kept entries from the saved output (which the next layer
+    saves anyway) instead of a saved mask."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, k: int) -> torch.Tensor:
+        from . import topk_kernels
+
+        rows = x.detach().contiguous().view(-1, x.shape[-1]).numpy()
+        out = torch.empty(x.shape)
+        topk_kernels.abs_topk_rows(rows, rows.view(np.uint32), out.view(rows.shape).numpy(), k)
+        ctx.save_for_backward(out)
+        ctx.k = k
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        from . import topk_kernels
+
+        (out,) = ctx.saved_tensors
+        width = out.shape[-1]
+        grad_in = torch.empty(out.shape)
+        topk_kernels.abs_topk_backward_rows(out.view(-1, width).numpy().view(np.uint32),
+                                            grad.contiguous().view(-1, width).numpy(), grad_in.view(-1, width).numpy(), ctx.k)
+        return grad_in, None
 
 
 def _abs_topk_mask_dtype(x: torch.Tensor) -> torch.dtype:
@@ -102,7 +79,7 @@ def _largest_magnitudes_mask(x: torch.Tensor, k: int) -> torch.Tensor:
     return topk_mask(x.abs(), k, _abs_topk_mask_dtype(x))
 
 
-# The same selection as one opaque operator, so that torch.compile keeps the NumPy selection whole
+# The same selection as one opaque operator, so that torch.compile keeps the Numba selection whole
 # inside a compiled graph instead of breaking the graph there.
 abs_topk_mask = torch.library.custom_op("sparsecircuits::abs_topk_mask", _largest_magnitudes_mask, mutates_args=())
 
@@ -117,8 +94,11 @@ def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
     flows to the kept entries only)."""
     if k >= x.shape[-1]:
         return x
-    select = abs_topk_mask if torch.compiler.is_compiling() else _largest_magnitudes_mask
-    return x * select(x.detach(), k)
+    if torch.compiler.is_compiling():
+        return x * abs_topk_mask(x.detach(), k)
+    if x.device.type == "cpu" and x.dtype == torch.float32 and k > 0:
+        return _AbsTopK.apply(x, k)
+    return x * _largest_magnitudes_mask(x.detach(), k)
 
 
 def l0_fraction_at(step: int, total_steps: int, config: SparsityConfig) -> float:
