@@ -1,6 +1,6 @@
 """Where the sparse step's time goes: per-op self CPU time of the sparse and dense reference steps
-(torch.profiler, the NumPy selection wrapped so it shows as one row) and their difference, then the
-time inside `topk_mask` by caller and row width (unprofiled).
+(torch.profiler, each compiled top-k kernel shown as one row) and their difference, then the time
+in each kernel by the shape it ran on (unprofiled).
 
     python benchmarks/profile_step.py [--steps 4]
 """
@@ -9,26 +9,37 @@ from __future__ import annotations
 
 import argparse
 import collections
-import sys
 import time
 
 import torch
 from torch.profiler import profile, record_function
 
-import sparsecircuits.model.sparsity as sparsity
+import sparsecircuits.model.topk_kernels as topk_kernels
+from sparsecircuits.train.trainer import keep_freed_memory
 from train_step import TimedStep, reference_config
+
+KERNELS = ("abs_topk_rows", "abs_topk_backward_rows", "topk_rows")
+
+
+def wrap_kernels(wrapper) -> None:
+    """Replace each kernel in `topk_kernels` (looked up there at every call) by wrapper(name, kernel)."""
+    for name in KERNELS:
+        setattr(topk_kernels, name, wrapper(name, getattr(topk_kernels, name)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
-    select_rows, topk_mask = sparsity._topk_mask_cpu, sparsity.topk_mask
+    kernels = {name: getattr(topk_kernels, name) for name in KERNELS}
+    keep_freed_memory()  # as training does (train.keep_freed_memory)
 
-    def recorded_select(*a, **k):
-        with record_function("NumPy selection (AbsTopK and weight top-k)"):
-            return select_rows(*a, **k)
-    sparsity._topk_mask_cpu = recorded_select
+    def recorded(name, kernel):
+        def run(*arrays):
+            with record_function(f"topk_kernels.{name}"):
+                return kernel(*arrays)
+        return run
+    wrap_kernels(recorded)
     steps = {"sparse": TimedStep(reference_config(), torch.device("cpu")),
              "dense": TimedStep(reference_config(False, False), torch.device("cpu"))}
     for step in steps.values():
@@ -48,17 +59,19 @@ def main() -> None:
 
     seconds, calls = collections.defaultdict(float), collections.Counter()
 
-    def timed_topk_mask(scores, k, dtype=torch.bool):
-        key = f"{sys._getframe(1).f_code.co_name}, rows {scores.shape[-1]} wide, k {k}"
-        start = time.perf_counter()
-        out = topk_mask(scores, k, dtype)
-        seconds[key] += time.perf_counter() - start
-        calls[key] += 1
-        return out
-    sparsity._topk_mask_cpu = select_rows
-    sparsity.topk_mask = timed_topk_mask
+    def timed(name, _):
+        kernel = kernels[name]
+
+        def run(*arrays):
+            start = time.perf_counter()
+            kernel(*arrays)
+            key = f"{name}, {arrays[0].shape[0]} rows x {arrays[0].shape[1]}, k {arrays[-1]}"
+            seconds[key] += time.perf_counter() - start
+            calls[key] += 1
+        return run
+    wrap_kernels(timed)
     steps["sparse"].run(args.steps)
-    print("\ntime inside topk_mask, by caller (ms/step, calls/step):")
+    print("\ntime in the top-k kernels of the sparse step (ms/step, calls/step):")
     for key, total in sorted(seconds.items(), key=lambda kv: -kv[1]):
         print(f"  {1000 * total / args.steps:7.1f}  {calls[key] // args.steps:3d}  {key}")
     print(f"  {1000 * sum(seconds.values()) / args.steps:7.1f}  in all")

@@ -15,13 +15,18 @@ Four steps are timed, in interleaved rounds (the median round counts):
 Model FLOP/s counts the matmuls and attention a step executes (dense-equivalent, forward and
 backward), against this machine's fp32 matmul FLOP/s measured in the same run.
 
-    python benchmarks/train_step.py [--steps 5] [--rounds 3] [--threads N] [--device cpu|cuda] [--no-authors] [--cpu-bf16] [--compile]
+On CPU every step runs with `train.keep_freed_memory` as training sets it (`--no-keep-freed-memory`:
+without).
+
+    python benchmarks/train_step.py [--steps 5] [--rounds 3] [--threads N] [--device cpu|cuda] [--no-authors]
+                                    [--cpu-bf16] [--compile] [--no-keep-freed-memory]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import resource
 import statistics
 import time
 
@@ -32,7 +37,7 @@ from sparsecircuits.config import Config
 from sparsecircuits.model.gpt import SparseGPT
 from sparsecircuits.model.reference import reference_kernels
 from sparsecircuits.model.sparsity import apply_weight_topk, sparse_parameters
-from sparsecircuits.train.trainer import make_optimizer, model_objective, training_step
+from sparsecircuits.train.trainer import keep_freed_memory, make_optimizer, model_objective, training_step
 
 
 def reference_config(sparse_weights: bool = True, sparse_activations: bool = True) -> Config:
@@ -128,11 +133,16 @@ def main() -> None:
     parser.add_argument("--no-authors", action="store_true", help="leave out the authors' step")
     parser.add_argument("--cpu-bf16", action="store_true", help="also our sparse and dense steps with train.cpu_bf16")
     parser.add_argument("--compile", action="store_true", help="also our sparse and dense steps with train.compile")
+    parser.add_argument("--no-keep-freed-memory", action="store_true",
+                        help="leave glibc's malloc as it is (train.keep_freed_memory=false) for every step")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    # Process-wide, as `train` sets it: every step below, the authors' included, runs under it.
+    kept = device.type == "cpu" and not args.no_keep_freed_memory and keep_freed_memory()
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"train.keep_freed_memory {'on' if kept else 'off'}")
     steps = {"sparse": TimedStep(reference_config(), device),
              "baseline": TimedStep(reference_config(), device, reference_kernels),
              "dense": TimedStep(reference_config(sparse_weights=False, sparse_activations=False), device),
@@ -180,6 +190,7 @@ def main() -> None:
             print(f"ours compiled / authors': sparse {rate['sparse compiled'] / rate['authors sparse']:.2f}x")
     print(f"model FLOP/s: {sparse_flops_per_s / 1e9:.1f} GFLOP/s ({flops / 1e9:.1f} GFLOP per step); "
           f"machine fp32 matmul: {machine / 1e9:.1f} GFLOP/s; fraction {sparse_flops_per_s / machine:.2f}")
+    print(f"peak resident memory of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
     print(f"sparse_tokens_per_s={rate['sparse']:.0f} dense_tokens_per_s={rate['dense']:.0f} "
           f"baseline_tokens_per_s={rate['baseline']:.0f}")
 

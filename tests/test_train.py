@@ -196,3 +196,29 @@ def test_compile_is_refused_for_bridged_training(tmp_path, task_run):
     with pytest.raises(SparseCircuitsError, match="train.compile applies to plain training"):
         train(config, dense_run.parent / "data", tmp_path / "bridged", dense_run=dense_run, show_progress=False)
     assert not (tmp_path / "bridged").exists()
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="train.keep_freed_memory tunes glibc's malloc")
+def test_keep_freed_memory_stops_large_tensors_faulting_in_again():
+    """64 MiB tensors are beyond glibc's own mmap threshold: each is mapped and faulted in afresh,
+    until train.keep_freed_memory keeps freed memory in the heap for the next one."""
+    import subprocess
+    import sys
+
+    script = """
+import resource, torch
+from sparsecircuits.train.trainer import keep_freed_memory
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        torch.ones(16 << 20)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults()
+plain = faults()
+assert keep_freed_memory()
+faults()
+print(plain, faults())
+"""
+    plain, kept = map(int, subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                          check=True).stdout.split())
+    assert plain >= 5 * 32 and kept * 10 < plain  # 64 MiB is 16,384 pages of 4 KiB (32 huge pages)
