@@ -7,7 +7,9 @@ built-in task with a model whose weights are top-k'd to the config's L0 (the mem
 not depend on what the weights have learned); its extra memory is what it needs beyond the loaded
 model: activations for the task batch, node means and masks.
 
-    python benchmarks/memory.py [--cases train-small,prune-small,train-reference,prune-reference]
+Training runs under `train.keep_freed_memory` as `train` sets it (`--no-keep-freed-memory`: without).
+
+    python benchmarks/memory.py [--cases train-small,prune-small,train-reference,prune-reference] [--no-keep-freed-memory]
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def run_case(case: str) -> dict:
+def run_case(case: str, keep_freed: bool = True) -> dict:
     import torch
 
     sys.path.insert(0, "benchmarks")
@@ -55,8 +57,10 @@ def run_case(case: str) -> dict:
     after_model = rss_mib()
     state_mib = 0.0
     if kind == "train":
-        from sparsecircuits.train.trainer import make_optimizer, training_step
+        from sparsecircuits.train.trainer import keep_freed_memory, make_optimizer, training_step
 
+        if keep_freed and config.train.keep_freed_memory:  # as `train` does
+            keep_freed_memory()
         optimizer = make_optimizer(model, config.optim)
         shape = (config.train.batch_size, config.model.ctx_len)
         x, y = torch.randint(0, 2048, shape), torch.randint(0, 2048, shape)
@@ -84,16 +88,18 @@ def run_case(case: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--no-keep-freed-memory", action="store_true", help="train with train.keep_freed_memory=false")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one case, in this process
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(run_case(args.case)))
+        print(json.dumps(run_case(args.case, not args.no_keep_freed_memory)))
         return
     print("MiB:")
     print(f"{'case':16s} {'params':>7s} {'after imports':>13s} {'after model':>11s} {'peak RSS':>9s} {'peak - model load':>17s}"
           f" {'means+masks+optimizer':>21s}")
     for case in args.cases.split(","):
-        out = subprocess.run([sys.executable, __file__, "--case", case], capture_output=True, text=True, check=True)
+        flags = ["--no-keep-freed-memory"] if args.no_keep_freed_memory else []
+        out = subprocess.run([sys.executable, __file__, "--case", case, *flags], capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         state = "" if r["pruning_state_mib"] is None else f"{r['pruning_state_mib']:21.2f}"
         print(f"{case:16s} {r['model_params_mib']:7.1f} {r['rss_after_imports_mib']:13.1f} {r['rss_after_model_mib']:11.1f}"
