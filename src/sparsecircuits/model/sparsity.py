@@ -41,18 +41,29 @@ def topk_mask(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool) -> 
     return torch.from_numpy(keep).view(scores.shape).to(dtype)
 
 
+# Float types whose AbsTopK runs in the compiled kernels on CPU, as unsigned integers of their width.
+_BITS = {torch.float32: (torch.int32, np.uint32), torch.bfloat16: (torch.int16, np.uint16),
+         torch.float16: (torch.int16, np.uint16)}
+
+
+def _bits(t: torch.Tensor) -> np.ndarray:
+    """A contiguous CPU float tensor's bits as a 2-D unsigned NumPy array sharing its memory (rows: last axis)."""
+    signed, unsigned = _BITS[t.dtype]
+    return t.view(signed).numpy().view(unsigned).reshape(-1, t.shape[-1])
+
+
 class _AbsTopK(torch.autograd.Function):
-    """AbsTopK of a float32 CPU tensor by the compiled kernels: selection and product in one pass
-    forward; the backward finds the kept entries from the saved output (which the next layer
-    saves anyway) instead of a saved mask."""
+    """AbsTopK of a CPU float tensor by the compiled kernels: selection and copy in one pass forward;
+    the backward finds the kept entries from the saved output (which the next layer saves anyway)
+    instead of a saved mask. Both work on the values' bits, so bf16 and fp16 need no conversion."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, k: int) -> torch.Tensor:
         from . import topk_kernels
 
-        rows = x.detach().contiguous().view(-1, x.shape[-1]).numpy()
-        out = torch.empty(x.shape)
-        topk_kernels.abs_topk_rows(rows, rows.view(np.uint32), out.view(rows.shape).numpy(), k)
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        sign_bit = 8 * x.element_size() - 1
+        topk_kernels.abs_topk_rows(_bits(x.detach().contiguous()), _bits(out), k, sign_bit)
         ctx.save_for_backward(out)
         ctx.k = k
         return out
@@ -62,10 +73,9 @@ class _AbsTopK(torch.autograd.Function):
         from . import topk_kernels
 
         (out,) = ctx.saved_tensors
-        width = out.shape[-1]
-        grad_in = torch.empty(out.shape)
-        topk_kernels.abs_topk_backward_rows(out.view(-1, width).numpy().view(np.uint32),
-                                            grad.contiguous().view(-1, width).numpy(), grad_in.view(-1, width).numpy(), ctx.k)
+        grad_in = torch.empty_like(out)
+        grad = grad.to(out.dtype).contiguous()
+        topk_kernels.abs_topk_backward_rows(_bits(out), _bits(grad), _bits(grad_in), ctx.k, 8 * out.element_size() - 1)
         return grad_in, None
 
 
@@ -96,7 +106,7 @@ def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
         return x
     if torch.compiler.is_compiling():
         return x * abs_topk_mask(x.detach(), k)
-    if x.device.type == "cpu" and x.dtype == torch.float32 and k > 0:
+    if x.device.type == "cpu" and x.dtype in _BITS and k > 0:
         return _AbsTopK.apply(x, k)
     return x * _largest_magnitudes_mask(x.detach(), k)
 

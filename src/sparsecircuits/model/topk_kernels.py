@@ -22,14 +22,11 @@ import numba
 import numpy as np
 
 SIGN = np.uint32(0x80000000)
-MAGNITUDE = np.uint32(0x7FFFFFFF)
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _order_key(bits: np.uint32, magnitude: bool) -> np.uint32:
-    """An unsigned integer ordered as the float32 with these bits (or as its magnitude); -0 and +0 tie."""
-    if magnitude:
-        return bits & MAGNITUDE
+def _order_key(bits: np.uint32) -> np.uint32:
+    """An unsigned integer ordered as the float32 with these bits; -0 and +0 tie."""
     return ~bits if bits & SIGN and bits != SIGN else bits | SIGN
 
 
@@ -90,11 +87,11 @@ def _threshold_near(key: np.ndarray, k: int, top: np.int64, guess: np.int64,
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _row_keys(bits: np.ndarray, key: np.ndarray, magnitude: bool) -> np.int64:
-    """key = the order keys of one row; returns the largest."""
+def _row_keys(bits: np.ndarray, key: np.ndarray) -> np.int64:
+    """key = the order keys of one row of float32 bits; returns the largest."""
     top = np.uint32(0)
     for j in range(bits.shape[0]):
-        key[j] = _order_key(bits[j], magnitude)
+        key[j] = _order_key(bits[j])
         top = max(top, key[j])
     return np.int64(top)
 
@@ -131,7 +128,7 @@ def topk_rows(bits: np.ndarray, keep: np.ndarray, k: int) -> None:
     key = np.empty(bits.shape[1], np.uint32)
     guess, slope = np.int64(-1), 1.0
     for r in range(bits.shape[0]):
-        top = _row_keys(bits[r], key, False)
+        top = _row_keys(bits[r], key)
         t, exact, slope = _row_threshold(key, k, top, 31, guess, slope)
         guess = t
         if exact:
@@ -142,42 +139,50 @@ def topk_rows(bits: np.ndarray, keep: np.ndarray, k: int) -> None:
 
 
 @numba.njit(nogil=True, cache=True)
-def abs_topk_rows(x: np.ndarray, bits: np.ndarray, out: np.ndarray, k: int) -> None:
-    """out = x at the k entries of largest magnitude of each row of x (bits: x viewed as uint32), 0 elsewhere."""
-    key = np.empty(x.shape[1], np.uint32)
-    keep = np.empty(x.shape[1], np.bool_)
+def abs_topk_rows(bits: np.ndarray, out: np.ndarray, k: int, sign_bit: int) -> None:
+    """out = x at the k entries of largest magnitude of each row of x, 0 elsewhere. x and out are
+    given as their bits (float32 as uint32, bfloat16 and float16 as uint16, sign at `sign_bit`):
+    the magnitude order is the order of the bits below the sign, and a kept value is copied as is."""
+    magnitude = (1 << sign_bit) - 1
+    key = np.empty(bits.shape[1], np.uint32)
+    keep = np.empty(bits.shape[1], np.bool_)
     guess, slope = np.int64(-1), 1.0
-    for r in range(x.shape[0]):
-        top = _row_keys(bits[r], key, True)
-        t, exact, slope = _row_threshold(key, k, top, 30, guess, slope)
+    for r in range(bits.shape[0]):
+        top = np.uint32(0)
+        for j in range(bits.shape[1]):
+            key[j] = bits[r, j] & magnitude
+            top = max(top, key[j])
+        t, exact, slope = _row_threshold(key, k, np.int64(top), sign_bit - 1, guess, slope)
         guess = t
-        if exact:  # copies, not products: subnormals survive
+        if exact:
             for j in range(key.shape[0]):
-                out[r, j] = x[r, j] if key[j] >= t else np.float32(0)
+                out[r, j] = bits[r, j] if key[j] >= t else 0
         else:
             _keep_ties(key, t, k, keep)
             for j in range(key.shape[0]):
-                out[r, j] = x[r, j] if keep[j] else np.float32(0)
+                out[r, j] = bits[r, j] if keep[j] else 0
 
 
 @numba.njit(nogil=True, cache=True)
-def abs_topk_backward_rows(out_bits: np.ndarray, grad: np.ndarray, grad_in: np.ndarray, k: int) -> None:
-    """grad_in = grad at the entries `abs_topk_rows` kept, 0 elsewhere, read from its output alone
-    (as bits, so that a flush-to-zero mode cannot hide a kept subnormal): a row with k nonzero
-    outputs kept those; a row with fewer kept all of its nonzeros and, from the lowest index, enough
-    of its zeros (+0 or -0) to make k, as the forward's tie-break at magnitude 0 did."""
-    for r in range(out_bits.shape[0]):
+def abs_topk_backward_rows(out: np.ndarray, grad: np.ndarray, grad_in: np.ndarray, k: int, sign_bit: int) -> None:
+    """grad_in = grad at the entries `abs_topk_rows` kept, 0 elsewhere (all as bits, like its
+    arguments), read from its output alone (as bits, so that a flush-to-zero mode cannot hide a
+    kept subnormal): a row with k nonzero outputs kept those; a row with fewer kept all of its
+    nonzeros and, from the lowest index, enough of its zeros (+0 or -0) to make k, as the forward's
+    tie-break at magnitude 0 did."""
+    magnitude = (1 << sign_bit) - 1
+    for r in range(out.shape[0]):
         nonzero = 0
-        for j in range(out_bits.shape[1]):
-            nonzero += (out_bits[r, j] & MAGNITUDE) != 0
+        for j in range(out.shape[1]):
+            nonzero += (out[r, j] & magnitude) != 0
         if nonzero >= k:  # the common case, as one vectorised pass
-            for j in range(out_bits.shape[1]):
-                grad_in[r, j] = grad[r, j] if out_bits[r, j] & MAGNITUDE else np.float32(0)
+            for j in range(out.shape[1]):
+                grad_in[r, j] = grad[r, j] if out[r, j] & magnitude else 0
             continue
         zeros_kept = k - nonzero
-        for j in range(out_bits.shape[1]):
-            kept = (out_bits[r, j] & MAGNITUDE) != 0
+        for j in range(out.shape[1]):
+            kept = (out[r, j] & magnitude) != 0
             if not kept and zeros_kept > 0:
                 kept = True
                 zeros_kept -= 1
-            grad_in[r, j] = grad[r, j] if kept else np.float32(0)
+            grad_in[r, j] = grad[r, j] if kept else 0
