@@ -62,10 +62,9 @@ class _AbsTopK(torch.autograd.Function):
         from . import topk_kernels
 
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
-        sign_bit = 8 * x.element_size() - 1
-        topk_kernels.abs_topk_rows(_bits(x.detach().contiguous()), _bits(out), k, sign_bit)
+        ctx.k, ctx.sign_bit = k, 8 * x.element_size() - 1
+        topk_kernels.abs_topk_rows(_bits(x.detach().contiguous()), _bits(out), k, ctx.sign_bit)
         ctx.save_for_backward(out)
-        ctx.k = k
         return out
 
     @staticmethod
@@ -75,7 +74,7 @@ class _AbsTopK(torch.autograd.Function):
         (out,) = ctx.saved_tensors
         grad_in = torch.empty_like(out)
         grad = grad.to(out.dtype).contiguous()
-        topk_kernels.abs_topk_backward_rows(_bits(out), _bits(grad), _bits(grad_in), ctx.k, 8 * out.element_size() - 1)
+        topk_kernels.abs_topk_backward_rows(_bits(out), _bits(grad), _bits(grad_in), ctx.k, ctx.sign_bit)
         return grad_in, None
 
 

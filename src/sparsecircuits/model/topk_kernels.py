@@ -1,7 +1,8 @@
-"""Exact top-k along the rows of a float32 matrix on CPU, compiled with Numba.
+"""Exact top-k along the rows of a matrix on CPU, compiled with Numba.
 
-Each row's k-th largest value is found without sorting: float32 bits map to unsigned integers of
-the same order (the keys), and a candidate threshold is tested by counting, in one vectorised pass
+Each row's k-th largest value is found without sorting: float bits map to unsigned integers of
+the same order (the keys: float32 for `topk_rows`, float32, bfloat16 or float16 magnitudes for
+AbsTopK), and a candidate threshold is tested by counting, in one vectorised pass
 over the row in L1 cache, the keys at or above it. The search stops as soon as exactly k keys are,
 which any threshold between the k-th and the (k+1)-th largest gives. The first row of a matrix is
 searched bit by bit from the top (14-17 counts on rows of 256-1,024 normal values); each later row
