@@ -1,3 +1,5 @@
+import sys
+
 import torch
 
 from sparsecircuits.config import SparsityConfig
@@ -66,6 +68,33 @@ def test_abs_topk_forward_and_backward_equal_the_masked_product(width, k, dtype)
     out.backward(grad.transpose(0, 1).contiguous().transpose(0, 1))  # a gradient that is not contiguous
     assert torch.equal(out, torch.where(kept, x, 0.0)) and torch.equal(fused.grad, torch.where(kept, grad, 0.0))
     assert bool((kept.sum(-1) == k).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernels_split_over_pytorchs_openmp_threads_select_what_one_thread_does(dtype):
+    from sparsecircuits.model import sparsity, topk_kernels
+
+    if sys.platform == "linux":  # PyTorch's Linux builds run ATen on OpenMP: the split must happen
+        assert topk_kernels._openmp_runtime() is not None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = _unlike_rows(256).repeat(300, 1)  # 3,300 rows, so each thread's block starts mid-pattern
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))].clamp(-6e4, 6e4).to(dtype)
+        kept = _lowest_index_topk(x.abs(), 64)
+        grad = torch.randn_like(x)
+        fused = x.clone().requires_grad_()
+        out = abs_topk(fused, 64)
+        out.backward(grad)
+        assert torch.equal(out, torch.where(kept, x, 0.0)) and torch.equal(fused.grad, torch.where(kept, grad, 0.0))
+        scores = x.float().abs()
+        assert torch.equal(topk_mask(scores, 4), _lowest_index_topk(scores, 4))
+        if topk_kernels._openmp_runtime() is not None:
+            bits = sparsity._bits(x)
+            assert topk_kernels._run_on_threads(topk_kernels._abs_topk_rows_block, (bits, bits.copy()), 64,
+                                                8 * x.element_size() - 1)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_abs_topk_backward_keeps_subnormals_under_flush_to_zero():

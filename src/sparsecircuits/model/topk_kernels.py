@@ -13,14 +13,24 @@ from the lowest index, so every row keeps exactly k.
 `abs_topk_rows` is AbsTopK's forward in the same pass: it ranks by magnitude (no `abs` tensor) and
 writes the kept values (no mask tensor, no separate multiply); `abs_topk_backward_rows` finds the
 kept entries again from that output, so the backward saves nothing the next layer does not keep.
-The kernels run on the calling thread: between PyTorch's own parallel operations its OpenMP
-workers spin on the other cores, so threads of ours there were measured slower, not faster.
+Rows are independent, so the entry points split a large matrix into blocks of rows, one per thread
+of PyTorch's own OpenMP pool (threads of our own were measured slower: PyTorch's workers spin on the
+other cores between its operations); each row's result is the same whichever thread computes it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
+
 import numba
 import numpy as np
+import torch
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 SIGN = np.uint32(0x80000000)
 
@@ -124,7 +134,7 @@ def _keep_ties(key: np.ndarray, t: np.int64, k: int, keep: np.ndarray) -> None:
 
 
 @numba.njit(nogil=True, cache=True)
-def topk_rows(bits: np.ndarray, keep: np.ndarray, k: int) -> None:
+def _topk_rows(bits: np.ndarray, keep: np.ndarray, k: int) -> None:
     """keep (bool or float32, like bits) = 1 at the k largest float32s of each row, given as their bits."""
     key = np.empty(bits.shape[1], np.uint32)
     guess, slope = np.int64(-1), 1.0
@@ -140,7 +150,7 @@ def topk_rows(bits: np.ndarray, keep: np.ndarray, k: int) -> None:
 
 
 @numba.njit(nogil=True, cache=True)
-def abs_topk_rows(bits: np.ndarray, out: np.ndarray, k: int, sign_bit: int) -> None:
+def _abs_topk_rows(bits: np.ndarray, out: np.ndarray, k: int, sign_bit: int) -> None:
     """out = x at the k entries of largest magnitude of each row of x, 0 elsewhere. x and out are
     given as their bits (float32 as uint32, bfloat16 and float16 as uint16, sign at `sign_bit`):
     the magnitude order is the order of the bits below the sign, and a kept value is copied as is."""
@@ -165,7 +175,8 @@ def abs_topk_rows(bits: np.ndarray, out: np.ndarray, k: int, sign_bit: int) -> N
 
 
 @numba.njit(nogil=True, cache=True)
-def abs_topk_backward_rows(out: np.ndarray, grad: np.ndarray, grad_in: np.ndarray, k: int, sign_bit: int) -> None:
+def _abs_topk_backward_rows(out: np.ndarray, grad: np.ndarray, grad_in: np.ndarray, k: int,
+                            sign_bit: int) -> None:
     """grad_in = grad at the entries `abs_topk_rows` kept, 0 elsewhere (all as bits, like its
     arguments), read from its output alone (as bits, so that a flush-to-zero mode cannot hide a
     kept subnormal): a row with k nonzero outputs kept those; a row with fewer kept all of its
@@ -187,3 +198,135 @@ def abs_topk_backward_rows(out: np.ndarray, grad: np.ndarray, grad_in: np.ndarra
                 kept = True
                 zeros_kept -= 1
             grad_in[r, j] = grad[r, j] if kept else 0
+
+
+# Running a kernel on PyTorch's own OpenMP threads. Between its parallel operations PyTorch's OpenMP
+# workers spin on the other cores, so a thread of ours there competes with a spinning worker; a
+# parallel region of the same OpenMP runtime (GOMP_parallel, what `#pragma omp parallel` compiles
+# to) hands each waiting worker a block of rows at once. The callback is a Numba C function; it
+# reads its arrays and the runtime's thread functions from a job of int64s:
+_JOB_THREAD_FN, _JOB_THREADS_FN, _JOB_ROWS, _JOB_COLS, _JOB_K, _JOB_EXTRA, _JOB_ARRAYS = range(7)
+_JOB_LEN = _JOB_ARRAYS + 3
+_PARALLEL_MIN_ENTRIES = 1 << 15  # smaller matrices run on the calling thread
+
+
+@intrinsic
+def _pointer(typingctx, address):
+    """An int64 address as the void pointer `numba.carray` views memory from."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+    return types.voidptr(types.int64), codegen
+
+
+@intrinsic
+def _call_int_function(typingctx, address):
+    """The result of the C function `int f(void)` at an int64 address."""
+    def codegen(context, builder, signature, args):
+        function = builder.inttoptr(args[0], ir.FunctionType(ir.IntType(32), []).as_pointer())
+        return builder.sext(builder.call(function, []), ir.IntType(64))
+    return types.int64(types.int64), codegen
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _job_rows(job: np.ndarray) -> tuple[int, int]:
+    """This OpenMP thread's block of rows: [start, stop)."""
+    thread, threads = _call_int_function(job[_JOB_THREAD_FN]), _call_int_function(job[_JOB_THREADS_FN])
+    return job[_JOB_ROWS] * thread // threads, job[_JOB_ROWS] * (thread + 1) // threads
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _job_array(job: np.ndarray, i: int, dtype) -> np.ndarray:
+    return numba.carray(_pointer(job[_JOB_ARRAYS + i]), (job[_JOB_ROWS], job[_JOB_COLS]), dtype)
+
+
+@numba.cfunc(types.void(types.voidptr), nogil=True, cache=True)
+def _topk_rows_block(data):
+    job = numba.carray(data, _JOB_LEN, np.int64)
+    start, stop = _job_rows(job)
+    bits = _job_array(job, 0, np.uint32)[start:stop]
+    if job[_JOB_EXTRA]:  # keep is float32
+        _topk_rows(bits, _job_array(job, 1, np.float32)[start:stop], job[_JOB_K])
+    else:
+        _topk_rows(bits, _job_array(job, 1, np.bool_)[start:stop], job[_JOB_K])
+
+
+@numba.cfunc(types.void(types.voidptr), nogil=True, cache=True)
+def _abs_topk_rows_block(data):
+    job = numba.carray(data, _JOB_LEN, np.int64)
+    start, stop = _job_rows(job)
+    k, sign_bit = job[_JOB_K], job[_JOB_EXTRA]
+    if sign_bit == 31:
+        _abs_topk_rows(_job_array(job, 0, np.uint32)[start:stop], _job_array(job, 1, np.uint32)[start:stop],
+                       k, sign_bit)
+    else:
+        _abs_topk_rows(_job_array(job, 0, np.uint16)[start:stop], _job_array(job, 1, np.uint16)[start:stop],
+                       k, sign_bit)
+
+
+@numba.cfunc(types.void(types.voidptr), nogil=True, cache=True)
+def _abs_topk_backward_rows_block(data):
+    job = numba.carray(data, _JOB_LEN, np.int64)
+    start, stop = _job_rows(job)
+    k, sign_bit = job[_JOB_K], job[_JOB_EXTRA]
+    if sign_bit == 31:
+        _abs_topk_backward_rows(_job_array(job, 0, np.uint32)[start:stop], _job_array(job, 1, np.uint32)[start:stop],
+                                _job_array(job, 2, np.uint32)[start:stop], k, sign_bit)
+    else:
+        _abs_topk_backward_rows(_job_array(job, 0, np.uint16)[start:stop], _job_array(job, 1, np.uint16)[start:stop],
+                                _job_array(job, 2, np.uint16)[start:stop], k, sign_bit)
+
+
+@functools.cache
+def _openmp_runtime():
+    """(GOMP_parallel, addresses of omp_get_thread_num and omp_get_num_threads) of the OpenMP
+    runtime PyTorch's ATen runs on, or None where ATen does not use OpenMP or its runtime's
+    symbols are not visible (the kernels then run on the calling thread)."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info() or os.name != "posix":
+        return None
+    process = ctypes.CDLL(None)  # torch loads its OpenMP runtime with global symbols
+    try:
+        parallel = process.GOMP_parallel
+        thread_fn, threads_fn = process.omp_get_thread_num, process.omp_get_num_threads
+    except AttributeError:
+        return None
+    parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    parallel.restype = None
+    as_address = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+    return parallel, as_address(thread_fn), as_address(threads_fn)
+
+
+def _run_on_threads(block, arrays: tuple[np.ndarray, ...], k: int, extra: int) -> bool:
+    """Run the C callback `block` over the rows of `arrays` (2-D, C-contiguous, one shape) on
+    PyTorch's OpenMP threads; False, having run nothing, where that does not apply."""
+    threads = torch.get_num_threads()
+    rows, cols = arrays[0].shape
+    runtime = _openmp_runtime()
+    if (threads < 2 or rows < 2 * threads or rows * cols < _PARALLEL_MIN_ENTRIES or runtime is None
+            or not all(a.flags.c_contiguous and a.shape == (rows, cols) for a in arrays)):
+        return False
+    parallel, thread_fn, threads_fn = runtime
+    job = np.zeros(_JOB_LEN, np.int64)
+    job[:_JOB_ARRAYS] = thread_fn, threads_fn, rows, cols, k, extra
+    job[_JOB_ARRAYS:_JOB_ARRAYS + len(arrays)] = [a.ctypes.data for a in arrays]
+    parallel(block.address, job.ctypes.data, threads, 0)  # ctypes releases the GIL for the call
+    return True
+
+
+def topk_rows(bits: np.ndarray, keep: np.ndarray, k: int) -> None:
+    """keep (bool or float32, like bits) = 1 at the k largest float32s of each row, given as their bits."""
+    if not _run_on_threads(_topk_rows_block, (bits, keep), k, keep.dtype == np.float32):
+        _topk_rows(bits, keep, k)
+
+
+def abs_topk_rows(bits: np.ndarray, out: np.ndarray, k: int, sign_bit: int) -> None:
+    """out = x at the k entries of largest magnitude of each row of x, 0 elsewhere, as bits (see
+    `_abs_topk_rows`)."""
+    if not _run_on_threads(_abs_topk_rows_block, (bits, out), k, sign_bit):
+        _abs_topk_rows(bits, out, k, sign_bit)
+
+
+def abs_topk_backward_rows(out: np.ndarray, grad: np.ndarray, grad_in: np.ndarray, k: int, sign_bit: int) -> None:
+    """grad_in = grad at the entries `abs_topk_rows` kept, 0 elsewhere, as bits (see
+    `_abs_topk_backward_rows`)."""
+    if not _run_on_threads(_abs_topk_backward_rows_block, (out, grad, grad_in), k, sign_bit):
+        _abs_topk_backward_rows(out, grad, grad_in, k, sign_bit)
