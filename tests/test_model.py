@@ -4,7 +4,8 @@ import torch
 
 from sparsecircuits.config import NODE_SITE_KINDS, ModelConfig, SparsityConfig
 from sparsecircuits.model import reference
-from sparsecircuits.model.gpt import SparseGPT, attention_with_sinks
+from sparsecircuits.model import gpt
+from sparsecircuits.model.gpt import SparseGPT
 from sparsecircuits.model.sites import replace_with
 from sparsecircuits.model.sparse_kernels import sparse_weight_kernels
 from sparsecircuits.model.sparsity import apply_weight_topk, sparse_parameters
@@ -15,13 +16,24 @@ def small_model(**changes) -> SparseGPT:
     return SparseGPT(config)
 
 
-@pytest.mark.parametrize("with_sink", [True, False])
-def test_sink_attention_matches_explicit_softmax(with_sink):
+@pytest.mark.parametrize("attention", ["attention_with_sinks", "sink_attention_by_extra_key", "no sink"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sink_attention_and_its_gradients_match_explicit_softmax(attention, dtype):
     B, H, T, D = 2, 3, 9, 16
-    q, k, v = torch.randn(3, B, H, T, D).unbind(0)
-    sink = torch.randn(H) if with_sink else None
-    expected = reference.attention_with_sinks(q, k, v, sink)
-    torch.testing.assert_close(attention_with_sinks(q, k, v, sink), expected, atol=1e-5, rtol=1e-5)
+    torch.manual_seed(0)
+    qkv = torch.randn(B, T, H, 3 * D)  # q, k and v as the model passes them: transposed views
+    sink = None if attention == "no sink" else torch.randn(H)
+    grad = torch.randn(B, H, T, D)
+    results = []
+    for function, precision in [(reference.attention_with_sinks, torch.float32), (getattr(gpt, attention, gpt.attention_with_sinks), dtype)]:
+        inputs = [t.detach().to(precision).requires_grad_() for t in (qkv, sink) if t is not None]
+        q, k, v = inputs[0].transpose(1, 2).split(D, dim=-1)
+        out = function(q, k, v, inputs[1] if sink is not None else None)
+        out.backward(grad.to(out.dtype))
+        results.append([out.float()] + [t.grad.float() for t in inputs])
+    tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0.05, "rtol": 0.05}
+    for expected, got in zip(*results):
+        torch.testing.assert_close(got, expected, **tolerance)
 
 
 def test_sites_are_named_as_in_the_method():

@@ -25,16 +25,54 @@ from .sites import Hook, SiteHooks, record_into, residual_sites
 from .sparsity import abs_topk
 
 
+# The CPU flash kernel with its log-sum-exp and its backward (aten operators since PyTorch 2.2).
+_CPU_FLASH_WITH_LSE = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+class _CpuSinkAttention(torch.autograd.Function):
+    """Causal attention with sinks from PyTorch's CPU flash kernel without the sink (head dim D, T
+    keys). A zero-value key of logit s scales each query's output by the attention left to the
+    real keys, sigmoid(lse - s), where lse is the log-sum-exp of the query's scores, which the kernel
+    returns. The backward is the kernel's own with two substitutions: the gradient reaching the
+    sink-free output is g * sigmoid(lse - s), and the output whose row-wise product with that
+    gradient the kernel subtracts is the final one, which also carries the gradient through lse."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink_logit: torch.Tensor) -> torch.Tensor:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True, scale=scale)
+        to_keys = torch.sigmoid(lse - sink_logit.float().view(1, -1, 1))  # (B, H, T), float32
+        out = out * to_keys.unsqueeze(-1).to(out.dtype)
+        ctx.save_for_backward(q, k, v, out, lse, to_keys)
+        ctx.scale, ctx.sink_dtype = scale, sink_logit.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        q, k, v, out, lse, to_keys = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_sink_free = grad * to_keys.unsqueeze(-1).to(grad.dtype)
+        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad_sink_free, q, k, v, out, lse, 0.0, True, scale=ctx.scale)
+        grad_sink = -((grad.float() * out.float()).sum(-1) * (1 - to_keys)).sum((0, 2))
+        return dq, dk, dv, grad_sink.to(ctx.sink_dtype)
+
+
 def attention_with_sinks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink_logit: torch.Tensor | None) -> torch.Tensor:
     """Causal attention over (B, H, T, D) with an extra always-visible key of logit `sink_logit`
-    (one per head) and value zero.
-
-    The sink is folded into the fused kernel instead of a (B, H, T, T+1) mask: queries and
-    keys get one more dimension (1 for queries, sink / scale for the sink key), the sink key
-    goes first, and a dummy first query keeps the kernel's top-left causal alignment, so
-    query t sees the sink and keys 0..t."""
+    (one per head) and value zero: `_CpuSinkAttention` on CPU, else `sink_attention_by_extra_key`."""
     if sink_logit is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if q.device.type == "cpu" and _CPU_FLASH_WITH_LSE and not torch.compiler.is_compiling():
+        return _CpuSinkAttention.apply(q, k, v, sink_logit)
+    return sink_attention_by_extra_key(q, k, v, sink_logit)
+
+
+def sink_attention_by_extra_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink_logit: torch.Tensor) -> torch.Tensor:
+    """Attention with sinks by any fused kernel, instead of a (B, H, T, T+1) mask: queries and keys
+    get one more dimension (1 for queries, sink / scale for the sink key), the sink key goes first,
+    and a dummy first query keeps the kernel's top-left causal alignment, so query t sees the sink
+    and keys 0..t."""
     batch, heads, _, d_head = q.shape
     scale = 1.0 / math.sqrt(d_head)
     q_aug = F.pad(q, (0, 1), value=1.0)
