@@ -46,7 +46,7 @@ def _count_at_least(key: np.ndarray, candidate: np.int64) -> np.int64:
     count = np.uint32(0)
     c = np.uint32(candidate)
     for j in range(key.shape[0]):
-        count += np.uint32(key[j] >= c)
+        count = np.uint32(count + np.uint32(key[j] >= c))  # kept 32-bit: 8 lanes per vector, not 4
     return np.int64(count)
 
 
@@ -122,12 +122,14 @@ def _row_threshold(key: np.ndarray, k: int, top: np.int64, top_bit: int, guess: 
 def _keep_ties(key: np.ndarray, t: np.int64, k: int, keep: np.ndarray) -> None:
     """keep[j] = 1 for exactly the k largest keys when more than k reach t: ties at t are kept
     from the lowest index."""
-    missing = k
+    t32 = np.uint32(t)
+    above = np.uint32(0)
     for j in range(key.shape[0]):
-        missing -= key[j] > t
+        above = np.uint32(above + np.uint32(key[j] > t32))
+    missing = k - np.int64(above)
     for j in range(key.shape[0]):
-        kept = key[j] > t
-        if key[j] == t and missing > 0:
+        kept = key[j] > t32
+        if key[j] == t32 and missing > 0:
             kept = True
             missing -= 1
         keep[j] = kept
@@ -143,8 +145,9 @@ def _topk_rows(bits: np.ndarray, keep: np.ndarray, k: int) -> None:
         t, exact, slope = _row_threshold(key, k, top, 31, guess, slope)
         guess = t
         if exact:
+            t32 = np.uint32(t)
             for j in range(key.shape[0]):
-                keep[r, j] = key[j] >= t
+                keep[r, j] = key[j] >= t32
         else:
             _keep_ties(key, t, k, keep[r])
 
@@ -154,20 +157,21 @@ def _abs_topk_rows(bits: np.ndarray, out: np.ndarray, k: int, sign_bit: int) -> 
     """out = x at the k entries of largest magnitude of each row of x, 0 elsewhere. x and out are
     given as their bits (float32 as uint32, bfloat16 and float16 as uint16, sign at `sign_bit`):
     the magnitude order is the order of the bits below the sign, and a kept value is copied as is."""
-    magnitude = (1 << sign_bit) - 1
+    magnitude = np.uint32((1 << sign_bit) - 1)
     key = np.empty(bits.shape[1], np.uint32)
     keep = np.empty(bits.shape[1], np.bool_)
     guess, slope = np.int64(-1), 1.0
     for r in range(bits.shape[0]):
         top = np.uint32(0)
         for j in range(bits.shape[1]):
-            key[j] = bits[r, j] & magnitude
+            key[j] = np.uint32(bits[r, j]) & magnitude
             top = max(top, key[j])
         t, exact, slope = _row_threshold(key, k, np.int64(top), sign_bit - 1, guess, slope)
         guess = t
         if exact:
+            t32 = np.uint32(t)  # compared at the keys' width (a 64-bit compare halves the lanes)
             for j in range(key.shape[0]):
-                out[r, j] = bits[r, j] if key[j] >= t else 0
+                out[r, j] = bits[r, j] if key[j] >= t32 else 0
         else:
             _keep_ties(key, t, k, keep)
             for j in range(key.shape[0]):
@@ -182,11 +186,11 @@ def _abs_topk_backward_rows(out: np.ndarray, grad: np.ndarray, grad_in: np.ndarr
     kept subnormal): a row with k nonzero outputs kept those; a row with fewer kept all of its
     nonzeros and, from the lowest index, enough of its zeros (+0 or -0) to make k, as the forward's
     tie-break at magnitude 0 did."""
-    magnitude = (1 << sign_bit) - 1
+    magnitude = np.uint32((1 << sign_bit) - 1)
     for r in range(out.shape[0]):
-        nonzero = 0
+        nonzero = np.uint32(0)
         for j in range(out.shape[1]):
-            nonzero += (out[r, j] & magnitude) != 0
+            nonzero = np.uint32(nonzero + np.uint32((np.uint32(out[r, j]) & magnitude) != 0))
         if nonzero >= k:  # the common case, as one vectorised pass
             for j in range(out.shape[1]):
                 grad_in[r, j] = grad[r, j] if out[r, j] & magnitude else 0
