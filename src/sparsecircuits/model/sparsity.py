@@ -188,6 +188,21 @@ def check_sparsity_budget(model: nn.Module, config: SparsityConfig) -> None:
             f" (1/{1 / worst_fraction:.4g}); raise l0_fraction or lower min_nonzero_per_neuron")
 
 
+def _cpu_weight_keep_mask(weight: torch.Tensor, k: int, min_per_neuron: int, side: str) -> torch.Tensor:
+    """`topk_keep_mask` of a CPU float32 tensor in one compiled pass (`topk_kernels.weight_keep_mask`)."""
+    from . import topk_kernels
+
+    bits = weight.detach().contiguous().view(torch.int32).numpy().view(np.uint32)
+    bits = bits.reshape(bits.shape[0], -1) if weight.dim() == 2 else bits.reshape(1, -1)
+    keep = np.empty(bits.shape, np.bool_)
+    per_row = min_per_neuron if weight.dim() == 2 and side in ("rows", "rows_and_columns") else 0
+    per_column = min_per_neuron if weight.dim() == 2 and side in ("columns", "rows_and_columns") else 0
+    # The search starts from the matrix's last threshold, kept on the tensor (exact whatever it is).
+    guess = getattr(weight, "_weight_topk_threshold", -1)
+    weight._weight_topk_threshold = topk_kernels.weight_keep_mask(bits, keep, k, per_row, per_column, guess)
+    return torch.from_numpy(keep).view(weight.shape)
+
+
 @torch.no_grad()
 def topk_keep_mask(weight: torch.Tensor, k: int, min_per_neuron: int, side: str = "rows_and_columns") -> torch.Tensor | None:
     """Boolean mask of exactly max(k, protected) entries: the top-j of every row and/or column
@@ -195,6 +210,8 @@ def topk_keep_mask(weight: torch.Tensor, k: int, min_per_neuron: int, side: str 
     n = weight.numel()
     if k >= n:
         return None
+    if weight.device.type == "cpu" and weight.dtype == torch.float32:
+        return _cpu_weight_keep_mask(weight, k, min_per_neuron, side)
     score = weight.detach().abs().float()
     if weight.dim() == 2 and min_per_neuron > 0 and side:
         protected = torch.zeros_like(score, dtype=torch.bool)

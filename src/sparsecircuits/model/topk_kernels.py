@@ -136,10 +136,12 @@ def _keep_ties(key: np.ndarray, t: np.int64, k: int, keep: np.ndarray) -> None:
 
 
 @numba.njit(nogil=True, cache=True)
-def _topk_rows(bits: np.ndarray, keep: np.ndarray, k: int) -> None:
-    """keep (bool or float32, like bits) = 1 at the k largest float32s of each row, given as their bits."""
+def _topk_rows(bits: np.ndarray, keep: np.ndarray, k: int, guess: np.int64 = -1) -> np.int64:
+    """keep (bool or float32, like bits) = 1 at the k largest float32s of each row, given as their
+    bits. The search of the first row starts from `guess` (an order key, -1: none); returns the
+    last row's threshold."""
     key = np.empty(bits.shape[1], np.uint32)
-    guess, slope = np.int64(-1), 1.0
+    guess, slope = np.int64(guess), 1.0
     for r in range(bits.shape[0]):
         top = _row_keys(bits[r], key)
         t, exact, slope = _row_threshold(key, k, top, 31, guess, slope)
@@ -150,6 +152,40 @@ def _topk_rows(bits: np.ndarray, keep: np.ndarray, k: int) -> None:
                 keep[r, j] = key[j] >= t32
         else:
             _keep_ties(key, t, k, keep[r])
+    return guess
+
+
+_INFINITY_BITS = np.uint32(0x7F800000)
+
+
+@numba.njit(nogil=True, cache=True)
+def weight_keep_mask(bits: np.ndarray, keep: np.ndarray, k: int, per_row: int, per_column: int,
+                     guess: np.int64) -> np.int64:
+    """keep (bool, like bits) = the weight top-k of one matrix, given as its float32 bits: the
+    `per_row` largest magnitudes of every row and the `per_column` largest of every column are
+    protected; if they are fewer than k, the rest of the k are the largest other magnitudes (ties
+    from the lowest flat index). `guess`: the search's starting threshold (the previous step's,
+    which the weights have barely moved from; -1: none); returns this one's."""
+    rows, cols = bits.shape
+    magnitude = np.empty((rows, cols), np.uint32)  # |w| as bits: their order is the magnitudes'
+    for r in range(rows):
+        for c in range(cols):
+            magnitude[r, c] = bits[r, c] & np.uint32(0x7FFFFFFF)
+    protected = np.zeros((rows, cols), np.bool_)
+    if per_row > 0:
+        _topk_rows(magnitude, protected, min(per_row, cols))
+    if per_column > 0:
+        by_column = np.empty((cols, rows), np.bool_)
+        _topk_rows(np.ascontiguousarray(magnitude.T), by_column, min(per_column, rows))
+        protected |= by_column.T
+    if protected.sum() >= k:
+        keep[:] = protected
+        return guess
+    for r in range(rows):
+        for c in range(cols):
+            if protected[r, c]:
+                magnitude[r, c] = _INFINITY_BITS
+    return _topk_rows(magnitude.reshape(1, rows * cols), keep.reshape(1, rows * cols), k, guess)
 
 
 @numba.njit(nogil=True, cache=True)
