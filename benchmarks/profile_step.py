@@ -18,7 +18,7 @@ import sparsecircuits.model.topk_kernels as topk_kernels
 from sparsecircuits.train.trainer import keep_freed_memory
 from train_step import TimedStep, reference_config
 
-KERNELS = {"abs_topk_rows": 2, "abs_topk_backward_rows": 3, "topk_rows": 2}  # name: position of k
+KERNELS = {"abs_topk_rows": 2, "abs_topk_backward_rows": 3, "topk_rows": 2, "weight_keep_mask": 2}  # name: position of k
 
 
 def wrap_kernels(wrapper) -> None:
@@ -64,10 +64,11 @@ def main() -> None:
 
         def run(*arrays):
             start = time.perf_counter()
-            kernel(*arrays)
+            result = kernel(*arrays)
             key = f"{name}, {arrays[0].shape[0]} rows x {arrays[0].shape[1]}, k {arrays[KERNELS[name]]}"
             seconds[key] += time.perf_counter() - start
             calls[key] += 1
+            return result
         return run
     wrap_kernels(timed)
     steps["sparse"].run(args.steps)
