@@ -193,7 +193,7 @@ def _cpu_weight_keep_mask(weight: torch.Tensor, k: int, min_per_neuron: int, sid
     from . import topk_kernels
 
     bits = weight.detach().contiguous().view(torch.int32).numpy().view(np.uint32)
-    bits = bits.reshape(bits.shape[0], -1) if weight.dim() == 2 else bits.reshape(1, -1)
+    bits = bits if weight.dim() == 2 else bits.reshape(1, -1)
     keep = np.empty(bits.shape, np.bool_)
     per_row = min_per_neuron if weight.dim() == 2 and side in ("rows", "rows_and_columns") else 0
     per_column = min_per_neuron if weight.dim() == 2 and side in ("columns", "rows_and_columns") else 0

@@ -290,30 +290,37 @@ def _topk_rows_block(data):
         _topk_rows(bits, _job_array(job, 1, np.bool_)[start:stop], job[_JOB_K])
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _abs_topk_job(job: np.ndarray, bits_dtype) -> None:
+    start, stop = _job_rows(job)
+    _abs_topk_rows(_job_array(job, 0, bits_dtype)[start:stop], _job_array(job, 1, bits_dtype)[start:stop],
+                   job[_JOB_K], job[_JOB_EXTRA])
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _abs_topk_backward_job(job: np.ndarray, bits_dtype) -> None:
+    start, stop = _job_rows(job)
+    _abs_topk_backward_rows(_job_array(job, 0, bits_dtype)[start:stop], _job_array(job, 1, bits_dtype)[start:stop],
+                            _job_array(job, 2, bits_dtype)[start:stop], job[_JOB_K], job[_JOB_EXTRA])
+
+
+# The AbsTopK callbacks: the job's extra entry is the sign bit, 31 for float32 bits, 15 for 16-bit floats.
 @numba.cfunc(types.void(types.voidptr), nogil=True, cache=True)
 def _abs_topk_rows_block(data):
     job = numba.carray(data, _JOB_LEN, np.int64)
-    start, stop = _job_rows(job)
-    k, sign_bit = job[_JOB_K], job[_JOB_EXTRA]
-    if sign_bit == 31:
-        _abs_topk_rows(_job_array(job, 0, np.uint32)[start:stop], _job_array(job, 1, np.uint32)[start:stop],
-                       k, sign_bit)
+    if job[_JOB_EXTRA] == 31:
+        _abs_topk_job(job, np.uint32)
     else:
-        _abs_topk_rows(_job_array(job, 0, np.uint16)[start:stop], _job_array(job, 1, np.uint16)[start:stop],
-                       k, sign_bit)
+        _abs_topk_job(job, np.uint16)
 
 
 @numba.cfunc(types.void(types.voidptr), nogil=True, cache=True)
 def _abs_topk_backward_rows_block(data):
     job = numba.carray(data, _JOB_LEN, np.int64)
-    start, stop = _job_rows(job)
-    k, sign_bit = job[_JOB_K], job[_JOB_EXTRA]
-    if sign_bit == 31:
-        _abs_topk_backward_rows(_job_array(job, 0, np.uint32)[start:stop], _job_array(job, 1, np.uint32)[start:stop],
-                                _job_array(job, 2, np.uint32)[start:stop], k, sign_bit)
+    if job[_JOB_EXTRA] == 31:
+        _abs_topk_backward_job(job, np.uint32)
     else:
-        _abs_topk_backward_rows(_job_array(job, 0, np.uint16)[start:stop], _job_array(job, 1, np.uint16)[start:stop],
-                                _job_array(job, 2, np.uint16)[start:stop], k, sign_bit)
+        _abs_topk_backward_job(job, np.uint16)
 
 
 @functools.cache
