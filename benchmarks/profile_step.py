@@ -18,7 +18,8 @@ import sparsecircuits.model.topk_kernels as topk_kernels
 from sparsecircuits.train.trainer import keep_freed_memory
 from train_step import TimedStep, reference_config
 
-KERNELS = {"abs_topk_rows": 2, "abs_topk_backward_rows": 3, "topk_rows": 2, "weight_keep_mask": 2}  # name: position of k
+KERNELS = {"abs_topk_rows": 3, "bias_abs_topk_rows": 3, "masked_rows": None, "masked_rows_with_column_sums": None,
+           "topk_rows": 2, "weight_keep_mask": 2}  # name: position of k (None: no k)
 
 
 def wrap_kernels(wrapper) -> None:
@@ -65,7 +66,8 @@ def main() -> None:
         def run(*arrays):
             start = time.perf_counter()
             result = kernel(*arrays)
-            key = f"{name}, {arrays[0].shape[0]} rows x {arrays[0].shape[1]}, k {arrays[KERNELS[name]]}"
+            k = "" if KERNELS[name] is None else f", k {arrays[KERNELS[name]]}"
+            key = f"{name}, {arrays[0].shape[0]} rows x {arrays[0].shape[1]}{k}"
             seconds[key] += time.perf_counter() - start
             calls[key] += 1
             return result

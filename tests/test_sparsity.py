@@ -1,13 +1,15 @@
 import sys
 
+import numpy as np
+import pytest
 import torch
+from torch import nn
 
 from sparsecircuits.config import SparsityConfig
-import pytest
-
 from sparsecircuits.model import reference
-from sparsecircuits.model.sparsity import (abs_topk, l0_fraction_at, nonzeros_to_keep, sparse_parameters,
-                                           topk_keep_mask, topk_mask)
+from sparsecircuits.model.sparse_kernels import sparse_weight_kernels
+from sparsecircuits.model.sparsity import (abs_topk, l0_fraction_at, linear_abs_topk, nonzeros_to_keep,
+                                           sparse_parameters, topk_keep_mask, topk_mask)
 
 
 @pytest.mark.parametrize("rows, width, k", [(7, 64, 16), (600, 256, 64), (300, 1024, 256), (1, 5000, 300)])
@@ -91,10 +93,54 @@ def test_kernels_split_over_pytorchs_openmp_threads_select_what_one_thread_does(
         assert torch.equal(topk_mask(scores, 4), _lowest_index_topk(scores, 4))
         if topk_kernels._openmp_runtime() is not None:
             bits = sparsity._bits(x)
-            assert topk_kernels._run_on_threads(topk_kernels._abs_topk_rows_block, (bits, bits.copy()), 64,
+            keep = np.empty(bits.shape, np.bool_)
+            assert topk_kernels._run_on_threads(topk_kernels._abs_topk_rows_block, (bits, bits.copy(), keep), 64,
                                                 8 * x.element_size() - 1)
+            assert torch.equal(torch.from_numpy(keep), kept)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("bias, rows", [(True, 2 * 1200), (False, 2 * 1200), (True, 2 * 7)])  # split over threads or not
+def test_linear_abs_topk_equals_the_linear_layer_then_abs_topk(bias, rows):
+    torch.manual_seed(0)
+    linear = nn.Linear(48, 40, bias=bias)
+    with torch.no_grad():
+        linear.weight[:5] = 0  # outputs 0 + bias: ties at one magnitude, and rows of fewer than k nonzeros
+        if bias:
+            linear.bias[:5] = 0.25 * torch.tensor([1, -1, 1, -1, 1])
+            linear.bias[5:] = 0
+    x = torch.randn(2, rows // 2, 48)
+    x[0, 1] = 0  # a row of zeros and biases
+    grad = torch.randn(2, rows // 2, 40).transpose(0, 1).contiguous().transpose(0, 1)  # not contiguous
+    results = []
+    for fused in (True, False):
+        layer = linear if fused else nn.Linear(48, 40, bias=bias)
+        layer.load_state_dict(linear.state_dict())
+        inputs = x.clone().requires_grad_()
+        out = linear_abs_topk(layer, inputs, 12) if fused else abs_topk(layer(inputs), 12)  # ties: lowest index
+        out.backward(grad)
+        results.append((out, inputs.grad, layer.weight.grad, layer.bias.grad if bias else torch.zeros(())))
+    (out, *grads), (expected_out, *expected_grads) = results
+    assert torch.equal(out != 0, expected_out != 0) and bool(((out != 0).sum(-1) <= 12).all())
+    torch.testing.assert_close(out, expected_out, rtol=1e-6, atol=1e-6)
+    for got, expected in zip(grads, expected_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert bool((linear_abs_topk(linear, x, 12) != 0).sum(-1).eq(12).logical_or(x.abs().sum(-1).eq(0)).all())
+
+
+def test_linear_abs_topk_calls_a_linear_layer_that_is_not_plain():
+    linear = nn.Linear(8, 6)
+    calls = []
+    linear.register_forward_hook(lambda module, inputs, output: calls.append(output.shape))
+    out = linear_abs_topk(linear, torch.randn(3, 8), 2)
+    assert calls == [torch.Size([3, 6])] and (out != 0).sum(-1).tolist() == [2, 2, 2]
+    plain = nn.Linear(8, 6)
+    with torch.no_grad():
+        plain.weight.mul_((torch.rand(6, 8) < 0.2).float())
+    x = torch.randn(3, 8)
+    with sparse_weight_kernels(plain, max_density=1.0) as switched:  # a forward of its own: used
+        assert switched == [""] and torch.equal(linear_abs_topk(plain, x, 2), abs_topk(plain(x), 2))
 
 
 def test_abs_topk_backward_keeps_subnormals_under_flush_to_zero():
@@ -108,11 +154,13 @@ def test_abs_topk_backward_keeps_subnormals_under_flush_to_zero():
     assert x.grad.tolist() == [[1.0, 1.0, 0.0, 0.0]]
 
 
-def test_abs_topk_refuses_a_backward_through_an_output_changed_in_place():
-    out = abs_topk(torch.randn(4, 16, requires_grad=True), 4)
-    out.mul_(2)
-    with pytest.raises(RuntimeError, match="inplace"):
-        out.sum().backward()
+def test_abs_topk_gradient_does_not_depend_on_an_output_changed_in_place():
+    x = torch.randn(4, 16, requires_grad=True)
+    out = abs_topk(x, 4)
+    kept = out != 0
+    out.mul_(3)  # the backward reads its own mask, not the output
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.where(kept, 3.0, 0.0)) and kept.sum(-1).tolist() == [4] * 4
 
 
 def test_fast_and_reference_weight_masks_agree():

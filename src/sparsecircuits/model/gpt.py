@@ -22,7 +22,7 @@ from torch import nn
 from ..config import NODE_SITE_KINDS, ModelConfig
 from ..errors import SparseCircuitsError
 from .sites import Hook, SiteHooks, record_into, residual_sites
-from .sparsity import abs_topk
+from .sparsity import abs_topk, linear_abs_topk
 
 
 # The CPU flash kernel with its log-sum-exp and its backward (aten operators since PyTorch 2.2).
@@ -156,6 +156,11 @@ class Block(nn.Module):
         site = f"{self.layer}.{kind}"
         return hooks(site, abs_topk(x, self.keep[site]))
 
+    def linear_node(self, hooks: SiteHooks, kind: str, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """`node` of linear(x), the linear layer and the AbsTopK in one step (`linear_abs_topk`)."""
+        site = f"{self.layer}.{kind}"
+        return hooks(site, linear_abs_topk(linear, x, self.keep[site]))
+
     @staticmethod
     def read(x: torch.Tensor, norm: Norm, pos_norm: Norm | None, pos: torch.Tensor | None) -> torch.Tensor:
         """A sublayer's input: the normed residual, then the normed position channels if concatenated."""
@@ -167,19 +172,19 @@ class Block(nn.Module):
         """The residual after the attention sublayer, from the residual before it (`resid_in`)."""
         batch, T, _ = x.shape
         a = self.node(hooks, "attn.act_in", self.read(x, self.attn_norm, self.attn_pos_norm, pos))
-        q = self.node(hooks, "attn.q", self.q_proj(a))
-        k = self.node(hooks, "attn.k", self.k_proj(a))
-        v = self.node(hooks, "attn.v", self.v_proj(a))
+        q = self.linear_node(hooks, "attn.q", self.q_proj, a)
+        k = self.linear_node(hooks, "attn.k", self.k_proj, a)
+        v = self.linear_node(hooks, "attn.v", self.v_proj, a)
         split = lambda t: t.view(batch, T, self.heads, self.d_head).transpose(1, 2)
         z = attention_with_sinks(split(q), split(k), split(v), self.sink_logit)
         z = z.transpose(1, 2).reshape(batch, T, self.heads * self.d_head)
-        return self.add_to_residual(x, self.node(hooks, "attn.resid_delta", self.o_proj(z)), "after_attn")
+        return self.add_to_residual(x, self.linear_node(hooks, "attn.resid_delta", self.o_proj, z), "after_attn")
 
     def mlp(self, x: torch.Tensor, hooks: SiteHooks, pos: torch.Tensor | None = None) -> torch.Tensor:
         """The residual after the MLP sublayer, from the residual before it (`resid_mid`)."""
         m = self.node(hooks, "mlp.act_in", self.read(x, self.mlp_norm, self.mlp_pos_norm, pos))
         h = self.node(hooks, "mlp.post_act", self.mlp_activation(self.fc(m)))
-        return self.add_to_residual(x, self.node(hooks, "mlp.resid_delta", self.proj(h)), "after_mlp")
+        return self.add_to_residual(x, self.linear_node(hooks, "mlp.resid_delta", self.proj, h), "after_mlp")
 
     def add_to_residual(self, x: torch.Tensor, delta: torch.Tensor, where: str) -> torch.Tensor:
         """The residual after a sublayer: the sum, then the optional ReLU and AbsTopK on the stream."""

@@ -1,8 +1,8 @@
 """The straightforward PyTorch versions of the model's sparse kernels, for checking and benchmarking.
 
-Same math as the fast paths: AbsTopK by `topk` + scatter, weight top-k by a full `topk` over
-each flattened matrix, attention sinks through an explicit (B, H, T, T+1) score tensor and a
-dense mask. `reference_kernels()` swaps them in for the duration of a `with` block.
+Same math as the fast paths: AbsTopK by `topk` + scatter (after the whole linear layer where the
+fast path fuses the two), weight top-k by a full `topk` over each flattened matrix, attention sinks
+through an explicit (B, H, T, T+1) score tensor and a dense mask. `reference_kernels()` swaps them in for the duration of a `with` block.
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
         return x
     indices = x.abs().topk(k, dim=-1, sorted=False).indices
     return torch.zeros_like(x).scatter(-1, indices, x.gather(-1, indices))
+
+
+def linear_abs_topk(linear: torch.nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
+    return abs_topk(linear(x), k)
 
 
 @torch.no_grad()
@@ -60,9 +64,10 @@ def attention_with_sinks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink
 @contextlib.contextmanager
 def reference_kernels():
     """Run the model and weight top-k with the straightforward kernels inside this block."""
-    saved = gpt.abs_topk, gpt.attention_with_sinks, sparsity.topk_keep_mask
-    gpt.abs_topk, gpt.attention_with_sinks, sparsity.topk_keep_mask = abs_topk, attention_with_sinks, topk_keep_mask
+    saved = gpt.abs_topk, gpt.linear_abs_topk, gpt.attention_with_sinks, sparsity.topk_keep_mask
+    gpt.abs_topk, gpt.linear_abs_topk, gpt.attention_with_sinks, sparsity.topk_keep_mask = (
+        abs_topk, linear_abs_topk, attention_with_sinks, topk_keep_mask)
     try:
         yield
     finally:
-        gpt.abs_topk, gpt.attention_with_sinks, sparsity.topk_keep_mask = saved
+        gpt.abs_topk, gpt.linear_abs_topk, gpt.attention_with_sinks, sparsity.topk_keep_mask = saved

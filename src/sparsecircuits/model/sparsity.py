@@ -53,29 +53,70 @@ def _bits(t: torch.Tensor) -> np.ndarray:
 
 
 class _AbsTopK(torch.autograd.Function):
-    """AbsTopK of a CPU float tensor by the compiled kernels: selection and copy in one pass forward;
-    the backward finds the kept entries from the saved output (which the next layer saves anyway)
-    instead of a saved mask. Both work on the values' bits, so bf16 and fp16 need no conversion."""
+    """AbsTopK of a CPU float tensor by the compiled kernels: selection, copy and a one-byte mask of
+    the kept entries in one pass forward; the backward copies the gradient through that mask. Both
+    work on the values' bits, so bf16 and fp16 need no conversion."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, k: int) -> torch.Tensor:
         from . import topk_kernels
 
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
-        ctx.k, ctx.sign_bit = k, 8 * x.element_size() - 1
-        topk_kernels.abs_topk_rows(_bits(x.detach().contiguous()), _bits(out), k, ctx.sign_bit)
-        ctx.save_for_backward(out)
+        keep = torch.empty(x.shape, dtype=torch.bool)
+        topk_kernels.abs_topk_rows(_bits(x.detach().contiguous()), _bits(out), _rows(keep), k, 8 * x.element_size() - 1)
+        ctx.save_for_backward(keep)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (keep,) = ctx.saved_tensors
+        return _masked_gradient(grad, keep), None
+
+
+def _rows(t: torch.Tensor) -> np.ndarray:
+    """A contiguous CPU tensor as a 2-D NumPy array sharing its memory (rows: last axis)."""
+    return t.numpy().reshape(-1, t.shape[-1])
+
+
+def _masked_gradient(grad: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    from . import topk_kernels
+
+    grad = grad.contiguous()
+    grad_in = torch.empty_like(grad)
+    topk_kernels.masked_rows(_bits(grad), _rows(keep), _bits(grad_in))
+    return grad_in
+
+
+class _LinearAbsTopK(torch.autograd.Function):
+    """AbsTopK(x @ weight.T + bias) for float32 CPU tensors, with the AbsTopK where a fused kernel
+    would put it, at the end of the matmul: the bias is added in the selection's pass, in place on
+    the matmul's fresh output (no bias copy before the matmul, no second activation). The backward
+    masks the gradient and sums it for the bias in one pass, then the two matmuls of a linear layer."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int) -> torch.Tensor:
         from . import topk_kernels
 
-        (out,) = ctx.saved_tensors
-        grad_in = torch.empty_like(out)
-        grad = grad.to(out.dtype).contiguous()
-        topk_kernels.abs_topk_backward_rows(_bits(out), _bits(grad), _bits(grad_in), ctx.k, ctx.sign_bit)
-        return grad_in, None
+        rows = x.reshape(-1, x.shape[-1])
+        y = torch.mm(rows, weight.t())
+        keep = torch.empty(y.shape, dtype=torch.bool)
+        topk_kernels.bias_abs_topk_rows(y.numpy(), None if bias is None else bias.detach().numpy(), keep.numpy(), k)
+        ctx.save_for_backward(rows, weight, keep)
+        ctx.has_bias, ctx.input_shape = bias is not None, x.shape
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        from . import topk_kernels
+
+        rows, weight, keep = ctx.saved_tensors
+        grad = grad.reshape(keep.shape).contiguous()
+        grad_y = torch.empty_like(grad)
+        column_sums = topk_kernels.masked_rows_with_column_sums(grad.numpy(), keep.numpy(), grad_y.numpy())
+        grad_x = (grad_y @ weight).view(*ctx.input_shape) if ctx.needs_input_grad[0] else None
+        grad_weight = grad_y.t() @ rows if ctx.needs_input_grad[1] else None
+        grad_bias = torch.from_numpy(column_sums).float() if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias, None
 
 
 def _abs_topk_mask_dtype(x: torch.Tensor) -> torch.dtype:
@@ -108,6 +149,26 @@ def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
     if x.device.type == "cpu" and x.dtype in _BITS and k > 0:
         return _AbsTopK.apply(x, k)
     return x * _largest_magnitudes_mask(x.detach(), k)
+
+
+_MODULE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _plain_linear(linear: nn.Module) -> bool:
+    """Whether calling `linear` is exactly F.linear with its parameters: an nn.Linear without module
+    hooks (its own or global) and without a forward of its own (such as `sparse_weight_kernels` installs)."""
+    return (type(linear) is nn.Linear and "forward" not in vars(linear)
+            and not any(getattr(linear, name) or getattr(nn.modules.module, f"_global{name}") for name in _MODULE_HOOKS))
+
+
+def linear_abs_topk(linear: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
+    """abs_topk(linear(x), k): for float32 on CPU with a plain nn.Linear (outside autocast and
+    torch.compile), one matmul and the bias add fused with the selection (`_LinearAbsTopK`)."""
+    if (not torch.compiler.is_compiling() and _plain_linear(linear) and 0 < k < linear.out_features
+            and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+            and x.dtype == linear.weight.dtype == torch.float32 and (linear.bias is None or linear.bias.dtype == torch.float32)):
+        return _LinearAbsTopK.apply(x, linear.weight, linear.bias, k)
+    return abs_topk(linear(x), k)
 
 
 def l0_fraction_at(step: int, total_steps: int, config: SparsityConfig) -> float:

@@ -11,8 +11,10 @@ the rows of one activation have similar distributions. Entries tied at the k-th 
 from the lowest index, so every row keeps exactly k.
 
 `abs_topk_rows` is AbsTopK's forward in the same pass: it ranks by magnitude (no `abs` tensor) and
-writes the kept values (no mask tensor, no separate multiply); `abs_topk_backward_rows` finds the
-kept entries again from that output, so the backward saves nothing the next layer does not keep.
+writes the kept values and a one-byte mask of them (no separate multiply); `bias_abs_topk_rows`
+does the same in place on a matmul's output after adding the layer's bias; `masked_rows` is the
+backward, the gradient copied through that mask (with the bias gradient's column sums in the same
+pass for the fused linear layer).
 Rows are independent, so the entry points split a large matrix into blocks of rows, one per thread
 of PyTorch's own OpenMP pool (threads of our own were measured slower: PyTorch's workers spin on the
 other cores between its operations); each row's result is the same whichever thread computes it.
@@ -135,6 +137,21 @@ def _keep_ties(key: np.ndarray, t: np.int64, k: int, keep: np.ndarray) -> None:
         keep[j] = kept
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _select_row(key: np.ndarray, top: np.int64, k: int, top_bit: int, guess: np.int64, slope: float,
+                keep: np.ndarray) -> tuple[np.int64, float]:
+    """keep[j] = 1 at the k largest keys of a row (largest: `top`); returns (threshold, slope) for
+    the next row's search."""
+    t, exact, slope = _row_threshold(key, k, top, top_bit, guess, slope)
+    if exact:
+        t32 = np.uint32(t)  # compared at the keys' width (a 64-bit compare halves the lanes)
+        for j in range(key.shape[0]):
+            keep[j] = key[j] >= t32
+    else:
+        _keep_ties(key, t, k, keep)
+    return t, slope
+
+
 @numba.njit(nogil=True, cache=True)
 def _topk_rows(bits: np.ndarray, keep: np.ndarray, k: int, guess: np.int64 = -1) -> np.int64:
     """keep (bool or float32, like bits) = 1 at the k largest float32s of each row, given as their
@@ -143,15 +160,7 @@ def _topk_rows(bits: np.ndarray, keep: np.ndarray, k: int, guess: np.int64 = -1)
     key = np.empty(bits.shape[1], np.uint32)
     guess, slope = np.int64(guess), 1.0
     for r in range(bits.shape[0]):
-        top = _row_keys(bits[r], key)
-        t, exact, slope = _row_threshold(key, k, top, 31, guess, slope)
-        guess = t
-        if exact:
-            t32 = np.uint32(t)
-            for j in range(key.shape[0]):
-                keep[r, j] = key[j] >= t32
-        else:
-            _keep_ties(key, t, k, keep[r])
+        guess, slope = _select_row(key, _row_keys(bits[r], key), k, 31, guess, slope, keep[r])
     return guess
 
 
@@ -189,63 +198,73 @@ def weight_keep_mask(bits: np.ndarray, keep: np.ndarray, k: int, per_row: int, p
 
 
 @numba.njit(nogil=True, cache=True)
-def _abs_topk_rows(bits: np.ndarray, out: np.ndarray, k: int, sign_bit: int) -> None:
-    """out = x at the k entries of largest magnitude of each row of x, 0 elsewhere. x and out are
-    given as their bits (float32 as uint32, bfloat16 and float16 as uint16, sign at `sign_bit`):
-    the magnitude order is the order of the bits below the sign, and a kept value is copied as is."""
+def _abs_topk_rows(bits: np.ndarray, out: np.ndarray, keep: np.ndarray, k: int, sign_bit: int) -> None:
+    """out = x at the k entries of largest magnitude of each row of x, 0 elsewhere; keep (bool) = 1
+    there. x and out are given as their bits (float32 as uint32, bfloat16 and float16 as uint16,
+    sign at `sign_bit`): the magnitude order is the order of the bits below the sign, and a kept
+    value is copied as is."""
     magnitude = np.uint32((1 << sign_bit) - 1)
     key = np.empty(bits.shape[1], np.uint32)
-    keep = np.empty(bits.shape[1], np.bool_)
     guess, slope = np.int64(-1), 1.0
     for r in range(bits.shape[0]):
         top = np.uint32(0)
         for j in range(bits.shape[1]):
             key[j] = np.uint32(bits[r, j]) & magnitude
             top = max(top, key[j])
-        t, exact, slope = _row_threshold(key, k, np.int64(top), sign_bit - 1, guess, slope)
-        guess = t
-        if exact:
-            t32 = np.uint32(t)  # compared at the keys' width (a 64-bit compare halves the lanes)
-            for j in range(key.shape[0]):
-                out[r, j] = bits[r, j] if key[j] >= t32 else 0
-        else:
-            _keep_ties(key, t, k, keep)
-            for j in range(key.shape[0]):
-                out[r, j] = bits[r, j] if keep[j] else 0
+        guess, slope = _select_row(key, np.int64(top), k, sign_bit - 1, guess, slope, keep[r])
+        for j in range(bits.shape[1]):
+            out[r, j] = bits[r, j] if keep[r, j] else 0
 
 
 @numba.njit(nogil=True, cache=True)
-def _abs_topk_backward_rows(out: np.ndarray, grad: np.ndarray, grad_in: np.ndarray, k: int,
-                            sign_bit: int) -> None:
-    """grad_in = grad at the entries `abs_topk_rows` kept, 0 elsewhere (all as bits, like its
-    arguments), read from its output alone (as bits, so that a flush-to-zero mode cannot hide a
-    kept subnormal): a row with k nonzero outputs kept those; a row with fewer kept all of its
-    nonzeros and, from the lowest index, enough of its zeros (+0 or -0) to make k, as the forward's
-    tie-break at magnitude 0 did."""
-    magnitude = np.uint32((1 << sign_bit) - 1)
-    for r in range(out.shape[0]):
-        nonzero = np.uint32(0)
-        for j in range(out.shape[1]):
-            nonzero = np.uint32(nonzero + np.uint32((np.uint32(out[r, j]) & magnitude) != 0))
-        if nonzero >= k:  # the common case, as one vectorised pass
-            for j in range(out.shape[1]):
-                grad_in[r, j] = grad[r, j] if out[r, j] & magnitude else 0
-            continue
-        zeros_kept = k - nonzero
-        for j in range(out.shape[1]):
-            kept = (out[r, j] & magnitude) != 0
-            if not kept and zeros_kept > 0:
-                kept = True
-                zeros_kept -= 1
-            grad_in[r, j] = grad[r, j] if kept else 0
+def _bias_abs_topk_rows(y: np.ndarray, bias: np.ndarray, keep: np.ndarray, k: int) -> None:
+    """In place on float32 y (a matmul's output): y + bias, then AbsTopK of each row as
+    `_abs_topk_rows` (keep = 1 at the kept entries). An empty bias adds nothing."""
+    bits = y.view(np.uint32)
+    key = np.empty(y.shape[1], np.uint32)
+    guess, slope = np.int64(-1), 1.0
+    for r in range(y.shape[0]):
+        if bias.shape[0]:
+            for j in range(y.shape[1]):
+                y[r, j] += bias[j]
+        top = np.uint32(0)
+        for j in range(y.shape[1]):
+            key[j] = bits[r, j] & np.uint32(0x7FFFFFFF)
+            top = max(top, key[j])
+        guess, slope = _select_row(key, np.int64(top), k, 30, guess, slope, keep[r])
+        for j in range(y.shape[1]):
+            bits[r, j] = bits[r, j] if keep[r, j] else 0
+
+
+_SUM_BLOCK = 64  # rows summed in float32 before the float64 total: 8 lanes per vector, not 4
+
+
+@numba.njit(nogil=True, cache=True)
+def _masked_rows(grad: np.ndarray, keep: np.ndarray, grad_in: np.ndarray, column_sums: np.ndarray) -> None:
+    """grad_in = grad where keep, 0 elsewhere: AbsTopK's backward (grad and grad_in as bits, or
+    float32). A nonempty `column_sums` (float64, one per column) also accumulates grad_in's columns,
+    blocks of rows in float32 and their sums in float64: the gradient of a bias added before the
+    AbsTopK, in the same pass."""
+    block = np.zeros(column_sums.shape[0], np.float32)
+    for r in range(grad.shape[0]):
+        for j in range(grad.shape[1]):
+            grad_in[r, j] = grad[r, j] if keep[r, j] else 0
+        if column_sums.shape[0]:
+            for j in range(grad.shape[1]):
+                block[j] += grad_in[r, j]
+            if (r + 1) % _SUM_BLOCK == 0 or r + 1 == grad.shape[0]:
+                for j in range(grad.shape[1]):
+                    column_sums[j] += block[j]
+                    block[j] = 0
 
 
 # Running a kernel on PyTorch's own OpenMP threads. Between its parallel operations PyTorch's OpenMP
 # workers spin on the other cores, so a thread of ours there competes with a spinning worker; a
 # parallel region of the same OpenMP runtime (GOMP_parallel, what `#pragma omp parallel` compiles
 # to) hands each waiting worker a block of rows at once. The callback is a Numba C function; it
-# reads its arrays and the runtime's thread functions from a job of int64s:
-_JOB_THREAD_FN, _JOB_THREADS_FN, _JOB_ROWS, _JOB_COLS, _JOB_K, _JOB_EXTRA, _JOB_ARRAYS = range(7)
+# reads its arrays (up to three of one shape, split by rows, and an auxiliary one it reads whole) and
+# the runtime's thread functions from a job of int64s:
+_JOB_THREAD_FN, _JOB_THREADS_FN, _JOB_ROWS, _JOB_COLS, _JOB_K, _JOB_EXTRA, _JOB_AUX, _JOB_ARRAYS = range(8)
 _JOB_LEN = _JOB_ARRAYS + 3
 _PARALLEL_MIN_ENTRIES = 1 << 15  # smaller matrices run on the calling thread
 
@@ -290,37 +309,47 @@ def _topk_rows_block(data):
         _topk_rows(bits, _job_array(job, 1, np.bool_)[start:stop], job[_JOB_K])
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
-def _abs_topk_job(job: np.ndarray, bits_dtype) -> None:
-    start, stop = _job_rows(job)
-    _abs_topk_rows(_job_array(job, 0, bits_dtype)[start:stop], _job_array(job, 1, bits_dtype)[start:stop],
-                   job[_JOB_K], job[_JOB_EXTRA])
-
-
-@numba.njit(nogil=True, cache=True, inline="always")
-def _abs_topk_backward_job(job: np.ndarray, bits_dtype) -> None:
-    start, stop = _job_rows(job)
-    _abs_topk_backward_rows(_job_array(job, 0, bits_dtype)[start:stop], _job_array(job, 1, bits_dtype)[start:stop],
-                            _job_array(job, 2, bits_dtype)[start:stop], job[_JOB_K], job[_JOB_EXTRA])
-
-
-# The AbsTopK callbacks: the job's extra entry is the sign bit, 31 for float32 bits, 15 for 16-bit floats.
 @numba.cfunc(types.void(types.voidptr), nogil=True, cache=True)
 def _abs_topk_rows_block(data):
     job = numba.carray(data, _JOB_LEN, np.int64)
-    if job[_JOB_EXTRA] == 31:
-        _abs_topk_job(job, np.uint32)
+    start, stop = _job_rows(job)
+    keep = _job_array(job, 2, np.bool_)[start:stop]
+    if job[_JOB_EXTRA] == 31:  # the sign bit: float32 bits, else 16-bit floats'
+        _abs_topk_rows(_job_array(job, 0, np.uint32)[start:stop], _job_array(job, 1, np.uint32)[start:stop],
+                       keep, job[_JOB_K], 31)
     else:
-        _abs_topk_job(job, np.uint16)
+        _abs_topk_rows(_job_array(job, 0, np.uint16)[start:stop], _job_array(job, 1, np.uint16)[start:stop],
+                       keep, job[_JOB_K], job[_JOB_EXTRA])
 
 
 @numba.cfunc(types.void(types.voidptr), nogil=True, cache=True)
-def _abs_topk_backward_rows_block(data):
+def _bias_abs_topk_rows_block(data):
     job = numba.carray(data, _JOB_LEN, np.int64)
-    if job[_JOB_EXTRA] == 31:
-        _abs_topk_backward_job(job, np.uint32)
+    start, stop = _job_rows(job)
+    bias = numba.carray(_pointer(job[_JOB_AUX]), (job[_JOB_EXTRA],), np.float32)  # extra: its length
+    _bias_abs_topk_rows(_job_array(job, 0, np.float32)[start:stop], bias, _job_array(job, 1, np.bool_)[start:stop],
+                        job[_JOB_K])
+
+
+# The masked copy's extra entry: the arrays' element type.
+_MASK_BITS16, _MASK_BITS32, _MASK_FLOAT32_COLUMN_SUMS = range(3)
+
+
+@numba.cfunc(types.void(types.voidptr), nogil=True, cache=True)
+def _masked_rows_block(data):
+    job = numba.carray(data, _JOB_LEN, np.int64)
+    start, stop = _job_rows(job)
+    keep = _job_array(job, 1, np.bool_)[start:stop]
+    if job[_JOB_EXTRA] == _MASK_FLOAT32_COLUMN_SUMS:  # aux: one row of column sums per thread
+        thread, threads = _call_int_function(job[_JOB_THREAD_FN]), _call_int_function(job[_JOB_THREADS_FN])
+        sums = numba.carray(_pointer(job[_JOB_AUX]), (threads, job[_JOB_COLS]), np.float64)[thread]
+        _masked_rows(_job_array(job, 0, np.float32)[start:stop], keep, _job_array(job, 2, np.float32)[start:stop], sums)
+    elif job[_JOB_EXTRA] == _MASK_BITS32:
+        _masked_rows(_job_array(job, 0, np.uint32)[start:stop], keep, _job_array(job, 2, np.uint32)[start:stop],
+                     np.empty(0, np.float64))
     else:
-        _abs_topk_backward_job(job, np.uint16)
+        _masked_rows(_job_array(job, 0, np.uint16)[start:stop], keep, _job_array(job, 2, np.uint16)[start:stop],
+                     np.empty(0, np.float64))
 
 
 @functools.cache
@@ -342,9 +371,10 @@ def _openmp_runtime():
     return parallel, as_address(thread_fn), as_address(threads_fn)
 
 
-def _run_on_threads(block, arrays: tuple[np.ndarray, ...], k: int, extra: int) -> bool:
+def _run_on_threads(block, arrays: tuple[np.ndarray, ...], k: int, extra: int, aux: int = 0) -> bool:
     """Run the C callback `block` over the rows of `arrays` (2-D, C-contiguous, one shape) on
-    PyTorch's OpenMP threads; False, having run nothing, where that does not apply."""
+    PyTorch's OpenMP threads, with `aux` the address of an auxiliary array; False, having run
+    nothing, where that does not apply."""
     threads = torch.get_num_threads()
     rows, cols = arrays[0].shape
     runtime = _openmp_runtime()
@@ -353,7 +383,7 @@ def _run_on_threads(block, arrays: tuple[np.ndarray, ...], k: int, extra: int) -
         return False
     parallel, thread_fn, threads_fn = runtime
     job = np.zeros(_JOB_LEN, np.int64)
-    job[:_JOB_ARRAYS] = thread_fn, threads_fn, rows, cols, k, extra
+    job[:_JOB_ARRAYS] = thread_fn, threads_fn, rows, cols, k, extra, aux
     job[_JOB_ARRAYS:_JOB_ARRAYS + len(arrays)] = [a.ctypes.data for a in arrays]
     parallel(block.address, job.ctypes.data, threads, 0)  # ctypes releases the GIL for the call
     return True
@@ -365,15 +395,30 @@ def topk_rows(bits: np.ndarray, keep: np.ndarray, k: int) -> None:
         _topk_rows(bits, keep, k)
 
 
-def abs_topk_rows(bits: np.ndarray, out: np.ndarray, k: int, sign_bit: int) -> None:
-    """out = x at the k entries of largest magnitude of each row of x, 0 elsewhere, as bits (see
-    `_abs_topk_rows`)."""
-    if not _run_on_threads(_abs_topk_rows_block, (bits, out), k, sign_bit):
-        _abs_topk_rows(bits, out, k, sign_bit)
+def abs_topk_rows(bits: np.ndarray, out: np.ndarray, keep: np.ndarray, k: int, sign_bit: int) -> None:
+    """out = x at the k entries of largest magnitude of each row of x, 0 elsewhere, keep = 1 there,
+    as bits (see `_abs_topk_rows`)."""
+    if not _run_on_threads(_abs_topk_rows_block, (bits, out, keep), k, sign_bit):
+        _abs_topk_rows(bits, out, keep, k, sign_bit)
 
 
-def abs_topk_backward_rows(out: np.ndarray, grad: np.ndarray, grad_in: np.ndarray, k: int, sign_bit: int) -> None:
-    """grad_in = grad at the entries `abs_topk_rows` kept, 0 elsewhere, as bits (see
-    `_abs_topk_backward_rows`)."""
-    if not _run_on_threads(_abs_topk_backward_rows_block, (out, grad, grad_in), k, sign_bit):
-        _abs_topk_backward_rows(out, grad, grad_in, k, sign_bit)
+def bias_abs_topk_rows(y: np.ndarray, bias: np.ndarray | None, keep: np.ndarray, k: int) -> None:
+    """In place on float32 y: y + bias (None: no bias), then AbsTopK of each row; keep = 1 at the kept entries."""
+    bias = np.empty(0, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
+    if not _run_on_threads(_bias_abs_topk_rows_block, (y, keep), k, bias.shape[0], bias.ctypes.data):
+        _bias_abs_topk_rows(y, bias, keep, k)
+
+
+def masked_rows(grad: np.ndarray, keep: np.ndarray, grad_in: np.ndarray) -> None:
+    """grad_in = grad where keep, 0 elsewhere (grad and grad_in as 16- or 32-bit unsigned bits)."""
+    width = _MASK_BITS32 if grad.dtype == np.uint32 else _MASK_BITS16
+    if not _run_on_threads(_masked_rows_block, (grad, keep, grad_in), 0, width):
+        _masked_rows(grad, keep, grad_in, np.empty(0, np.float64))
+
+
+def masked_rows_with_column_sums(grad: np.ndarray, keep: np.ndarray, grad_in: np.ndarray) -> np.ndarray:
+    """grad_in = grad where keep, 0 elsewhere (float32), and the sums of grad_in's columns (float64)."""
+    sums = np.zeros((torch.get_num_threads(), grad.shape[1]), np.float64)  # a row per thread at most
+    if not _run_on_threads(_masked_rows_block, (grad, keep, grad_in), 0, _MASK_FLOAT32_COLUMN_SUMS, sums.ctypes.data):
+        _masked_rows(grad, keep, grad_in, sums[0])
+    return sums.sum(0)
