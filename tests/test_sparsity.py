@@ -56,9 +56,10 @@ def test_topk_mask_keeps_the_k_largest_ties_from_the_lowest_index(width, k):
     assert torch.equal(topk_mask(scores.flip(0), k), expected.flip(0))  # the same rows in another order
 
 
+@pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("width, k", [(256, 64), (1024, 256), (40, 12), (10, 1)])
-def test_abs_topk_forward_and_backward_equal_the_masked_product(width, k, dtype):
+def test_abs_topk_forward_and_backward_equal_the_masked_product(width, k, dtype, in_place):
     x = _unlike_rows(width).view(1, -1, width).repeat(2, 1, 1)
     x[1, 3] = torch.randn(width).round(decimals=1)  # rows with ties at the k-th magnitude
     x[1, 4, : width - k // 2] = 0  # fewer than k nonzeros: zeros are kept from the lowest index
@@ -66,7 +67,9 @@ def test_abs_topk_forward_and_backward_equal_the_masked_product(width, k, dtype)
     grad = torch.randn_like(x)
     kept = _lowest_index_topk(x.abs(), k)
     fused = x.clone().requires_grad_()
-    out = abs_topk(fused, k)
+    fresh = fused * 1  # not a leaf, so it may be overwritten
+    out = abs_topk(fresh, k, in_place)
+    assert (out.data_ptr() == fresh.data_ptr()) == in_place
     out.backward(grad.transpose(0, 1).contiguous().transpose(0, 1))  # a gradient that is not contiguous
     assert torch.equal(out, torch.where(kept, x, 0.0)) and torch.equal(fused.grad, torch.where(kept, grad, 0.0))
     assert bool((kept.sum(-1) == k).all())
@@ -89,6 +92,9 @@ def test_kernels_split_over_pytorchs_openmp_threads_select_what_one_thread_does(
         out = abs_topk(fused, 64)
         out.backward(grad)
         assert torch.equal(out, torch.where(kept, x, 0.0)) and torch.equal(fused.grad, torch.where(kept, grad, 0.0))
+        overwritten = x.clone()
+        abs_topk(overwritten, 64, in_place=True)
+        assert torch.equal(overwritten, torch.where(kept, x, 0.0))
         scores = x.float().abs()
         assert torch.equal(topk_mask(scores, 4), _lowest_index_topk(scores, 4))
         if topk_kernels._openmp_runtime() is not None:
@@ -161,6 +167,15 @@ def test_abs_topk_gradient_does_not_depend_on_an_output_changed_in_place():
     out.mul_(3)  # the backward reads its own mask, not the output
     out.sum().backward()
     assert torch.equal(x.grad, torch.where(kept, 3.0, 0.0)) and kept.sum(-1).tolist() == [4] * 4
+
+
+@pytest.mark.parametrize("j", [1, 4, 16, 20])  # up to 16 merged in row order, more through a transposed copy
+def test_weight_masks_protect_each_neuron_with_ties_from_the_lowest_index(j):
+    torch.manual_seed(0)
+    weight = torch.randint(-3, 4, (40, 24)).float()  # many ties, zeros among them
+    for side, expected in (("columns", _lowest_index_topk(weight.abs().t(), j).t()),
+                           ("rows", _lowest_index_topk(weight.abs(), j))):
+        assert torch.equal(topk_keep_mask(weight, 1, j, side), expected), side  # k below the protected count
 
 
 def test_fast_and_reference_weight_masks_agree():

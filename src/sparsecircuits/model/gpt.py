@@ -151,10 +151,11 @@ class Block(nn.Module):
         self.site_width = {f"{layer}.{kind}": widths[kind] for kind in NODE_SITE_KINDS}
         self.keep = {f"{layer}.{kind}": config.keep_count(kind, widths[kind]) for kind in NODE_SITE_KINDS}
 
-    def node(self, hooks: SiteHooks, kind: str, x: torch.Tensor) -> torch.Tensor:
-        """AbsTopK, then the site's hook: hooks see exactly what flows on."""
+    def node(self, hooks: SiteHooks, kind: str, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """AbsTopK, then the site's hook: hooks see exactly what flows on. `in_place`: x is a fresh
+        tensor no backward has saved, which the AbsTopK may overwrite."""
         site = f"{self.layer}.{kind}"
-        return hooks(site, abs_topk(x, self.keep[site]))
+        return hooks(site, abs_topk(x, self.keep[site], in_place))
 
     def linear_node(self, hooks: SiteHooks, kind: str, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         """`node` of linear(x), the linear layer and the AbsTopK in one step (`linear_abs_topk`)."""
@@ -171,7 +172,7 @@ class Block(nn.Module):
     def attention(self, x: torch.Tensor, hooks: SiteHooks, pos: torch.Tensor | None = None) -> torch.Tensor:
         """The residual after the attention sublayer, from the residual before it (`resid_in`)."""
         batch, T, _ = x.shape
-        a = self.node(hooks, "attn.act_in", self.read(x, self.attn_norm, self.attn_pos_norm, pos))
+        a = self.node(hooks, "attn.act_in", self.read(x, self.attn_norm, self.attn_pos_norm, pos), in_place=True)
         q = self.linear_node(hooks, "attn.q", self.q_proj, a)
         k = self.linear_node(hooks, "attn.k", self.k_proj, a)
         v = self.linear_node(hooks, "attn.v", self.v_proj, a)
@@ -182,8 +183,9 @@ class Block(nn.Module):
 
     def mlp(self, x: torch.Tensor, hooks: SiteHooks, pos: torch.Tensor | None = None) -> torch.Tensor:
         """The residual after the MLP sublayer, from the residual before it (`resid_mid`)."""
-        m = self.node(hooks, "mlp.act_in", self.read(x, self.mlp_norm, self.mlp_pos_norm, pos))
-        h = self.node(hooks, "mlp.post_act", self.mlp_activation(self.fc(m)))
+        m = self.node(hooks, "mlp.act_in", self.read(x, self.mlp_norm, self.mlp_pos_norm, pos), in_place=True)
+        # GELU's backward reads its input, ReLU's its output (which must then stay as it is)
+        h = self.node(hooks, "mlp.post_act", self.mlp_activation(self.fc(m)), in_place=self.mlp_activation is F.gelu)
         return self.add_to_residual(x, self.linear_node(hooks, "mlp.resid_delta", self.proj, h), "after_mlp")
 
     def add_to_residual(self, x: torch.Tensor, delta: torch.Tensor, where: str) -> torch.Tensor:

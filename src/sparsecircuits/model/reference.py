@@ -15,7 +15,7 @@ import torch
 from . import gpt, sparsity
 
 
-def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
+def abs_topk(x: torch.Tensor, k: int, in_place: bool = False) -> torch.Tensor:
     if k >= x.shape[-1]:
         return x
     indices = x.abs().topk(k, dim=-1, sorted=False).indices

@@ -58,19 +58,22 @@ class _AbsTopK(torch.autograd.Function):
     work on the values' bits, so bf16 and fp16 need no conversion."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, k: int) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, k: int, in_place: bool) -> torch.Tensor:
         from . import topk_kernels
 
-        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        in_place = in_place and x.is_contiguous()
+        out = x if in_place else torch.empty_like(x, memory_format=torch.contiguous_format)
         keep = torch.empty(x.shape, dtype=torch.bool)
-        topk_kernels.abs_topk_rows(_bits(x.detach().contiguous()), _bits(out), _rows(keep), k, 8 * x.element_size() - 1)
+        topk_kernels.abs_topk_rows(_bits(x.detach().contiguous()), _bits(out.detach()), _rows(keep), k, 8 * x.element_size() - 1)
+        if in_place:
+            ctx.mark_dirty(x)
         ctx.save_for_backward(keep)
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (keep,) = ctx.saved_tensors
-        return _masked_gradient(grad, keep), None
+        return _masked_gradient(grad, keep), None, None
 
 
 def _rows(t: torch.Tensor) -> np.ndarray:
@@ -139,15 +142,16 @@ def _(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.empty_like(x, dtype=_abs_topk_mask_dtype(x))
 
 
-def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
+def abs_topk(x: torch.Tensor, k: int, in_place: bool = False) -> torch.Tensor:
     """Keep the k entries of largest magnitude along the last axis, zero the rest (the gradient
-    flows to the kept entries only)."""
+    flows to the kept entries only). `in_place`: x may be overwritten (on CPU it is), for a fresh
+    tensor that no one else holds and no backward has saved (not, e.g., a ReLU's output)."""
     if k >= x.shape[-1]:
         return x
     if torch.compiler.is_compiling():
         return x * abs_topk_mask(x.detach(), k)
     if x.device.type == "cpu" and x.dtype in _BITS and k > 0:
-        return _AbsTopK.apply(x, k)
+        return _AbsTopK.apply(x, k, in_place)
     return x * _largest_magnitudes_mask(x.detach(), k)
 
 

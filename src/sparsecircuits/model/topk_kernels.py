@@ -167,6 +167,33 @@ def _topk_rows(bits: np.ndarray, keep: np.ndarray, k: int, guess: np.int64 = -1)
 _INFINITY_BITS = np.uint32(0x7F800000)
 
 
+_COLUMN_NETWORK_MAX = 16  # larger per-column counts go through a transposed copy
+
+
+@numba.njit(nogil=True, cache=True)
+def _protect_column_tops(magnitude: np.ndarray, protected: np.ndarray, j: int) -> None:
+    """protected |= the j largest magnitudes of every column (ties from the lowest row), in row
+    order without a transposed copy: each column's j largest so far are kept sorted, and every row
+    is merged in by a max/min step per place (vectorised across the columns)."""
+    rows, cols = magnitude.shape
+    top = np.zeros((j, cols), np.uint32)  # descending; rows >= j, so the zeros are all replaced or tie
+    for r in range(rows):
+        for i in range(j - 1, 0, -1):
+            for c in range(cols):
+                top[i, c] = max(top[i, c], min(top[i - 1, c], magnitude[r, c]))
+        for c in range(cols):
+            top[0, c] = max(top[0, c], magnitude[r, c])
+    ties_left = np.full(cols, j, np.int64)  # per column: j minus the tops above its j-th
+    for i in range(j):
+        for c in range(cols):
+            ties_left[c] -= top[i, c] > top[j - 1, c]
+    for r in range(rows):
+        for c in range(cols):
+            tied = magnitude[r, c] == top[j - 1, c] and ties_left[c] > 0
+            ties_left[c] -= tied
+            protected[r, c] |= magnitude[r, c] > top[j - 1, c] or tied
+
+
 @numba.njit(nogil=True, cache=True)
 def weight_keep_mask(bits: np.ndarray, keep: np.ndarray, k: int, per_row: int, per_column: int,
                      guess: np.int64) -> np.int64:
@@ -183,7 +210,9 @@ def weight_keep_mask(bits: np.ndarray, keep: np.ndarray, k: int, per_row: int, p
     protected = np.zeros((rows, cols), np.bool_)
     if per_row > 0:
         _topk_rows(magnitude, protected, min(per_row, cols))
-    if per_column > 0:
+    if 0 < per_column <= _COLUMN_NETWORK_MAX:
+        _protect_column_tops(magnitude, protected, min(per_column, rows))
+    elif per_column > 0:
         by_column = np.empty((cols, rows), np.bool_)
         _topk_rows(np.ascontiguousarray(magnitude.T), by_column, min(per_column, rows))
         protected |= by_column.T
@@ -197,23 +226,40 @@ def weight_keep_mask(bits: np.ndarray, keep: np.ndarray, k: int, per_row: int, p
     return _topk_rows(magnitude.reshape(1, rows * cols), keep.reshape(1, rows * cols), k, guess)
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _abs_topk_row(bits: np.ndarray, out: np.ndarray, keep: np.ndarray, key: np.ndarray, k: int, sign_bit: int,
+                  guess: np.int64, slope: float) -> tuple[np.int64, float]:
+    magnitude = np.uint32((1 << sign_bit) - 1)
+    top = np.uint32(0)
+    for j in range(bits.shape[0]):
+        key[j] = np.uint32(bits[j]) & magnitude
+        top = max(top, key[j])
+    guess, slope = _select_row(key, np.int64(top), k, sign_bit - 1, guess, slope, keep)
+    for j in range(bits.shape[0]):
+        out[j] = bits[j] if keep[j] else 0
+    return guess, slope
+
+
 @numba.njit(nogil=True, cache=True)
 def _abs_topk_rows(bits: np.ndarray, out: np.ndarray, keep: np.ndarray, k: int, sign_bit: int) -> None:
     """out = x at the k entries of largest magnitude of each row of x, 0 elsewhere; keep (bool) = 1
     there. x and out are given as their bits (float32 as uint32, bfloat16 and float16 as uint16,
     sign at `sign_bit`): the magnitude order is the order of the bits below the sign, and a kept
     value is copied as is."""
-    magnitude = np.uint32((1 << sign_bit) - 1)
     key = np.empty(bits.shape[1], np.uint32)
     guess, slope = np.int64(-1), 1.0
     for r in range(bits.shape[0]):
-        top = np.uint32(0)
-        for j in range(bits.shape[1]):
-            key[j] = np.uint32(bits[r, j]) & magnitude
-            top = max(top, key[j])
-        guess, slope = _select_row(key, np.int64(top), k, sign_bit - 1, guess, slope, keep[r])
-        for j in range(bits.shape[1]):
-            out[r, j] = bits[r, j] if keep[r, j] else 0
+        guess, slope = _abs_topk_row(bits[r], out[r], keep[r], key, k, sign_bit, guess, slope)
+
+
+@numba.njit(nogil=True, cache=True)
+def _abs_topk_rows_in_place(bits: np.ndarray, keep: np.ndarray, k: int, sign_bit: int) -> None:
+    """`_abs_topk_rows` with out = x (one array, so that the copy stays vectorised)."""
+    key = np.empty(bits.shape[1], np.uint32)
+    guess, slope = np.int64(-1), 1.0
+    for r in range(bits.shape[0]):
+        row = bits[r]
+        guess, slope = _abs_topk_row(row, row, keep[r], key, k, sign_bit, guess, slope)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -309,17 +355,23 @@ def _topk_rows_block(data):
         _topk_rows(bits, _job_array(job, 1, np.bool_)[start:stop], job[_JOB_K])
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _abs_topk_job(job: np.ndarray, start: int, stop: int, bits_dtype, sign_bit: int) -> None:
+    bits, keep = _job_array(job, 0, bits_dtype)[start:stop], _job_array(job, 2, np.bool_)[start:stop]
+    if job[_JOB_ARRAYS] == job[_JOB_ARRAYS + 1]:  # out is x
+        _abs_topk_rows_in_place(bits, keep, job[_JOB_K], sign_bit)
+    else:
+        _abs_topk_rows(bits, _job_array(job, 1, bits_dtype)[start:stop], keep, job[_JOB_K], sign_bit)
+
+
 @numba.cfunc(types.void(types.voidptr), nogil=True, cache=True)
 def _abs_topk_rows_block(data):
     job = numba.carray(data, _JOB_LEN, np.int64)
     start, stop = _job_rows(job)
-    keep = _job_array(job, 2, np.bool_)[start:stop]
     if job[_JOB_EXTRA] == 31:  # the sign bit: float32 bits, else 16-bit floats'
-        _abs_topk_rows(_job_array(job, 0, np.uint32)[start:stop], _job_array(job, 1, np.uint32)[start:stop],
-                       keep, job[_JOB_K], 31)
+        _abs_topk_job(job, start, stop, np.uint32, 31)
     else:
-        _abs_topk_rows(_job_array(job, 0, np.uint16)[start:stop], _job_array(job, 1, np.uint16)[start:stop],
-                       keep, job[_JOB_K], job[_JOB_EXTRA])
+        _abs_topk_job(job, start, stop, np.uint16, job[_JOB_EXTRA])
 
 
 @numba.cfunc(types.void(types.voidptr), nogil=True, cache=True)
@@ -397,8 +449,12 @@ def topk_rows(bits: np.ndarray, keep: np.ndarray, k: int) -> None:
 
 def abs_topk_rows(bits: np.ndarray, out: np.ndarray, keep: np.ndarray, k: int, sign_bit: int) -> None:
     """out = x at the k entries of largest magnitude of each row of x, 0 elsewhere, keep = 1 there,
-    as bits (see `_abs_topk_rows`)."""
-    if not _run_on_threads(_abs_topk_rows_block, (bits, out, keep), k, sign_bit):
+    as bits (see `_abs_topk_rows`); out may be x's own array (in place)."""
+    if _run_on_threads(_abs_topk_rows_block, (bits, out, keep), k, sign_bit):
+        return
+    if out.ctypes.data == bits.ctypes.data:
+        _abs_topk_rows_in_place(bits, keep, k, sign_bit)
+    else:
         _abs_topk_rows(bits, out, keep, k, sign_bit)
 
 
