@@ -2,7 +2,8 @@
 
 Same math as the fast paths: AbsTopK by `topk` + scatter (after the whole linear layer where the
 fast path fuses the two), weight top-k by a full `topk` over each flattened matrix, attention sinks
-through an explicit (B, H, T, T+1) score tensor and a dense mask. `reference_kernels()` swaps them in for the duration of a `with` block.
+through an explicit (B, H, T, T+1) score tensor and a dense mask. `reference_kernels()` swaps them
+in for the duration of a `with` block.
 """
 
 from __future__ import annotations

@@ -273,13 +273,8 @@ def _bias_abs_topk_rows(y: np.ndarray, bias: np.ndarray, keep: np.ndarray, k: in
         if bias.shape[0]:
             for j in range(y.shape[1]):
                 y[r, j] += bias[j]
-        top = np.uint32(0)
-        for j in range(y.shape[1]):
-            key[j] = bits[r, j] & np.uint32(0x7FFFFFFF)
-            top = max(top, key[j])
-        guess, slope = _select_row(key, np.int64(top), k, 30, guess, slope, keep[r])
-        for j in range(y.shape[1]):
-            bits[r, j] = bits[r, j] if keep[r, j] else 0
+        row = bits[r]
+        guess, slope = _abs_topk_row(row, row, keep[r], key, k, 31, guess, slope)
 
 
 _SUM_BLOCK = 64  # rows summed in float32 before the float64 total: 8 lanes per vector, not 4
