@@ -32,43 +32,18 @@ def wrap_kernels(wrapper) -> None:
         setattr(topk_kernels, name, wrapper(name, getattr(topk_kernels, name)))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4)
-    args = parser.parse_args()
+def print_profile(sparse: TimedStep, dense: TimedStep, steps: int, rows: int = 12) -> None:
+    """The per-op table of `steps` profiled steps of each (ops sorted by how much more time the
+    sparse step spends in them), then the top-k kernels' unprofiled time in the sparse step."""
     kernels = {name: getattr(topk_kernels, name) for name in KERNELS}
-    keep_freed_memory()  # as training does (train.keep_freed_memory)
 
     def recorded(name, kernel):
         def run(*arrays):
             with record_function(f"topk_kernels.{name}"):
                 return kernel(*arrays)
         return run
-    wrap_kernels(recorded)
-    steps = {"sparse": TimedStep(reference_config(), torch.device("cpu")),
-             "dense": TimedStep(reference_config(False, False), torch.device("cpu"))}
-    for step in steps.values():
-        step.run(2)
-    self_ms, wall = {}, {}
-    for name, step in steps.items():
-        with profile() as prof:
-            step.run(args.steps)
-        wall[name] = step.seconds[-1] * 1000
-        self_ms[name] = collections.Counter()
-        for e in prof.key_averages():
-            self_ms[name][MERGED.get(e.key, e.key)] += e.self_cpu_time_total / 1000 / args.steps
-    print(f"profiled ms/step: sparse {wall['sparse']:.0f}, dense {wall['dense']:.0f}")
-    print("| op | sparse ms/step | dense ms/step | difference |\n|---|---|---|---|")
-    ops = set(self_ms["sparse"]) | set(self_ms["dense"])
-    for op in sorted(ops, key=lambda o: self_ms["dense"].get(o, 0) - self_ms["sparse"].get(o, 0))[:12]:
-        a, b = self_ms["sparse"].get(op, 0.0), self_ms["dense"].get(op, 0.0)
-        print(f"| {op} | {a:.1f} | {b:.1f} | {a - b:+.1f} |")
 
-    seconds, calls = collections.defaultdict(float), collections.Counter()
-
-    def timed(name, _):
-        kernel = kernels[name]
-
+    def timed(name, kernel):
         def run(*arrays):
             start = time.perf_counter()
             result = kernel(*arrays)
@@ -78,12 +53,46 @@ def main() -> None:
             calls[key] += 1
             return result
         return run
-    wrap_kernels(timed)
-    steps["sparse"].run(args.steps)
+
+    wrap_kernels(recorded)
+    self_ms, wall = {}, {}
+    for name, step in (("sparse", sparse), ("dense", dense)):
+        with profile() as prof:
+            step.run(steps)
+        wall[name] = step.seconds.pop() * 1000
+        self_ms[name] = collections.Counter()
+        for e in prof.key_averages():
+            self_ms[name][MERGED.get(e.key, e.key)] += e.self_cpu_time_total / 1000 / steps
+    print(f"profiled ms/step: sparse {wall['sparse']:.0f}, dense {wall['dense']:.0f}")
+    print("| op | sparse ms/step | dense ms/step | difference |\n|---|---|---|---|")
+    ops = set(self_ms["sparse"]) | set(self_ms["dense"])
+    for op in sorted(ops, key=lambda o: self_ms["dense"].get(o, 0) - self_ms["sparse"].get(o, 0))[:rows]:
+        a, b = self_ms["sparse"].get(op, 0.0), self_ms["dense"].get(op, 0.0)
+        print(f"| {op} | {a:.1f} | {b:.1f} | {a - b:+.1f} |")
+
+    seconds, calls = collections.defaultdict(float), collections.Counter()
+    wrap_kernels(lambda name, _: timed(name, kernels[name]))
+    try:
+        sparse.run(steps)
+    finally:
+        sparse.seconds.pop()
+        wrap_kernels(lambda name, _: kernels[name])
     print("\ntime in the top-k kernels of the sparse step (ms/step, calls/step):")
     for key, total in sorted(seconds.items(), key=lambda kv: -kv[1]):
-        print(f"  {1000 * total / args.steps:7.1f}  {calls[key] // args.steps:3d}  {key}")
-    print(f"  {1000 * sum(seconds.values()) / args.steps:7.1f}  in all")
+        print(f"  {1000 * total / steps:7.1f}  {calls[key] // steps:3d}  {key}")
+    print(f"  {1000 * sum(seconds.values()) / steps:7.1f}  in all")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4)
+    args = parser.parse_args()
+    keep_freed_memory()  # as training does (train.keep_freed_memory)
+    sparse = TimedStep(reference_config(), torch.device("cpu"))
+    dense = TimedStep(reference_config(False, False), torch.device("cpu"))
+    for step in (sparse, dense):
+        step.run(2)
+    print_profile(sparse, dense, args.steps)
 
 
 if __name__ == "__main__":
