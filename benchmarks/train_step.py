@@ -237,9 +237,9 @@ def print_what_is_left(steps: dict[str, TimedStep], machine_flops_per_s: float, 
         print(f"2x the authors' sparse step ({ms['authors sparse']:.0f} ms) leaves {ms['authors sparse'] / 2:.0f} ms/step:"
               f" {ms['authors sparse'] / 2 - matmul_ms:.0f} beside those matmuls, where our dense step spends"
               f" {ms['dense'] - matmul_ms:.0f} (attention, softmax, norms, optimizer) and our sparse step"
-              f" {ms['sparse'] - matmul_ms:.0f}; fewer matmul FLOPs would need sparse matmuls, which do not pay"
-              " at 1/16 weight and 1/4 activation density here (benchmarks/sparse_kernels.py), or bf16 matmuls"
-              " (train.cpu_bf16, --cpu-bf16), which round")
+              f" {ms['sparse'] - matmul_ms:.0f}; fewer matmul FLOPs would need sparse weight matmuls (where they"
+              " beat dense on this machine: benchmarks/sparse_kernels.py), or bf16 matmuls (train.cpu_bf16,"
+              " --cpu-bf16), which round")
     print("the sparse step's own work is the top-k kernels below (selection in the forward, gradient masking in the"
           " backward, each a pass over an activation after its matmul); removing it needs the selection inside"
           " the matmul (a GEMM with a top-k epilogue)\n")
