@@ -142,3 +142,27 @@ def test_shuffled_label_control_that_fits_the_target_is_reported_and_flagged(tas
     assert not control_verdicts(result)["shuffled"]["pass"]  # a comparable count: not evidence
     result["loss_empty_circuit"] = settings.target_loss / 2
     assert "needs no nodes" in control_verdicts(result)["empty"]["why"]
+
+
+def test_a_cached_circuit_is_reused_only_for_the_same_records_and_settings(task_run, tmp_path):
+    from sparsecircuits.circuits import PruneSettings
+    from sparsecircuits.circuits.circuit import is_current, prune_or_reuse
+
+    run, task = task_run
+    records = tmp_path / "task.jsonl"
+    records.write_text(task.read_text())
+    settings = PruneSettings(target_loss=0.66, steps=20, calibration_steps=4)
+    out = tmp_path / "cached"
+    first = prune_or_reuse(run, str(records), out, settings, show_progress=False)
+    stamp = (out / "circuit.json").stat().st_mtime_ns
+    assert is_current(out, run, str(records), settings)
+    assert prune_or_reuse(run, str(records), out, settings, show_progress=False).nodes == first.nodes
+    assert (out / "circuit.json").stat().st_mtime_ns == stamp  # reused, not pruned again
+
+    assert not is_current(out, run, str(records), PruneSettings(target_loss=0.66, steps=21, calibration_steps=4))
+    lines = records.read_text().splitlines()
+    records.write_text("\n".join(lines[2:] + lines[:2]) + "\n")  # the same records, dealt to other splits
+    assert not is_current(out, run, str(records), settings)
+    again = prune_or_reuse(run, str(records), out, settings, show_progress=False)
+    assert (out / "circuit.json").stat().st_mtime_ns != stamp
+    assert again.data["records_sha256"] != first.data["records_sha256"]

@@ -248,8 +248,10 @@ def cmd_tasks_eval(args: argparse.Namespace) -> None:
 def cmd_prune(args: argparse.Namespace) -> None:
     from .circuits import PruneSettings, prune
 
-    settings = PruneSettings(target_loss=args.target_loss, ablation=args.ablation, steps=args.steps,
-                             k_coef=args.k_coef, lr=args.lr, seed=args.seed, csr_max_density=args.csr_max_density)
+    fixed = {} if args.k_coef is None else {"penalty": "fixed", "k_coef": args.k_coef}
+    settings = PruneSettings(target_loss=args.target_loss, ablation=args.ablation, steps=args.steps, lr=args.lr,
+                             seed=args.seed, choose_margin=args.choose_margin, csr_max_density=args.csr_max_density,
+                             **fixed)
     circuit = prune(args.run_dir, args.task, args.out, settings, search_trials=args.search, force=args.force,
                     data_dir=args.data)
     m = circuit.metrics
@@ -526,7 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                       " needed for an imported run), tokenised with the run's tokenizer")
     p.add_argument("--search", type=NON_NEGATIVE, default=0, metavar="N", help="run N Optuna trials over the pruning hyperparameters")
     p.add_argument("--steps", type=POSITIVE, default=_prune_default("steps"), help="mask training steps")
-    p.add_argument("--k-coef", type=_real(0, 1e3), default=_prune_default("k_coef"), help="penalty per active node")
+    p.add_argument("--k-coef", type=_real(0, 1e3), metavar="K",
+                   help="a fixed penalty per active node (default: a penalty that adapts until the mask just meets the"
+                        " target)")
+    p.add_argument("--choose-margin", type=_real(0, 1, high_open=True), default=_prune_default("choose_margin"), metavar="FRACTION",
+                   help="the node count meets (1 - FRACTION) x the target on the choose records, so that the circuit"
+                        " meets the target on the test records (default %(default)s)")
     p.add_argument("--lr", type=_real(0, 10, low_open=True), default=_prune_default("lr"), help="mask learning rate")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--csr-max-density", type=_real(0, 1), default=_prune_default("csr_max_density"), metavar="FRACTION",

@@ -8,6 +8,7 @@ holds every node's learned τ. The directory is written to a staging folder and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -19,10 +20,11 @@ import torch
 
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
-from ..rundir import read_run_config
+from ..rundir import MODEL_FILE, file_sha256, read_run_config
 from ..model.sparse_kernels import sparse_weight_kernels
-from ..tasks.records import TaskSplits, task_accuracy, task_loss
+from ..tasks.records import TaskSplits, task_accuracy, task_loss, task_loss_interval
 from ..tasks.records import load_task_splits as _load_task_splits
+from ..tasks.records import task_records
 from ..io import atomic_save_tensors, check_output_dir, directory_lock, load_tensors, staged_directory
 from .graph import circuit_edges
 from .masks import ablation_hooks
@@ -70,24 +72,58 @@ def random_same_size(keep: Mapping[str, torch.Tensor], generator: torch.Generato
 
 def circuit_metrics(evaluator: CircuitEvaluator, keep: Mapping[str, torch.Tensor], scale: float, seed: int = 0) -> dict:
     """Losses on the test records: full model, circuit alone (`loss_circuit`, no calibration, as
-    the node count was chosen; `loss_circuit_calibrated` with its logit scale), circuit ablated, the
-    empty circuit (every node ablated: bigram table and means alone), and random node sets of the same
-    size per site (each with its own fitted logit scale, compared with the calibrated circuit)."""
-    circuit_logits = evaluator.logits(keep) * scale
+    the node count was chosen, with a 95% bootstrap interval over records; `loss_circuit_calibrated`
+    with its logit scale), circuit ablated, the empty circuit (every node ablated: bigram table and
+    means alone), and random node sets of the same size per site (each with its own fitted logit
+    scale, compared with the calibrated circuit)."""
+    circuit_raw = evaluator.logits(keep)
     inverse = {site: ~k for site, k in keep.items()}
+    ablated = evaluator.logits(inverse)
     generator = torch.Generator().manual_seed(seed)
     # Each random set gets its own logit scale, fitted like the circuit's.
     random_losses = [evaluator.calibrated(random_same_size(keep, generator))[0] for _ in range(RANDOM_CONTROLS)]
     return {
         "loss_full_model": evaluator.loss(None),
-        "loss_circuit": evaluator.loss(keep),
-        "loss_circuit_calibrated": float(task_loss(circuit_logits)),
-        "loss_circuit_ablated": evaluator.loss(inverse),
+        "loss_circuit": float(task_loss(circuit_raw)),
+        "loss_circuit_interval": task_loss_interval(circuit_raw, seed),
+        "loss_circuit_calibrated": float(task_loss(circuit_raw * scale)),
+        "loss_circuit_ablated": float(task_loss(ablated)),
+        "loss_circuit_ablated_interval": task_loss_interval(ablated, seed),
         "loss_empty_circuit": evaluator.loss({site: torch.zeros_like(k) for site, k in keep.items()}),
         "loss_random_same_size": sum(random_losses) / len(random_losses),
+        "loss_random_draws": [round(x, 5) for x in random_losses],
         "accuracy_full_model": task_accuracy(evaluator.logits(None)),
-        "accuracy_circuit": task_accuracy(circuit_logits),
+        "accuracy_circuit": task_accuracy(circuit_raw * scale),
     }
+
+
+def records_sha256(task: str) -> str:
+    """A digest of a task's records, every split in order: what a circuit was pruned and chosen on."""
+    _, records = task_records(task, warn=False)
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
+
+
+def is_current(out: str | Path, run_dir: str | Path, task: str, settings: PruneSettings) -> bool:
+    """Whether `out` holds a circuit of these very weights, task records and prune settings."""
+    path = Path(out) / CIRCUIT_FILE
+    if not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text())
+        return (data["model"]["weights_sha256"] == file_sha256(Path(run_dir) / MODEL_FILE)
+                and data.get("records_sha256") == records_sha256(task)
+                and data["settings"] == settings_dict(settings) and data.get("search_trials", 0) == 0)
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False
+
+
+def prune_or_reuse(run_dir: str | Path, task: str, out: str | Path, settings: PruneSettings,
+                   show_progress: bool = True) -> "Circuit":
+    """The circuit in `out` when it was pruned from these weights, records and settings; else prune
+    again into `out` (replacing what an earlier `prune` wrote there)."""
+    if is_current(out, run_dir, task, settings):
+        return Circuit.load(out)
+    return prune(run_dir, task, out, settings, show_progress=show_progress, force=True)
 
 
 def write_circuit_dir(out: Path, record: dict, scores: Mapping[str, torch.Tensor], command: str = "prune") -> None:
@@ -150,6 +186,7 @@ def circuit_record(run_dir: Path, model: SparseGPT, task: str, splits: TaskSplit
         "ablation": settings.ablation,
         "means_data": str(Path(data_dir).resolve()) if data_dir is not None else None,  # None: the run's own data
         "records": splits.counts(),
+        "records_sha256": records_sha256(task),
         "nodes": nodes,
         "edges": edges,
         "metrics": metrics,

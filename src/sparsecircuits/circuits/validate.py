@@ -1,11 +1,19 @@
 """`sparsecircuits validate`: is the circuit sufficient, necessary, and better than controls?
 
 - sufficiency: everything outside the circuit ablated, the held-out task loss (before the logit
-  scale is calibrated, as the bisection targets it) stays at or under the target;
+  scale is calibrated, as the node count targets it) stays at or under the target;
 - necessity: only the circuit ablated, the task loss rises to near chance (ln 2);
-- controls that fail when they reach the target: random node sets with the same count per site,
-  the empty circuit, and the same pruning on the task with shuffled labels, compared with the real
-  labels on the same footing (node counts chosen on the training records for both);
+- four controls (`validation.json` "controls"), each with `passed`:
+  - `nonsense_rule`: the same prompts with the answer set by a consistent but meaningless rule
+    (the parity of a name's length), pruned exactly like the task and judged by its own circuit:
+    it fails when that circuit meets the target on its test records with at most
+    COMPARABLE_FACTOR times the real circuit's nodes (pruning would find such a circuit for anything);
+  - `shuffled_labels`: the labels shuffled per record, pruned on the same footing as the real labels
+    (node counts chosen on the records the mask was trained on, since shuffled labels can only be
+    fitted); it fails when it fits the target with a comparable count;
+  - `random_nodes`: random node sets with the circuit's count per site must stay at least halfway
+    from the target to chance;
+  - `empty_circuit`: every node ablated (bigram table and means alone) must miss the target;
 - a circuit is evidence when it is sufficient, necessary and passes every control that was run;
 - the effect of ablating each circuit node alone, inside the circuit and in the full model.
 """
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import sys
 from pathlib import Path
@@ -21,8 +30,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import SparseCircuitsError
 from ..model.sparse_kernels import sparse_weight_kernels
-from ..tasks.records import TaskSplits, TokenizedTask, task_loss
+from ..tasks.nonsense import nonsense_rule
+from ..tasks.records import SPLITS, TaskSplits, TokenizedTask, task_loss, task_loss_interval, task_records, tokenize_records
 from ..io import atomic_write_text, check_writable, directory_lock
 from .circuit import Circuit, ablation_values, circuit_metrics, load_task_splits
 from .graph import circuit_edges
@@ -30,8 +41,8 @@ from .prune import CircuitEvaluator, PruneSettings, find_circuit
 
 MAX_PER_NODE = 1000  # circuits larger than this skip the per-node ablations
 NECESSITY_THRESHOLD = 0.5  # "near chance": ln 2 is 0.69
-# A shuffled-label twin that fits the target with at most this many times the real task's nodes
-# (both chosen on their training records) makes the circuit "not evidence".
+# A control pruning that fits the target with at most this many times the real task's nodes
+# (both chosen on the same footing) makes the circuit "not evidence".
 COMPARABLE_FACTOR = 2.0
 
 
@@ -44,13 +55,20 @@ def shuffled_labels(task: TokenizedTask, seed: int) -> TokenizedTask:
     return dataclasses.replace(task, name=f"{task.name} (shuffled labels)", correct=correct, incorrect=incorrect)
 
 
+def random_nodes_threshold(target: float) -> float:
+    """Random node sets must stay at least halfway from the target to chance."""
+    return target + (math.log(2) - target) / 2
+
+
 def _fitted(model, splits: TaskSplits, means, settings: PruneSettings, show_progress: bool) -> dict:
     found = find_circuit(model, splits, means, settings, show_progress, require_target=False)
+    test_logits = found["evaluator"].logits(found["keep"], "test")
     return {"n_nodes": int(sum(k.sum() for k in found["keep"].values())),
             "n_edges": len(circuit_edges(model, found["keep"])),
             "reached_target": found["reached"],
             "loss_fitted": found["loss_choose"],
             "loss_test": found["loss"],
+            "loss_test_interval": task_loss_interval(test_logits, settings.seed),
             "full_model_loss_fitted": found["full_loss"]}
 
 
@@ -70,30 +88,59 @@ def fitting_controls(model, splits: TaskSplits, means, settings: PruneSettings, 
     }
 
 
-def control_verdicts(result: dict) -> dict[str, dict]:
-    """Pass or fail, with the reason, for each control that was run. A control fails when it does
-    what only a real mechanism should: reach the target."""
-    target = result["target_loss"]
-    verdicts = {
-        "random": {"pass": result["loss_random_same_size"] > target,
-                   "why": f"random nodes, same size per site: loss {result['loss_random_same_size']:.4f}"
-                          f" {'above' if result['loss_random_same_size'] > target else 'at or under'} the target"},
-        "empty": {"pass": result["loss_empty_circuit"] > target,
-                  "why": f"empty circuit (bigram table and means alone): loss {result['loss_empty_circuit']:.4f}"
-                         + (" above the target" if result["loss_empty_circuit"] > target
-                            else " at or under the target: the task needs no nodes")},
-    }
+def nonsense_control(model, task_source: str, means, settings: PruneSettings, show_progress: bool = True) -> dict:
+    """The task's prompts under a meaningless rule, pruned with the task's own splits and settings."""
+    name, records = task_records(task_source, warn=False)
+    try:
+        relabelled, rule = nonsense_rule(records)
+        splits = TaskSplits(*(tokenize_records(f"{name} (nonsense rule)", split, relabelled[split], model.tokenizer,
+                                               model.config.ctx_len, warn=False) for split in SPLITS))
+    except (ValueError, SparseCircuitsError) as err:
+        return {"rule": None, "skipped": str(err)}
+    return {"rule": rule, **_fitted(model, splits, means, settings, show_progress)}
+
+
+def controls(result: dict) -> dict[str, dict]:
+    """Each control that was run, with `passed` and a one-line reason. A control fails when it does
+    what only a real mechanism should."""
+    target, nodes = result["target_loss"], result["n_nodes"]
+    random_floor = random_nodes_threshold(target)
+    out = {}
+    if "control_nonsense" in result:
+        fake = result["control_nonsense"]
+        if fake.get("rule") is None:
+            out["nonsense_rule"] = {"passed": True, "why": f"not applicable: {fake['skipped']}"}
+        else:
+            fitted = fake["reached_target"] and fake["loss_test"] <= target
+            comparable = fitted and fake["n_nodes"] <= COMPARABLE_FACTOR * max(nodes, 1)
+            out["nonsense_rule"] = {
+                "passed": not comparable, "n_nodes": fake["n_nodes"], "n_edges": fake["n_edges"],
+                "loss_test": fake["loss_test"], "loss_test_interval": fake["loss_test_interval"], "rule": fake["rule"],
+                "why": (f"nonsense rule ({fake['rule']}): " + (
+                    f"fitted with {fake['n_nodes']} nodes (test loss {fake['loss_test']:.4f}) against {nodes} for the task"
+                    + (": pruning fits nonsense as easily" if comparable else "") if fitted
+                    else f"not fitted: its best circuit ({fake['n_nodes']} nodes) has test loss {fake['loss_test']:.4f}"))}
     if "control_shuffled" in result:
         fake, real = result["control_shuffled"], result["control_real_fitted"]
         comparable = fake["reached_target"] and fake["n_nodes"] <= COMPARABLE_FACTOR * max(real["n_nodes"], 1)
-        if not fake["reached_target"]:
-            why = "shuffled labels: no node count fits the target"
-        else:
-            why = (f"shuffled labels fitted to the target with {fake['n_nodes']} nodes against {real['n_nodes']}"
-                   f" for the real labels on the same footing"
-                   + (" (comparable: pruning fits nonsense as easily)" if comparable else ""))
-        verdicts["shuffled"] = {"pass": not comparable, "why": why}
-    return verdicts
+        out["shuffled_labels"] = {
+            "passed": not comparable, "n_nodes": fake["n_nodes"], "n_edges": fake["n_edges"],
+            "n_nodes_real_labels": real["n_nodes"], "loss_fitted": fake["loss_fitted"], "loss_test": fake["loss_test"],
+            "why": ("shuffled labels: no node count fits the target" if not fake["reached_target"] else
+                    f"shuffled labels fitted to the target with {fake['n_nodes']} nodes against {real['n_nodes']}"
+                    " for the real labels on the same footing" + (" (comparable: pruning fits noise as easily)"
+                                                                     if comparable else ""))}
+    loss = result["loss_random_same_size"]
+    out["random_nodes"] = {
+        "passed": loss >= random_floor, "n_nodes": nodes, "loss": loss, "threshold": round(random_floor, 5),
+        "why": f"random nodes, same count per site: loss {loss:.4f} {'at or above' if loss >= random_floor else 'below'}"
+               f" {random_floor:.4f}, halfway from the target to chance"}
+    loss = result["loss_empty_circuit"]
+    out["empty_circuit"] = {
+        "passed": loss > target, "n_nodes": 0, "n_edges": 0, "loss": loss,
+        "why": f"empty circuit (bigram table and means alone): loss {loss:.4f}"
+               + (" above the target" if loss > target else " at or under the target: the task needs no nodes")}
+    return out
 
 
 def validate(circuit_dir: str | Path, run_dir: str | Path | None = None, control: bool = True,
@@ -130,9 +177,11 @@ def _validate(circuit: Circuit, model, model_run_dir: Path, control: bool, show_
         }
         if control:
             result.update(fitting_controls(model, splits, means, settings, show_progress))
-        result["verdicts"] = control_verdicts(result)
+            result["control_nonsense"] = nonsense_control(model, circuit.data["task_source"], means, settings,
+                                                          show_progress)
+        result["controls"] = controls(result)
         result["evidence"] = result["sufficient"] and result["necessary"] and all(
-            v["pass"] for v in result["verdicts"].values())
+            c["passed"] for c in result["controls"].values())
         per_node = []
         too_many = len(circuit.nodes) > max_per_node
         if too_many:
@@ -155,7 +204,11 @@ def _validate(circuit: Circuit, model, model_run_dir: Path, control: bool, show_
 def not_evidence_reasons(result: dict) -> list[str]:
     reasons = [] if result["sufficient"] else ["not sufficient"]
     reasons += [] if result["necessary"] else ["not necessary"]
-    return reasons + [f"{name} control failed" for name, v in result["verdicts"].items() if not v["pass"]]
+    return reasons + [f"{name} control failed" for name, c in result["controls"].items() if not c["passed"]]
+
+
+def _interval(interval) -> str:
+    return f" (95% interval {interval[0]:.4f}-{interval[1]:.4f})" if interval else ""
 
 
 def format_validation(result: dict) -> str:
@@ -163,9 +216,11 @@ def format_validation(result: dict) -> str:
              f"{'check':38s} {'loss':>8s}  verdict"]
     rows = [
         ("full model", result["loss_full_model"], ""),
-        ("circuit only (sufficiency)", result["loss_circuit"], "pass" if result["sufficient"] else "FAIL"),
+        ("circuit only (sufficiency)", result["loss_circuit"], ("pass" if result["sufficient"] else "FAIL")
+         + _interval(result.get("loss_circuit_interval"))),
         ("circuit only, logit scale calibrated", result["loss_circuit_calibrated"], ""),
-        ("circuit ablated (necessity)", result["loss_circuit_ablated"], "pass" if result["necessary"] else "FAIL"),
+        ("circuit ablated (necessity)", result["loss_circuit_ablated"], ("pass" if result["necessary"] else "FAIL")
+         + _interval(result.get("loss_circuit_ablated_interval"))),
         ("random nodes, same size per site", result["loss_random_same_size"], ""),
         ("empty circuit (every node ablated)", result["loss_empty_circuit"], ""),
     ]
@@ -177,9 +232,14 @@ def format_validation(result: dict) -> str:
             lines.append(f"  {name:16s} {c['n_nodes']:6d} nodes {c['n_edges']:7d} edges,"
                          f" {'reached' if c['reached_target'] else 'missed'} the target: loss {c['loss_fitted']:.4f}"
                          f" fitted, {c['loss_test']:.4f} on test records")
-    for name, verdict in result["verdicts"].items():
-        lines.append(f"control {name:9s} {'pass' if verdict['pass'] else 'FAIL'}  {verdict['why']}")
-    skipped = "" if "control_shuffled" in result else " (shuffled-label control not run)"
+    if result.get("control_nonsense", {}).get("rule"):
+        c = result["control_nonsense"]
+        lines.append(f"  {'nonsense rule':16s} {c['n_nodes']:6d} nodes {c['n_edges']:7d} edges (count chosen on its own"
+                     f" choose records), {'reached' if c['reached_target'] else 'missed'} the target: loss"
+                     f" {c['loss_test']:.4f} on its test records{_interval(c['loss_test_interval'])}")
+    for name, control in result["controls"].items():
+        lines.append(f"control {name:15s} {'pass' if control['passed'] else 'FAIL'}  {control['why']}")
+    skipped = "" if "control_shuffled" in result else " (nonsense-rule and shuffled-label controls not run)"
     lines.append("verdict: " + ("evidence (sufficient, necessary, every control passed)" if result["evidence"]
                                 else "NOT EVIDENCE: " + ", ".join(not_evidence_reasons(result))) + skipped)
     if "per_node_skipped" in result:

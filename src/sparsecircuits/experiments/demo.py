@@ -107,7 +107,8 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
          dense_set: list[str] | None = None) -> dict:
     """`dense_set`: overrides for the dense model alone, after the shared ones (another width, more
     steps): the paper compares a sparse model with a smaller dense one at matched pretraining loss."""
-    from ..circuits import PruneSettings, prune, validate
+    from ..circuits import PruneSettings, validate
+    from ..circuits.circuit import prune_or_reuse
     from ..viewer import view
 
     out = output_folder(out)
@@ -152,15 +153,10 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
     def circuit_dir(model: str, task: str) -> Path:
         return out / "circuits" / model / Path(task).stem
 
-    def pruned(model: str, task: str) -> bool:
-        path = circuit_dir(model, task) / "circuit.json"
-        return path.is_file() and json.loads(path.read_text())["target_loss"] == target_loss
-
     def prune_all():
         for task in chosen:
-            for model in MODELS:
-                if not pruned(model, task):  # a circuit for another target is replaced
-                    prune(out / model, task, circuit_dir(model, task), PruneSettings(target_loss=target_loss), force=True)
+            for model in MODELS:  # a circuit of other weights, records or settings is pruned again
+                prune_or_reuse(out / model, task, circuit_dir(model, task), PruneSettings(target_loss=target_loss))
 
     def validate_all():
         for task in chosen:

@@ -94,7 +94,8 @@ def grid_runs(grid: dict, vocab_size: int) -> list[tuple[str, list[str]]]:
 
 
 def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: bool = True) -> list[dict]:
-    from ..circuits import PruneSettings, prune
+    from ..circuits import PruneSettings
+    from ..circuits.circuit import prune_or_reuse
 
     grid = read_grid(grid_path)
     out = output_folder(out)
@@ -127,9 +128,8 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
             if loss > target:
                 continue
             circuit_dir = out / "circuits" / tag / Path(name).stem
-            if not (circuit_dir / "circuit.json").is_file():
-                prune(run_dir, name, circuit_dir, PruneSettings(target_loss=target), show_progress=show_progress, force=True)
-            edges[Path(name).stem] = json.loads((circuit_dir / "circuit.json").read_text())["metrics"]["n_edges"]
+            circuit = prune_or_reuse(run_dir, name, circuit_dir, PruneSettings(target_loss=target), show_progress)
+            edges[Path(name).stem] = circuit.metrics["n_edges"]
         row.update({"tasks_learned": len(edges), "edges_geomean": geomean(list(edges.values())) if edges else None,
                     "edges": edges})
         rows.append(row)

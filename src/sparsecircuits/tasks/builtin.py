@@ -1,13 +1,24 @@
-"""The 20 built-in tasks of METHOD.md section 2 as seeded generators of paired records.
+"""The built-in tasks as seeded generators of paired records, in two suites.
 
 Each generator takes a `random.Random` and returns one minimal pair: two records whose prompts
-hold the same tokens in a different order, with the answers swapped, so no count of tokens (and no
-length) tells them apart; `tasks audit` checks this and the other trivial cues. The prompts are
-short, ordinary Python; none of this text is written into any training corpus.
+differ in the detail that decides the answer, with the answers swapped. The prompts are short,
+ordinary Python; none of this text is written into any training corpus.
+
+- `paper` (the default): the 20 contrasts of METHOD.md section 2 in the paper's form. Only the
+  degenerate cues are removed: the two prompts of a pair end in the same token (except `else_elif`,
+  whose contrast is its last token; `tasks audit` flags it) and `generate` pads the shorter one so
+  both have as many pre-tokens. Which tokens appear is left alone: for the quote, bracket and brace
+  tasks that is the mechanism the paper found.
+- `hard`: harder forms of the same contrasts, to test how far a paper circuit generalises: each
+  `<task>_hard` puts the other member's deciding line commented out above its own (or binds two
+  variables, or opens one of two files), and three of the paper's adversarial checks: an unmatched
+  bracket in a comment, a long list diluting the depth signal, and a string of the other quote kind
+  earlier in the file. `HARD_FORMS` maps each paper task to its hard forms.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 
@@ -62,14 +73,14 @@ def _commented_twin(head: str, make: Callable[[bool], tuple[str, str, str]]) -> 
     return build(True), build(False)
 
 
-def single_double_quote(rng: random.Random) -> Pair:
+def single_double_quote_hard(rng: random.Random) -> Pair:
     func, word = rng.choice(FUNCS), rng.choice(WORDS)
     var = rng.choice(NAMES)
     return _commented_twin(_function_head(rng, var), lambda single: (
         f"{var} = {func}({chr(39) if single else chr(34)}{word}", "')" if single else '")', '")' if single else "')"))
 
 
-def final_kwarg(rng: random.Random) -> Pair:
+def final_kwarg_hard(rng: random.Random) -> Pair:
     """Two defs, one keyword argument: in the def being written or in the one above it."""
     f, g = rng.sample(FUNCS, 2)
     a, b, c, d, e = _names(rng, 5)
@@ -78,7 +89,7 @@ def final_kwarg(rng: random.Random) -> Pair:
                              "=" if kw else "):", "):" if kw else "="))
 
 
-def _set_or_string(rng: random.Random, var: str) -> Pair:
+def _set_or_string_hard(rng: random.Random, var: str) -> Pair:
     """Both kinds of initialisation are in every prompt: which one `var` got decides."""
     other, item, loop = rng.sample([n for n in NAMES if n != var], 3)
     set_first = rng.random() < 0.5
@@ -91,12 +102,12 @@ def _set_or_string(rng: random.Random, var: str) -> Pair:
     return _pair(make)
 
 
-def set_or_string(rng: random.Random) -> Pair:
-    return _set_or_string(rng, rng.choice(NAMES))
+def set_or_string_hard(rng: random.Random) -> Pair:
+    return _set_or_string_hard(rng, rng.choice(NAMES))
 
 
-def set_or_string_fixedvarname(rng: random.Random) -> Pair:
-    return _set_or_string(rng, "current")
+def set_or_string_fixedvarname_hard(rng: random.Random) -> Pair:
+    return _set_or_string_hard(rng, "current")
 
 
 def class_init(rng: random.Random) -> Pair:
@@ -116,7 +127,7 @@ def class_init(rng: random.Random) -> Pair:
     return _pair(make)
 
 
-def with_as(rng: random.Random) -> Pair:
+def with_as_hard(rng: random.Random) -> Pair:
     var, path = _names(rng, 2)
     head = _function_head(rng, var, path)
     mode = rng.choice(["", ", 'rb'", ", 'w'", ", encoding='utf-8'"])
@@ -125,13 +136,13 @@ def with_as(rng: random.Random) -> Pair:
         " as" if in_with else "\n", "\n" if in_with else " as"))
 
 
-def bracket_brace(rng: random.Random) -> Pair:
+def bracket_brace_hard(rng: random.Random) -> Pair:
     var, a, b = _names(rng, 3)
     return _commented_twin(_function_head(rng, var, a, b), lambda is_dict: (
         f"{var} = {{{a}: 1, {b}" if is_dict else f"{var} = [{a}, {b}", ":" if is_dict else ",", "," if is_dict else ":"))
 
 
-def with_open(rng: random.Random) -> Pair:
+def with_open_hard(rng: random.Random) -> Pair:
     """Both files are the function's arguments and both are used: the one opened decides."""
     reading = rng.choice(["input", "source", "config", "data", "template", "settings"])
     writing = rng.choice(["output", "report", "log", "result", "backup", "export"])
@@ -144,7 +155,7 @@ def with_open(rng: random.Random) -> Pair:
                                "r" if read else "w", "w" if read else "r"))
 
 
-def bracket_counting(rng: random.Random) -> Pair:
+def bracket_counting_hard(rng: random.Random) -> Pair:
     var = rng.choice(NAMES)
     items = ", ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(1, 3)))
     return _commented_twin(_function_head(rng, var), lambda nested: (
@@ -159,7 +170,7 @@ def for_while(rng: random.Random) -> Pair:
                                  " in" if is_for else ":", ":" if is_for else " in"))
 
 
-def else_elif(rng: random.Random) -> Pair:
+def else_elif_hard(rng: random.Random) -> Pair:
     var = rng.choice(NAMES)
     value = rng.randint(0, 9)
     head = f"def {rng.choice(FUNCS)}({var}):\n    if {var} > {value}:\n        return {var}\n    "
@@ -167,7 +178,7 @@ def else_elif(rng: random.Random) -> Pair:
         "else" if is_else else "elif", ":" if is_else else f" {var}", f" {var}" if is_else else ":"))
 
 
-def fstring_brace(rng: random.Random) -> Pair:
+def fstring_brace_hard(rng: random.Random) -> Pair:
     """An f-string and a plain string with braces in every prompt: the open one's prefix decides."""
     first, second, third = rng.sample(PLAIN_WORDS, 3)
     var = rng.choice(NAMES)
@@ -175,7 +186,7 @@ def fstring_brace(rng: random.Random) -> Pair:
                                " {" if is_f else "'", "'" if is_f else " {"))
 
 
-def if_ternary(rng: random.Random) -> Pair:
+def if_ternary_hard(rng: random.Random) -> Pair:
     a, b, c = _names(rng, 3)
     head = _function_head(rng, a, b, c)
     return _commented_twin(head, lambda ternary: (
@@ -189,7 +200,7 @@ def var_swap(rng: random.Random) -> Pair:
             _record(f"{x} = {y} + {y}\n{y}, {x} = {x},", f" {y}", f" {x}"))
 
 
-def indent_for(rng: random.Random) -> Pair:
+def indent_for_hard(rng: random.Random) -> Pair:
     """The body of a for loop is indented one level deeper than its header: 8 spaces after a header
     in a function body, 12 after one nested in another loop (what real code writes). Both prompts
     hold the same lines; only where the loop header sits differs."""
@@ -201,7 +212,7 @@ def indent_for(rng: random.Random) -> Pair:
         "\n" + " " * 11 if nested else "\n" + " " * 7, "\n" + " " * 7 if nested else "\n" + " " * 11))
 
 
-def lambda_func(rng: random.Random) -> Pair:
+def lambda_func_hard(rng: random.Random) -> Pair:
     """A helper defined inside a function, by a lambda or a def. Names come from one pool, so the last
     token (the lambda's argument or the def's name) says nothing."""
     f, g, x = rng.sample(NAMES + FUNCS, 3)
@@ -209,14 +220,14 @@ def lambda_func(rng: random.Random) -> Pair:
         f"{f} = lambda {x}" if is_lambda else f"def {g}", ":" if is_lambda else "(", "(" if is_lambda else ":"))
 
 
-def if_equals(rng: random.Random) -> Pair:
+def if_equals_hard(rng: random.Random) -> Pair:
     a, b = _names(rng, 2)
     func = rng.choice(FUNCS)
     head = f"def {func}({a}, {b}):\n    "
     return _commented_twin(head, lambda in_if: (f"if {a}" if in_if else a, " ==" if in_if else " =", " =" if in_if else " =="))
 
 
-def enumerate_range(rng: random.Random) -> Pair:
+def enumerate_range_hard(rng: random.Random) -> Pair:
     """The second name is a loop variable or was unpacked on the line above."""
     # " enumerate" is several tokens in small vocabularies; zip is the two-variable loop that stays one.
     i, item, a, b = _names(rng, 4)
@@ -226,7 +237,7 @@ def enumerate_range(rng: random.Random) -> Pair:
                               " zip" if two else " range", " range" if two else " zip"))
 
 
-def var_if(rng: random.Random) -> Pair:
+def var_if_hard(rng: random.Random) -> Pair:
     var = rng.choice(NAMES)
     head = _function_head(rng, var)
     value = rng.choice(["True", "False", "None"])
@@ -234,7 +245,7 @@ def var_if(rng: random.Random) -> Pair:
         f"if {var} == {value}" if in_if else f"{var} = {value}", ":" if in_if else "\n", "\n" if in_if else ":"))
 
 
-def while_return_true(rng: random.Random) -> Pair:
+def while_return_true_hard(rng: random.Random) -> Pair:
     func = rng.choice(FUNCS)
     var = rng.choice(NAMES)
     head = f"def {func}({var}):\n    "
@@ -242,43 +253,270 @@ def while_return_true(rng: random.Random) -> Pair:
         "while True" if is_while else "return True", ":" if is_while else "\n", "\n" if is_while else ":"))
 
 
-BUILTIN_TASKS: dict[str, Callable[[random.Random], Pair]] = {
-    f.__name__: f for f in (
-        single_double_quote, final_kwarg, set_or_string, set_or_string_fixedvarname, class_init, with_as,
-        bracket_brace, with_open, bracket_counting, for_while, else_elif, fstring_brace, if_ternary, var_swap,
-        indent_for, lambda_func, if_equals, enumerate_range, var_if, while_return_true,
-    )
+
+# ---- the paper suite -------------------------------------------------------------------------
+
+def single_double_quote(rng: random.Random) -> Pair:
+    var, func, word = rng.choice(NAMES), rng.choice(FUNCS), rng.choice(PLAIN_WORDS)
+    return _pair(lambda single: (f"{var} = {func}({chr(39) if single else chr(34)}{word}",
+                                 "')" if single else '")', '")' if single else "')"))
+
+
+def final_kwarg(rng: random.Random) -> Pair:
+    func = rng.choice(FUNCS)
+    a, b, c = _names(rng, 3)
+    return _pair(lambda kw: (f"def {func}({a}, {b}=None, {c}" if kw else f"def {func}({a}, {b}, {c}",
+                             "=" if kw else "):", "):" if kw else "="))
+
+
+def _set_or_string(rng: random.Random, var: str) -> Pair:
+    item, loop = rng.sample([n for n in NAMES if n != var], 2)
+    head = _function_head(rng, var, item, loop)
+    return _pair(lambda is_set: (f"{head}{var} = {'set()' if is_set else chr(34) * 2}\n    for {item} in {loop}:\n        {var}",
+                                 "." if is_set else " +=", " +=" if is_set else "."))
+
+
+def set_or_string(rng: random.Random) -> Pair:
+    return _set_or_string(rng, rng.choice(NAMES))
+
+
+def set_or_string_fixedvarname(rng: random.Random) -> Pair:
+    return _set_or_string(rng, "current")
+
+
+def with_as(rng: random.Random) -> Pair:
+    var, path = _names(rng, 2)
+    head = _function_head(rng, var, path)
+    mode = rng.choice(["", ", 'rb'", ", 'w'", ", encoding='utf-8'"])
+    return _pair(lambda in_with: (f"{head}with open({path}{mode})" if in_with else f"{head}{var} = open({path}{mode})",
+                                  " as" if in_with else "\n", "\n" if in_with else " as"))
+
+
+def bracket_brace(rng: random.Random) -> Pair:
+    var, a, b = _names(rng, 3)
+    return _pair(lambda is_dict: (f"{var} = {{{a}: 1, {b}" if is_dict else f"{var} = [{a}, {b}",
+                                  ":" if is_dict else ",", "," if is_dict else ":"))
+
+
+def with_open(rng: random.Random) -> Pair:
+    reading = rng.choice(["input", "source", "config", "data", "template", "settings"])
+    writing = rng.choice(["output", "report", "log", "result", "backup", "export"])
+    suffix = rng.choice(["path", "file", "name", "filename"])
+    head = _function_head(rng)
+    return _pair(lambda read: (f"{head}with open({reading if read else writing}_{suffix}, '",
+                               "r" if read else "w", "w" if read else "r"))
+
+
+def bracket_counting(rng: random.Random) -> Pair:
+    var = rng.choice(NAMES)
+    items = ", ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(1, 3)))
+    return _pair(lambda nested: (f"{var} = [[{items}" if nested else f"{var} = [{items}",
+                                 "]]" if nested else "]", "]" if nested else "]]"))
+
+
+def else_elif(rng: random.Random) -> Pair:
+    """The paper's contrast is the last token itself (`else` or `elif`): flagged by `tasks audit`."""
+    var = rng.choice(NAMES)
+    value = rng.randint(0, 9)
+    head = f"def {rng.choice(FUNCS)}({var}):\n    if {var} > {value}:\n        return {var}\n    "
+    return _pair(lambda is_else: (f"{head}else" if is_else else f"{head}elif", ":" if is_else else f" {var}",
+                                  f" {var}" if is_else else ":"))
+
+
+def fstring_brace(rng: random.Random) -> Pair:
+    first, second = rng.sample(PLAIN_WORDS, 2)
+    return _pair(lambda is_f: (f"print({'f' if is_f else ''}'{first} {second}", " {" if is_f else "'",
+                               "'" if is_f else " {"))
+
+
+def if_ternary(rng: random.Random) -> Pair:
+    a, b, c = _names(rng, 3)
+    head = _function_head(rng, a, b, c)
+    return _pair(lambda ternary: (f"{head}{a} = {b} if {c}" if ternary else f"{head}if {c}", " else" if ternary else ":",
+                                  ":" if ternary else " else"))
+
+
+def indent_for(rng: random.Random) -> Pair:
+    """The body of a for loop is indented one level deeper than its header: 8 spaces after a header
+    in a function body, 12 after one nested in another loop (what real code writes)."""
+    var, seq, outer, items, total = _names(rng, 5)
+    head = f"def {rng.choice(FUNCS)}({items}):\n    {total} = 0\n    for {outer} in {items}:\n        {total} += 1\n"
+    return _pair(lambda nested: (f"{head}{'        ' if nested else '    '}for {var} in {seq}:",
+                                 "\n" + " " * 11 if nested else "\n" + " " * 7, "\n" + " " * 7 if nested else "\n" + " " * 11))
+
+
+def lambda_func(rng: random.Random) -> Pair:
+    """`name = lambda arg` vs `def name`; names come from one pool, so the last token says nothing."""
+    f, x = rng.sample(NAMES + FUNCS, 2)
+    head = _function_head(rng, f, x)
+    return _pair(lambda is_lambda: (f"{head}{f} = lambda {x}" if is_lambda else f"{head}def {x}",
+                                    ":" if is_lambda else "(", "(" if is_lambda else ":"))
+
+
+def if_equals(rng: random.Random) -> Pair:
+    a, b = _names(rng, 2)
+    head = f"def {rng.choice(FUNCS)}({a}, {b}):\n    "
+    return _pair(lambda in_if: (f"{head}if {a}" if in_if else f"{head}{a}", " ==" if in_if else " =",
+                                " =" if in_if else " =="))
+
+
+def enumerate_range(rng: random.Random) -> Pair:
+    # " enumerate" is several tokens in small vocabularies; zip is the two-variable loop that stays one.
+    i, item = _names(rng, 2)
+    head = _function_head(rng, i, item)
+    return _pair(lambda two: (f"{head}for {i}, {item} in" if two else f"{head}for {i} in", " zip" if two else " range",
+                              " range" if two else " zip"))
+
+
+def var_if(rng: random.Random) -> Pair:
+    var = rng.choice(NAMES)
+    head = _function_head(rng, var)
+    value = rng.choice(["True", "False", "None"])
+    return _pair(lambda in_if: (f"{head}if {var} == {value}" if in_if else f"{head}{var} = {value}",
+                                ":" if in_if else "\n", "\n" if in_if else ":"))
+
+
+def while_return_true(rng: random.Random) -> Pair:
+    var = rng.choice(NAMES)
+    head = f"def {rng.choice(FUNCS)}({var}):\n    "
+    return _pair(lambda is_while: (f"{head}while True" if is_while else f"{head}return True",
+                                   ":" if is_while else "\n", "\n" if is_while else ":"))
+
+
+# ---- the paper's adversarial checks (hard suite) ----------------------------------------------
+
+def bracket_counting_comment(rng: random.Random) -> Pair:
+    """An unmatched `[` in a comment above: a circuit that averages `[` over the context miscounts."""
+    var = rng.choice(NAMES)
+    items = ", ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(1, 3)))
+    note = f"# {rng.choice(PLAIN_WORDS)} [{rng.randint(0, 9)}\n"
+    return _pair(lambda nested: (f"{note}{var} = [[{items}" if nested else f"{note}{var} = [{items}",
+                                 "]]" if nested else "]", "]" if nested else "]]"))
+
+
+def bracket_counting_long(rng: random.Random) -> Pair:
+    """A long list: one `[` among many tokens dilutes an averaged depth signal."""
+    var = rng.choice(NAMES)
+    items = ", ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(12, 20)))
+    return _pair(lambda nested: (f"{var} = [[{items}" if nested else f"{var} = [{items}",
+                                 "]]" if nested else "]", "]" if nested else "]]"))
+
+
+def single_double_quote_other_quote(rng: random.Random) -> Pair:
+    """A closed string of the other quote kind earlier in the file."""
+    var, other, func, word, earlier = rng.choice(NAMES), rng.choice(NAMES), rng.choice(FUNCS), *rng.sample(PLAIN_WORDS, 2)
+
+    def make(single: bool) -> tuple[str, str, str]:
+        quote, before = (chr(39), chr(34)) if single else (chr(34), chr(39))
+        return (f"{other} = {before}{earlier}{before}\n{var} = {func}({quote}{word}",
+                "')" if single else '")', '")' if single else "')")
+    return _pair(make)
+
+
+PAPER = (single_double_quote, final_kwarg, set_or_string, set_or_string_fixedvarname, class_init, with_as,
+         bracket_brace, with_open, bracket_counting, for_while, else_elif, fstring_brace, if_ternary, var_swap,
+         indent_for, lambda_func, if_equals, enumerate_range, var_if, while_return_true)
+# class_init, for_while and var_swap are posed the same way in both suites
+HARD = {f"{f.__name__}_hard": globals().get(f"{f.__name__}_hard", f) for f in PAPER}
+HARD.update({f.__name__: f for f in (bracket_counting_comment, bracket_counting_long, single_double_quote_other_quote)})
+
+SUITES: dict[str, dict[str, Callable[[random.Random], Pair]]] = {
+    "paper": {f.__name__: f for f in PAPER},
+    "hard": HARD,
 }
+BUILTIN_TASKS = SUITES["paper"]  # the default suite
+ALL_TASKS = {**SUITES["paper"], **SUITES["hard"]}
+HARD_FORMS: dict[str, list[str]] = {name: [f"{name}_hard"] for name in SUITES["paper"]}
+HARD_FORMS["single_double_quote"].append("single_double_quote_other_quote")
+HARD_FORMS["bracket_counting"] += ["bracket_counting_comment", "bracket_counting_long"]
+
+
+def suite_tasks(suite: str) -> list[str]:
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite '{suite}': use one of {', '.join(SUITES)}")
+    return list(SUITES[suite])
+
 
 DESCRIPTIONS = {
-    "single_double_quote": "close a string with ') or \") according to its opening quote (the other line commented out above)",
-    "final_kwarg": "after a keyword argument, the next def argument gets =None, else ): (the other def has one)",
-    "set_or_string": "two variables, one set() and one \"\": .add vs += for the one in the loop",
+    "single_double_quote": "close a string with ') or \") according to its opening quote",
+    "final_kwarg": "after a keyword argument, the next def argument gets =None, else ):",
+    "set_or_string": "a variable initialised as set() or \"\": .add vs += in the loop below",
     "set_or_string_fixedvarname": "set_or_string with the variable always named current",
     "class_init": "copy the right name after self.x = in __init__ (both names equally frequent)",
-    "with_as": "open() in a with statement is followed by ' as' (the other line commented out above)",
-    "bracket_brace": "':' inside a dict, ',' inside a list (the other line commented out above)",
-    "with_open": "'r' vs 'w' in open() from the opened file's role (both files are arguments)",
-    "bracket_counting": "] vs ]] by list nesting depth (the other line commented out above)",
+    "with_as": "open() in a with statement is followed by ' as'",
+    "bracket_brace": "':' inside a dict, ',' inside a list",
+    "with_open": "'r' vs 'w' in open() from the file's role",
+    "bracket_counting": "] vs ]] by list nesting depth",
     "for_while": "' in' after a for target, ':' after a while condition (the other loop around it)",
-    "else_elif": "':' after else, a condition after elif (the other line commented out above)",
-    "fstring_brace": "an f-string goes on to a ' {', a plain string closes (one of each kind per prompt)",
-    "if_ternary": "' else' inside a ternary, ':' after an if statement (the other line commented out above)",
+    "else_elif": "':' after else, a condition after elif (the last token decides: flagged)",
+    "fstring_brace": "an f-string goes on to a ' {', a plain string closes",
+    "if_ternary": "' else' inside a ternary, ':' after an if statement",
     "var_swap": "x, y = y, x (both names equally frequent)",
     "indent_for": "the body indent after a for header: 8 spaces in a function, 12 in a nested loop",
-    "lambda_func": "':' after a lambda's argument, '(' after a def's name (the other line commented out above)",
-    "if_equals": "' ==' in an if condition, ' =' in an assignment (the other line commented out above)",
-    "enumerate_range": "zip with two loop variables, range with one (the other name unpacked above)",
-    "var_if": "':' after if x == True, newline after x = True (the other line commented out above)",
-    "while_return_true": "':' after while True, newline after return True (the other line commented out above)",
+    "lambda_func": "':' after lambda name, '(' after def name",
+    "if_equals": "' ==' in an if condition, ' =' in an assignment",
+    "enumerate_range": "zip with two loop variables, range with one",
+    "var_if": "':' after if x == True, newline after x = True",
+    "while_return_true": "':' after while True, newline after return True",
+    "single_double_quote_hard": "single_double_quote with the other line commented out above",
+    "final_kwarg_hard": "final_kwarg with a keyword argument in the def above or in the one being written",
+    "set_or_string_hard": "two variables, one set() and one \"\": .add vs += for the one in the loop",
+    "set_or_string_fixedvarname_hard": "set_or_string_hard with the variable always named current",
+    "class_init_hard": "class_init (the same form as the paper suite's)",
+    "with_as_hard": "with_as with the other line commented out above",
+    "bracket_brace_hard": "bracket_brace with the other line commented out above",
+    "with_open_hard": "with_open with both files the function's arguments, one used before",
+    "bracket_counting_hard": "bracket_counting with the other line commented out above",
+    "for_while_hard": "for_while (the same form as the paper suite's)",
+    "else_elif_hard": "else_elif with the other line commented out above",
+    "fstring_brace_hard": "fstring_brace with one string of each kind per prompt",
+    "if_ternary_hard": "if_ternary with the other line commented out above",
+    "var_swap_hard": "var_swap (the same form as the paper suite's)",
+    "indent_for_hard": "indent_for with both prompts holding the same lines, only the header's place differing",
+    "lambda_func_hard": "lambda_func with the other line commented out above",
+    "if_equals_hard": "if_equals with the other line commented out above",
+    "enumerate_range_hard": "enumerate_range with the other name unpacked above",
+    "var_if_hard": "var_if with the other line commented out above",
+    "while_return_true_hard": "while_return_true with the other line commented out above",
+    "bracket_counting_comment": "bracket_counting after an unmatched [ in a comment (paper 3.2.2)",
+    "bracket_counting_long": "bracket_counting in a list of 12 to 20 items (a diluted depth signal)",
+    "single_double_quote_other_quote": "single_double_quote after a string of the other quote kind",
 }
+
+
+@functools.cache
+def _pre_tokenizer():
+    from tokenizers import pre_tokenizers
+
+    return pre_tokenizers.ByteLevel(add_prefix_space=False)
+
+
+def _pre_tokens(text: str) -> int:
+    return len(_pre_tokenizer().pre_tokenize_str(text))
+
+
+def _same_length(pair: Pair, rng: random.Random) -> Pair:
+    """Pad the shorter prompt of a pair with a leading comment line so both have as many byte-level
+    pre-tokens (what `prepare`'s tokenizer splits first): then no threshold on a prompt's length can
+    tell the two answers apart."""
+    first, second = pair
+    gap = _pre_tokens(first["prompt"]) - _pre_tokens(second["prompt"])
+    if gap == 0:
+        return pair
+    short = second if gap > 0 else first
+    gap = abs(gap)
+    # "#", gap - 2 words and "\n" are gap pre-tokens; a lone "\n" is one
+    pad = "\n" if gap == 1 else "#" + "".join(f" {rng.choice(PLAIN_WORDS)}" for _ in range(gap - 2)) + "\n"
+    padded = {**short, "prompt": pad + short["prompt"]}
+    return (first, padded) if short is second else (padded, second)
 
 
 def generate(name: str, n_pairs: int, seed: int) -> list[Record]:
-    """`n_pairs` pairs (2 * n_pairs records) of a built-in task, deterministic in `seed`."""
+    """`n_pairs` pairs (2 * n_pairs records) of a built-in task, deterministic in `seed`; the two
+    prompts of each pair have the same length in pre-tokens."""
     rng = random.Random(f"{name}:{seed}")
-    make = BUILTIN_TASKS[name]
+    make = ALL_TASKS[name]
     records: list[Record] = []
     for _ in range(n_pairs):
-        records.extend(make(rng))
+        records.extend(_same_length(make(rng), rng))
     return records

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..errors import SparseCircuitsError
 from ..io import iter_jsonl
-from .builtin import BUILTIN_TASKS, generate
+from .builtin import ALL_TASKS, generate
 
 MIN_RECORDS = 32
 # Three disjoint splits (METHOD.md 3): the mask trains on "train", the node count (and any search
@@ -73,12 +73,13 @@ def task_records(name_or_path: str, warn: bool = True) -> tuple[str, dict[str, l
     A JSONL task's records are taken in consecutive pairs, dealt to the splits five pairs at a time:
     three to train, one to choose, one to test. Repeated records are dropped first, and so are
     records whose prompt already occurs in an earlier split, so no split scores what another holds."""
-    if name_or_path in BUILTIN_TASKS:
+    if name_or_path in ALL_TASKS:
         return name_or_path, builtin_records(name_or_path)
     path = Path(name_or_path)
     if path.suffix != ".jsonl" and not path.exists():
         raise SparseCircuitsError(
-            f"unknown task '{name_or_path}': give a JSONL file or one of {', '.join(BUILTIN_TASKS)}"
+            f"unknown task '{name_or_path}': give a JSONL file or a built-in task (`sparsecircuits tasks list"
+            " --suite paper|hard`)"
         )
     records = read_jsonl_records(path)
     unique = list({tuple(r[f] for f in FIELDS): r for r in records}.values())  # in order of first appearance
@@ -202,6 +203,16 @@ def candidate_logits(final: torch.Tensor, correct: torch.Tensor, incorrect: torc
 def task_loss(pair_logits: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the correct candidate under a softmax over the two candidates."""
     return F.cross_entropy(pair_logits, torch.zeros(len(pair_logits), dtype=torch.long, device=pair_logits.device))
+
+
+def task_loss_interval(pair_logits: torch.Tensor, seed: int = 0, resamples: int = 1000,
+                       level: float = 0.95) -> tuple[float, float]:
+    """A percentile bootstrap interval of the task loss over records (resampled with replacement)."""
+    losses = F.cross_entropy(pair_logits.float().cpu(), torch.zeros(len(pair_logits), dtype=torch.long), reduction="none")
+    generator = torch.Generator().manual_seed(seed)
+    means = losses[torch.randint(len(losses), (resamples, len(losses)), generator=generator)].mean(dim=1)
+    low, high = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2])).tolist()
+    return round(low, 5), round(high, 5)
 
 
 def task_accuracy(pair_logits: torch.Tensor) -> float:

@@ -152,7 +152,7 @@ def render_markdown(data: dict) -> str:
                 lines.append(f"| {name} | {s['n_nodes']} | {s['n_edges']} | {'reached' if s['reached_target'] else 'missed'}"
                              f" | {s['loss_fitted']:.4f} | {s['loss_test']:.4f} |")
         lines += ["", "| control | verdict | why |", "|---|---|---|"]
-        lines += [f"| {name} | {'pass' if c['pass'] else 'FAIL'} | {c['why']} |" for name, c in v.get("verdicts", {}).items()]
+        lines += [f"| {name} | {'pass' if c['passed'] else 'FAIL'} | {c['why']} |" for name, c in v.get("controls", {}).items()]
         lines += [] if "evidence" not in v else ["", f"**{'Evidence' if v['evidence'] else 'Not evidence'}**: sufficient, necessary and every control"
                       f" run {'passed' if v['evidence'] else 'did not all pass'}."]
     labelled = [n for n in data["labels"].values() if n["labels"]]

@@ -259,24 +259,31 @@
   table("metrics", ["metric", "value"], Object.entries(m).filter(([, v]) => typeof v !== "object").map(([k, v]) => [k, v]));
   const v = data.validation;
   if (v) {
-    // validation.json from before the verdicts were written has none: those cells stay empty
-    const verdict = (name) => (v.verdicts && v.verdicts[name] ? (v.verdicts[name].pass ? "pass" : "FAIL") : "");
+    // validation.json from before the controls were written has none: those cells stay empty
+    const controls = v.controls || {};
+    const verdict = (name) => (controls[name] ? (controls[name].passed ? "pass" : "FAIL") : "");
     const rows = [["full model", v.loss_full_model, ""],
       ["circuit only (sufficiency)", v.loss_circuit, v.sufficient ? "pass" : "FAIL"],
       ["circuit only, logit scale calibrated", v.loss_circuit_calibrated, ""],
       ["circuit ablated (necessity)", v.loss_circuit_ablated, v.necessary ? "pass" : "FAIL"],
-      ["random nodes, same size per site", v.loss_random_same_size, verdict("random")],
-      ["empty circuit (every node ablated)", v.loss_empty_circuit, verdict("empty")]];
-    for (const [name, key] of [["real labels", "control_real_fitted"], ["shuffled labels", "control_shuffled"]]) {
+      ["random nodes, same size per site", v.loss_random_same_size, verdict("random_nodes")],
+      ["empty circuit (every node ablated)", v.loss_empty_circuit, verdict("empty_circuit")]];
+    for (const [name, key, control] of [["real labels", "control_real_fitted", ""],
+      ["shuffled labels", "control_shuffled", "shuffled_labels"]]) {
       const c = v[key];
       if (!c || c.loss_test === undefined) continue;  // older validation.json: no same-footing figures
       rows.push([`${name}, node count chosen on the records fitted: ${c.n_nodes} nodes, ${c.n_edges} edges, ` +
         `${c.reached_target ? "reached" : "missed"} the target (loss fitted ${fmt(c.loss_fitted)}; on test records)`,
-        c.loss_test, key === "control_shuffled" ? verdict("shuffled") : ""]);
+        c.loss_test, control ? verdict(control) : ""]);
     }
-    if (v.verdicts) {
+    const nonsense = v.control_nonsense;
+    if (nonsense && nonsense.rule) {
+      rows.push([`nonsense rule (${nonsense.rule}), pruned like the task: ${nonsense.n_nodes} nodes, ${nonsense.n_edges} edges ` +
+        "(on its test records)", nonsense.loss_test, verdict("nonsense_rule")]);
+    }
+    if (v.controls) {
       const reasons = [...(v.sufficient ? [] : ["not sufficient"]), ...(v.necessary ? [] : ["not necessary"]),
-        ...Object.values(v.verdicts).filter((c) => !c.pass).map((c) => c.why)];
+        ...Object.values(controls).filter((c) => !c.passed).map((c) => c.why)];
       rows.push([v.evidence ? "evidence: sufficient, necessary, every control passed" : "NOT EVIDENCE: " + reasons.join("; "), "", ""]);
     }
     table("validation", ["check", "task loss", "verdict"], rows);

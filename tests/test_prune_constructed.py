@@ -1,0 +1,127 @@
+"""Pruning and its controls on a hand-wired model whose circuits are known node by node.
+
+One layer, weights all zero but a few: the last token writes two residual channels, "k" vs "j"
+(channel 0, the task) and an even vs odd name length (channel 3, a meaningless feature). Four MLP
+neurons read them and write channels 1 and 2, which the unembedding reads as " X" and " Y". The
+task path is twice as strong as the length path, so the full model does the task; the length path
+alone can do the nonsense rule "the parity of a name's length picks the answer".
+"""
+
+import json
+import random
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
+
+from sparsecircuits.circuits.circuit import is_current, prune_or_reuse
+from sparsecircuits.circuits.prune import PruneSettings, find_circuit
+from sparsecircuits.circuits.validate import _fitted, controls, nonsense_control
+from sparsecircuits.config import ModelConfig
+from sparsecircuits.model.gpt import SparseGPT
+from sparsecircuits.tasks.records import load_task_splits
+
+FILLERS = list("abcdefghilmnopqrstuvw")  # one-letter names: their parity never varies
+LAST = {"ka": (1, 1), "kab": (1, -1), "ja": (-1, 1), "jab": (-1, -1)}  # (task sign, length-parity sign)
+TASK_NODES = {("0.mlp.act_in", 0), ("0.mlp.post_act", 0), ("0.mlp.post_act", 1),
+              ("0.mlp.resid_delta", 1), ("0.mlp.resid_delta", 2)}
+NONSENSE_NODES = {("0.mlp.act_in", 3), ("0.mlp.post_act", 2), ("0.mlp.post_act", 3),
+                  ("0.mlp.resid_delta", 1), ("0.mlp.resid_delta", 2)}
+
+
+def _tokenizer() -> Tokenizer:
+    vocab = {w: i for i, w in enumerate(["<unk>", *FILLERS, *LAST, "X", "Y"])}
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = WhitespaceSplit()
+    return tokenizer
+
+
+@torch.no_grad()
+def wired_model() -> SparseGPT:
+    tokenizer = _tokenizer()
+    model = SparseGPT(ModelConfig(vocab_size=tokenizer.get_vocab_size(), d_model=32, n_layer=1, d_head=16, d_mlp=32,
+                                  ctx_len=8, bigram_table=False))
+    for name, p in model.named_parameters():
+        p.zero_() if not name.endswith("norm.weight") else p.fill_(1.0)
+    block = model.blocks[0]
+    for word, (task, length) in LAST.items():
+        row = model.wte.weight[tokenizer.token_to_id(word)]
+        row[0], row[3] = task, length
+    block.fc.weight[0, 0], block.fc.weight[1, 0], block.fc.weight[2, 3], block.fc.weight[3, 3] = 1, -1, 1, -1
+    block.proj.weight[1, 0], block.proj.weight[2, 1] = 2, 2  # task path
+    block.proj.weight[1, 2], block.proj.weight[2, 3] = 1, 1  # length path, half as strong
+    model.lm_head.weight[tokenizer.token_to_id("X"), 1] = 1
+    model.lm_head.weight[tokenizer.token_to_id("Y"), 2] = 1
+    model.tokenizer = tokenizer
+    return model
+
+
+def write_task(path, n_pairs=300):
+    rng, lines = random.Random(0), []
+    for _ in range(n_pairs):
+        prefix = " ".join(rng.sample(FILLERS, 2))
+        first, second = rng.choice([("ka", "ja"), ("kab", "jab"), ("ka", "jab"), ("kab", "ja")])
+        lines += [{"prompt": f"{prefix} {first}", "correct": " X", "incorrect": " Y"},
+                  {"prompt": f"{prefix} {second}", "correct": " Y", "incorrect": " X"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return str(path)
+
+
+def node_set(keep):
+    return {(site, int(i)) for site, k in keep.items() for i in k.nonzero().flatten().tolist()}
+
+
+@pytest.fixture(scope="module")
+def wired(tmp_path_factory):
+    model = wired_model()
+    task = write_task(tmp_path_factory.mktemp("wired") / "k_or_j.jsonl")
+    splits = load_task_splits(task, model.tokenizer, max_len=8, warn=False)
+    zeros = {site: torch.zeros(width) for site, width in model.node_sites.items()}
+    return model, task, splits, zeros
+
+
+def test_the_wired_model_does_its_task(wired):
+    model, _, splits, zeros = wired
+    found = find_circuit(model, splits, zeros, PruneSettings(target_loss=0.15, steps=5), show_progress=False)
+    assert found["full_loss"] < 0.05
+
+
+def test_default_pruning_finds_the_known_nodes_where_a_fixed_penalty_set_too_high_misses(wired):
+    model, _, splits, zeros = wired
+    settings = PruneSettings(target_loss=0.15, steps=150, calibration_steps=4, ablation="zero")
+    found = find_circuit(model, splits, zeros, settings, show_progress=False)
+    assert found["reached"] and node_set(found["keep"]) == TASK_NODES, sorted(node_set(found["keep"]))
+    assert found["loss_active_choose"] <= settings.target_loss  # the mask's own active set meets the target
+    assert found["k_final"] != settings.k_coef  # the penalty moved
+
+    fixed = PruneSettings(target_loss=0.15, steps=150, calibration_steps=4, ablation="zero", penalty="fixed", k_coef=1.0)
+    too_high = find_circuit(model, splits, zeros, fixed, show_progress=False)
+    assert too_high["loss_active_choose"] > fixed.target_loss  # its mask ends short of the target
+    assert too_high["k_final"] == 1.0
+
+
+def test_a_nonsense_rule_a_mask_can_fit_fails_its_control(wired):
+    model, task, splits, zeros = wired
+    settings = PruneSettings(target_loss=0.15, steps=150, calibration_steps=4, ablation="zero")
+    real = find_circuit(model, splits, zeros, settings, show_progress=False)
+    nonsense = nonsense_control(model, task, zeros, settings, show_progress=False)
+    assert "parity of the length of name 3" in nonsense["rule"]
+    assert nonsense["reached_target"] and nonsense["loss_test"] <= settings.target_loss
+    result = {"target_loss": 0.15, "n_nodes": len(node_set(real["keep"])), "control_nonsense": nonsense,
+              "loss_random_same_size": 0.69, "loss_empty_circuit": 0.69}
+    verdict = controls(result)["nonsense_rule"]
+    assert not verdict["passed"] and "fits nonsense as easily" in verdict["why"], verdict
+    assert nonsense["n_nodes"] <= 2 * len(TASK_NODES)
+
+
+def test_random_and_empty_controls_judge_by_their_thresholds():
+    result = {"target_loss": 0.15, "n_nodes": 5, "loss_random_same_size": 0.40, "loss_empty_circuit": 0.2}
+    verdicts = controls(result)
+    assert not verdicts["random_nodes"]["passed"]  # 0.40 is less than halfway (0.42) from 0.15 to ln 2
+    assert verdicts["empty_circuit"]["passed"]
+    result.update(loss_random_same_size=0.45, loss_empty_circuit=0.1)
+    verdicts = controls(result)
+    assert verdicts["random_nodes"]["passed"] and not verdicts["empty_circuit"]["passed"]
+    assert set(verdicts) == {"random_nodes", "empty_circuit"}  # the pruning controls were not run
