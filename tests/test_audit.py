@@ -1,4 +1,5 @@
-"""`tasks audit`: trivial predictors fitted on train records, scored on test records, flag leaky tasks."""
+"""`tasks audit`: predictors fitted on train records, scored on test records; degenerate cues flag a
+task, likely mechanisms are reported. Each predictor has a positive control: a task it must answer."""
 
 import ast
 import json
@@ -8,7 +9,7 @@ import pytest
 
 from sparsecircuits.cli import main
 from sparsecircuits.tasks.audit import FLAG_ACCURACY, audit_task
-from sparsecircuits.tasks.builtin import BUILTIN_TASKS, generate
+from sparsecircuits.tasks.builtin import BUILTIN_TASKS, HARD_FORMS, SUITES, generate
 
 WORDS = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
 
@@ -44,37 +45,95 @@ def test_audit_flags_a_last_token_cue_and_a_length_cue(tmp_path):
     assert length["accuracy"]["last_token"] < FLAG_ACCURACY
 
 
+def anywhere_cue(rng):
+    """Which word appeared, anywhere in the prompt, decides (the quote and bracket tasks' kind of cue)."""
+    body = " ".join(rng.choice(WORDS) for _ in range(3))
+    return ({"prompt": f"x = up {body} end", "correct": " +", "incorrect": " -"},
+            {"prompt": f"x = down {body} end", "correct": " -", "incorrect": " +"})
+
+
+def last_line_cue(rng):
+    """The word on the last line decides; the line above holds the other word, so the bag of all tokens
+    is the same for both prompts."""
+    body = " ".join(rng.choice(WORDS) for _ in range(2))
+    return ({"prompt": f"y = down\nx = up {body} end", "correct": " +", "incorrect": " -"},
+            {"prompt": f"y = up\nx = down {body} end", "correct": " -", "incorrect": " +"})
+
+
+def last_two_cue(rng):
+    """The second-last token decides; the last token and the bag of tokens are shared."""
+    return ({"prompt": f"x = {rng.choice(WORDS)} down up end", "correct": " +", "incorrect": " -"},
+            {"prompt": f"x = {rng.choice(WORDS)} up down end", "correct": " -", "incorrect": " +"})
+
+
+@pytest.mark.parametrize("make, fires, silent", [
+    (anywhere_cue, "bag_of_tokens", ("last_token", "length", "last_two_tokens")),
+    (last_line_cue, "bag_of_last_line", ("last_token", "length", "bag_of_tokens")),
+    (last_two_cue, "last_two_tokens", ("last_token", "length", "bag_of_tokens")),
+])
+def test_each_mechanism_predictor_answers_its_own_cue_and_is_reported_not_flagged(tmp_path, make, fires, silent):
+    result = audit_task(write_task(tmp_path / "cue.jsonl", make))
+    assert result["accuracy"][fires] > 0.95 and fires in result["mechanisms"], result
+    assert all(result["accuracy"][p] < FLAG_ACCURACY for p in silent), result
+    assert result["flagged"] == []
+
+
 def test_a_task_whose_two_prompts_hold_the_same_tokens_passes():
-    result = audit_task("set_or_string")
+    result = audit_task("set_or_string_hard")
     assert result["flagged"] == [] and all(abs(a - 0.5) < 0.1 for a in result["accuracy"].values())
 
 
 @pytest.mark.parametrize("name", BUILTIN_TASKS)
-def test_builtin_pairs_hold_the_same_pre_tokens_and_pass_every_predictor(name):
-    """Both prompts of every pair are the same multiset of byte-level pre-tokens, so no count of tokens
-    tells the answers apart; only else_elif is answered by its last token (the paper's contrast)."""
+def test_paper_pairs_share_their_length_and_last_pre_token(name):
+    """The paper suite removes the degenerate cues only: both prompts of a pair have as many byte-level
+    pre-tokens and end in the same one, except else_elif, whose contrast is its last token."""
     from tokenizers import pre_tokenizers
 
     split = pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str
     records = generate(name, 50, seed=3)
     for first, second in zip(records[::2], records[1::2]):
         assert first["correct"] == second["incorrect"]
-        assert sorted(t for t, _ in split(first["prompt"])) == sorted(t for t, _ in split(second["prompt"])), name
+        a, b = [t for t, _ in split(first["prompt"])], [t for t, _ in split(second["prompt"])]
+        assert len(a) == len(b) and (a[-1] == b[-1]) == (name != "else_elif"), name
     assert audit_task(name)["flagged"] == (["last_token"] if name == "else_elif" else [])
+
+
+@pytest.mark.parametrize("name", [f for forms in HARD_FORMS.values() for f in forms if f.endswith("_hard")])
+def test_hard_commented_twins_hold_the_same_pre_tokens(name):
+    from tokenizers import pre_tokenizers
+
+    split = pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str
+    for first, second in zip(*[iter(generate(name, 30, seed=3))] * 2):
+        assert sorted(t for t, _ in split(first["prompt"])) == sorted(t for t, _ in split(second["prompt"])), name
+
+
+def test_paper_quote_and_bracket_tasks_are_posed_as_the_paper_poses_them():
+    """One quote kind and no comment line in the quote task; no closing bracket and no comment in the
+    bracket-counting task; the distractors live in the hard suite."""
+    for record in generate("single_double_quote", 50, seed=0):
+        prompt = record["prompt"]
+        assert "#" not in prompt and (prompt.count("'") + prompt.count('"')) == 1, prompt
+    for record in generate("bracket_counting", 50, seed=0):
+        assert "#" not in record["prompt"] and "]" not in record["prompt"], record
+    assert all("#" in r["prompt"] for r in generate("bracket_counting_comment", 10, seed=0))
+    other = generate("single_double_quote_other_quote", 10, seed=0)
+    assert all("'" in r["prompt"] and '"' in r["prompt"] for r in other)
+    assert set(SUITES["hard"]) >= set(HARD_FORMS["single_double_quote"] + HARD_FORMS["bracket_counting"])
 
 
 def test_no_builtin_task_is_answered_by_its_length_or_last_token_except_else_elif():
     """else_elif is decided by its last token as the paper defines it (flagged and documented)."""
-    for name in BUILTIN_TASKS:
-        flagged = set(audit_task(name)["flagged"])
-        assert not flagged & {"length"}, name
-        assert ("last_token" in flagged) == (name == "else_elif"), name
+    for suite in SUITES.values():
+        for name in suite:
+            flagged = set(audit_task(name)["flagged"])
+            assert not flagged & {"length"}, name
+            assert ("last_token" in flagged) == name.startswith("else_elif"), name
 
 
 def test_builtin_prompts_parse_as_python_once_completed():
     """Each prompt followed by its correct answer starts valid Python (checked by completing the line
     with a body where one is needed)."""
-    for name in BUILTIN_TASKS:
+    for name in [n for suite in SUITES.values() for n in suite]:
         for record in generate(name, 20, seed=1):
             text = record["prompt"] + record["correct"]
             for ending in ("", " x", "\n" + " " * 12 + "pass", " x: pass", "x)\n", " y in z: pass", "(x): pass",
@@ -95,10 +154,10 @@ def test_audit_cli_exits_1_on_a_flagged_task_and_reads_the_bigram_table(tmp_path
         main(["tasks", "audit", path])
     assert info.value.code == 1 and "FLAGGED: last_token" in capsys.readouterr().out
     run, task = task_run
-    with pytest.raises(SystemExit):  # the fixture's lambda-or-def task is answered by a bag of its tokens
+    with pytest.raises(SystemExit):  # the fixture's lambda-or-def prompts differ in length: flagged
         main(["tasks", "audit", str(task), "for_while", "--run-dir", str(run), "--json"])
     captured = capsys.readouterr()
     rows = json.loads(captured.out)
     assert [r["task"] for r in rows] == ["lambda"] and "bigram_table" in rows[0]["accuracy"]
-    assert "bag_of_tokens" in rows[0]["flagged"]
+    assert rows[0]["flagged"] == ["length"] and "bag_of_tokens" in rows[0]["mechanisms"]
     assert "for_while not audited" in captured.err  # its completions are not single tokens of this tokenizer

@@ -139,7 +139,7 @@ def test_jsonl_loader_errors(tmp_path):
         read_jsonl_records(path)
     with pytest.raises(SparseCircuitsError, match="task file not found"):
         task_records(str(tmp_path / "missing.jsonl"))
-    with pytest.raises(SparseCircuitsError, match="unknown task 'nonsense'.*single_double_quote"):
+    with pytest.raises(SparseCircuitsError, match="unknown task 'nonsense'.*tasks list"):
         task_records("nonsense")
 
 

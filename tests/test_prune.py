@@ -48,8 +48,13 @@ def test_validate_writes_its_table(circuit_dir):
     assert result["loss_circuit"] < result["loss_random_same_size"] and result["necessary"]
     assert result["loss_circuit_ablated"] > result["loss_circuit"]
     assert "control_shuffled" in result and result["control_shuffled"]["n_nodes"] > 0
-    assert set(result["verdicts"]) == {"random", "empty", "shuffled"}
-    assert result["evidence"] == (result["sufficient"] and result["necessary"] and all(v["pass"] for v in result["verdicts"].values()))
+    assert set(result["controls"]) == {"nonsense_rule", "shuffled_labels", "random_nodes", "empty_circuit"}
+    assert all(isinstance(c["passed"], bool) and c["why"] for c in result["controls"].values())
+    assert result["controls"]["shuffled_labels"]["n_nodes"] == result["control_shuffled"]["n_nodes"]
+    assert result["evidence"] == (result["sufficient"] and result["necessary"]
+                                  and all(c["passed"] for c in result["controls"].values()))
+    low, high = result["loss_circuit_interval"]
+    assert low <= result["loss_circuit"] <= high
     table = format_validation(result)
     print(table)
     assert "shuffled labels" in table and "real labels" in table and "\nverdict: " in table
@@ -115,7 +120,7 @@ def test_shuffled_label_control_that_fits_the_target_is_reported_and_flagged(tas
     control must report the target reached with its (small) node count, and flag the circuit."""
     from sparsecircuits.circuits.circuit import ablation_values, load_task_splits
     from sparsecircuits.circuits.prune import PruneSettings, find_circuit
-    from sparsecircuits.circuits.validate import control_verdicts, fitting_controls, shuffled_labels
+    from sparsecircuits.circuits.validate import controls, fitting_controls, shuffled_labels
     from sparsecircuits.model.gpt import SparseGPT
     from sparsecircuits.tasks.records import TaskSplits
 
@@ -123,25 +128,28 @@ def test_shuffled_label_control_that_fits_the_target_is_reported_and_flagged(tas
     model = SparseGPT.from_pretrained(run)
     splits = load_task_splits(model, str(task))
     means = ablation_values(model, run, "mean", show_progress=False)
-    settings = PruneSettings(target_loss=0.01, steps=60, calibration_steps=4)
+    # a fixed penalty and no margin, so the mask trained again for the target found below is the same mask
+    settings = PruneSettings(target_loss=0.01, steps=60, calibration_steps=4, penalty="fixed", k_coef=3e-3,
+                             choose_margin=0.0)
     shuffled = shuffled_labels(splits.train, seed=settings.seed)
     nonsense = TaskSplits(shuffled, shuffled, shuffled_labels(splits.test, seed=settings.seed + 1))
     best = find_circuit(model, nonsense, means, settings, show_progress=False, require_target=False)
     assert not best["reached"] and best["loss_choose"] < best["full_loss"]  # fits better than the whole model
     settings.target_loss = best["loss_choose"] + 1e-6  # a target only the masked set reaches
-    controls = fitting_controls(model, splits, means, settings, show_progress=False)
-    fake = controls["control_shuffled"]
+    fitted = fitting_controls(model, splits, means, settings, show_progress=False)
+    fake = fitted["control_shuffled"]
     total = sum(model.node_sites.values())
     assert fake["reached_target"] and fake["n_nodes"] < total and fake["loss_fitted"] <= settings.target_loss
     assert fake["loss_fitted"] < fake["full_model_loss_fitted"]
-    result = {"target_loss": settings.target_loss, "loss_random_same_size": 0.7, "loss_empty_circuit": 0.7, **controls}
-    verdict = control_verdicts(result)["shuffled"]
-    real = controls["control_real_fitted"]["n_nodes"]
-    assert verdict["pass"] == (fake["n_nodes"] > 2 * max(real, 1)), verdict
-    result["control_real_fitted"] = {**controls["control_real_fitted"], "n_nodes": fake["n_nodes"]}
-    assert not control_verdicts(result)["shuffled"]["pass"]  # a comparable count: not evidence
+    result = {"target_loss": settings.target_loss, "n_nodes": 1, "loss_random_same_size": 0.7, "loss_empty_circuit": 0.7,
+              **fitted}
+    verdict = controls(result)["shuffled_labels"]
+    real = fitted["control_real_fitted"]["n_nodes"]
+    assert verdict["passed"] == (fake["n_nodes"] > 2 * max(real, 1)), verdict
+    result["control_real_fitted"] = {**fitted["control_real_fitted"], "n_nodes": fake["n_nodes"]}
+    assert not controls(result)["shuffled_labels"]["passed"]  # a comparable count: not evidence
     result["loss_empty_circuit"] = settings.target_loss / 2
-    assert "needs no nodes" in control_verdicts(result)["empty"]["why"]
+    assert "needs no nodes" in controls(result)["empty_circuit"]["why"]
 
 
 def test_a_cached_circuit_is_reused_only_for_the_same_records_and_settings(task_run, tmp_path):

@@ -35,6 +35,12 @@ def _integer(low: int):
     return parse
 
 
+def _suite_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--suite", choices=["paper", "hard"], default="paper",
+                        help="paper: the paper's 20 contrasts as it poses them (default); hard: their harder forms and the"
+                             " paper's adversarial checks")
+
+
 def _real(low: float = -math.inf, high: float = math.inf, low_open: bool = False, high_open: bool = False):
     """A finite number in the interval given (open at either end on request)."""
     def parse(text: str) -> float:
@@ -194,21 +200,22 @@ def cmd_configs(args: argparse.Namespace) -> None:
 
 
 def cmd_tasks_list(args: argparse.Namespace) -> None:
-    from .tasks import DESCRIPTIONS
+    from .tasks import DESCRIPTIONS, suite_tasks
     from .tasks.audit import audit_task
 
-    for name, description in DESCRIPTIONS.items():
+    for name in suite_tasks(args.suite):
+        description = DESCRIPTIONS[name]
         flagged = audit_task(name)["flagged"]
         print(f"{name:28s} {description}" + (f"  [FLAGGED by `tasks audit`: {', '.join(flagged)}]" if flagged else ""))
 
 
 def cmd_tasks_audit(args: argparse.Namespace) -> None:
     from .model.gpt import SparseGPT
-    from .tasks import BUILTIN_TASKS
+    from .tasks import suite_tasks
     from .tasks.audit import audit_task, format_audit
 
     model = SparseGPT.from_pretrained(args.run_dir) if args.run_dir else None
-    names = args.tasks or list(BUILTIN_TASKS)
+    names = args.tasks or suite_tasks(args.suite)
     rows = []
     for name in names:
         try:
@@ -224,11 +231,11 @@ def cmd_tasks_audit(args: argparse.Namespace) -> None:
 
 def cmd_tasks_eval(args: argparse.Namespace) -> None:
     from .model.gpt import SparseGPT
-    from .tasks import BUILTIN_TASKS
+    from .tasks import suite_tasks
     from .tasks.audit import score_tasks
 
     model = SparseGPT.from_pretrained(args.run_dir)
-    names = args.task or list(BUILTIN_TASKS)
+    names = args.task or suite_tasks(args.suite)
     table = score_tasks(model, names, args.split, warn=len(names) == 1)
     if len(names) == 1 and "error" in table[names[0]]:
         raise SparseCircuitsError(table[names[0]]["error"])
@@ -247,13 +254,14 @@ def cmd_tasks_eval(args: argparse.Namespace) -> None:
 
 def cmd_prune(args: argparse.Namespace) -> None:
     from .circuits import PruneSettings, prune
+    from .tasks.builtin import resolve_task
 
     fixed = {} if args.k_coef is None else {"penalty": "fixed", "k_coef": args.k_coef}
     settings = PruneSettings(target_loss=args.target_loss, ablation=args.ablation, steps=args.steps, lr=args.lr,
                              seed=args.seed, choose_margin=args.choose_margin, csr_max_density=args.csr_max_density,
                              **fixed)
-    circuit = prune(args.run_dir, args.task, args.out, settings, search_trials=args.search, force=args.force,
-                    data_dir=args.data)
+    circuit = prune(args.run_dir, resolve_task(args.task, args.suite), args.out, settings, search_trials=args.search,
+                    force=args.force, data_dir=args.data)
     m = circuit.metrics
     print(f"{circuit.task}: {m['n_nodes']} nodes, {m['n_edges']} edges; task loss: full model {m['loss_full_model']:.4f},"
           f" circuit {m['loss_circuit']:.4f}, circuit ablated {m['loss_circuit_ablated']:.4f},"
@@ -293,7 +301,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     tasks = args.tasks if args.tasks in ("auto", "all") else [t for t in args.tasks.split(",") if t]
     demo(args.out, minutes=args.minutes, tasks=tasks, max_tasks=args.max_tasks, target_loss=args.target_loss,
-         config=args.config, overrides=args.set, corpus=args.corpus, control=not args.no_control, dense_set=args.dense_set)
+         config=args.config, overrides=args.set, corpus=args.corpus, control=not args.no_control, dense_set=args.dense_set,
+         suite=args.suite)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -301,7 +310,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     targets = args.targets
     rows = compare(args.run_a, args.run_b, args.out, tasks=args.tasks.split(",") if args.tasks else None,
-                   targets=targets, learned_below=args.learned_below)
+                   targets=targets, margin=args.margin)
     labels = list(dict.fromkeys(r["model"] for r in rows))
     print(f"{'target':>7s} " + " ".join(f"{label[:20]:>20s}" for label in labels)
           + "   (geometric-mean edges over the tasks both models reach)")
@@ -498,19 +507,26 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = sub.add_parser("tasks", help="list the built-in tasks, or score a model on tasks")
     tasks_sub = tasks.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
     p = tasks_sub.add_parser("list", help="the built-in tasks and what each one tests")
+    _suite_argument(p)
     p.set_defaults(func=cmd_tasks_list)
-    p = tasks_sub.add_parser("audit", help="can a trivial cue (last token, length, bag of tokens, bigram) answer a task?",
-                             description="Held-out accuracy of trivial predictors fitted on each task's train records: the "
-                                         "prompt's last token, its length, a bag of its tokens (logistic regression) and, with "
-                                         "--run-dir, the run's bigram table. Exits 1 when a task is flagged (any above 70%%).")
-    p.add_argument("tasks", nargs="*", metavar="TASK", help="built-in tasks or JSONL files (default: every built-in task)")
+    p = tasks_sub.add_parser("audit", help="does a degenerate cue (last token, length, bigram table) answer a task, and what"
+                                           " simple mechanism does?",
+                             description="Held-out accuracy of predictors fitted on each task's train records. Degenerate "
+                                         "cues flag a task: the prompt's last token, its length and, with --run-dir, the "
+                                         "run's bigram table. Likely mechanisms are reported: a bag of the prompt's tokens, "
+                                         "a bag of its last line's tokens, its last two tokens. Exits 1 when a task is "
+                                         "flagged (a degenerate cue above 70%%).")
+    p.add_argument("tasks", nargs="*", metavar="TASK", help="built-in tasks or JSONL files (default: every task of --suite)")
+    _suite_argument(p)
     p.add_argument("--run-dir", metavar="RUN_DIR", help="tokenise with this run's tokenizer and try its bigram table")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tasks_audit)
     p = tasks_sub.add_parser("eval", help="task loss and accuracy of a trained model",
                              description="Task loss (two-way cross-entropy at the last position) and accuracy per task.")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--task", action="append", metavar="NAME_OR_FILE", help="a built-in task or a JSONL file (repeatable; default: all built-in)")
+    p.add_argument("--task", action="append", metavar="NAME_OR_FILE",
+                   help="a built-in task or a JSONL file (repeatable; default: every task of --suite)")
+    _suite_argument(p)
     p.add_argument("--split", choices=["train", "choose", "test"], default="test",
                    help="which records to score (default test; the mask trains on train, node counts are chosen on choose)")
     p.add_argument("--json", action="store_true")
@@ -520,7 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Learn a node mask, bisect the number of kept nodes to meet --target-loss on held-out "
                                    "records, calibrate a logit scale, count edges, and write CIRCUIT_DIR/circuit.json.")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--task", required=True, metavar="NAME_OR_FILE", help="a built-in task (see `tasks list`) or a JSONL file")
+    p.add_argument("--task", required=True, metavar="NAME_OR_FILE",
+                   help="a built-in task (see `tasks list`) or a JSONL file; with --suite hard, a paper task's name means"
+                        " its hard form")
+    _suite_argument(p)
     p.add_argument("--out", required=True, metavar="CIRCUIT_DIR")
     p.add_argument("--target-loss", type=TASK_LOSS, default=0.15, help="held-out task loss the circuit must reach (default 0.15)")
     p.add_argument("--ablation", choices=["mean", "zero"], default="mean", help="what pruned nodes are frozen at (default mean)")
@@ -568,20 +587,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("demo", help="the main job: corpus -> sparse and dense models -> validated circuits -> report",
-                       description="Prepare the default corpus, train a weight-sparse model and a dense model of the same "
-                                   "shape (stopped at the sparse model's validation loss), prune the tasks both do, validate "
-                                   "and view every circuit, and write DIR/report.html and DIR/summary.json. Resumable.")
+                       description="Prepare the default corpus; train a weight-sparse model, a dense model of the same "
+                                   "shape on the same tokens, and a loss-matched dense model (a finished schedule of as many "
+                                   "steps as the dense model took to reach the sparse loss); prune, validate, label and view "
+                                   "every task the sparse model does; draw claim (a) at targets 0.15, 0.3 and 0.5 over the "
+                                   "tasks both models do with margin; write DIR/report.html and DIR/summary.json. Resumable.")
     p.add_argument("--out", default="demo", metavar="DIR", help="output directory (default ./demo)")
     p.add_argument("--minutes", type=_real(0, 1e6, low_open=True), default=30.0, help="time budget; training steps scale with it (default 30)")
-    p.add_argument("--tasks", default="auto", help="'auto' (up to --max-tasks both models do best), 'all', or a comma list")
-    p.add_argument("--max-tasks", type=POSITIVE, default=6)
+    p.add_argument("--tasks", default="auto", help="'auto' or 'all' (every task of --suite), or a comma list")
+    p.add_argument("--max-tasks", type=POSITIVE, metavar="N",
+                   help="circuits for only the N tasks the sparse model does best (default: every task it does)")
     p.add_argument("--target-loss", type=TASK_LOSS, default=0.15)
     p.add_argument("--config", default="small", metavar="NAME_OR_FILE")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--dense-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="an override for the dense model alone, after --set (e.g. model.d_model=64 for a smaller dense model)")
+                   help="an override for both dense models, after --set (e.g. model.d_model=64 for a smaller dense model)")
     p.add_argument("--corpus", nargs="+", metavar="SOURCE", help="corpus instead of the default (the standard library with simple-python): stdlib, simple-python, folders or files (as prepare --corpus)")
-    p.add_argument("--no-control", action="store_true", help="skip the shuffled-label pruning control in validation")
+    p.add_argument("--no-control", action="store_true", help="skip the nonsense-rule and shuffled-label pruning controls")
+    _suite_argument(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("compare", help="circuit edges vs target loss for two models (PNG + CSV)")
@@ -589,8 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_b", metavar="RUN_B")
     p.add_argument("--out", default="compare", metavar="DIR", help="where compare.csv and compare.png go (default ./compare)")
     p.add_argument("--tasks", help="comma-separated tasks or JSONL files (default: every built-in task both models learned)")
-    p.add_argument("--targets", type=_targets, default="0.3,0.2,0.15,0.1,0.05", help="target losses (default 0.3,0.2,0.15,0.1,0.05)")
-    p.add_argument("--learned-below", type=TASK_LOSS, default=0.15, help="a task counts as learned at this loss (default 0.15)")
+    p.add_argument("--targets", type=_targets, default="0.5,0.3,0.15,0.05", help="target losses (default 0.5,0.3,0.15,0.05)")
+    p.add_argument("--margin", type=_real(0, 1, low_open=True), default=0.5,
+                   help="at each target, prune the tasks both models do to loss <= MARGIN x the target (default 0.5)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sweep", help="train a grid of models, prune their tasks, plot the capability-interpretability frontier",

@@ -16,7 +16,6 @@ The test records are never used for any choice: they are for the figures reporte
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import time
@@ -61,14 +60,13 @@ class PruneSettings:
         if self.penalty not in ("adaptive", "fixed"):
             raise SparseCircuitsError(f"penalty must be 'adaptive' or 'fixed', not '{self.penalty}'")
         if not 0 <= self.choose_margin < 1:
-            raise SparseCircuitsError(f"choose_margin {self.choose_margin} must be in [0, 1)")
+            raise SparseCircuitsError(f"--choose-margin {self.choose_margin} must be in [0, 1)")
         if self.ablation not in ("mean", "zero"):
             raise SparseCircuitsError(f"--ablation must be 'mean' or 'zero', not '{self.ablation}'")
         if not 0 < self.target_loss < math.log(2):
             raise SparseCircuitsError(f"--target-loss {self.target_loss} must be between 0 and ln 2 (chance)")
         if self.steps <= 0 or self.batch_pairs <= 0 or self.lr <= 0 or self.k_coef < 0 or self.temperature <= 0:
             raise SparseCircuitsError("pruning steps, batch, lr and temperature must be positive, k_coef >= 0")
-
 
     @property
     def goal(self) -> float:
@@ -265,14 +263,6 @@ def find_circuit(model: SparseGPT, splits: TaskSplits, means: Mapping[str, torch
             "loss_choose": loss_at(n_nodes), "accuracy": accuracy, "reached": reached,
             "active_after_training": active, "loss_active_choose": loss_at(active), "k_final": mask.k_final,
             "full_loss": full_loss, "evaluations": len(cache), "evaluator": evaluator}
-
-
-def circuits_at_targets(model: SparseGPT, splits: TaskSplits, means: Mapping[str, torch.Tensor],
-                        settings: PruneSettings, targets: list[float], show_progress: bool = True,
-                        require_target: bool = True) -> list[dict]:
-    """One circuit per target loss (in the order given), each from a mask trained to that target."""
-    return [find_circuit(model, splits, means, dataclasses.replace(settings, target_loss=t), show_progress, require_target)
-            for t in targets]
 
 
 def settings_dict(settings: PruneSettings) -> dict:

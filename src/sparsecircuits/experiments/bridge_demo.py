@@ -28,9 +28,9 @@ from .demo import Stages
 FIRST_TASK, FIRST_CORRECT = "single_double_quote", '")'  # the paper's: double-quoted prompts, steered toward single
 WARM_START_SET = ["sparsity.anneal_start=0", "sparsity.anneal_end=0"]  # the warm start is already at its final L0
 DENSE_SET = ["sparsity.l0_fraction=1.0", "model.keep_fraction=1.0", "model.d_model=64"]  # an ordinary dense model
-# A lighter node penalty than prune's default: on the warm-started bridged model the default (3e-3,
-# 200 steps) left single_double_quote's circuit at 5,527 of 5,632 nodes; these gave 129 nodes.
-BRIDGE_DEMO_PRUNE = PruneSettings(k_coef=1e-3, steps=400)
+# The fixed penalty these figures were measured with: on the warm-started bridged model the old fixed
+# default (3e-3, 200 steps) left single_double_quote's circuit at 5,527 of 5,632 nodes; these gave 129.
+BRIDGE_DEMO_PRUNE = PruneSettings(penalty="fixed", k_coef=1e-3, steps=400, choose_margin=0.0)
 
 
 def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | None = None,

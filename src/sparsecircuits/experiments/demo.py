@@ -1,10 +1,22 @@
-"""`sparsecircuits demo`: corpus -> a weight-sparse and a dense model -> task circuits -> validation -> report.
+"""`sparsecircuits demo`: corpus -> a weight-sparse model and two dense baselines -> task circuits ->
+validation -> report.
 
 Every stage writes into DIR and is skipped when its output is already there, so an interrupted
-demo continues where it stopped. The dense model has the sparse model's shape and activation
-sparsity, with weight sparsity off; it is trained with the same recipe and stopped at the first
-evaluation where its validation loss reaches the sparse model's, so the two are compared at
-matched pretraining loss.
+demo continues where it stopped. The models:
+
+- `sparse`: the config as given (weight-sparse);
+- `dense`: the same shape and activation sparsity with dense weights, trained on the same tokens
+  with its full schedule. It reaches a lower loss than the sparse model: a stronger baseline, so a
+  circuit-size ratio against it is conservative;
+- `dense_matched`: the same dense model trained with a finished schedule (warmup and decay to 0)
+  of as many steps as the `dense` run took to reach the sparse model's validation loss: loss-matched
+  by its step count, the paper's comparison. Its decay lowers its loss a little further, so it lands
+  at or just under the sparse model's loss (both are reported).
+
+Every task the sparse model does to the target gets its circuit, validated (with all four
+controls), labelled and drawn, with its loss on the task's hard forms. Claim (a) is then drawn at
+each of `claim_targets` against each dense baseline, over the tasks both models do with margin
+(`claim.MARGIN`), leaving out flagged tasks and circuits that are not evidence.
 """
 
 from __future__ import annotations
@@ -17,20 +29,22 @@ import time
 from pathlib import Path
 
 from ..circuits.labels import LABELS_FILE, label_run, read_labels
-from ..circuits.validate import not_evidence_reasons
 from ..config import load_config
 from ..data.prepare import MANIFEST, prepare
 from ..io import atomic_write_text, output_folder
-from .plots import pyplot, save
 from ..model.gpt import SparseGPT
 from ..rundir import METRICS_FILE, MODEL_FILE, file_sha256
-from ..tasks import BUILTIN_TASKS
+from ..tasks import HARD_FORMS, suite_tasks
 from ..tasks.audit import score_tasks
 from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
+from .claim import CLAIM_TARGETS, MARGIN, circuit_is_evidence, claim_rows, claim_tasks, does_with_margin, plot_claim
+from .plots import pyplot, save
 
-MODELS = ("sparse", "dense")
-PAIR_MINUTES = 2.0  # pruning + validating + drawing one task on one small model, measured on 2 CPU cores
+MODELS = ("sparse", "dense_matched", "dense")
+DENSE_MODELS = ("dense_matched", "dense")
+COMPARISONS = {"dense_matched": "loss-matched dense (finished schedule)",
+               "dense": "dense on the same tokens (full schedule, lower loss)"}
 
 
 class Stages:
@@ -51,62 +65,26 @@ class Stages:
         return result
 
 
-def _last_val_loss(run_dir: Path) -> float:
-    records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
-    return [r["val_loss"] for r in records if "val_loss" in r][-1]
+def _val_losses(run_dir: Path) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
+    return [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
 
 
-def _train_stage(config_name: str, overrides: list[str], data_dir: Path, run_dir: Path,
-                 stop_at_val_loss: float | None = None) -> None:
-    train_or_continue(load_config(config_name, overrides), data_dir, run_dir, stop_at_val_loss=stop_at_val_loss)
+def matched_steps(dense_run: Path, sparse_val: float) -> int | None:
+    """The first evaluated step at which the dense run's validation loss reached the sparse model's."""
+    return next((step for step, loss in _val_losses(dense_run) if loss <= sparse_val), None)
 
 
-def _task_table(run_dir: Path, tasks: list[str]) -> dict[str, dict]:
-    """Each task's loss on its choose records, and which trivial cues answer it (`tasks audit`,
-    with this run's tokenizer and bigram table)."""
-    return score_tasks(SparseGPT.from_pretrained(run_dir), tasks, "choose")
+def _train_stage(config_name: str, overrides: list[str], data_dir: Path, run_dir: Path) -> None:
+    train_or_continue(load_config(config_name, overrides), data_dir, run_dir)
 
 
-MARGIN = 0.5  # a task counts for the comparison when both full models do it to half the target loss
-
-
-def choose_tasks(task_losses: dict[str, dict[str, dict]], target: float, limit: int | None,
-                 margin: float = MARGIN) -> tuple[list[str], dict[str, str]]:
-    """Tasks both models do with margin (loss <= MARGIN * target), those both do best first, and
-    every other task with the reason it was left out. A model that only just reaches the target
-    needs nearly all of itself to keep doing so, which would make its circuit large for a reason
-    that has nothing to do with sparsity."""
-    threshold = margin * target
-    chosen, excluded = [], {}
-    for task in task_losses["sparse"]:
-        reasons = []
-        for model in MODELS:
-            row = task_losses[model].get(task, {})
-            if "loss" not in row:
-                reasons.append(f"{model}: {row.get('error', 'not evaluated')}")
-            elif row["loss"] > threshold:
-                reasons.append(f"{model} loss {row['loss']:.3f} > {threshold:g}")
-        if reasons:
-            excluded[task] = "; ".join(reasons)
-        else:
-            chosen.append(task)
-    chosen.sort(key=lambda t: max(task_losses[m][t]["loss"] for m in MODELS))
-    if limit and len(chosen) > limit:
-        excluded.update({t: f"over --max-tasks {limit}" for t in chosen[limit:]})
-        chosen = chosen[:limit]
-    return chosen, excluded
-
-
-def geomean(values: list[float]) -> float:
-    return math.exp(sum(math.log(max(v, 1)) for v in values) / len(values)) if values else float("nan")
-
-
-def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto", max_tasks: int = 6,
+def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto", max_tasks: int | None = None,
          target_loss: float = 0.15, config: str = "small", overrides: list[str] | None = None,
          corpus: list[str] | None = None, control: bool = True, margin: float = MARGIN,
-         dense_set: list[str] | None = None) -> dict:
-    """`dense_set`: overrides for the dense model alone, after the shared ones (another width, more
-    steps): the paper compares a sparse model with a smaller dense one at matched pretraining loss."""
+         dense_set: list[str] | None = None, suite: str = "paper",
+         claim_targets: tuple[float, ...] = CLAIM_TARGETS) -> dict:
+    """`dense_set`: overrides for both dense models, after the shared ones (another width, more steps)."""
     from ..circuits import PruneSettings, validate
     from ..circuits.circuit import prune_or_reuse
     from ..viewer import view
@@ -118,224 +96,309 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
     overrides.append(f"train.steps={steps}")
     dense_overrides = overrides + ["sparsity.l0_fraction=1.0", f"train.eval_interval={max(10, steps // 36)}"] + list(dense_set or [])
     load_config(config, dense_overrides)  # a bad --dense-set fails now, not after the sparse model has trained
-    names = ["prepare corpus", "train sparse model", "train dense model", "evaluate tasks", "prune circuits",
-             "validate circuits", "label circuit nodes", "view circuits", "report"]
+    names = ["prepare corpus", "train sparse model", "train dense model", "train loss-matched dense model",
+             "evaluate tasks", "prune circuits", "validate circuits", "label circuit nodes", "view circuits",
+             "claim (a)", "report"]
     stages = Stages(names, minutes * 60)
     data_dir = out / "data"
 
     if not (data_dir / MANIFEST).is_file():
         stages.run("prepare corpus", lambda: prepare(data_dir, corpus=corpus, force=True))
     stages.run("train sparse model", lambda: _train_stage(config, overrides, data_dir, out / "sparse"))
-    sparse_val = _last_val_loss(out / "sparse")
-    stages.run("train dense model", lambda: _train_stage(config, dense_overrides, data_dir, out / "dense", sparse_val))
+    sparse_val = _val_losses(out / "sparse")[-1][1]
+    stages.run("train dense model", lambda: _train_stage(config, dense_overrides, data_dir, out / "dense"))
+    n_matched = matched_steps(out / "dense", sparse_val)
+    models = list(MODELS)
+    if n_matched is None:  # the dense model never reached the sparse model's loss: nothing to match
+        models.remove("dense_matched")
+        print(f"the dense model never reached the sparse model's validation loss {sparse_val:.4f}:"
+              " no loss-matched dense model", file=sys.stderr)
+    else:
+        stages.run("train loss-matched dense model", lambda: _train_stage(
+            config, dense_overrides + [f"train.steps={n_matched}"], data_dir, out / "dense_matched"))
 
-    candidates = list(BUILTIN_TASKS) if tasks in ("auto", "all") else list(tasks)
-    task_losses = stages.run("evaluate tasks", lambda: {m: _task_table(out / m, candidates) for m in MODELS})
+    candidates = suite_tasks(suite) if tasks in ("auto", "all") else list(tasks)
+    task_losses = stages.run("evaluate tasks", lambda: {
+        m: score_tasks(SparseGPT.from_pretrained(out / m), candidates, "choose") for m in models})
     atomic_write_text(out / "tasks.json", json.dumps(task_losses, indent=1))
-    chosen, excluded = choose_tasks(task_losses, target_loss, max_tasks if tasks == "auto" else None, margin)
-    if tasks == "auto":  # keep to the budget: each task costs about PAIR_MINUTES per model
-        left = minutes - (time.perf_counter() - stages.start) / 60
-        affordable = max(1, int(left // (PAIR_MINUTES * len(MODELS))))
-        if len(chosen) > affordable:
-            print(f"pruning {affordable} of {len(chosen)} tasks to stay within --minutes {minutes:g}", file=sys.stderr)
-            excluded.update({t: f"over the --minutes {minutes:g} budget" for t in chosen[affordable:]})
-            chosen = chosen[:affordable]
-    print(f"{len(chosen)} of {len(candidates)} tasks done by both models to loss <= {margin * target_loss:g}"
-          f" ({margin:g} x the target): {', '.join(chosen) or 'none'}", file=sys.stderr)
-    for task, reason in excluded.items():
-        print(f"  left out {task}: {reason}", file=sys.stderr)
-    for task in chosen:
-        flagged = task_losses["sparse"][task].get("audit_flagged")
-        if flagged:
-            print(f"  note: a trivial cue answers {task} ({', '.join(flagged)}; see `sparsecircuits tasks audit`)",
-                  file=sys.stderr)
+    losses = {m: {t: row.get("loss") for t, row in task_losses[m].items()} for m in models}
+    flagged = {t: row.get("audit_flagged", []) for t, row in task_losses["sparse"].items()}
+    sparse_tasks = sorted((t for t in candidates if losses["sparse"].get(t) is not None
+                           and losses["sparse"][t] <= target_loss), key=lambda t: losses["sparse"][t])
+    if max_tasks and len(sparse_tasks) > max_tasks:
+        print(f"pruning the {max_tasks} tasks of {len(sparse_tasks)} the sparse model does best (--max-tasks)",
+              file=sys.stderr)
+        sparse_tasks = sparse_tasks[:max_tasks]
+    print(f"the sparse model does {len(sparse_tasks)} of {len(candidates)} tasks to loss <= {target_loss:g}:"
+          f" {', '.join(sparse_tasks) or 'none'}", file=sys.stderr)
+    settings = PruneSettings(target_loss=target_loss)
 
-    def circuit_dir(model: str, task: str) -> Path:
-        return out / "circuits" / model / Path(task).stem
+    def circuit_dir(model: str, task: str, target: float = target_loss) -> Path:
+        folder = model if target == target_loss else f"{model}-target{target:g}"
+        return out / "circuits" / folder / Path(task).stem
 
     def prune_all():
-        for task in chosen:
-            for model in MODELS:  # a circuit of other weights, records or settings is pruned again
-                prune_or_reuse(out / model, task, circuit_dir(model, task), PruneSettings(target_loss=target_loss))
+        for task in sparse_tasks:  # a circuit of other weights, records or settings is pruned again
+            prune_or_reuse(out / "sparse", task, circuit_dir("sparse", task), settings)
 
     def validate_all():
-        for task in chosen:
-            for model in MODELS:
-                if not (circuit_dir(model, task) / "validation.json").is_file():
-                    validate(circuit_dir(model, task), control=control)
+        for task in sparse_tasks:
+            if not (circuit_dir("sparse", task) / "validation.json").is_file():
+                validate(circuit_dir("sparse", task), control=control)
 
     def label_all():
-        weights = {model: file_sha256(out / model / MODEL_FILE) for model in MODELS}  # hashed once per model
-        for task in chosen:
-            for model in MODELS:
-                directory = circuit_dir(model, task)
-                if read_labels(directory, weights[model]) is None:
-                    label_run(out / model, circuit_dir=directory)
+        weights = file_sha256(out / "sparse" / MODEL_FILE)
+        for task in sparse_tasks:
+            if read_labels(circuit_dir("sparse", task), weights) is None:
+                label_run(out / "sparse", circuit_dir=circuit_dir("sparse", task))
 
     def view_all():
-        for task in chosen:
-            for model in MODELS:
-                if not (circuit_dir(model, task) / "circuit.html").is_file():
-                    view(circuit_dir(model, task))
+        for task in sparse_tasks:
+            if not (circuit_dir("sparse", task) / "circuit.html").is_file():
+                view(circuit_dir("sparse", task))
+
+    def claim():
+        return claim_a(out, models, losses, flagged, claim_targets, target_loss, margin, circuit_dir, settings,
+                       prune_or_reuse)
 
     stages.run("prune circuits", prune_all)
     stages.run("validate circuits", validate_all)
     stages.run("label circuit nodes", label_all)
     stages.run("view circuits", view_all)
-    summary = stages.run("report", lambda: write_report(out, chosen, excluded, task_losses, circuit_dir, target_loss, margin))
+    comparisons = stages.run("claim (a)", claim)
+    summary = stages.run("report", lambda: write_report(out, sparse_tasks, candidates, task_losses, losses, flagged,
+                                                        comparisons, circuit_dir, target_loss, margin, n_matched))
     summary["seconds_by_stage"] = stages.seconds
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     print(format_summary(summary))
     return summary
 
 
-def write_report(out: Path, chosen: list[str], excluded: dict[str, str], task_losses: dict, circuit_dir,
-                 target_loss: float, margin: float) -> dict:
-    per_task = {}
-    for task in chosen:
-        row = {}
-        for model in MODELS:
-            directory = circuit_dir(model, task)
-            circuit = json.loads((directory / "circuit.json").read_text())
-            validation = json.loads((directory / "validation.json").read_text())
-            labels = json.loads((directory / LABELS_FILE).read_text())["nodes"]
-            row[model] = {
-                "nodes_labelled": sum(bool(n["labels"]) for n in labels),
-                "nodes_labelled_above_baseline": sum(bool(n["labels"]) and n["labels"][0].get("beats_baseline", True)
-                                                     for n in labels),
-                "task_loss": task_losses[model][task]["loss"],
-                "nodes": circuit["metrics"]["n_nodes"], "edges": circuit["metrics"]["n_edges"],
-                "loss_circuit": validation["loss_circuit"],
-                "loss_circuit_calibrated": validation["loss_circuit_calibrated"],
-                "loss_circuit_ablated": validation["loss_circuit_ablated"],
-                "loss_random_same_size": validation["loss_random_same_size"],
-                "loss_empty_circuit": validation["loss_empty_circuit"],
-                "real_fitted": _twin(validation.get("control_real_fitted")),
-                "shuffled_fitted": _twin(validation.get("control_shuffled")),
-                "evidence": validation["evidence"],
-                "failed": not_evidence_reasons(validation),
-                "page": str((directory / "circuit.html").relative_to(out)),
-            }
-        row["edges_ratio"] = row["dense"]["edges"] / max(row["sparse"]["edges"], 1)
-        row["audit_flagged"] = task_losses["sparse"][task].get("audit_flagged", [])
-        per_task[Path(task).stem] = row
+def claim_a(out: Path, models: list[str], losses: dict, flagged: dict, targets: tuple[float, ...], main_target: float,
+            margin: float, circuit_dir, settings, prune_or_reuse) -> dict[str, list[dict]]:
+    """Per dense baseline, per target: the tasks both models do with margin, their circuits (the main
+    sparse circuits reused at the main target, judged by `validate`; others by the figures every
+    circuit carries), and the edge ratios."""
+    import dataclasses
+
+    comparisons = {}
+    for dense in (m for m in DENSE_MODELS if m in models):
+        per_target = []
+        for target in sorted(targets):
+            chosen, excluded = claim_tasks({"sparse": losses["sparse"], dense: losses[dense]}, flagged, target, margin)
+            circuits: dict[str, dict] = {"sparse": {}, dense: {}}
+            for task in chosen:
+                for model in ("sparse", dense):
+                    directory = circuit_dir(model, task, target)
+                    circuit = prune_or_reuse(out / model, task, directory, dataclasses.replace(settings, target_loss=target))
+                    validation_file = directory / "validation.json"
+                    validation = json.loads(validation_file.read_text()) if validation_file.is_file() else None
+                    evidence, why = circuit_is_evidence(circuit.metrics, target, validation)
+                    circuits[model][Path(task).stem] = {"edges": circuit.metrics["n_edges"],
+                                                        "nodes": circuit.metrics["n_nodes"], "evidence": evidence, "why": why}
+            rows = claim_rows({"sparse": circuits["sparse"], "dense": circuits[dense]}, "sparse", "dense", target)
+            rows["excluded"] = {**{Path(t).stem: why for t, why in excluded.items()}, **rows["excluded"]}
+            per_target.append(rows)
+        comparisons[dense] = per_target
+    plot_claim(out / "claim.png", {COMPARISONS[d]: rows for d, rows in comparisons.items()})
+    return comparisons
+
+
+def hard_form_losses(circuit_dir: Path, task: str) -> dict[str, dict]:
+    """The circuit's and the full model's loss on each hard form of its task (test records)."""
+    from ..circuits import Circuit
+    from ..circuits.circuit import load_task_splits
+    from ..errors import SparseCircuitsError
+    from ..tasks.records import pair_logits, task_loss
+
+    circuit = Circuit.load(circuit_dir)
+    model = circuit.load_model()
+    out = {}
+    for form in HARD_FORMS.get(Path(task).stem, []):
+        try:
+            records = load_task_splits(model, form).test
+        except SparseCircuitsError as err:
+            out[form] = {"error": str(err)}
+            continue
+        with circuit.only(model):
+            circuit_loss = float(task_loss(pair_logits(model, records)))
+        out[form] = {"full_model": float(task_loss(pair_logits(model, records))), "circuit": circuit_loss}
+    return out
+
+
+def write_report(out: Path, sparse_tasks: list[str], candidates: list[str], task_losses: dict, losses: dict,
+                 flagged: dict, comparisons: dict, circuit_dir, target_loss: float, margin: float,
+                 n_matched: int | None) -> dict:
+    circuits = {}
+    for task in sparse_tasks:
+        directory = circuit_dir("sparse", task)
+        circuit = json.loads((directory / "circuit.json").read_text())
+        validation = json.loads((directory / "validation.json").read_text())
+        labels = json.loads((directory / LABELS_FILE).read_text())["nodes"]
+        circuits[Path(task).stem] = {
+            "task_loss": losses["sparse"][task],
+            "nodes": circuit["metrics"]["n_nodes"], "edges": circuit["metrics"]["n_edges"],
+            "loss_circuit": validation["loss_circuit"], "loss_circuit_interval": validation.get("loss_circuit_interval"),
+            "loss_circuit_ablated": validation["loss_circuit_ablated"],
+            "controls": {name: {k: c[k] for k in ("passed", "why")} for name, c in validation["controls"].items()},
+            "evidence": validation["evidence"], "failed": not_evidence_reasons(validation),
+            "nodes_labelled": sum(bool(n["labels"]) for n in labels),
+            "nodes_labelled_above_baseline": sum(bool(n["labels"]) and n["labels"][0].get("beats_baseline", True)
+                                                 for n in labels),
+            "hard_forms": hard_form_losses(directory, task),
+            "audit_flagged": flagged.get(task, []),
+            "page": str((directory / "circuit.html").relative_to(out)),
+        }
+    models = {m: {"val_loss": evaluate_run(out / m)["val_loss"], "run_dir": m,
+                  "does_at_target": [t for t in candidates if losses[m].get(t) is not None and losses[m][t] <= target_loss],
+                  "does_with_margin": [t for t in candidates if does_with_margin(losses[m].get(t), target_loss, margin)]}
+              for m in losses}
     summary = {
-        "target_loss": target_loss,
-        "margin_loss": margin * target_loss,
-        "models": {m: {"val_loss": evaluate_run(out / m)["val_loss"], "run_dir": m} for m in MODELS},
-        "tasks": per_task,
-        "excluded_tasks": excluded,
-        "task_losses": task_losses,
+        "target_loss": target_loss, "margin": margin, "models": models, "dense_matched_steps": n_matched,
+        "circuits": circuits, "claim": comparisons, "task_losses": task_losses,
+        "no_circuits": None if circuits else (
+            f"the sparse model does none of the {len(candidates)} tasks to loss <= {target_loss:g}: train it longer"
+            " (--minutes), widen it (--set model.d_model=...) or raise --target-loss"),
     }
-    sparse_edges = [r["sparse"]["edges"] for r in per_task.values()]
-    dense_edges = [r["dense"]["edges"] for r in per_task.values()]
-    summary["edges_geomean"] = {"sparse": geomean(sparse_edges), "dense": geomean(dense_edges)}
-    summary["edges_ratio_geomean"] = (summary["edges_geomean"]["dense"] / summary["edges_geomean"]["sparse"]
-                                      if per_task else None)
-    plot_edges(out / "edges.png", per_task)
+    plot_edges(out / "edges.png", circuits)
     atomic_write_text(out / "report.html", render_report(summary))
     return summary
 
 
-def _twin(control: dict | None) -> dict | None:
-    """Nodes and edges of a same-footing pruning (count chosen on the fitted records), if one was run."""
-    if control is None:
-        return None
-    return {k: control[k] for k in ("n_nodes", "n_edges", "reached_target", "loss_fitted", "loss_test")}
+def not_evidence_reasons(validation: dict) -> list[str]:
+    from ..circuits.validate import not_evidence_reasons as reasons
+
+    return reasons(validation)
 
 
-def plot_edges(path: Path, per_task: dict) -> None:
+def plot_edges(path: Path, circuits: dict) -> None:
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(per_task) + 2), 3.6))
-    names = list(per_task)
-    for offset, model, color in ((-0.2, "sparse", "#2463eb"), (0.2, "dense", "#9ca3af")):
-        ax.bar([i + offset for i in range(len(names))], [per_task[t][model]["edges"] for t in names], width=0.4,
-               label=f"{model} model", color=color)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_yscale("log")
+    names = list(circuits)
+    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(names) + 2), 3.6))
+    if names:
+        ax.bar(range(len(names)), [circuits[t]["edges"] for t in names], color="#2463eb")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_yscale("log")
+    else:
+        ax.text(0.5, 0.5, "the sparse model does no task to the target", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel("circuit edges")
-    ax.set_title("Circuit size at matched pretraining loss")
-    ax.legend()
+    ax.set_title("The sparse model's circuits")
     save(fig, path)
 
 
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
 def _controls_cell(x: dict) -> str:
-    """'real 12 / shuffled 40 (missed)': same-footing node counts, and what the shuffled twin did."""
-    real, fake = x["real_fitted"], x["shuffled_fitted"]
-    if real is None or fake is None:
-        return "not run"
-    return f"real {real['n_nodes']} / shuffled {fake['n_nodes']}{'' if fake['reached_target'] else ' (missed)'}"
+    return ", ".join(f"{name} {'pass' if c['passed'] else 'FAIL'}" for name, c in x["controls"].items())
 
 
 def _labelled_cell(x: dict) -> str:
     """'12/40 = 30% (9)': nodes with a Python concept above threshold, and how many beat the baseline."""
-    if "nodes_labelled" not in x:
-        return "-"
     return (f"{x['nodes_labelled']}/{x['nodes']} = {x['nodes_labelled'] / max(x['nodes'], 1):.0%}"
             f" ({x['nodes_labelled_above_baseline']})")
+
+
+def _hard_cell(x: dict) -> str:
+    return "; ".join(f"{form}: {_fmt(v['circuit'])} (full {_fmt(v['full_model'])})" if "circuit" in v
+                     else f"{form}: n/a" for form, v in x["hard_forms"].items()) or "-"
 
 
 def _evidence_cell(x: dict) -> str:
     return "yes" if x["evidence"] else "NO: " + ", ".join(x["failed"])
 
 
+def claim_lines(summary: dict) -> list[str]:
+    """Claim (a) in words: per comparison and target, the count, the geometric means and the ratio."""
+    lines = []
+    for dense, per_target in summary["claim"].items():
+        lines.append(f"claim (a) against the {COMPARISONS[dense]}:")
+        for c in per_target:
+            if c["count"]:
+                lines.append(f"  target {c['target_loss']:g}: {c['count']} tasks, edges geometric mean sparse"
+                             f" {c['edges_geomean']['sparse']:.1f}, dense {c['edges_geomean']['dense']:.1f}, dense / sparse"
+                             f" {c['edges_ratio_geomean']:.2f} ("
+                             + ", ".join(f"{t} {r['edges_ratio']:.2f}" for t, r in c["tasks"].items()) + ")")
+            else:
+                lines.append(f"  target {c['target_loss']:g}: no task both models do with margin has an evidence circuit"
+                             f" in both ({len(c['excluded'])} left out)")
+    if not summary["claim"]:
+        lines.append("claim (a): no dense baseline to compare with")
+    return lines
+
+
 def render_report(summary: dict) -> str:
     e = html.escape
-    rows = []
-    for task, r in summary["tasks"].items():
-        cells = [f"<td>{e(task)}</td>"]
-        for m in MODELS:
-            x = r[m]
-            cells += [f"<td class=num>{x['task_loss']:.4f}</td>", f"<td class=num><a href='{e(x['page'])}'>{x['nodes']}</a></td>",
-                      f"<td class=num>{x['edges']}</td>", f"<td class=num>{x['loss_circuit']:.4f}</td>",
-                      f"<td class=num>{x['loss_circuit_ablated']:.4f}</td>", f"<td>{e(_controls_cell(x))}</td>",
-                      f"<td class=num>{_labelled_cell(x)}</td>",
-                      f"<td>{e(_evidence_cell(x))}</td>"]
-        cells.append(f"<td class=num>{r['edges_ratio']:.2f}</td>")
-        cells.append(f"<td>{e(', '.join(r['audit_flagged']) or 'none')}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    head = "".join(f"<th>{m} {h}</th>" for m in MODELS for h in ("task loss", "nodes", "edges", "circuit loss", "ablated loss",
-                                                                  "nodes fitted: real / shuffled labels",
-                                                                  "nodes labelled (above shuffled baseline)", "evidence"))
-    head += "<th>edges dense / sparse</th><th>trivial cue above 70% (tasks audit)</th>"
-    losses = "".join(
-        f"<tr><td>{e(t)}</td>" + "".join(f"<td class=num>{summary['task_losses'][m][t].get('loss', float('nan')):.4f}</td>" for m in MODELS) + "</tr>"
+    models = summary["models"]
+    model_rows = "".join(
+        f"<tr><td>{e(m)}</td><td class=num>{models[m]['val_loss']:.4f}</td><td class=num>{len(models[m]['does_at_target'])}"
+        f"</td><td class=num>{len(models[m]['does_with_margin'])}</td></tr>" for m in models)
+    if summary["circuits"]:
+        rows = "".join(
+            f"<tr><td>{e(t)}</td><td class=num>{x['task_loss']:.4f}</td><td class=num><a href='{e(x['page'])}'>{x['nodes']}</a></td>"
+            f"<td class=num>{x['edges']}</td><td class=num>{_fmt(x['loss_circuit'])}"
+            + (f" ({x['loss_circuit_interval'][0]:.3f}-{x['loss_circuit_interval'][1]:.3f})" if x["loss_circuit_interval"] else "")
+            + f"</td><td class=num>{_fmt(x['loss_circuit_ablated'])}</td><td>{e(_controls_cell(x))}</td>"
+            f"<td>{e(_evidence_cell(x))}</td><td class=num>{_labelled_cell(x)}</td><td>{e(_hard_cell(x))}</td>"
+            f"<td>{e(', '.join(x['audit_flagged']) or 'none')}</td></tr>" for t, x in summary["circuits"].items())
+        circuits = (f"<table><tr><th>task</th><th>full-model loss</th><th>nodes</th><th>edges</th><th>circuit loss (95% interval)"
+                    f"</th><th>circuit ablated</th><th>controls</th><th>evidence</th><th>nodes labelled (above shuffled"
+                    f" baseline)</th><th>circuit loss on the hard forms</th><th>degenerate cue</th></tr>{rows}</table>"
+                    "<img src='edges.png' alt='circuit edges per task'>")
+    else:
+        circuits = f"<p><b>No circuit:</b> {e(summary['no_circuits'])}.</p>"
+    claim_blocks = []
+    for dense, per_target in summary["claim"].items():
+        body = ""
+        for c in per_target:
+            tasks = "".join(f"<tr><td>{e(t)}</td><td class=num>{r['sparse_edges']}</td><td class=num>{r['dense_edges']}</td>"
+                            f"<td class=num>{r['edges_ratio']:.2f}</td><td class=num>{r['nodes_ratio']:.2f}</td></tr>"
+                            for t, r in c["tasks"].items())
+            left = "".join(f"<li>{e(t)}: {e(why)}</li>" for t, why in c["excluded"].items())
+            head = (f"{c['count']} tasks; geometric-mean edges sparse {c['edges_geomean']['sparse']:.1f}, dense"
+                    f" {c['edges_geomean']['dense']:.1f}: dense / sparse <b>{c['edges_ratio_geomean']:.2f}</b>"
+                    if c["count"] else "no task both models do with margin has an evidence circuit in both: no ratio")
+            body += (f"<h4>target {c['target_loss']:g}</h4><p>{head}</p>"
+                     + (f"<table><tr><th>task</th><th>sparse edges</th><th>dense edges</th><th>edges dense / sparse</th>"
+                        f"<th>nodes dense / sparse</th></tr>{tasks}</table>" if tasks else "")
+                     + f"<details><summary>{len(c['excluded'])} tasks left out</summary><ul>{left}</ul></details>")
+        claim_blocks.append(f"<h3>Against the {e(COMPARISONS[dense])}</h3>{body}")
+    claim_html = "".join(claim_blocks) or "<p>No dense baseline to compare with.</p>"
+    losses = "".join(f"<tr><td>{e(t)}</td>" + "".join(
+        f"<td class=num>{_fmt(summary['task_losses'][m][t].get('loss'))}</td>" for m in models) + "</tr>"
         for t in summary["task_losses"]["sparse"])
-    excluded = "".join(f"<li>{e(t)}: {e(why)}</li>" for t, why in summary["excluded_tasks"].items())
-    ratio = summary["edges_ratio_geomean"]
-    models = ", ".join(f"{m} validation loss {summary['models'][m]['val_loss']:.4f}" for m in MODELS)
+    matched = summary["dense_matched_steps"]
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>sparsecircuits demo report</title>
 <style>body{{font:14px/1.4 system-ui,sans-serif;margin:20px;color:#1d232a}}table{{border-collapse:collapse;margin:6px 0 16px}}
 th,td{{border:1px solid #ddd;padding:3px 8px}}td.num{{text-align:right;font-variant-numeric:tabular-nums}}</style></head><body>
-<h1>Weight-sparse vs dense circuits</h1>
-<p>{e(models)}. Target task loss {summary['target_loss']}; a task counts when both full models do it to
-{summary['margin_loss']:g} ({summary['margin_loss'] / summary['target_loss']:g} x the target), so that neither circuit is large only because its model barely does the task.</p>
-<p>Geometric mean of circuit edges: sparse {summary['edges_geomean']['sparse']:.1f}, dense {summary['edges_geomean']['dense']:.1f};
-dense / sparse = <b>{'n/a' if ratio is None else f'{ratio:.2f}'}</b> over {len(summary['tasks'])} tasks.</p>
-<h2>Circuits (click a node count for the circuit page)</h2>
-<p>"Nodes fitted" prunes the real and the shuffled labels on the same footing (node count chosen on the records the
-mask was trained on); a circuit whose shuffled-label twin fits the target with a comparable count is not evidence.</p>
-<table><tr><th>task</th>{head}</tr>{''.join(rows)}</table>
-<img src="edges.png" alt="circuit edges per task">
-<h2>Tasks left out ({len(summary['excluded_tasks'])})</h2>
-<ul>{excluded}</ul>
-<h2>Task losses of both models (held-out records)</h2>
-<table><tr><th>task</th><th>sparse</th><th>dense</th></tr>{losses}</table>
+<h1>Weight-sparse model, its circuits, and dense baselines</h1>
+<table><tr><th>model</th><th>validation loss</th><th>tasks done to {summary['target_loss']:g}</th>
+<th>with margin (&le; {summary['margin'] * summary['target_loss']:g})</th></tr>{model_rows}</table>
+<p>dense: the same shape on the same tokens with its full schedule (a stronger baseline). dense_matched:
+{'not trained (the dense model never reached the sparse loss)' if matched is None else
+ f'a finished {matched}-step schedule, the steps the dense run took to reach the sparse loss'}.</p>
+<h2>The sparse model's circuits (every task it does to the target; click a node count)</h2>
+{circuits}
+<h2>Claim (a): circuit edges, sparse against dense, at each target</h2>
+<p>Each target counts the tasks both models do with margin (full-model loss &le; {summary['margin']:g} x the target),
+leaving out tasks a degenerate cue answers and circuits that are not evidence.</p>
+<img src="claim.png" alt="circuit edges against target loss">
+{claim_html}
+<h2>Task losses (choose records)</h2>
+<table><tr><th>task</th>{''.join(f'<th>{e(m)}</th>' for m in models)}</tr>{losses}</table>
 </body></html>"""
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{'task':24s} {'sparse loss':>11s} {'nodes':>6s} {'edges':>6s} {'dense loss':>10s} {'nodes':>6s} {'edges':>6s}"
-             f" {'ratio':>6s}  sparse nodes fitted (real / shuffled labels), evidence"]
-    for task, r in summary["tasks"].items():
-        s, d = r["sparse"], r["dense"]
-        lines.append(f"{task:24s} {s['task_loss']:11.4f} {s['nodes']:6d} {s['edges']:6d} {d['task_loss']:10.4f} {d['nodes']:6d}"
-                     f" {d['edges']:6d} {r['edges_ratio']:6.2f}  {_controls_cell(s)}, {_evidence_cell(s)},"
-                     f" labelled {_labelled_cell(s)}"
-                     + (f"; trivial cue: {', '.join(r['audit_flagged'])}" if r["audit_flagged"] else ""))
-    ratio = summary["edges_ratio_geomean"]
-    lines.append("validation loss: " + ", ".join(f"{m} {summary['models'][m]['val_loss']:.4f}" for m in MODELS))
-    lines.append(f"edges_ratio_geomean (dense / sparse): {'n/a' if ratio is None else f'{ratio:.2f}'} over"
-                 f" {len(summary['tasks'])} tasks both models do to loss <= {summary['margin_loss']:g};"
-                 f" {len(summary['excluded_tasks'])} left out (see report.html)")
-    return "\n".join(lines)
+    lines = ["validation loss: " + ", ".join(f"{m} {v['val_loss']:.4f} ({len(v['does_at_target'])} tasks to the target,"
+                                               f" {len(v['does_with_margin'])} with margin)"
+                                               for m, v in summary["models"].items())]
+    if not summary["circuits"]:
+        lines.append(f"no circuit: {summary['no_circuits']}")
+    else:
+        lines.append(f"{'task':26s} {'loss':>7s} {'nodes':>6s} {'edges':>6s} {'circuit':>8s}  evidence; controls; hard forms")
+    for task, x in summary["circuits"].items():
+        lines.append(f"{task:26s} {x['task_loss']:7.4f} {x['nodes']:6d} {x['edges']:6d} {_fmt(x['loss_circuit']):>8s}"
+                     f"  {_evidence_cell(x)}; {_controls_cell(x)}; {_hard_cell(x)}")
+    return "\n".join(lines + claim_lines(summary))

@@ -38,7 +38,7 @@ from ..model.sparsity import check_sparsity_budget, sparse_parameters
 from ..tasks import BUILTIN_TASKS, evaluate_task, load_task
 from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
-from .demo import geomean
+from .claim import does_with_margin, geomean
 from .plots import pyplot, save
 
 GRID_KEYS = {"d_model": "model.d_model", "l0_fraction": "sparsity.l0_fraction", "keep_fraction": "model.keep_fraction",
@@ -125,7 +125,7 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
                 loss = evaluate_task(model, load_task(name, model.tokenizer, "choose", model.config.ctx_len, warn=False))["loss"]
             except SparseCircuitsError:
                 continue
-            if loss > target:
+            if not does_with_margin(loss, target):  # the demo's and compare's rule
                 continue
             circuit_dir = out / "circuits" / tag / Path(name).stem
             circuit = prune_or_reuse(run_dir, name, circuit_dir, PruneSettings(target_loss=target), show_progress)

@@ -1,13 +1,19 @@
-"""`sparsecircuits tasks audit`: can a trivial cue answer the task?
+"""`sparsecircuits tasks audit`: does a degenerate cue answer the task, and what simple mechanism does?
 
-A task is evidence of a mechanism only if no shortcut answers it. Each predictor below is fitted on
-the task's train records and scored on its test records (the accuracy of choosing the correct of the
-two candidates; a record it cannot decide counts one half):
+Each predictor below is fitted on the task's train records and scored on its test records (the
+accuracy of choosing the correct of the two candidates; a record it cannot decide counts one half).
 
+Degenerate cues: a task one of these answers is flagged, since then the bigram table or position
+carries the answer and a circuit says nothing about a mechanism:
 - last token: a lookup table from the prompt's last token to the answer;
 - length: one threshold on the prompt's length in tokens;
-- bag of tokens: logistic regression on the counts of the prompt's tokens (order ignored);
 - bigram table (when a run is given): the run's learned bigram logits from the last token.
+
+Likely mechanisms, reported and never flagged (which tokens appeared is exactly what the paper's
+quote and bracket circuits read):
+- bag of tokens: logistic regression on the counts of the prompt's tokens (order ignored);
+- bag of the last line: the same on the tokens after the prompt's last newline;
+- last two tokens: a lookup table from the prompt's last two tokens to the answer.
 
 Every predictor answers in terms of the pair's two candidates: the label is whether the correct
 completion is the first of the two in sorted order. With a run, the records are tokenised and
@@ -26,8 +32,11 @@ import torch
 from ..errors import SparseCircuitsError
 from .records import evaluate_task, load_task, load_task_splits, task_records
 
-FLAG_ACCURACY = 0.70  # a task some trivial predictor answers this well on held-out records is flagged
-PREDICTORS = ("last_token", "length", "bag_of_tokens", "bigram_table")
+FLAG_ACCURACY = 0.70  # a task some degenerate cue answers this well on held-out records is flagged
+DEGENERATE = ("last_token", "length", "bigram_table")
+MECHANISMS = ("bag_of_tokens", "bag_of_last_line", "last_two_tokens")
+PREDICTORS = DEGENERATE + MECHANISMS
+NEWLINE = "\u010a"  # how the byte-level tokenizer writes "\n" inside a token
 
 
 @dataclass
@@ -36,6 +45,7 @@ class Example:
     label: int  # 1 when the correct completion sorts before the incorrect one
     pair: tuple[str, str]  # the two candidates, sorted (as text, or token ids written as text)
     candidate_ids: tuple[int, int] | None = None  # the pair's token ids, when tokenised by a run
+    ids: list[int] | None = None  # the prompt's token ids, when tokenised by a run
 
 
 def _examples(records: list[dict], split_tokens) -> list[Example]:
@@ -52,15 +62,22 @@ def _accuracy(predictions: list[float], examples: list[Example]) -> float:
     return score / max(len(examples), 1)
 
 
-def last_token_predictor(train: list[Example], test: list[Example]) -> float:
+def lookup_predictor(train: list[Example], test: list[Example], last: int = 1) -> float:
+    """A lookup table from the prompt's last `last` tokens (and the candidate pair) to the answer."""
     votes: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
     for e in train:
-        votes[(e.pair, e.tokens[-1] if e.tokens else None)][e.label] += 1
+        votes[(e.pair, tuple(e.tokens[-last:]))][e.label] += 1
     predictions = []
     for e in test:
-        no, yes = votes.get((e.pair, e.tokens[-1] if e.tokens else None), (0, 0))
+        no, yes = votes.get((e.pair, tuple(e.tokens[-last:])), (0, 0))
         predictions.append(0.5 if yes == no else float(yes > no))
     return _accuracy(predictions, test)
+
+
+def last_line(tokens: list[str]) -> list[str]:
+    """The tokens after the last one that holds a newline (byte-level text)."""
+    ends = [i for i, t in enumerate(tokens) if NEWLINE in t]
+    return tokens[ends[-1] + 1:] if ends else tokens
 
 
 def length_predictor(train: list[Example], test: list[Example]) -> float:
@@ -73,15 +90,16 @@ def length_predictor(train: list[Example], test: list[Example]) -> float:
     return _accuracy([float(predict(e, cut, direction)) for e in test], test)
 
 
-def bag_predictor(train: list[Example], test: list[Example], steps: int = 200) -> float:
-    """L2-regularised logistic regression on token counts (one weight per token seen in train)."""
-    vocab = {t: i for i, t in enumerate(sorted({str(t) for e in train for t in e.tokens}))}
+def bag_predictor(train: list[Example], test: list[Example], steps: int = 200, part=lambda tokens: tokens) -> float:
+    """L2-regularised logistic regression on token counts (one weight per token seen in train), over
+    `part` of each prompt's tokens (all of them by default)."""
+    vocab = {t: i for i, t in enumerate(sorted({str(t) for e in train for t in part(e.tokens)}))}
 
     def counts(examples: list[Example]) -> torch.Tensor:
         x = torch.zeros(len(examples), len(vocab) + 1)
         x[:, -1] = 1.0  # bias
         for row, e in enumerate(examples):
-            for token, n in Counter(str(t) for t in e.tokens).items():
+            for token, n in Counter(str(t) for t in part(e.tokens)).items():
                 if token in vocab:
                     x[row, vocab[token]] = n
         return x
@@ -106,25 +124,27 @@ def bigram_predictor(test: list[Example], bigram: torch.Tensor) -> float:
     """The run's bigram logits from the last token (nothing fitted: the table was learned in pretraining)."""
     predictions = []
     for e in test:
-        row = bigram[int(e.tokens[-1])]
+        row = bigram[e.ids[-1]]
         first, second = float(row[e.candidate_ids[0]]), float(row[e.candidate_ids[1]])
         predictions.append(0.5 if first == second else float(first > second))
     return _accuracy(predictions, test)
 
 
-def _examples_of(task) -> list[Example]:
-    """Examples from a task tokenised for a run (the records whose completions are single tokens)."""
+def _examples_of(task, tokenizer) -> list[Example]:
+    """Examples from a task tokenised for a run (the records whose completions are single tokens), with
+    each token as the tokenizer's byte-level text, so a newline can be found in it."""
     out = []
     for prompt, correct, incorrect in zip(task.prompts, task.correct.tolist(), task.incorrect.tolist()):
         pair = (min(correct, incorrect), max(correct, incorrect))
-        out.append(Example(prompt, int(correct == pair[0]), tuple(map(str, pair)), pair))
+        out.append(Example([tokenizer.id_to_token(i) for i in prompt], int(correct == pair[0]), tuple(map(str, pair)),
+                           pair, prompt))
     return out
 
 
 def audit_task(name_or_path: str, model=None) -> dict:
-    """Held-out accuracy of each trivial predictor, and whether the task is flagged (any above
-    FLAG_ACCURACY). With `model`, prompts are tokenised (and checked) as for pruning, and its bigram
-    table is tried."""
+    """Held-out accuracy of each predictor; `flagged`: the degenerate cues above FLAG_ACCURACY;
+    `mechanisms`: the likely mechanisms above it. With `model`, prompts are tokenised (and checked) as
+    for pruning, and its bigram table is tried."""
     if model is None:
         from tokenizers import pre_tokenizers
 
@@ -134,14 +154,17 @@ def audit_task(name_or_path: str, model=None) -> dict:
                        for split in ("train", "test"))
     else:
         tokenized = load_task_splits(name_or_path, model.tokenizer, max_len=model.config.ctx_len, warn=False)
-        name, train, test = tokenized.name, _examples_of(tokenized.train), _examples_of(tokenized.test)
-    accuracy = {"last_token": last_token_predictor(train, test), "length": length_predictor(train, test),
-                "bag_of_tokens": bag_predictor(train, test)}
+        name, train, test = (tokenized.name, _examples_of(tokenized.train, model.tokenizer),
+                             _examples_of(tokenized.test, model.tokenizer))
+    accuracy = {"last_token": lookup_predictor(train, test), "length": length_predictor(train, test)}
     bigram = getattr(model, "bigram", None) if model is not None else None
     if bigram is not None:
         accuracy["bigram_table"] = bigram_predictor(test, bigram.weight.detach().float().cpu())
-    flagged = [p for p, a in accuracy.items() if a > FLAG_ACCURACY]
-    return {"task": name, "records": {"train": len(train), "test": len(test)}, "accuracy": accuracy, "flagged": flagged}
+    accuracy.update(bag_of_tokens=bag_predictor(train, test), bag_of_last_line=bag_predictor(train, test, part=last_line),
+                    last_two_tokens=lookup_predictor(train, test, last=2))
+    above = [p for p, a in accuracy.items() if a > FLAG_ACCURACY]
+    return {"task": name, "records": {"train": len(train), "test": len(test)}, "accuracy": accuracy,
+            "flagged": [p for p in above if p in DEGENERATE], "mechanisms": [p for p in above if p in MECHANISMS]}
 
 
 def score_tasks(model, names: list[str], split: str, warn: bool = False) -> dict[str, dict]:
@@ -161,10 +184,14 @@ def score_tasks(model, names: list[str], split: str, warn: bool = False) -> dict
 
 def format_audit(rows: list[dict]) -> str:
     columns = [p for p in PREDICTORS if any(p in r["accuracy"] for r in rows)]
-    lines = [f"{'task':28s} " + " ".join(f"{c:>13s}" for c in columns) + "  verdict"]
+    lines = [f"{'':31s}degenerate cues{'':>{16 * len([c for c in columns if c in DEGENERATE]) - 15}s}likely mechanisms",
+             f"{'task':30s} " + " ".join(f"{c:>15s}" for c in columns) + "  verdict"]
     for r in rows:
-        cells = " ".join(f"{r['accuracy'][c]:13.0%}" if c in r["accuracy"] else f"{'':>13s}" for c in columns)
+        cells = " ".join(f"{r['accuracy'][c]:15.0%}" if c in r["accuracy"] else f"{'':>15s}" for c in columns)
         verdict = "FLAGGED: " + ", ".join(r["flagged"]) if r["flagged"] else "pass"
-        lines.append(f"{r['task']:28s} {cells}  {verdict}")
-    lines.append(f"(held-out accuracy of predictors fitted on the train records; flagged above {FLAG_ACCURACY:.0%})")
+        if r.get("mechanisms"):
+            verdict += " (mechanism: " + ", ".join(r["mechanisms"]) + ")"
+        lines.append(f"{r['task']:30s} {cells}  {verdict}")
+    lines.append(f"(held-out accuracy of predictors fitted on the train records; a degenerate cue above {FLAG_ACCURACY:.0%}"
+                 " flags the task; a mechanism above it is reported)")
     return "\n".join(lines)

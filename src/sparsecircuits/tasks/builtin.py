@@ -325,7 +325,8 @@ def else_elif(rng: random.Random) -> Pair:
 
 def fstring_brace(rng: random.Random) -> Pair:
     first, second = rng.sample(PLAIN_WORDS, 2)
-    return _pair(lambda is_f: (f"print({'f' if is_f else ''}'{first} {second}", " {" if is_f else "'",
+    head = _function_head(rng)
+    return _pair(lambda is_f: (f"{head}print({'f' if is_f else ''}'{first} {second}", " {" if is_f else "'",
                                "'" if is_f else " {"))
 
 
@@ -435,6 +436,13 @@ def suite_tasks(suite: str) -> list[str]:
     if suite not in SUITES:
         raise ValueError(f"unknown suite '{suite}': use one of {', '.join(SUITES)}")
     return list(SUITES[suite])
+
+
+def resolve_task(name: str, suite: str = "paper") -> str:
+    """A task name as meant within a suite: in `hard`, a paper task's name means its hard form."""
+    if suite == "hard" and name in SUITES["paper"]:
+        return f"{name}_hard"
+    return name
 
 
 DESCRIPTIONS = {
