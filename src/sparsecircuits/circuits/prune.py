@@ -48,7 +48,7 @@ class PruneSettings:
     # whose inputs are all ablated gets no gradient to come back
     k_coef: float = 1e-4
     choose_margin: float = 0.1  # the count meets (1 - choose_margin) * target on the choose records
-    penalty_rate: float = 0.05  # the adaptive k rises by up to exp(penalty_rate) per step, falls 4x as fast
+    penalty_rate: float = 0.1  # the adaptive k rises by up to exp(penalty_rate) per step, falls 4x as fast
     init_mean: float = 0.1  # τ starts at N(init_mean, init_std)
     init_std: float = 0.01
     temperature: float = 1.0

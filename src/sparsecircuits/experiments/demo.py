@@ -158,8 +158,7 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
                 view(circuit_dir("sparse", task))
 
     def claim():
-        return claim_a(out, models, losses, flagged, claim_targets, target_loss, margin, circuit_dir, settings,
-                       prune_or_reuse)
+        return claim_a(out, models, losses, flagged, claim_targets, margin, circuit_dir, settings, prune_or_reuse)
 
     stages.run("prune circuits", prune_all)
     stages.run("validate circuits", validate_all)
@@ -174,8 +173,8 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
     return summary
 
 
-def claim_a(out: Path, models: list[str], losses: dict, flagged: dict, targets: tuple[float, ...], main_target: float,
-            margin: float, circuit_dir, settings, prune_or_reuse) -> dict[str, list[dict]]:
+def claim_a(out: Path, models: list[str], losses: dict, flagged: dict, targets: tuple[float, ...], margin: float,
+            circuit_dir, settings, prune_or_reuse) -> dict[str, list[dict]]:
     """Per dense baseline, per target: the tasks both models do with margin, their circuits (the main
     sparse circuits reused at the main target, judged by `validate`; others by the figures every
     circuit carries), and the edge ratios."""
