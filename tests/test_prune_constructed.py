@@ -125,3 +125,22 @@ def test_random_and_empty_controls_judge_by_their_thresholds():
     verdicts = controls(result)
     assert verdicts["random_nodes"]["passed"] and not verdicts["empty_circuit"]["passed"]
     assert set(verdicts) == {"random_nodes", "empty_circuit"}  # the pruning controls were not run
+
+
+def test_the_nonsense_rule_is_balanced_independent_of_the_answer_or_not_applied():
+    from sparsecircuits.tasks.nonsense import nonsense_rule
+    from sparsecircuits.tasks.records import task_records
+
+    _, records = task_records("while_return_true", warn=False)
+    relabelled, rule = nonsense_rule(records)
+    train = relabelled["train"]
+    first = sum(r["correct"] == min(r["correct"], r["incorrect"]) for r in train) / len(train)
+    agree = sum(a["correct"] == b["correct"] for a, b in zip(train, records["train"])) / len(train)
+    assert 0.3 <= first <= 0.7 and 0.4 <= agree <= 0.6, (first, agree)  # not constant, not the task itself
+    assert [r["prompt"] for r in train] == [r["prompt"] for r in records["train"]]
+    same = [{"prompt": "x = go", "correct": " a", "incorrect": " b"}] * 40
+    with pytest.raises(ValueError, match="no name"):
+        nonsense_rule({"train": same})
+    result = {"target_loss": 0.15, "n_nodes": 5, "loss_random_same_size": 0.69, "loss_empty_circuit": 0.69,
+              "control_nonsense": {"rule": None, "skipped": "no name in these prompts varies"}}
+    assert "nonsense_rule" not in controls(result)  # not applicable: not counted as passed

@@ -108,9 +108,7 @@ def controls(result: dict) -> dict[str, dict]:
     out = {}
     if "control_nonsense" in result:
         fake = result["control_nonsense"]
-        if fake.get("rule") is None:
-            out["nonsense_rule"] = {"passed": True, "why": f"not applicable: {fake['skipped']}"}
-        else:
+        if fake.get("rule") is not None:  # else not applicable to these prompts: said by format_validation
             fitted = fake["reached_target"] and fake["loss_test"] <= target
             comparable = fitted and fake["n_nodes"] <= COMPARABLE_FACTOR * max(nodes, 1)
             out["nonsense_rule"] = {
@@ -232,7 +230,9 @@ def format_validation(result: dict) -> str:
             lines.append(f"  {name:16s} {c['n_nodes']:6d} nodes {c['n_edges']:7d} edges,"
                          f" {'reached' if c['reached_target'] else 'missed'} the target: loss {c['loss_fitted']:.4f}"
                          f" fitted, {c['loss_test']:.4f} on test records")
-    if result.get("control_nonsense", {}).get("rule"):
+    if result.get("control_nonsense", {}).get("skipped"):
+        lines.append(f"  nonsense-rule control not applicable: {result['control_nonsense']['skipped']}")
+    elif result.get("control_nonsense", {}).get("rule"):
         c = result["control_nonsense"]
         lines.append(f"  {'nonsense rule':16s} {c['n_nodes']:6d} nodes {c['n_edges']:7d} edges (count chosen on its own"
                      f" choose records), {'reached' if c['reached_target'] else 'missed'} the target: loss"
