@@ -16,9 +16,8 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 
-from sparsecircuits.circuits.circuit import is_current, prune_or_reuse
 from sparsecircuits.circuits.prune import PruneSettings, find_circuit
-from sparsecircuits.circuits.validate import _fitted, controls, nonsense_control
+from sparsecircuits.circuits.validate import controls, nonsense_control
 from sparsecircuits.config import ModelConfig
 from sparsecircuits.model.gpt import SparseGPT
 from sparsecircuits.tasks.records import load_task_splits

@@ -10,8 +10,8 @@ demo continues where it stopped. The models:
   circuit-size ratio against it is conservative;
 - `dense_matched`: the same dense model trained with a finished schedule (warmup and decay to 0)
   of as many steps as the `dense` run took to reach the sparse model's validation loss: loss-matched
-  by its step count, the paper's comparison. Its decay lowers its loss a little further, so it lands
-  at or just under the sparse model's loss (both are reported).
+  by its step count, the paper's comparison. It lands near the sparse model's loss, on either side
+  (both are reported).
 
 Every task the sparse model does to the target gets its circuit, validated (with all four
 controls), labelled and drawn, with its loss on the task's hard forms. Claim (a) is then drawn at
