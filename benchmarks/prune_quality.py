@@ -20,7 +20,7 @@ import time
 
 from sparsecircuits.circuits.circuit import ablation_values, circuit_metrics, load_task_splits
 from sparsecircuits.circuits.graph import circuit_edges
-from sparsecircuits.circuits.prune import PruneSettings, find_circuit
+from sparsecircuits.circuits.prune import CircuitEvaluator, PruneSettings, find_circuit
 from sparsecircuits.circuits.search import search_settings
 from sparsecircuits.circuits.validate import controls, fitting_controls, nonsense_control
 from sparsecircuits.errors import SparseCircuitsError
@@ -93,7 +93,7 @@ def main() -> None:
                 (_, found), seconds = timed(lambda: search_settings(model, splits, means, default, args.search, False))
                 row["search"] = _row(model, found, seconds)
             if args.controls:
-                (result, seconds) = timed(lambda: _controls(model, name, splits, means, default, first))
+                result, seconds = timed(lambda: _controls(model, name, splits, means, default, first))
                 row["controls"], row["controls_seconds"] = result, round(seconds, 1)
             rows.append(row)
             print(format_row(row), flush=True)
@@ -105,8 +105,6 @@ def main() -> None:
 
 
 def _controls(model, name, splits, means, settings, found) -> dict:
-    from sparsecircuits.circuits.prune import CircuitEvaluator
-
     evaluator = CircuitEvaluator(model, splits, means, settings.calibration_steps)
     result = {"target_loss": settings.target_loss, "n_nodes": int(sum(k.sum() for k in found["keep"].values())),
               **circuit_metrics(evaluator, found["keep"], found["logit_scale"], settings.seed + 1)}
