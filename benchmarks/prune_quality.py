@@ -22,7 +22,7 @@ from sparsecircuits.circuits.circuit import ablation_values, circuit_metrics, lo
 from sparsecircuits.circuits.graph import circuit_edges
 from sparsecircuits.circuits.prune import CircuitEvaluator, PruneSettings, find_circuit
 from sparsecircuits.circuits.search import search_settings
-from sparsecircuits.circuits.validate import controls, fitting_controls, nonsense_control
+from sparsecircuits.circuits.validate import controls, pruning_controls
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.model.gpt import SparseGPT
 from sparsecircuits.model.sparse_kernels import sparse_weight_kernels
@@ -108,8 +108,7 @@ def _controls(model, name, splits, means, settings, found) -> dict:
     evaluator = CircuitEvaluator(model, splits, means, settings.calibration_steps)
     result = {"target_loss": settings.target_loss, "n_nodes": int(sum(k.sum() for k in found["keep"].values())),
               **circuit_metrics(evaluator, found["keep"], found["logit_scale"], settings.seed + 1)}
-    result.update(fitting_controls(model, splits, means, settings, show_progress=False))
-    result["control_nonsense"] = nonsense_control(model, name, means, settings, show_progress=False)
+    result.update(pruning_controls(model, splits, name, means, settings, show_progress=False))
     verdicts = controls(result)
     return {"loss_circuit": round(result["loss_circuit"], 4), "loss_circuit_interval": result["loss_circuit_interval"],
             "loss_circuit_ablated": round(result["loss_circuit_ablated"], 4),

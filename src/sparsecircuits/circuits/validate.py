@@ -100,6 +100,14 @@ def nonsense_control(model, task_source: str, means, settings: PruneSettings, sh
     return {"rule": rule, **_fitted(model, splits, means, settings, show_progress)}
 
 
+def pruning_controls(model, splits: TaskSplits, task_source: str, means, settings: PruneSettings,
+                     show_progress: bool = True) -> dict:
+    """The three pruning controls' figures: real and shuffled labels on the same footing, and the
+    nonsense rule pruned like the task."""
+    return {**fitting_controls(model, splits, means, settings, show_progress),
+            "control_nonsense": nonsense_control(model, task_source, means, settings, show_progress)}
+
+
 def controls(result: dict) -> dict[str, dict]:
     """Each control that was run, with `passed` and a one-line reason. A control fails when it does
     what only a real mechanism should."""
@@ -174,9 +182,7 @@ def _validate(circuit: Circuit, model, model_run_dir: Path, control: bool, show_
             "necessity_threshold": NECESSITY_THRESHOLD,
         }
         if control:
-            result.update(fitting_controls(model, splits, means, settings, show_progress))
-            result["control_nonsense"] = nonsense_control(model, circuit.data["task_source"], means, settings,
-                                                          show_progress)
+            result.update(pruning_controls(model, splits, circuit.data["task_source"], means, settings, show_progress))
         result["controls"] = controls(result)
         result["evidence"] = result["sufficient"] and result["necessary"] and all(
             c["passed"] for c in result["controls"].values())

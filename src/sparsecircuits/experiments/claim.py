@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..circuits.validate import NECESSITY_THRESHOLD, not_evidence_reasons, random_nodes_threshold
+
 MARGIN = 0.5
 CLAIM_TARGETS = (0.15, 0.3, 0.5)  # the paper's Fig. 2 sweeps 0.002 to 0.5
 
@@ -45,11 +47,7 @@ def claim_tasks(losses: dict[str, dict[str, float | None]], flagged: dict[str, l
 def circuit_is_evidence(metrics: dict, target: float, validation: dict | None = None) -> tuple[bool, list[str]]:
     """Evidence from `validate`'s verdict when there is one; else from the figures every circuit carries
     (sufficient, necessary, random nodes and the empty circuit beaten), without the pruning controls."""
-    from ..circuits.validate import NECESSITY_THRESHOLD, random_nodes_threshold
-
     if validation is not None:
-        from ..circuits.validate import not_evidence_reasons
-
         return validation["evidence"], not_evidence_reasons(validation)
     reasons = []
     if metrics["loss_circuit"] > target:

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from ..circuits.labels import LABELS_FILE, label_run, read_labels
+from ..circuits.validate import not_evidence_reasons
 from ..config import load_config
 from ..data.prepare import MANIFEST, prepare
 from ..io import atomic_write_text, output_folder
@@ -262,12 +263,6 @@ def write_report(out: Path, sparse_tasks: list[str], candidates: list[str], task
     plot_edges(out / "edges.png", circuits)
     atomic_write_text(out / "report.html", render_report(summary))
     return summary
-
-
-def not_evidence_reasons(validation: dict) -> list[str]:
-    from ..circuits.validate import not_evidence_reasons as reasons
-
-    return reasons(validation)
 
 
 def plot_edges(path: Path, circuits: dict) -> None:

@@ -157,7 +157,7 @@ def with_open_hard(rng: random.Random) -> Pair:
 
 def bracket_counting_hard(rng: random.Random) -> Pair:
     var = rng.choice(NAMES)
-    items = ", ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(1, 3)))
+    items = _digits(rng, 1, 3)
     return _commented_twin(_function_head(rng, var), lambda nested: (
         f"{var} = [[{items}" if nested else f"{var} = [{items}", "]]" if nested else "]", "]" if nested else "]]"))
 
@@ -307,11 +307,19 @@ def with_open(rng: random.Random) -> Pair:
                                "r" if read else "w", "w" if read else "r"))
 
 
+def _bracket_pair(var: str, items: str, note: str = "") -> Pair:
+    """`var = [[items` closes with `]]`, `var = [items` with `]`, after an optional line `note`."""
+    return _pair(lambda nested: (f"{note}{var} = [[{items}" if nested else f"{note}{var} = [{items}",
+                                 "]]" if nested else "]", "]" if nested else "]]"))
+
+
+def _digits(rng: random.Random, low: int, high: int) -> str:
+    return ", ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(low, high)))
+
+
 def bracket_counting(rng: random.Random) -> Pair:
     var = rng.choice(NAMES)
-    items = ", ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(1, 3)))
-    return _pair(lambda nested: (f"{var} = [[{items}" if nested else f"{var} = [{items}",
-                                 "]]" if nested else "]", "]" if nested else "]]"))
+    return _bracket_pair(var, _digits(rng, 1, 3))
 
 
 def else_elif(rng: random.Random) -> Pair:
@@ -389,18 +397,14 @@ def while_return_true(rng: random.Random) -> Pair:
 def bracket_counting_comment(rng: random.Random) -> Pair:
     """An unmatched `[` in a comment above: a circuit that averages `[` over the context miscounts."""
     var = rng.choice(NAMES)
-    items = ", ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(1, 3)))
-    note = f"# {rng.choice(PLAIN_WORDS)} [{rng.randint(0, 9)}\n"
-    return _pair(lambda nested: (f"{note}{var} = [[{items}" if nested else f"{note}{var} = [{items}",
-                                 "]]" if nested else "]", "]" if nested else "]]"))
+    items = _digits(rng, 1, 3)
+    return _bracket_pair(var, items, note=f"# {rng.choice(PLAIN_WORDS)} [{rng.randint(0, 9)}\n")
 
 
 def bracket_counting_long(rng: random.Random) -> Pair:
     """A long list: one `[` among many tokens dilutes an averaged depth signal."""
     var = rng.choice(NAMES)
-    items = ", ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(12, 20)))
-    return _pair(lambda nested: (f"{var} = [[{items}" if nested else f"{var} = [{items}",
-                                 "]]" if nested else "]", "]" if nested else "]]"))
+    return _bracket_pair(var, _digits(rng, 12, 20))
 
 
 def single_double_quote_other_quote(rng: random.Random) -> Pair:
