@@ -3,6 +3,7 @@
 import ast
 import itertools
 import json
+import re
 import subprocess
 import sys
 
@@ -31,8 +32,20 @@ def test_generator_uses_the_idioms_it_promises():
     text = "".join(itertools.islice(generate_programs(0), 2000))
     for idiom in ("def __init__(self", "self.", "=None", "with open(", " as f", "'w'", "f'", 'f"', "lambda ",
                   "enumerate(", "range(", "zip(", "while True:", "break", "elif ", "else:", " if ", " else ",
-                  ".add(", " += ", "== ", " is None", "import ", "# ", '"""', "[[", "for ", "{"):
+                  ".add(", " += ", "== ", " is None", "import ", "# ", '"""', "[[", "for ", "{", "_filename",
+                  "assert ", "raise ValueError(", "== None", "== True"):
         assert idiom in text, idiom
+
+
+def test_generic_names_hold_values_of_every_kind():
+    """A name like `result` is a set in one program and a string in another, so only its binding
+    says which methods follow; and an f-string's field may follow plain words."""
+    text = "".join(itertools.islice(generate_programs(0), 2000))
+    for name in ("result", "current", "data"):
+        assert re.search(rf"\b{name} = set\(\)", text) and re.search(rf"""\b{name} = (""|'')""", text), name
+        assert re.search(rf"\b{name}\.add\(", text) and re.search(rf"\b{name} \+= str\(", text), name
+    assert re.search(r"f'[a-z]+ [a-z]+ \{", text)
+    assert re.search(r"\b[a-z_]+ = [a-z_]+ if .+ else [a-z_]+$", text, re.MULTILINE)
 
 
 def test_generator_does_not_read_the_task_definitions():

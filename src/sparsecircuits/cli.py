@@ -397,12 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="build a tokenized data directory from Python source",
-                       description="Read a corpus (default: this interpreter's standard library with a tenth generated simple-python), train a byte-level BPE, "
+                       description="Read a corpus (default: this interpreter's standard library with a quarter of its training tokens generated simple-python), train a byte-level BPE, "
                                    "and write token arrays and a manifest into DATA_DIR.")
     p.add_argument("--out", required=True, metavar="DATA_DIR", help="directory to create")
     p.add_argument("--corpus", nargs="+", metavar="SOURCE",
                    help="'stdlib' (this interpreter's standard library), 'simple-python' (generated simple programs), "
-                        "or folders of .py/.txt/.jsonl files or single files; several are mixed (default: stdlib simple-python at --simple-share 0.1)")
+                        "or folders of .py/.txt/.jsonl files or single files; several are mixed (default: stdlib simple-python at --simple-share 0.25)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--tokens", type=POSITIVE, default=10_000_000,
                       help="about how many tokens of simple-python to generate (default 10,000,000)")

@@ -49,7 +49,7 @@ CHARS_PER_TOKEN = 4.2  # generated programs under a 2048-token BPE (benchmarks/c
 REALISTIC_CHARS_PER_TOKEN = 2.97  # the standard library under its own 2048-token BPE: 31.4M characters, 10.56M tokens
 # The default corpus: the standard library with this share of its training tokens generated simple Python,
 # the share that `benchmarks/corpus_mix.py` measured best for the demo's tasks (README "Corpus mix").
-DEFAULT_SIMPLE_SHARE = 0.1
+DEFAULT_SIMPLE_SHARE = 0.25
 DEFAULT_CORPUS = [STDLIB, SIMPLE_PYTHON] if DEFAULT_SIMPLE_SHARE > 0 else [STDLIB]
 
 

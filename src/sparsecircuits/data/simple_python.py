@@ -3,9 +3,11 @@
 Small models learn plain idioms fast when the text is full of them (the paper trained its small models
 on "especially simple and repetitive" Python, in the spirit of TinyStories). Each program is written
 from Python's grammar and ordinary coding habits: typed variables with names that say what they hold
-(a set is added to, a string is concatenated, a file opened for writing is named like an output),
-functions with positional and keyword arguments, classes whose `__init__` stores its arguments, loops,
-branches, comprehensions, literals of every kind and both quote styles, and commented-out statements.
+(a set is added to, a string is concatenated, a file opened for writing is named like an output) and,
+a third of the time, generic names (`result`, `current`, `data`) whose binding alone says what they
+hold; functions with positional and keyword arguments, classes whose `__init__` checks and stores its
+arguments, loops, branches, conditional expressions, swaps, lambdas, comprehensions, literals of every
+kind and both quote styles, and commented-out statements.
 Nothing here reads the task definitions. Every program is checked with `ast.parse`; `generate_programs`
 is deterministic in its seed.
 """
@@ -29,8 +31,14 @@ STR_NAMES = ["name", "text", "label", "prefix", "message", "title", "line", "wor
 BOOL_NAMES = ["found", "done", "ok", "valid", "ready", "changed", "enabled", "verbose", "strict", "is_empty"]
 SET_NAMES = ["seen", "visited", "tags", "unique", "allowed", "skipped", "known", "ids"]
 DICT_NAMES = ["counts", "lookup", "config", "cache", "totals", "mapping", "options", "scores_by_name", "index"]
-READ_PATHS = ["input_path", "source_file", "config_path", "data_file", "template_path", "settings_file"]
-WRITE_PATHS = ["output_path", "report_file", "log_path", "result_file", "backup_path", "export_file"]
+# Generic names any value may have, beside the typed pools: code that names a set `result` or a string
+# `current` is common, and then only the line that bound the name says what it holds.
+GENERIC_NAMES = ["data", "value", "result", "current", "state", "item", "obj", "node", "source", "first", "last",
+                 "other", "out", "acc", "buf", "tmp", "res", "x", "y", "val", "mode", "args", "config", "file"]
+# File names are built as a role and a suffix (`input_path`, `report_file`, `src_filename`).
+READ_ROLES = ["input", "source", "config", "data", "template", "settings", "src", "in"]
+WRITE_ROLES = ["output", "report", "log", "result", "backup", "export", "dest", "out"]
+PATH_SUFFIXES = ["path", "file", "name", "filename", "fname"]
 VERBS = ["load", "parse", "count", "find", "build", "update", "check", "process", "format", "clean", "merge",
          "split", "collect", "filter", "sort", "read", "write", "save", "show", "make", "get", "add", "remove"]
 CLASSES = ["Point", "Counter", "Config", "Parser", "Buffer", "Record", "Item", "Stack", "Queue", "Node", "Task",
@@ -81,6 +89,8 @@ class Writer:
     def new_name(self, kind: str) -> str:
         pool = {"int": INT_NAMES, "str": STR_NAMES, "bool": BOOL_NAMES, "set": SET_NAMES, "dict": DICT_NAMES,
                 "list": [p for p, _ in NOUNS]}[kind]
+        if self.chance(0.35):
+            pool = [n for n in GENERIC_NAMES if n not in self.loop_vars]
         name = self.pick(pool)
         self.scope[name] = kind
         return name
@@ -101,7 +111,8 @@ class Writer:
         options = [self.quote(word), self.quote(f"{word} {self.pick(WORDS)}")]
         if name:
             options += [name, f"{name}.strip()", f"{name}.upper()", f"{name}.lower()", f"{name} + {self.quote(word)}",
-                        f"f{self.quote(word + ': {' + name + '}')}"]
+                        f"f{self.quote(word + ': {' + name + '}')}",
+                        f"f{self.quote(word + ' ' + self.pick(WORDS) + ' {' + name + '}')}"]
         number = self.var("int")
         if number:
             options.append(f"f{self.quote('{' + number + '} ' + word)}")
@@ -120,12 +131,15 @@ class Writer:
             if text:
                 options.append(f"{text} in {items}")
         if flag:
-            options += [flag, f"not {flag}", f"{flag} is True"]
+            options += [flag, f"not {flag}", f"{flag} is True", f"{flag} == {self.pick(['True', 'False'])}"]
+        other = self.pick(list(self.scope)) if self.scope else None
+        if other and not other.startswith("self."):
+            options.append(f"{other} == None")
         return self.pick(options)
 
     def literal_list(self, depth: int = 0) -> str:
         size = self.rng.randint(0, 4)
-        if depth < 1 and self.chance(0.25):
+        if depth < 1 and self.chance(0.35):
             return "[" + ", ".join(self.literal_list(depth + 1) for _ in range(max(size, 1))) + "]"
         if self.chance(0.5):
             return "[" + ", ".join(str(self.rng.randint(0, 99)) for _ in range(size)) + "]"
@@ -178,7 +192,7 @@ class Writer:
         for p, s in NOUNS:
             if p == plural:
                 return p, s
-        return plural, "x"
+        return plural, "x" if plural != "x" else "v"
 
     # -- statements ------------------------------------------------------------------------------
     def assign(self, depth: int) -> None:
@@ -262,21 +276,24 @@ class Writer:
             self.emit(depth, "else:")
             self.block(depth + 1, budget - 1)
 
+    def path_name(self, write: bool) -> str:
+        return f"{self.pick(WRITE_ROLES if write else READ_ROLES)}_{self.pick(PATH_SUFFIXES)}"
+
     def with_open(self, depth: int) -> None:
         handle = self.pick(["f", "fh", "handle", "stream"])
         if self.chance(0.25):  # the older habit: open, use, close
-            path = self.pick(READ_PATHS)
+            path = self.path_name(write=False)
             self.emit(depth, f"{handle} = open({path})")
             self.emit(depth, f"{self.new_name('str')} = {handle}.read()")
             self.emit(depth, f"{handle}.close()")
         elif self.chance(0.5):
-            path = self.pick(READ_PATHS)
+            path = self.path_name(write=False)
             mode = self.pick(["", ", 'r'", ', "r"', ", encoding='utf-8'"])
             self.emit(depth, f"with open({path}{mode}) as {handle}:")
             text = self.new_name("str") if self.chance(0.5) else self.new_name("list")
             self.emit(depth + 1, f"{text} = {handle}.{'read()' if self.scope[text] == 'str' else 'readlines()'}")
         else:
-            path = self.pick(WRITE_PATHS)
+            path = self.path_name(write=True)
             self.emit(depth, f"with open({path}, {self.pick([chr(39) + 'w' + chr(39), chr(34) + 'w' + chr(34), chr(39) + 'a' + chr(39)])}) as {handle}:")
             self.emit(depth + 1, f"{handle}.write({self.str_expr()})")
         self.scope[path] = "str"
@@ -286,7 +303,8 @@ class Writer:
         if roll < 0.25:
             self.assign(depth)
         elif roll < 0.35:
-            names = [n for n, k in self.scope.items() if k == "int"]
+            kind = self.pick(["int", "str", "list", "int"])
+            names = [n for n, k in self.scope.items() if k == kind and not n.startswith("self.")]
             if len(names) >= 2:
                 a, b = self.rng.sample(names, 2)
                 self.emit(depth, f"{a}, {b} = {b}, {a}")
@@ -295,14 +313,21 @@ class Writer:
         elif roll < 0.5:
             self.emit(depth, f"print({self.str_expr()})")
         elif roll < 0.6:
-            value = f"{self.quote(self.pick(WORDS))} if {self.bool_expr()} else {self.quote(self.pick(WORDS))}"
-            self.emit(depth, f"{self.new_name('str')} = {value}")
+            kind = self.pick(["str", "int"])
+            a, b = self.var(kind), self.var(kind)
+            if a and b and self.chance(0.6):  # a choice between two values in scope
+                value = f"{a} if {self.bool_expr()} else {b}"
+            else:
+                value = f"{self.quote(self.pick(WORDS))} if {self.bool_expr()} else {self.quote(self.pick(WORDS))}"
+                kind = "str"
+            self.emit(depth, f"{self.new_name(kind)} = {value}")
         elif roll < 0.68:
             verb = self.pick(["square", "double", "key", "clean", "is_big", "first"])
-            arg = self.pick(["x", "n", "s", "item", "value"])
+            arg = self.pick(["x", "n", "s", "item", "value"] + GENERIC_NAMES)
             body = {"square": f"{arg} * {arg}", "double": f"{arg} * 2", "key": f"{arg}[0]", "clean": f"{arg}.strip()",
                     "is_big": f"{arg} > 10", "first": f"{arg}[0]"}[verb]
-            self.emit(depth, f"{verb} = lambda {arg}: {body}")
+            name = verb if self.chance(0.5) else f"{self.pick(VERBS)}_{self.pick(NOUNS)[1]}"
+            self.emit(depth, f"{name} = lambda {arg}: {body}")
         elif roll < 0.74:
             self.emit(depth, f"# {self.pick(COMMENTS)}")
             self.assign(depth)
@@ -381,8 +406,17 @@ class Writer:
         args = self.arguments() or [self.new_name("int")]
         self.emit(1, f"def __init__(self, {', '.join(args)}):")
         fields = {}
-        for arg in args:
-            field = arg.split("=")[0]
+        names = [arg.split("=")[0] for arg in args]
+        if self.chance(0.3):  # stored in another order than the arguments
+            self.rng.shuffle(names)
+        for field in names:
+            if self.chance(0.2):  # a check on an argument before it is stored
+                checked = self.pick(names)
+                if self.chance(0.5):
+                    self.emit(2, f"assert {checked}")
+                else:
+                    self.emit(2, f"if {checked} is None:")
+                    self.emit(3, f"raise ValueError({self.quote(checked + ' is required')})")
             fields[f"self.{field}"] = self.scope.get(field, "int")
             self.emit(2, f"self.{field} = {field}")
         if self.chance(0.4):
