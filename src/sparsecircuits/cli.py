@@ -668,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", required=True, metavar="MODEL_DIR")
     p.add_argument("--allow-eps-change", action="store_true",
-                   help="export a model whose norm epsilon differs from theirs (their logits differ; see the README)")
+                   help="export a model whose norm epsilon differs from theirs (their logits differ; see docs/cli.md)")
     p.add_argument("--force", action="store_true", help="replace MODEL_DIR if `export-openai` made it")
     p.set_defaults(func=cmd_export_openai)
 

@@ -25,7 +25,7 @@ from .errors import SparseCircuitsError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
-# The kinds of AbsTopK node site inside a block (METHOD.md 1.3).
+# The kinds of AbsTopK node site inside a block (docs/method.md 1.3).
 NODE_SITE_KINDS = (
     "attn.act_in",
     "attn.q",

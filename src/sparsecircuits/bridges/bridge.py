@@ -1,4 +1,4 @@
-"""Bridges between a frozen dense model and a weight-sparse one (METHOD.md 6, paper 2.3 and A.3).
+"""Bridges between a frozen dense model and a weight-sparse one (docs/method.md 6, paper 2.3 and A.3).
 
 At every bridge site (the residual before each attention and each MLP sublayer, optionally the final
 residual) an encoder maps the dense model's residual into the sparse model's (linear, then AbsTopK)

@@ -1,4 +1,4 @@
-"""Edges of a circuit: the nonzero weights between kept nodes (METHOD.md section 3).
+"""Edges of a circuit: the nonzero weights between kept nodes (docs/method.md section 3).
 
 Within a block: act_in -> q/k/v (their projections), v -> attn.resid_delta (output projection),
 q[j] <-> k[j] (a query and key channel of one head interact: one edge), mlp.act_in -> post_act

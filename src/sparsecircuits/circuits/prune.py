@@ -1,4 +1,4 @@
-"""Pruning a model to the smallest set of nodes that still does a task (METHOD.md section 3).
+"""Pruning a model to the smallest set of nodes that still does a task (docs/method.md section 3).
 
 1. Learn a mask τ over every node: task loss + k * (active nodes), Heaviside forward with a
    sigmoid surrogate gradient, AdamW, τ clamped to [-1, 1]. By default k answers to the target

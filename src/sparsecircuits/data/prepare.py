@@ -48,7 +48,7 @@ DEFAULT_GENERATED_TOKENS = 10_000_000
 CHARS_PER_TOKEN = 4.2  # generated programs under a 2048-token BPE (benchmarks/corpus_speed.py: 4.19); the manifest has the count
 REALISTIC_CHARS_PER_TOKEN = 2.97  # the standard library under its own 2048-token BPE: 31.4M characters, 10.56M tokens
 # The default corpus: the standard library with this share of its training tokens generated simple Python,
-# the share that `benchmarks/corpus_mix.py` measured best for the demo's tasks (README "Corpus mix").
+# the share that `benchmarks/corpus_mix.py` measured best for the demo's tasks (docs/cli.md, prepare).
 DEFAULT_SIMPLE_SHARE = 0.25
 DEFAULT_CORPUS = [STDLIB, SIMPLE_PYTHON] if DEFAULT_SIMPLE_SHARE > 0 else [STDLIB]
 

@@ -2,7 +2,7 @@
 
 Pre-norm GPT with RMSNorm, untied embedding and unembedding, optional learned absolute
 positions, attention sinks, a dense bigram table added to the logits, a GELU MLP, biases,
-and AbsTopK at the eight node sites of every block (METHOD.md 1.2 and 1.3). The options the
+and AbsTopK at the eight node sites of every block (docs/method.md 1.2 and 1.3). The options the
 authors' released models use are config keys: LayerNorm, ReLU MLPs, a ReLU on the residual
 stream, AbsTopK on the residual stream, positions concatenated to every sublayer's input (learned
 or sinusoidal), tied unembedding, projections without biases, AbsTopK off at some site kinds and

@@ -4,7 +4,7 @@ Each generator takes a `random.Random` and returns one minimal pair: two records
 differ in the detail that decides the answer, with the answers swapped. The prompts are short,
 ordinary Python; none of this text is written into any training corpus.
 
-- `paper` (the default): the 20 contrasts of METHOD.md section 2 in the paper's form. Only the
+- `paper` (the default): the 20 contrasts of docs/method.md section 2 in the paper's form. Only the
   degenerate cues are removed: the two prompts of a pair end in the same token (except `else_elif`,
   whose contrast is its last token; `tasks audit` flags it) and `generate` pads the shorter one so
   both have as many pre-tokens. Which tokens appear is left alone: for the quote, bracket and brace

@@ -1,6 +1,6 @@
 """Tasks as data: records `{prompt, correct, incorrect}`, loading, the tokenisation check, the loss.
 
-Task loss (METHOD.md 2): at the prompt's last position take the log-softmax over just the two
+Task loss (docs/method.md 2): at the prompt's last position take the log-softmax over just the two
 candidate tokens; the loss is the cross-entropy of the correct one, averaged over records.
 """
 
@@ -19,7 +19,7 @@ from ..io import iter_jsonl
 from .builtin import ALL_TASKS, generate
 
 MIN_RECORDS = 32
-# Three disjoint splits (METHOD.md 3): the mask trains on "train", the node count (and any search
+# Three disjoint splits (docs/method.md 3): the mask trains on "train", the node count (and any search
 # trial) is chosen on "choose", and "test" is touched only by the figures reported for a circuit.
 SPLITS = ("train", "choose", "test")
 N_RECORDS = {"train": 512, "choose": 256, "test": 256}
