@@ -57,7 +57,8 @@ def run_case(case: str, keep_freed: bool = True) -> dict:
     after_model = rss_mib()
     state_mib = 0.0
     if kind == "train":
-        from sparsecircuits.train.trainer import keep_freed_memory, make_optimizer, training_step
+        from sparsecircuits.train.runtime import keep_freed_memory
+        from sparsecircuits.train.trainer import make_optimizer, training_step
 
         if keep_freed and config.train.keep_freed_memory:  # as `train` does
             keep_freed_memory()

@@ -15,7 +15,7 @@ import torch
 from torch.profiler import profile, record_function
 
 import sparsecircuits.model.topk_kernels as topk_kernels
-from sparsecircuits.train.trainer import keep_freed_memory
+from sparsecircuits.train.runtime import keep_freed_memory
 from train_step import TimedStep, reference_config
 
 KERNELS = {"abs_topk_rows": 3, "bias_abs_topk_rows": 3, "masked_rows": None, "masked_rows_with_column_sums": None,

@@ -44,7 +44,8 @@ from sparsecircuits.config import Config
 from sparsecircuits.model.gpt import SparseGPT
 from sparsecircuits.model.reference import reference_kernels
 from sparsecircuits.model.sparsity import apply_weight_topk, sparse_parameters
-from sparsecircuits.train.trainer import keep_freed_memory, make_optimizer, model_objective, training_step
+from sparsecircuits.train.runtime import keep_freed_memory
+from sparsecircuits.train.trainer import make_optimizer, model_objective, training_step
 
 
 def reference_config(sparse_weights: bool = True, sparse_activations: bool = True) -> Config:

@@ -207,7 +207,7 @@ def test_keep_freed_memory_stops_large_tensors_faulting_in_again():
 
     script = """
 import resource, torch
-from sparsecircuits.train.trainer import keep_freed_memory
+from sparsecircuits.train.runtime import keep_freed_memory
 def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(20):  # many, so that a page or two reclaimed by the kernel meanwhile does not decide it
