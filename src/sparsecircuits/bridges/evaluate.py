@@ -84,7 +84,7 @@ def format_table(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    from ..experiments.plots import pyplot, save
+    from ..plots import pyplot, save
 
     plt = pyplot()
     sites = [row["site"] for row in result["sites"]]

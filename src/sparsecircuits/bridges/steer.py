@@ -236,7 +236,7 @@ def pick_node(sparse: SparseGPT, task: str, circuit_nodes: set[tuple[str, int]],
 
 
 def plot(result: dict, path: Path) -> None:
-    from ..experiments.plots import pyplot, save
+    from ..plots import pyplot, save
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))

@@ -87,7 +87,7 @@ def claim_rows(circuits: dict[str, dict[str, dict]], sparse: str, dense: str, ta
 
 def plot_claim(path: Path, comparisons: dict[str, list[dict]]) -> None:
     """Geometric-mean edges against target loss, one line per model and comparison (paper Fig. 2)."""
-    from .plots import pyplot, save
+    from ..plots import pyplot, save
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -13,7 +13,7 @@ from ..circuits.graph import circuit_edges
 from ..circuits.prune import PruneSettings, find_circuit
 from ..errors import SparseCircuitsError
 from ..io import atomic_write_csv, output_folder
-from .plots import pyplot, save
+from ..plots import pyplot, save
 from ..model.gpt import SparseGPT
 from ..tasks import BUILTIN_TASKS, evaluate_task
 from .claim import MARGIN, does_with_margin, geomean

@@ -40,7 +40,7 @@ from ..tasks.audit import score_tasks
 from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
 from .claim import CLAIM_TARGETS, MARGIN, circuit_is_evidence, claim_rows, claim_tasks, does_with_margin, plot_claim
-from .plots import pyplot, save
+from ..plots import pyplot, save
 
 MODELS = ("sparse", "dense_matched", "dense")
 DENSE_MODELS = ("dense_matched", "dense")

@@ -39,7 +39,7 @@ from ..tasks import BUILTIN_TASKS, evaluate_task, load_task
 from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
 from .claim import does_with_margin, geomean
-from .plots import pyplot, save
+from ..plots import pyplot, save
 
 GRID_KEYS = {"d_model": "model.d_model", "l0_fraction": "sparsity.l0_fraction", "keep_fraction": "model.keep_fraction",
              "l0_nonzeros": "sparsity.l0_fraction"}

@@ -1,4 +1,4 @@
-"""Matplotlib without a display, for the PNGs the experiments write."""
+"""Matplotlib without a display, for the PNGs the experiments and bridges write."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def save(fig, path) -> None:
     """Write a figure as PNG (whole: a temporary file renamed into place) and free it."""
     import io
 
-    from ..io import atomic_write_bytes
+    from .io import atomic_write_bytes
 
     fig.tight_layout()
     buffer = io.BytesIO()
