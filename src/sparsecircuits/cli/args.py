@@ -1,0 +1,86 @@
+"""What every `sparsecircuits` subcommand shares: the parser class, argument types and repeated argument blocks."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+EXIT_BAD_INPUT = 2  # any error: line
+EXIT_VALIDATION_FAILED = 1  # `validate`: the circuit is not evidence; `tasks audit`: a task is flagged
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its complaints as the same one `error:` line as every other bad input."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def integer(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is too small: give a whole number >= {low}")
+        return value
+    return parse
+
+
+def real(low: float = -math.inf, high: float = math.inf, low_open: bool = False, high_open: bool = False):
+    """A finite number in the interval given (open at either end on request)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"{value:g} is out of range: give a number in {interval}")
+        return value
+    return parse
+
+
+def targets(text: str) -> tuple[float, ...]:
+    parse = real(0.0, math.log(2), low_open=True, high_open=True)
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"'{text}' has an empty item: give target losses separated by commas, e.g. 0.3,0.15")
+    return tuple(parse(t) for t in items)
+
+
+POSITIVE, NON_NEGATIVE = integer(1), integer(0)
+TASK_LOSS = real(0.0, math.log(2), low_open=True, high_open=True)  # between perfect and chance
+
+
+def suite_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--suite", choices=["paper", "hard"], default="paper",
+                        help="paper: the paper's 20 contrasts as it poses them (default); hard: their harder forms and the"
+                             " paper's adversarial checks")
+
+
+def prune_default(name: str):
+    from ..circuits.prune import PruneSettings
+
+    return getattr(PruneSettings(), name)
+
+
+def training_arguments(p: argparse.ArgumentParser, data_help: str = "prepared data (default: the standard library with simple-python,"
+                        " prepared and cached on first use)") -> None:
+    from ..config import builtin_config_names
+
+    p.add_argument("--config", metavar="NAME_OR_FILE",
+                   help=f"built-in config ({', '.join(builtin_config_names())}) or a TOML file")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set train.steps=500 (repeatable)")
+    p.add_argument("--data", metavar="DATA_DIR", help=data_help)
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create (or continue with --resume)")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="start RUN_DIR again if `train` made it (e.g. after a failed start)")
+    p.add_argument("--stop-after", type=POSITIVE, metavar="STEP",
+                   help="end at this step with a checkpoint, to continue later with --resume (e.g. to fit a job time limit)")

@@ -1,0 +1,145 @@
+"""`sparsecircuits` subcommands. Circuits: prune, validate, view, explain, label."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .args import POSITIVE, NON_NEGATIVE, TASK_LOSS, real, suite_argument, prune_default, EXIT_VALIDATION_FAILED
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from ..circuits import PruneSettings, prune
+    from ..tasks.builtin import resolve_task
+
+    fixed = {} if args.k_coef is None else {"penalty": "fixed", "k_coef": args.k_coef}
+    settings = PruneSettings(target_loss=args.target_loss, ablation=args.ablation, steps=args.steps, lr=args.lr,
+                             seed=args.seed, choose_margin=args.choose_margin, csr_max_density=args.csr_max_density,
+                             **fixed)
+    circuit = prune(args.run_dir, resolve_task(args.task, args.suite), args.out, settings, search_trials=args.search,
+                    force=args.force, data_dir=args.data)
+    m = circuit.metrics
+    print(f"{circuit.task}: {m['n_nodes']} nodes, {m['n_edges']} edges; task loss: full model {m['loss_full_model']:.4f},"
+          f" circuit {m['loss_circuit']:.4f}, circuit ablated {m['loss_circuit_ablated']:.4f},"
+          f" random same size {m['loss_random_same_size']:.4f}; wrote {args.out}/circuit.json ({m['seconds']:.0f} s)")
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from ..circuits.validate import format_validation, validate
+
+    result = validate(args.circuit_dir, args.run_dir, control=not args.no_control)
+    print(format_validation(result))
+    if not result["evidence"]:
+        sys.exit(EXIT_VALIDATION_FAILED)
+
+
+def cmd_view(args: argparse.Namespace) -> None:
+    from ..viewer import view
+
+    view(args.circuit_dir, args.out, args.run_dir, force=args.force)
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from ..circuits.explain import format_contexts, node_examples
+    from ..model.gpt import SparseGPT
+    from ..train.evaluation import run_data
+
+    model = SparseGPT.from_pretrained(args.run_dir)
+    examples = node_examples(model, run_data(Path(args.run_dir), args.data), node_names=args.node, top=args.top,
+                             n_tokens=args.tokens)
+    for name, example in examples.items():
+        print(f"== {name}")
+        print(format_contexts(example, color=sys.stdout.isatty() and not args.no_color))
+
+
+def cmd_label(args: argparse.Namespace) -> None:
+    from ..circuits.labels import format_labels, label_run
+
+    result, out = label_run(args.run_dir, args.node, args.circuit, args.tokens, args.data, args.threshold, args.out)
+    if len(result["nodes"]) <= 200:
+        print(format_labels(result))
+    labelled = sum(bool(node["labels"]) for node in result["nodes"])
+    print(f"{labelled} of {len(result['nodes'])} nodes labelled above threshold; wrote {out}")
+
+
+def register_prune(sub) -> None:
+    p = sub.add_parser("prune", help="find the smallest circuit that does a task",
+                       description="Learn a node mask, bisect the number of kept nodes to meet --target-loss on held-out "
+                                   "records, calibrate a logit scale, count edges, and write CIRCUIT_DIR/circuit.json.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--task", required=True, metavar="NAME_OR_FILE",
+                   help="a built-in task (see `tasks list`) or a JSONL file; with --suite hard, a paper task's name means"
+                        " its hard form")
+    suite_argument(p)
+    p.add_argument("--out", required=True, metavar="CIRCUIT_DIR")
+    p.add_argument("--target-loss", type=TASK_LOSS, default=prune_default("target_loss"), help="held-out task loss the circuit must reach (default %(default)s)")
+    p.add_argument("--ablation", choices=["mean", "zero"], default="mean", help="what pruned nodes are frozen at (default mean)")
+    p.add_argument("--data", metavar="DATA_DIR", help="text the node means are taken over (default: the run's own data;"
+                                                      " needed for an imported run), tokenised with the run's tokenizer")
+    p.add_argument("--search", type=NON_NEGATIVE, default=0, metavar="N", help="run N Optuna trials over the pruning hyperparameters")
+    p.add_argument("--steps", type=POSITIVE, default=prune_default("steps"), help="mask training steps")
+    p.add_argument("--k-coef", type=real(0, 1e3), metavar="K",
+                   help="a fixed penalty per active node (default: a penalty that adapts until the mask just meets the"
+                        " target)")
+    p.add_argument("--choose-margin", type=real(0, 1, high_open=True), default=prune_default("choose_margin"), metavar="FRACTION",
+                   help="the node count meets (1 - FRACTION) x the target on the choose records, so that the circuit"
+                        " meets the target on the test records (default %(default)s)")
+    p.add_argument("--lr", type=real(0, 10, low_open=True), default=prune_default("lr"), help="mask learning rate")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--csr-max-density", type=real(0, 1), default=prune_default("csr_max_density"), metavar="FRACTION",
+                   help="on CPU, layers with at most this fraction of nonzero weights multiply through sparse CSR kernels"
+                        " (default %(default)s, the measured crossover; 0 = always dense)")
+    p.add_argument("--force", action="store_true", help="replace CIRCUIT_DIR if `prune` made it")
+    p.set_defaults(func=cmd_prune)
+
+
+def register_validate(sub) -> None:
+    p = sub.add_parser("validate", help="check a circuit's sufficiency, necessity and controls",
+                       description="Writes CIRCUIT_DIR/validation.json and prints a table. Exit status 0: the circuit is"
+                                   " evidence (sufficient, necessary, every control passed); 1: it is not; 2: bad input.")
+    p.add_argument("circuit_dir", metavar="CIRCUIT_DIR")
+    p.add_argument("--run-dir", metavar="RUN_DIR", help="the model's run directory, if it moved")
+    p.add_argument("--no-control", action="store_true", help="skip the shuffled-label pruning control")
+    p.set_defaults(func=cmd_validate)
+
+
+def register_view(sub) -> None:
+    p = sub.add_parser("view", help="write a circuit's interactive HTML page and Markdown summary",
+                       description="One self-contained HTML file (works offline) and circuit.md beside it.")
+    p.add_argument("circuit_dir", metavar="CIRCUIT_DIR")
+    p.add_argument("--out", metavar="HTML", help="where to write the page (default CIRCUIT_DIR/circuit.html)")
+    p.add_argument("--run-dir", metavar="RUN_DIR", help="the model's run directory, if it moved")
+    p.add_argument("--force", action="store_true", help="replace HTML and its .md twin if they exist")
+    p.set_defaults(func=cmd_view)
+
+
+def register_explain(sub) -> None:
+    p = sub.add_parser("explain", help="top and bottom activating contexts of a node, in the terminal")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--node", required=True, action="append", metavar="SITE:INDEX", help="e.g. 0.mlp.post_act:12 (repeatable)")
+    p.add_argument("--top", type=POSITIVE, default=20, help="contexts of each kind to show (default 20)")
+    p.add_argument("--tokens", type=POSITIVE, default=32768, help="validation tokens to scan (default 32768)")
+    p.add_argument("--data", metavar="DATA_DIR", help="text to scan (default: the run's own data)")
+    p.add_argument("--no-color", action="store_true")
+    p.set_defaults(func=cmd_explain)
+
+
+def register_label(sub) -> None:
+    p = sub.add_parser("label", help="the Python concepts that best explain each node's activation",
+                       description="Scores every node (or the given ones) against 52 Python concepts computed from the"
+                                   " validation text (AUROC, correlation, activation mass), with a shuffled-weights"
+                                   " baseline, and writes labels.json (into CIRCUIT_DIR with --circuit, else RUN_DIR).")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--node", action="append", metavar="SITE:INDEX", help="a node to label (repeatable; default: all)")
+    p.add_argument("--circuit", metavar="CIRCUIT_DIR", help="label the nodes of this circuit")
+    p.add_argument("--tokens", type=POSITIVE, default=16384, help="validation tokens to read (default 16384)")
+    p.add_argument("--data", metavar="DATA_DIR", help="text to read (default: the run's own data)")
+    p.add_argument("--threshold", type=real(0, 1), default=0.6,
+                   help="least strength of a label: 2 AUROC - 1 or |r| (default 0.6)")
+    p.add_argument("--out", metavar="FILE", help="where to write the JSON (default CIRCUIT_DIR or RUN_DIR/labels.json)")
+    p.set_defaults(func=cmd_label)
+
+
+# each top-level command and the function that adds it to the parser
+COMMANDS = {"prune": register_prune, "validate": register_validate, "view": register_view, "explain": register_explain, "label": register_label}

@@ -1,0 +1,165 @@
+"""`sparsecircuits` subcommands. Data and training: prepare, train, eval, sample, configs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..errors import SparseCircuitsError
+from .args import POSITIVE, NON_NEGATIVE, real, training_arguments
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from ..data.prepare import prepare
+
+    prepare(args.out, corpus=args.corpus, vocab_size=args.vocab_size, val_fraction=args.val_fraction, force=args.force,
+            generated_tokens=args.tokens, seed=args.seed, simple_share=args.simple_share)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ..config import load_config
+    from ..data.dataset import ensure_default_data
+    from ..rundir import RUN_INFO_FILE, read_run_config, read_run_info, recorded_data_dir
+    from ..train.evaluation import evaluate_run
+    from ..train.trainer import check_new_run_dir, train
+
+    run_dir = Path(args.out)
+    if args.config is None:
+        if not args.resume:
+            raise SparseCircuitsError("give --config NAME_OR_FILE (e.g. --config small), or --resume to continue a run")
+        config = read_run_config(run_dir)
+        if args.set:
+            raise SparseCircuitsError("--set changes the config, and a resumed run must keep its own: drop --set")
+    elif args.resume and args.force:
+        raise SparseCircuitsError("--resume continues a run and --force starts it again: give one of them")
+    else:
+        config = load_config(args.config, args.set)
+    dense = getattr(args, "dense", None)  # `bridge train`: the frozen dense run
+    if not args.resume and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone owns the run directory
+        check_new_run_dir(run_dir, args.force)  # before the default data is prepared
+    if args.data is None and args.resume and (run_dir / RUN_INFO_FILE).is_file():
+        data_dir = recorded_data_dir(run_dir) or read_run_info(run_dir)["data"]
+    elif args.data is None and dense is not None:
+        data_dir = recorded_data_dir(dense)
+        if data_dir is None:
+            raise SparseCircuitsError(f"the data directory the dense run {dense} was trained on is not where its run.json"
+                                      " says: give --data (prepared with the dense run's tokenizer)")
+    else:
+        data_dir = args.data or ensure_default_data()
+    try:
+        train(config, data_dir, run_dir, resume=args.resume, stop_after=args.stop_after, force=args.force, dense_run=dense,
+              init_from=getattr(args, "init", None))
+    except KeyboardInterrupt:  # outside the training loop, which checkpoints and says so itself
+        print(f"interrupted outside the training loop: {run_dir} keeps the last checkpoint written, if any;"
+              " continue with --resume, or start again with --force", file=sys.stderr)
+        sys.exit(130)
+    if args.stop_after is not None and args.stop_after < config.train.steps:
+        print(f"stopped at step {args.stop_after} of {config.train.steps} with a checkpoint; continue with"
+              f" `sparsecircuits train --out {run_dir} --resume`")
+        return
+    result = evaluate_run(run_dir, data_dir)
+    print(_format_eval(run_dir, result))
+
+
+def _format_eval(run_dir: Path, result: dict) -> str:
+    return (f"{run_dir}: validation loss {result['val_loss']:.4f} nats/token over {result['val_tokens']:,} tokens"
+            f" (bigram baseline {result['bigram_loss']:.4f}, unigram {result['unigram_loss']:.4f});"
+            f" dead MLP neurons {result['dead_neurons']}; nonzero weights {result['nonzero_weights']:,} of"
+            f" {result['sparse_weights']:,} sparse (L0 {result['l0_fraction_measured']:.4g}, counted from the weights)")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from ..train.evaluation import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.data, max_tokens=args.max_tokens)
+    print(json.dumps(result, indent=1) if args.json else _format_eval(Path(args.run_dir), result))
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import torch
+
+    from ..model.gpt import SparseGPT
+
+    model = SparseGPT.from_pretrained(args.run_dir)
+    tokenizer = model.tokenizer
+    ids = tokenizer.encode(args.prompt).ids
+    if not ids:
+        raise SparseCircuitsError("--prompt is empty: give some text to continue, e.g. --prompt 'def '")
+    generator = torch.Generator().manual_seed(args.seed)
+    for _ in range(args.num_samples):
+        out = model.generate(torch.tensor([ids]), args.max_new_tokens, args.temperature, args.top_k, generator)
+        print(tokenizer.decode(out[0].tolist(), skip_special_tokens=False))
+        print("-" * 40)
+
+
+def cmd_configs(args: argparse.Namespace) -> None:
+    from ..config import CONFIG_DIR, builtin_config_names, load_config
+
+    if args.name is None:
+        for name in builtin_config_names():
+            first = (CONFIG_DIR / f"{name}.toml").read_text().splitlines()[0].lstrip("# ")
+            print(f"{name:10s} {first}")
+        return
+    print(json.dumps(load_config(args.name, args.set).to_dict(), indent=1))
+
+
+def register_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="build a tokenized data directory from Python source",
+                       description="Read a corpus (default: this interpreter's standard library with a quarter of its training tokens generated simple-python), train a byte-level BPE, "
+                                   "and write token arrays and a manifest into DATA_DIR.")
+    p.add_argument("--out", required=True, metavar="DATA_DIR", help="directory to create")
+    p.add_argument("--corpus", nargs="+", metavar="SOURCE",
+                   help="'stdlib' (this interpreter's standard library), 'simple-python' (generated simple programs), "
+                        "or folders of .py/.txt/.jsonl files or single files; several are mixed (default: stdlib simple-python at --simple-share 0.25)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--tokens", type=POSITIVE, default=10_000_000,
+                      help="about how many tokens of simple-python to generate (default 10,000,000)")
+    size.add_argument("--simple-share", type=real(0, 1, True, True), metavar="SHARE",
+                      help="instead of --tokens: generate about this share of all training tokens as simple-python")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of the simple-python generator (default 0)")
+    p.add_argument("--vocab-size", type=POSITIVE, default=2048, help="BPE vocabulary size (default 2048)")
+    p.add_argument("--val-fraction", type=real(0, 1, True, True), default=0.02, help="fraction of files held out for validation (default 0.02)")
+    p.add_argument("--force", action="store_true", help="replace DATA_DIR if `prepare` made it")
+    p.set_defaults(func=cmd_prepare)
+
+
+def register_train(sub) -> None:
+    p = sub.add_parser("train", help="train a weight-sparse model",
+                       description="Train a model into RUN_DIR, then print its validation loss beside a bigram baseline.")
+    training_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+
+def register_eval(sub) -> None:
+    p = sub.add_parser("eval", help="validation loss of a trained run, beside n-gram baselines")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--data", metavar="DATA_DIR", help="data to evaluate on (default: the run's own)")
+    p.add_argument("--max-tokens", type=POSITIVE, default=262144, help="validation tokens to use (default 262144)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=cmd_eval)
+
+
+def register_sample(sub) -> None:
+    p = sub.add_parser("sample", help="continue a prompt with a trained model")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--prompt", default="def ", help="text to continue (default 'def ')")
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=64)
+    p.add_argument("--temperature", type=real(0, 100), default=0.8, help="0 for greedy decoding")
+    p.add_argument("--top-k", type=NON_NEGATIVE, default=50, help="sample from the k likeliest tokens (0: all)")
+    p.add_argument("--num-samples", type=POSITIVE, default=1)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.set_defaults(func=cmd_sample)
+
+
+def register_configs(sub) -> None:
+    p = sub.add_parser("configs", help="list the built-in configs, or show one fully resolved")
+    p.add_argument("name", nargs="?", metavar="NAME_OR_FILE")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.set_defaults(func=cmd_configs)
+
+
+# each top-level command and the function that adds it to the parser
+COMMANDS = {"prepare": register_prepare, "train": register_train, "eval": register_eval, "sample": register_sample, "configs": register_configs}
