@@ -32,9 +32,12 @@ from ..tasks.records import TaskSplits, TokenizedTask, candidate_logits, pair_lo
 from .masks import NodeMask, ablation_hooks, keep_top_n
 
 
+TARGET_LOSS = 0.15  # the default task loss a circuit must reach (the paper's main figures)
+
+
 @dataclass
 class PruneSettings:
-    target_loss: float = 0.15
+    target_loss: float = TARGET_LOSS
     ablation: str = "mean"  # "mean" or "zero"
     penalty: str = "adaptive"  # "adaptive": k answers to the target; "fixed": k stays at k_coef
     steps: int = 300

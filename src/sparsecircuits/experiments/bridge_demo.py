@@ -24,6 +24,7 @@ from ..tasks import BUILTIN_TASKS
 from ..tasks.audit import score_tasks
 from ..train.trainer import train_or_continue
 from .demo import Stages
+from ..circuits.prune import TARGET_LOSS
 
 FIRST_TASK, FIRST_CORRECT = "single_double_quote", '")'  # the paper's: double-quoted prompts, steered toward single
 WARM_START_SET = ["sparsity.anneal_start=0", "sparsity.anneal_end=0"]  # the warm start is already at its final L0
@@ -35,7 +36,7 @@ BRIDGE_DEMO_PRUNE = PruneSettings(penalty="fixed", k_coef=1e-3, steps=400, choos
 
 def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | None = None,
                 dense_set: list[str] | None = None, data: str | Path | None = None, second_task: str = "auto",
-                target_loss: float = 0.15, strengths=None, first_task: str = FIRST_TASK,
+                target_loss: float = TARGET_LOSS, strengths=None, first_task: str = FIRST_TASK,
                 first_correct: str | None = FIRST_CORRECT, prune_settings: PruneSettings | None = None,
                 warm_start_steps: int | None = None) -> dict:
     """`first_task` (a built-in name or a JSONL file) is steered on the prompts whose correct completion

@@ -41,6 +41,7 @@ from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
 from .claim import CLAIM_TARGETS, MARGIN, circuit_is_evidence, claim_rows, claim_tasks, does_with_margin, plot_claim
 from ..plots import pyplot, save
+from ..circuits.prune import TARGET_LOSS
 
 MODELS = ("sparse", "dense_matched", "dense")
 DENSE_MODELS = ("dense_matched", "dense")
@@ -81,7 +82,7 @@ def _train_stage(config_name: str, overrides: list[str], data_dir: Path, run_dir
 
 
 def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto", max_tasks: int | None = None,
-         target_loss: float = 0.15, config: str = "small", overrides: list[str] | None = None,
+         target_loss: float = TARGET_LOSS, config: str = "small", overrides: list[str] | None = None,
          corpus: list[str] | None = None, control: bool = True, margin: float = MARGIN,
          dense_set: list[str] | None = None, suite: str = "paper",
          claim_targets: tuple[float, ...] = CLAIM_TARGETS) -> dict:

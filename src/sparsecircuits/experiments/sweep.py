@@ -40,6 +40,7 @@ from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
 from .claim import does_with_margin, geomean
 from ..plots import pyplot, save
+from ..circuits.prune import TARGET_LOSS
 
 GRID_KEYS = {"d_model": "model.d_model", "l0_fraction": "sparsity.l0_fraction", "keep_fraction": "model.keep_fraction",
              "l0_nonzeros": "sparsity.l0_fraction"}
@@ -100,7 +101,7 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
     grid = read_grid(grid_path)
     out = output_folder(out)
     base = grid.get("config", "small")
-    target = float(grid.get("target_loss", 0.15))
+    target = float(grid.get("target_loss", TARGET_LOSS))
     tasks = list(BUILTIN_TASKS) if grid.get("tasks", "auto") in ("auto", "all") else list(grid["tasks"])
     vocab_size = TokenData(data_dir).vocab_size
     runs = grid_runs(grid, vocab_size)

@@ -20,6 +20,7 @@ import torch
 
 from ..config import NODE_SITE_KINDS, RESIDUAL_TOPK_KINDS, ModelConfig
 from ..errors import SparseCircuitsError
+from ..circuits.prune import TARGET_LOSS
 
 CONFIG_FILE = "beeg_config.json"
 WEIGHTS_FILE = "final_model.pt"
@@ -346,7 +347,7 @@ def export_openai(run_dir: str | Path, out: str | Path, allow_eps_change: bool =
 
 
 def import_openai_circuit(viz_data: str | Path, run_dir: str | Path, task: str, out: str | Path,
-                          target_loss: float = 0.15, data_dir: str | Path | None = None, force: bool = False) -> Path:
+                          target_loss: float = TARGET_LOSS, data_dir: str | Path | None = None, force: bool = False) -> Path:
     """The authors' published circuit (`viz_data.pt`: `circuit_data` maps a site to its kept channel
     indices) as our circuit directory on an imported run: nodes from `circuit_data`, edges recomputed
     from the run's weights, metrics measured on `task`'s test records with mean ablation."""
