@@ -64,6 +64,11 @@ def suite_argument(parser: argparse.ArgumentParser) -> None:
                              " paper's adversarial checks")
 
 
+def force_argument(parser: argparse.ArgumentParser, folder: str, command: str) -> None:
+    """`--force` as every command that makes a folder has it: only what that command made is replaced."""
+    parser.add_argument("--force", action="store_true", help=f"replace {folder} if `{command}` made it")
+
+
 def prune_default(name: str):
     from ..circuits.prune import PruneSettings
 

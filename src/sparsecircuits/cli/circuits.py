@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .args import POSITIVE, NON_NEGATIVE, TASK_LOSS, real, suite_argument, prune_default, EXIT_VALIDATION_FAILED
+from .args import force_argument, POSITIVE, NON_NEGATIVE, TASK_LOSS, real, suite_argument, prune_default, EXIT_VALIDATION_FAILED
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -90,7 +90,7 @@ def register_prune(sub) -> None:
     p.add_argument("--csr-max-density", type=real(0, 1), default=prune_default("csr_max_density"), metavar="FRACTION",
                    help="on CPU, layers with at most this fraction of nonzero weights multiply through sparse CSR kernels"
                         " (default %(default)s, the measured crossover; 0 = always dense)")
-    p.add_argument("--force", action="store_true", help="replace CIRCUIT_DIR if `prune` made it")
+    force_argument(p, "CIRCUIT_DIR", "prune")
     p.set_defaults(func=cmd_prune)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .args import TASK_LOSS, prune_default
+from .args import force_argument, TASK_LOSS, prune_default
 
 
 def cmd_import_openai(args: argparse.Namespace) -> None:
@@ -43,7 +43,7 @@ def register_import_openai(sub) -> None:
                    help="the model's tokenizer: a folder with vocab.bpe + encoder.json (e.g. tinypython_2k), or a"
                         " tokenizer.json (default: look in MODEL_DIR)")
     p.add_argument("--data", metavar="DATA_DIR", help="prepared data tokenised with this tokenizer, for mean ablation")
-    p.add_argument("--force", action="store_true", help="replace RUN_DIR if `import-openai` made it")
+    force_argument(p, "RUN_DIR", "import-openai")
     p.set_defaults(func=cmd_import_openai)
 
 
@@ -57,7 +57,7 @@ def register_import_openai_circuit(sub) -> None:
     p.add_argument("--out", required=True, metavar="CIRCUIT_DIR")
     p.add_argument("--target-loss", type=TASK_LOSS, default=prune_default("target_loss"), help="the loss its sufficiency is judged by (default %(default)s)")
     p.add_argument("--data", metavar="DATA_DIR", help="text for the node means (default: the run's own data)")
-    p.add_argument("--force", action="store_true", help="replace CIRCUIT_DIR if `import-openai-circuit` made it")
+    force_argument(p, "CIRCUIT_DIR", "import-openai-circuit")
     p.set_defaults(func=cmd_import_openai_circuit)
 
 
@@ -69,7 +69,7 @@ def register_export_openai(sub) -> None:
     p.add_argument("--out", required=True, metavar="MODEL_DIR")
     p.add_argument("--allow-eps-change", action="store_true",
                    help="export a model whose norm epsilon differs from theirs (their logits differ; see docs/cli.md)")
-    p.add_argument("--force", action="store_true", help="replace MODEL_DIR if `export-openai` made it")
+    force_argument(p, "MODEL_DIR", "export-openai")
     p.set_defaults(func=cmd_export_openai)
 
 

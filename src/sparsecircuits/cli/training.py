@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import SparseCircuitsError
-from .args import POSITIVE, NON_NEGATIVE, real, training_arguments
+from .args import force_argument, POSITIVE, NON_NEGATIVE, real, training_arguments
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -122,7 +122,7 @@ def register_prepare(sub) -> None:
     p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of the simple-python generator (default 0)")
     p.add_argument("--vocab-size", type=POSITIVE, default=2048, help="BPE vocabulary size (default 2048)")
     p.add_argument("--val-fraction", type=real(0, 1, True, True), default=0.02, help="fraction of files held out for validation (default 0.02)")
-    p.add_argument("--force", action="store_true", help="replace DATA_DIR if `prepare` made it")
+    force_argument(p, "DATA_DIR", "prepare")
     p.set_defaults(func=cmd_prepare)
 
 
