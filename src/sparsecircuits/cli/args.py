@@ -46,16 +46,15 @@ def real(low: float = -math.inf, high: float = math.inf, low_open: bool = False,
     return parse
 
 
+POSITIVE, NON_NEGATIVE = integer(1), integer(0)
+TASK_LOSS = real(0.0, math.log(2), low_open=True, high_open=True)  # between perfect and chance
+
+
 def targets(text: str) -> tuple[float, ...]:
-    parse = real(0.0, math.log(2), low_open=True, high_open=True)
     items = [t.strip() for t in text.split(",")]
     if not all(items):
         raise argparse.ArgumentTypeError(f"'{text}' has an empty item: give target losses separated by commas, e.g. 0.3,0.15")
-    return tuple(parse(t) for t in items)
-
-
-POSITIVE, NON_NEGATIVE = integer(1), integer(0)
-TASK_LOSS = real(0.0, math.log(2), low_open=True, high_open=True)  # between perfect and chance
+    return tuple(TASK_LOSS(t) for t in items)
 
 
 def suite_argument(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from ..circuits.labels import LABELS_FILE, label_run, read_labels
+from ..circuits.prune import TARGET_LOSS, PruneSettings
 from ..circuits.validate import not_evidence_reasons
 from ..config import load_config
 from ..data.prepare import MANIFEST, prepare
@@ -41,7 +42,6 @@ from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
 from .claim import CLAIM_TARGETS, MARGIN, circuit_is_evidence, claim_rows, claim_tasks, does_with_margin, plot_claim
 from ..plots import pyplot, save
-from ..circuits.prune import TARGET_LOSS
 
 MODELS = ("sparse", "dense_matched", "dense")
 DENSE_MODELS = ("dense_matched", "dense")
@@ -87,7 +87,7 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
          dense_set: list[str] | None = None, suite: str = "paper",
          claim_targets: tuple[float, ...] = CLAIM_TARGETS) -> dict:
     """`dense_set`: overrides for both dense models, after the shared ones (another width, more steps)."""
-    from ..circuits import PruneSettings, validate
+    from ..circuits import validate
     from ..circuits.circuit import prune_or_reuse
     from ..viewer import view
 

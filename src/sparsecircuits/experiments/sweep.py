@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ..circuits.prune import TARGET_LOSS, PruneSettings
 from ..config import _read_toml, load_config
 from ..errors import SparseCircuitsError
 from ..data.dataset import TokenData
@@ -40,7 +41,6 @@ from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
 from .claim import does_with_margin, geomean
 from ..plots import pyplot, save
-from ..circuits.prune import TARGET_LOSS
 
 GRID_KEYS = {"d_model": "model.d_model", "l0_fraction": "sparsity.l0_fraction", "keep_fraction": "model.keep_fraction",
              "l0_nonzeros": "sparsity.l0_fraction"}
@@ -95,7 +95,6 @@ def grid_runs(grid: dict, vocab_size: int) -> list[tuple[str, list[str]]]:
 
 
 def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: bool = True) -> list[dict]:
-    from ..circuits import PruneSettings
     from ..circuits.circuit import prune_or_reuse
 
     grid = read_grid(grid_path)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from ..circuits.prune import TARGET_LOSS
 from ..config import NODE_SITE_KINDS, RESIDUAL_TOPK_KINDS, ModelConfig
 from ..errors import SparseCircuitsError
-from ..circuits.prune import TARGET_LOSS
 
 CONFIG_FILE = "beeg_config.json"
 WEIGHTS_FILE = "final_model.pt"
