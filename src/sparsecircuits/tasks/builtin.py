@@ -157,9 +157,8 @@ def with_open_hard(rng: random.Random) -> Pair:
 
 def bracket_counting_hard(rng: random.Random) -> Pair:
     var = rng.choice(NAMES)
-    items = _digits(rng, 1, 3)
-    return _commented_twin(_function_head(rng, var), lambda nested: (
-        f"{var} = [[{items}" if nested else f"{var} = [{items}", "]]" if nested else "]", "]" if nested else "]]"))
+    contrast = _bracket_contrast(var, _digits(rng, 1, 3))  # the items are drawn before the head
+    return _commented_twin(_function_head(rng, var), contrast)
 
 
 def for_while(rng: random.Random) -> Pair:
@@ -307,10 +306,14 @@ def with_open(rng: random.Random) -> Pair:
                                "r" if read else "w", "w" if read else "r"))
 
 
-def _bracket_pair(var: str, items: str, note: str = "") -> Pair:
+def _bracket_contrast(var: str, items: str, note: str = "") -> Callable[[bool], tuple[str, str, str]]:
     """`var = [[items` closes with `]]`, `var = [items` with `]`, after an optional line `note`."""
-    return _pair(lambda nested: (f"{note}{var} = [[{items}" if nested else f"{note}{var} = [{items}",
-                                 "]]" if nested else "]", "]" if nested else "]]"))
+    return lambda nested: (f"{note}{var} = [[{items}" if nested else f"{note}{var} = [{items}",
+                           "]]" if nested else "]", "]" if nested else "]]")
+
+
+def _bracket_pair(var: str, items: str, note: str = "") -> Pair:
+    return _pair(_bracket_contrast(var, items, note))
 
 
 def _digits(rng: random.Random, low: int, high: int) -> str:
