@@ -15,8 +15,7 @@ import numpy as np
 
 from sparsecircuits.circuits import labels
 from sparsecircuits.concepts import PYTHON_CONCEPTS
-from sparsecircuits.model.gpt import SparseGPT
-from sparsecircuits.train.evaluation import run_data
+from sparsecircuits.rundir import Run
 
 
 def main() -> None:
@@ -25,8 +24,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16384)
     parser.add_argument("--data")
     args = parser.parse_args()
-    model = SparseGPT.from_pretrained(args.run_dir)
-    data = run_data(args.run_dir, args.data)
+    run = Run.open(args.run_dir)
+    model, data = run.model(), run.data(args.data)
     nodes = [(site, i) for site, width in model.node_sites.items() for i in range(width)]
     seconds = {}
     started = time.perf_counter()
@@ -39,7 +38,7 @@ def main() -> None:
     labels.score_nodes(acts, table)
     seconds["scores"] = time.perf_counter() - started
     started = time.perf_counter()
-    result = labels.label_nodes(model, data, nodes, args.tokens, show_progress=False)
+    result = labels.label_nodes(model, data, run.config.sparsity, nodes, args.tokens, show_progress=False)
     seconds["label_nodes (all of it, with the baseline)"] = time.perf_counter() - started
     labelled = [n for n in result["nodes"] if n["labels"]]
     above = [n for n in labelled if n["labels"][0]["beats_baseline"]]

@@ -24,7 +24,7 @@ from sparsecircuits.circuits.prune import CircuitEvaluator, PruneSettings, find_
 from sparsecircuits.circuits.search import search_settings
 from sparsecircuits.circuits.validate import controls, pruning_controls
 from sparsecircuits.errors import SparseCircuitsError
-from sparsecircuits.model.gpt import SparseGPT
+from sparsecircuits.rundir import Run
 from sparsecircuits.model.sparse_kernels import sparse_weight_kernels
 from sparsecircuits.tasks import evaluate_task, suite_tasks
 
@@ -56,8 +56,9 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
 
-    model = SparseGPT.from_pretrained(args.run_dir)
-    means = ablation_values(model, args.run_dir, "mean", show_progress=False)
+    run = Run.open(args.run_dir)
+    model = run.model()
+    means = ablation_values(model, run, "mean", show_progress=False)
     names = ([n for suite in args.suite.split(",") for n in suite_tasks(suite)] if args.tasks == "auto"
              else args.tasks.split(","))
     default = PruneSettings(target_loss=args.target_loss)

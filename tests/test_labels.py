@@ -17,6 +17,7 @@ from sparsecircuits.config import load_config
 from sparsecircuits.data.dataset import TokenData
 from sparsecircuits.data.prepare import prepare
 from sparsecircuits.model.gpt import SparseGPT
+from sparsecircuits.rundir import Run
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_a_node_built_to_fire_inside_double_quoted_strings_gets_that_label_first
     config = load_config("tiny", ["model.d_model=16", "model.n_layer=1", "model.keep_fraction=1", "model.ctx_len=64",
                                   f"model.vocab_size={quoted_data.vocab_size}"])
     model = SparseGPT(config.model)
-    model.run_config, model.tokenizer = config, quoted_data.tokenizer()
+    model.tokenizer = quoted_data.tokenizer()
     table = concept_table(quoted_data, quoted_data.tokenizer(), 64, 4096, PYTHON_CONCEPTS, show_progress=False)
     ids = table.inputs.flatten().numpy()
     inside = table.values[:, [c.name for c in PYTHON_CONCEPTS].index("in_double_quoted_string")]
@@ -58,7 +59,7 @@ def test_a_node_built_to_fire_inside_double_quoted_strings_gets_that_label_first
         for norm in (model.blocks[0].attn_norm, model.blocks[0].mlp_norm, model.final_norm):
             norm.weight.fill_(1.0)
         model.wte.weight[only_inside, 0] = 1.0  # channel 0 of the embedding: on for those tokens only
-    result = label_nodes(model, quoted_data, [("0.attn.act_in", 0), ("0.attn.act_in", 1)], n_tokens=4096,
+    result = label_nodes(model, quoted_data, config.sparsity, [("0.attn.act_in", 0), ("0.attn.act_in", 1)], n_tokens=4096,
                          show_progress=False)
     built, silent = result["nodes"]
     assert built["labels"][0]["concept"] == "in_double_quoted_string", built["labels"]
@@ -66,13 +67,14 @@ def test_a_node_built_to_fire_inside_double_quoted_strings_gets_that_label_first
     assert silent["labels"] == []  # a node that never fires: no concept above threshold
     with torch.no_grad():
         model.wte.weight[only_inside, 0] = -1.0  # the same node firing negatively: the same label, sign -
-    flipped = label_nodes(model, quoted_data, [("0.attn.act_in", 0)], n_tokens=4096, show_progress=False)["nodes"][0]
+    flipped = label_nodes(model, quoted_data, config.sparsity, [("0.attn.act_in", 0)], n_tokens=4096, show_progress=False)["nodes"][0]
     assert flipped["labels"][0]["concept"] == "in_double_quoted_string" and flipped["labels"][0]["sign"] == "-"
 
 
 def test_shuffled_weights_keep_the_sparsity_pattern_and_change_the_values(trained_run):
-    model = SparseGPT.from_pretrained(trained_run)
-    shuffled = shuffled_weights(model)
+    run = Run.open(trained_run)
+    model = run.model()
+    shuffled = shuffled_weights(model, run.config.sparsity)
     for (name, a), (_, b) in zip(model.named_parameters(), shuffled.named_parameters()):
         assert torch.equal(a != 0, b != 0), name
         assert torch.equal(a.flatten().sort().values, b.flatten().sort().values), name

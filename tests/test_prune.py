@@ -121,11 +121,12 @@ def test_shuffled_label_control_that_fits_the_target_is_reported_and_flagged(tas
     from sparsecircuits.circuits.circuit import ablation_values, load_task_splits
     from sparsecircuits.circuits.prune import PruneSettings, find_circuit
     from sparsecircuits.circuits.validate import controls, fitting_controls, shuffled_labels
-    from sparsecircuits.model.gpt import SparseGPT
+    from sparsecircuits.rundir import Run
     from sparsecircuits.tasks.records import TaskSplits
 
-    run, task = task_run
-    model = SparseGPT.from_pretrained(run)
+    run_dir, task = task_run
+    run = Run.open(run_dir)
+    model = run.model()
     splits = load_task_splits(model, str(task))
     means = ablation_values(model, run, "mean", show_progress=False)
     # a fixed penalty and no margin, so the mask trained again for the target found below is the same mask

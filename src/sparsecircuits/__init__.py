@@ -5,7 +5,8 @@ from .data.dataset import TokenData, load_tokenizer
 from .data.prepare import prepare
 from .errors import SparseCircuitsError
 from .model.gpt import SparseGPT
+from .rundir import Run
 from .train.trainer import train
 
-__all__ = ["Config", "SparseCircuitsError", "SparseGPT", "TokenData", "load_config", "load_tokenizer", "prepare", "train"]
+__all__ = ["Config", "Run", "SparseCircuitsError", "SparseGPT", "TokenData", "load_config", "load_tokenizer", "prepare", "train"]
 __version__ = "0.1.0"

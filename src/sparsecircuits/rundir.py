@@ -21,12 +21,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from functools import cached_property
 from typing import Any
 
 import torch
 
 from .config import Config
 from .errors import SparseCircuitsError
+from .model.gpt import SparseGPT
 
 CONFIG_FILE = "config.json"
 RUN_INFO_FILE = "run.json"
@@ -70,18 +72,6 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
                               " was trained with, so the run cannot be checked; train it again")
 
 
-def recorded_data_dir(run_dir: str | Path) -> Path | None:
-    """The run's own data directory, if it is still where run.json says (absolutely, or relative to the run)."""
-    info = read_run_info(run_dir)
-    candidates = [info.get("data")]
-    if info.get("data_relative"):
-        candidates.append(Path(run_dir) / info["data_relative"])
-    for candidate in candidates:
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate).resolve()
-    return None
-
-
 def read_run_config(run_dir: str | Path) -> Config:
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
@@ -108,32 +98,164 @@ def load_state_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], so
     model.load_state_dict(tensors)
 
 
-def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """The trained model of a run directory, checked against its config and the tokenizer it was
-    trained with. `model.weights_sha256` identifies the weights (circuits and caches are tied to it)."""
-    from .data.dataset import load_tokenizer
-    from .io import load_tensors
-    from .model.gpt import SparseGPT
+class Run:
+    """A run directory, opened once: its config, run.json, tokenizer (checked against its digest),
+    weights digest, model, data and node means. Every command, pipeline and API function that
+    reads a run receives one (`Run.open(path)`; `as_run` accepts a path too)."""
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise SparseCircuitsError(f"run directory not found: {run_dir}")
-    config = read_run_config(run_dir)
-    if not (run_dir / MODEL_FILE).is_file():
-        hint = "continue it with `sparsecircuits train --resume`" if (run_dir / CHECKPOINT).exists() else "train it first"
-        raise SparseCircuitsError(f"{run_dir} has no trained model ({MODEL_FILE} is missing): {hint}")
-    tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
-    if file_sha256(run_dir / TOKENIZER_FILE) != read_run_info(run_dir)["tokenizer_sha256"]:
-        raise SparseCircuitsError(f"{run_dir}/{TOKENIZER_FILE} is not the tokenizer this run was trained with (its sha256"
-                                  " differs from run.json's): copy the run's own tokenizer.json back from its data directory")
-    if tokenizer.get_vocab_size() != config.model.vocab_size:
-        raise SparseCircuitsError(
-            f"{run_dir}/{TOKENIZER_FILE} has {tokenizer.get_vocab_size()} tokens but the model has {config.model.vocab_size}:"
-            " the tokenizer belongs to another run"
-        )
-    model = SparseGPT(config.model)
-    load_state_into(model, load_tensors(run_dir / MODEL_FILE), run_dir / MODEL_FILE)
-    model.run_config = config
-    model.tokenizer = tokenizer
-    model.weights_sha256 = file_sha256(run_dir / MODEL_FILE)
-    return model.to(device).eval()
+    def __init__(self, path: Path, config: Config, info: dict[str, Any]):
+        self.path, self.config, self.info = path, config, info
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Run":
+        path = Path(path)
+        if not path.is_dir():
+            raise SparseCircuitsError(f"run directory not found: {path}")
+        return cls(path, read_run_config(path), read_run_info(path))
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @cached_property
+    def tokenizer(self):
+        """The run's tokenizer, checked to be the one it was trained with and to fit the model."""
+        from .data.dataset import load_tokenizer
+
+        tokenizer = load_tokenizer(self.path / TOKENIZER_FILE)
+        if file_sha256(self.path / TOKENIZER_FILE) != self.info["tokenizer_sha256"]:
+            raise SparseCircuitsError(f"{self.path}/{TOKENIZER_FILE} is not the tokenizer this run was trained with (its sha256"
+                                      " differs from run.json's): copy the run's own tokenizer.json back from its data directory")
+        if tokenizer.get_vocab_size() != self.config.model.vocab_size:
+            raise SparseCircuitsError(
+                f"{self.path}/{TOKENIZER_FILE} has {tokenizer.get_vocab_size()} tokens but the model has"
+                f" {self.config.model.vocab_size}: the tokenizer belongs to another run")
+        return tokenizer
+
+    def _check_trained(self) -> None:
+        if not self.model_file.is_file():
+            hint = "continue it with `sparsecircuits train --resume`" if (self.path / CHECKPOINT).exists() else "train it first"
+            raise SparseCircuitsError(f"{self.path} has no trained model ({MODEL_FILE} is missing): {hint}")
+
+    @cached_property
+    def weights_sha256(self) -> str:
+        """Identifies the trained weights: circuits, labels and caches are tied to it."""
+        self._check_trained()
+        return file_sha256(self.model_file)
+
+    def model(self, device: str | torch.device = "cpu") -> SparseGPT:
+        """The trained model, checked against the config and the tokenizer; `model.tokenizer` is the run's."""
+        from .io import load_tensors
+
+        self._check_trained()
+        tokenizer = self.tokenizer
+        model = SparseGPT(self.config.model)
+        load_state_into(model, load_tensors(self.model_file), self.model_file)
+        model.tokenizer = tokenizer
+        return model.to(device).eval()
+
+    def data_dir(self) -> Path | None:
+        """The run's own data directory, if it is still where run.json says (absolutely, or relative to the run)."""
+        candidates = [self.info.get("data")]
+        if self.info.get("data_relative"):
+            candidates.append(self.path / self.info["data_relative"])
+        for candidate in candidates:
+            if candidate and Path(candidate).is_dir():
+                return Path(candidate).resolve()
+        return None
+
+    def data(self, override: str | Path | None = None):
+        """The data the run was trained on, or `override` when given, checked to be tokenised with the
+        run's own tokenizer."""
+        from .data.dataset import TokenData
+
+        data_dir = override if override is not None else self.data_dir()
+        if data_dir is None:
+            where = (f"its data directory {self.info['data']} is gone" if self.info.get("data")
+                     else "it has no data of its own (imported)")
+            raise SparseCircuitsError(f"{self.path}: {where}: pass --data DATA_DIR (data prepared with the run's tokenizer)")
+        data = TokenData(data_dir)
+        if data.manifest["tokenizer_sha256"] != self.info["tokenizer_sha256"]:
+            raise SparseCircuitsError(f"{data.directory} was tokenised with another tokenizer than {self.path} was trained with:"
+                                      " pass data prepared for this run (its run.json names it)")
+        return data
+
+    def node_means(self, model: SparseGPT, n_tokens: int = 65536, show_progress: bool = True,
+                   data_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
+        """Every node's mean over `data_dir` (default: the run's own data), cached in
+        RUN_DIR/node_means.safetensors, tied to the weights' sha256, and recomputed when the
+        weights, n_tokens or a given `data_dir` changed."""
+        from safetensors import safe_open
+
+        from .io import atomic_save_tensors
+
+        path = self.path / MEANS_FILE
+        own = self.data_dir()
+        own = str(own) if own else None
+        wanted = str(Path(data_dir).resolve()) if data_dir is not None else own
+        if path.is_file():
+            try:
+                with safe_open(str(path), "pt") as f:
+                    meta = f.metadata() or {}
+                    cached = meta.get("data", own)  # caches that predate this key were made from the run's own data
+                    if meta.get("model") == self.weights_sha256 and meta.get("tokens") == str(n_tokens) and wanted in (None, cached):
+                        return {site: f.get_tensor(site) for site in model.node_sites}
+            except Exception:  # a damaged cache is simply recomputed
+                pass
+        data = self.data(data_dir)
+        means = compute_means(model, data, n_tokens, show_progress=show_progress)
+        atomic_save_tensors(path, means, metadata={"model": self.weights_sha256, "tokens": str(n_tokens),
+                                                   "data": str(data.directory.resolve())})
+        return means
+
+    def check_circuit(self, circuit_data: dict, circuit_dir: Path) -> None:
+        """A circuit is used only with the very weights it was pruned from."""
+        expected = circuit_data["model"].get("weights_sha256")
+        if not expected:
+            raise SparseCircuitsError(f"{circuit_dir} does not record which weights it was pruned from (an older"
+                                      " sparsecircuits made it): prune the task again")
+        if self.weights_sha256 != expected:
+            raise SparseCircuitsError(f"{circuit_dir} was pruned from other weights than {self.model_file}"
+                                      " (their sha256 differs): pass the run directory it was pruned from with --run-dir")
+
+
+def as_run(run: "Run | str | Path") -> Run:
+    return run if isinstance(run, Run) else Run.open(run)
+
+
+@torch.no_grad()
+def compute_means(model: SparseGPT, data, n_tokens: int = 65536, batch_size: int = 16,
+                  show_progress: bool = True) -> dict[str, torch.Tensor]:
+    """Mean activation of every node over pretraining text, through the same forward the masks see
+    (after AbsTopK)."""
+    from tqdm.auto import tqdm
+
+    inputs, _ = data.eval_windows("train", model.config.ctx_len, n_tokens)
+    sums = {site: torch.zeros(width, dtype=torch.float64) for site, width in model.node_sites.items()}
+    count = 0
+
+    def accumulate(x: torch.Tensor, site: str) -> None:
+        sums[site] += x.detach().double().sum(dim=(0, 1)).cpu()
+
+    with model.hooks({site: accumulate for site in model.node_sites}):
+        for start in tqdm(range(0, len(inputs), batch_size), desc="node means", unit="batch", disable=not show_progress):
+            batch = inputs[start : start + batch_size].to(next(model.parameters()).device)
+            model(batch)
+            count += batch.numel()
+    return {site: (total / count).float() for site, total in sums.items()}
+
+
+def _from_pretrained(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> SparseGPT:
+    """The trained model of a run directory: `Run.open(run_dir).model(device)`."""
+    return Run.open(run_dir).model(device)
+
+
+# The run layer's convenience on the model class, so that the model imports nothing from it.
+SparseGPT.from_pretrained = classmethod(_from_pretrained)

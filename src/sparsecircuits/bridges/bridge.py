@@ -21,7 +21,7 @@ from ..config import BridgeConfig
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparsity import abs_topk
-from ..rundir import MODEL_FILE, RUN_INFO_FILE, file_sha256, load_run_model, read_run_info
+from ..rundir import MODEL_FILE, RUN_INFO_FILE, Run, as_run, file_sha256, read_run_info
 
 BRIDGES_FILE = "bridges.safetensors"
 
@@ -158,14 +158,14 @@ class BridgedObjective:
         return self.last.terms() if self.last is not None else {}
 
 
-def dense_run_record(run_dir: Path, dense_run: Path) -> dict:
+def dense_run_record(run_dir: Path, dense_run: Run) -> dict:
     """What a bridged run's run.json says of its dense model: where it is and which weights it holds."""
-    dense_run = Path(dense_run).resolve()
-    return {"run": str(dense_run), "run_relative": os.path.relpath(dense_run, Path(run_dir).resolve()),
-            "model_sha256": file_sha256(dense_run / MODEL_FILE)}
+    where = dense_run.path.resolve()
+    return {"run": str(where), "run_relative": os.path.relpath(where, Path(run_dir).resolve()),
+            "model_sha256": dense_run.weights_sha256}
 
 
-def recorded_dense_run(run_dir: Path, record: dict) -> Path:
+def recorded_dense_run(run_dir: Path, record: dict) -> Run:
     """The dense run a bridged run's run.json names (at its absolute or its relative path), checked to
     hold the very weights the bridges were trained against."""
     found = [Path(p) for p in (record["run"], Path(run_dir) / record["run_relative"]) if (Path(p) / MODEL_FILE).is_file()]
@@ -174,10 +174,10 @@ def recorded_dense_run(run_dir: Path, record: dict) -> Path:
     if file_sha256(found[0] / MODEL_FILE) != record["model_sha256"]:
         raise SparseCircuitsError(f"the dense model in {found[0]} has changed since {run_dir} was bridged to it: bridges"
                                   " trained against other weights no longer fit; train the bridged run again with --force")
-    return found[0].resolve()
+    return Run.open(found[0].resolve())
 
 
-def bridged_dense_run(run_dir: Path, data, dense_run: str | Path | None, resume: bool) -> Path | None:
+def bridged_dense_run(run_dir: Path, data, dense_run: str | Path | None, resume: bool) -> Run | None:
     """The dense run a bridged training run uses, checked: a trained run with the data's tokenizer;
     on resume, the one the run recorded, with the same weights."""
     if resume and (Path(run_dir) / RUN_INFO_FILE).is_file():
@@ -187,31 +187,32 @@ def bridged_dense_run(run_dir: Path, data, dense_run: str | Path | None, resume:
                 raise SparseCircuitsError(f"{run_dir} was trained without bridges: resume it with `sparsecircuits train --resume`")
             return None
         recorded = recorded_dense_run(run_dir, record)
-        if dense_run is not None and Path(dense_run).resolve() != recorded:
+        if dense_run is not None and Path(dense_run).resolve() != recorded.path:
             raise SparseCircuitsError(f"{run_dir} was bridged to {record['run']}, not {dense_run}: drop --dense to use its own")
         return recorded
     if dense_run is None:
         return None
-    dense_run = Path(dense_run)
-    load_run_model(dense_run)  # every check a loaded run gets, each with its own message
-    if read_run_info(dense_run)["tokenizer_sha256"] != data.manifest["tokenizer_sha256"]:
+    dense = Run.open(Path(dense_run).resolve())
+    dense.model()  # every check a loaded run gets, each with its own message
+    if dense.info["tokenizer_sha256"] != data.manifest["tokenizer_sha256"]:
         raise SparseCircuitsError(f"the dense run {dense_run} was trained with another tokenizer than {data.directory}'s:"
                                   " give --data the dense run's own data directory")
-    return dense_run.resolve()
+    return dense
 
 
-def load_bridged_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[SparseGPT, SparseGPT, Bridges]:
+def load_bridged_run(run: Run | str | Path, device: str | torch.device = "cpu") -> tuple[SparseGPT, SparseGPT, Bridges]:
     """(sparse model, its frozen dense model, the bridges) of a run made by `bridge train`."""
     from ..io import load_tensors
     from ..rundir import load_state_into
 
-    run_dir = Path(run_dir)
-    sparse = load_run_model(run_dir, device)
-    record = read_run_info(run_dir).get("bridged_to")
-    if record is None or not (run_dir / BRIDGES_FILE).is_file():
-        raise SparseCircuitsError(f"{run_dir} is not a bridged run (no {BRIDGES_FILE} or no dense run in its run.json):"
+    run = as_run(run)
+    sparse = run.model(device)
+    record = run.info.get("bridged_to")
+    bridges_file = run.path / BRIDGES_FILE
+    if record is None or not bridges_file.is_file():
+        raise SparseCircuitsError(f"{run.path} is not a bridged run (no {BRIDGES_FILE} or no dense run in its run.json):"
                                   " make one with `sparsecircuits bridge train`")
-    dense = load_run_model(recorded_dense_run(run_dir, record), device).requires_grad_(False)
-    bridges = Bridges.for_models(dense, sparse, sparse.run_config.bridge)
-    load_state_into(bridges, load_tensors(run_dir / BRIDGES_FILE), run_dir / BRIDGES_FILE)
+    dense = recorded_dense_run(run.path, record).model(device).requires_grad_(False)
+    bridges = Bridges.for_models(dense, sparse, run.config.bridge)
+    load_state_into(bridges, load_tensors(bridges_file), bridges_file)
     return sparse, dense, bridges.to(device).eval()

@@ -9,10 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data.dataset import TokenData
-from ..errors import SparseCircuitsError
 from ..io import atomic_write_text
-from ..rundir import recorded_data_dir
+from ..rundir import Run, as_run
 from .bridge import load_bridged_run
 
 EVAL_FILE, PLOT_FILE = "bridge_eval.json", "bridge_eval.png"
@@ -39,15 +37,13 @@ class _SumOfSquares:
 
 
 @torch.no_grad()
-def evaluate_bridges(run_dir: str | Path, data_dir: str | Path | None = None, max_tokens: int = 32768,
+def evaluate_bridges(run: Run | str | Path, data_dir: str | Path | None = None, max_tokens: int = 32768,
                      batch_size: int = 8) -> dict:
     """Per bridge site: NMSE of the encoder and the decoder, and the cross-entropy of the dense ->
     sparse and sparse -> dense hybrid passes, beside each model's own loss, on validation windows."""
-    sparse, dense, bridges = load_bridged_run(run_dir)
-    data_dir = data_dir or recorded_data_dir(run_dir)
-    if data_dir is None:
-        raise SparseCircuitsError(f"the data directory {run_dir} was trained on is gone: give --data")
-    inputs, targets = TokenData(data_dir).eval_windows("val", sparse.config.ctx_len, max_tokens)
+    run = as_run(run)
+    sparse, dense, bridges = load_bridged_run(run)
+    inputs, targets = run.data(data_dir).eval_windows("val", sparse.config.ctx_len, max_tokens)
     ce = lambda logits, y: float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
     sites = bridges.sites
     encoder, decoder = {s: _SumOfSquares() for s in sites}, {s: _SumOfSquares() for s in sites}
@@ -69,7 +65,7 @@ def evaluate_bridges(run_dir: str | Path, data_dir: str | Path | None = None, ma
     rows = [{"site": s, "nmse_dense_to_sparse": encoder[s].value(), "nmse_sparse_to_dense": decoder[s].value(),
              "loss_dense_to_sparse": hybrid[s]["dense_to_sparse"] / tokens,
              "loss_sparse_to_dense": hybrid[s]["sparse_to_dense"] / tokens} for s in sites]
-    return {"run_dir": str(run_dir), "tokens": tokens, "dense_loss": own["dense"] / tokens,
+    return {"run_dir": str(run.path), "tokens": tokens, "dense_loss": own["dense"] / tokens,
             "sparse_loss": own["sparse"] / tokens, "sites": rows}
 
 
@@ -105,10 +101,11 @@ def plot(result: dict, path: Path) -> None:
     save(fig, path)
 
 
-def run_bridge_eval(run_dir: str | Path, data_dir: str | Path | None = None, max_tokens: int = 32768) -> dict:
+def run_bridge_eval(run: Run | str | Path, data_dir: str | Path | None = None, max_tokens: int = 32768) -> dict:
     """Evaluate, print the table, and write bridge_eval.json and bridge_eval.png into the run."""
-    run_dir = Path(run_dir)
-    result = evaluate_bridges(run_dir, data_dir, max_tokens)
+    run = as_run(run)
+    run_dir = run.path
+    result = evaluate_bridges(run, data_dir, max_tokens)
     print(format_table(result))
     atomic_write_text(run_dir / EVAL_FILE, json.dumps(result, indent=1))
     plot(result, run_dir / PLOT_FILE)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..errors import SparseCircuitsError
 from ..io import atomic_write_text, output_folder
 from ..model.gpt import Norm, SparseGPT
+from ..rundir import Run, as_run
 from ..tasks.records import task_records, tokenize_records
 from .bridge import Bridges, load_bridged_run
 
@@ -256,20 +257,21 @@ def plot(result: dict, path: Path) -> None:
     save(fig, path)
 
 
-def run_steer(run_dir: str | Path, node: str, task: str, strengths=None, split: str = "test",
+def run_steer(run: Run | str | Path, node: str, task: str, strengths=None, split: str = "test",
               circuit: str | Path | None = None, out: str | Path | None = None, seed: int = 0,
               limit: int | None = None, correct: str | None = None) -> dict:
     """`node` "auto": the circuit's sublayer-input node that differs most between twins (`pick_node`)."""
     from ..circuits.circuit import Circuit
 
-    sparse, dense, bridges = load_bridged_run(run_dir)
+    run = as_run(run)
+    sparse, dense, bridges = load_bridged_run(run)
     if node == "auto" and circuit is None:
         raise SparseCircuitsError("--node auto picks a node of the task's circuit: give --circuit CIRCUIT_DIR")
     circuit_nodes = None
     if circuit is not None:
         loaded = Circuit.load(circuit)
-        if loaded.data["model"].get("weights_sha256") != sparse.weights_sha256:
-            raise SparseCircuitsError(f"{circuit} was pruned from another model than {run_dir}'s sparse model: give a"
+        if loaded.data["model"].get("weights_sha256") != run.weights_sha256:
+            raise SparseCircuitsError(f"{circuit} was pruned from another model than {run.path}'s sparse model: give a"
                                       " circuit of this run")
         circuit_nodes = {(n["site"], n["index"]) for n in loaded.nodes}
     parsed = pick_node(sparse, task, circuit_nodes, correct) if node == "auto" else parse_node(node, sparse)
@@ -277,7 +279,7 @@ def run_steer(run_dir: str | Path, node: str, task: str, strengths=None, split: 
     result = steer_task(sparse, dense, bridges, parsed, task, strengths or DEFAULT_STRENGTHS, split, circuit_nodes, seed,
                         limit, correct)
     result["circuit"] = str(circuit) if circuit else None
-    out = output_folder(Path(out) if out else Path(run_dir) / "steer" / f"{Path(task).stem}-{node.replace(':', '-')}")
+    out = output_folder(Path(out) if out else run.path / "steer" / f"{Path(task).stem}-{node.replace(':', '-')}")
     atomic_write_text(out / "steer.json", json.dumps(result, indent=1))
     plot(result, out / "steer.png")
     curve, control = result["curves"]["node"], result["curves"]["random_direction"]

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
-from ..rundir import MODEL_FILE, file_sha256, read_run_config
+from ..rundir import Run, as_run
 from ..model.sparse_kernels import sparse_weight_kernels
 from ..tasks.records import TaskSplits, task_accuracy, task_loss, task_loss_interval
 from ..tasks.records import load_task_splits as _load_task_splits
@@ -28,19 +28,18 @@ from ..tasks.records import task_records
 from ..io import atomic_save_tensors, check_output_dir, directory_lock, load_tensors, staged_directory
 from .graph import circuit_edges
 from .masks import ablation_hooks
-from .means import load_or_compute_means
 from .prune import CircuitEvaluator, PruneSettings, find_circuit, settings_dict
 
 CIRCUIT_FILE = "circuit.json"
 RANDOM_CONTROLS = 8
 
 
-def ablation_values(model: SparseGPT, run_dir: Path, ablation: str, show_progress: bool = True,
+def ablation_values(model: SparseGPT, run: Run, ablation: str, show_progress: bool = True,
                     data_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
     """What pruned nodes are frozen at: zeros, or node means over `data_dir` (default: the run's own data)."""
     if ablation == "zero":
         return {site: torch.zeros(width) for site, width in model.node_sites.items()}
-    return load_or_compute_means(model, run_dir, show_progress=show_progress, data_dir=data_dir)
+    return run.node_means(model, show_progress=show_progress, data_dir=data_dir)
 
 
 def load_task_splits(model: SparseGPT, task: str) -> TaskSplits:
@@ -103,27 +102,29 @@ def records_sha256(task: str) -> str:
     return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
 
 
-def is_current(out: str | Path, run_dir: str | Path, task: str, settings: PruneSettings) -> bool:
+def is_current(out: str | Path, run: Run | str | Path, task: str, settings: PruneSettings) -> bool:
     """Whether `out` holds a circuit of these very weights, task records and prune settings."""
+    run = as_run(run)
     path = Path(out) / CIRCUIT_FILE
     if not path.is_file():
         return False
     try:
         data = json.loads(path.read_text())
-        return (data["model"]["weights_sha256"] == file_sha256(Path(run_dir) / MODEL_FILE)
+        return (data["model"]["weights_sha256"] == run.weights_sha256
                 and data.get("records_sha256") == records_sha256(task)
                 and data["settings"] == settings_dict(settings) and data.get("search_trials", 0) == 0)
     except (json.JSONDecodeError, KeyError, TypeError):
         return False
 
 
-def prune_or_reuse(run_dir: str | Path, task: str, out: str | Path, settings: PruneSettings,
+def prune_or_reuse(run: Run | str | Path, task: str, out: str | Path, settings: PruneSettings,
                    show_progress: bool = True) -> "Circuit":
     """The circuit in `out` when it was pruned from these weights, records and settings; else prune
     again into `out` (replacing what an earlier `prune` wrote there)."""
-    if is_current(out, run_dir, task, settings):
+    run = as_run(run)
+    if is_current(out, run, task, settings):
         return Circuit.load(out)
-    return prune(run_dir, task, out, settings, show_progress=show_progress, force=True)
+    return prune(run, task, out, settings, show_progress=show_progress, force=True)
 
 
 def write_circuit_dir(out: Path, record: dict, scores: Mapping[str, torch.Tensor], command: str = "prune") -> None:
@@ -132,26 +133,27 @@ def write_circuit_dir(out: Path, record: dict, scores: Mapping[str, torch.Tensor
         atomic_save_tensors(staging / "scores.safetensors", dict(scores))
 
 
-def prune(run_dir: str | Path, task: str, out: str | Path, settings: PruneSettings | None = None,
+def prune(run: Run | str | Path, task: str, out: str | Path, settings: PruneSettings | None = None,
           search_trials: int = 0, show_progress: bool = True, force: bool = False,
           data_dir: str | Path | None = None) -> "Circuit":
-    """Find, measure and save the circuit of `task` in the model of `run_dir`. `data_dir` is the text
-    mean ablation averages over (default: the run's own data; an imported run has none)."""
+    """Find, measure and save the circuit of `task` in the model of `run` (a `Run` or its directory).
+    `data_dir` is the text mean ablation averages over (default: the run's own data; an imported
+    run has none)."""
     settings = settings or PruneSettings()
     settings.validate()
-    run_dir, out = Path(run_dir), Path(out)
+    run, out = as_run(run), Path(out)
     check_output_dir(out, "prune", force)
     with directory_lock(out):
-        return _prune(run_dir, task, out, settings, search_trials, show_progress, data_dir)
+        return _prune(run, task, out, settings, search_trials, show_progress, data_dir)
 
 
-def _prune(run_dir: Path, task: str, out: Path, settings: PruneSettings, search_trials: int, show_progress: bool,
+def _prune(run: Run, task: str, out: Path, settings: PruneSettings, search_trials: int, show_progress: bool,
            data_dir: str | Path | None) -> "Circuit":
     start = time.perf_counter()
-    model = SparseGPT.from_pretrained(run_dir)
+    model = run.model()
     with sparse_weight_kernels(model, settings.csr_max_density) as csr_layers:
         splits = load_task_splits(model, task)
-        means = ablation_values(model, run_dir, settings.ablation, show_progress, data_dir)
+        means = ablation_values(model, run, settings.ablation, show_progress, data_dir)
         means_seconds = time.perf_counter() - start
         if search_trials > 0:
             from .search import search_settings
@@ -160,7 +162,7 @@ def _prune(run_dir: Path, task: str, out: Path, settings: PruneSettings, search_
         else:
             found = find_circuit(model, splits, means, settings, show_progress)
         keep, scale = found["keep"], found["logit_scale"]
-        record = circuit_record(run_dir, model, task, splits, settings, keep, scale, found["evaluator"], data_dir)
+        record = circuit_record(run, model, task, splits, settings, keep, scale, found["evaluator"], data_dir)
     record["metrics"].update({"loss_choose": found["loss_choose"], "nodes_active_after_mask_training": found["active_after_training"],
                               "csr_layers": len(csr_layers), "seconds": round(time.perf_counter() - start, 1),
                               "seconds_by_stage": {"load_and_means": round(means_seconds, 1), **found["seconds"]}})
@@ -169,7 +171,7 @@ def _prune(run_dir: Path, task: str, out: Path, settings: PruneSettings, search_
     return Circuit.load(out)
 
 
-def circuit_record(run_dir: Path, model: SparseGPT, task: str, splits: TaskSplits, settings: PruneSettings,
+def circuit_record(run: Run, model: SparseGPT, task: str, splits: TaskSplits, settings: PruneSettings,
                    keep: Mapping[str, torch.Tensor], scale: float, evaluator: CircuitEvaluator,
                    data_dir: str | Path | None) -> dict:
     """circuit.json's content for these kept nodes: nodes, edges and the test-record metrics."""
@@ -180,8 +182,8 @@ def circuit_record(run_dir: Path, model: SparseGPT, task: str, splits: TaskSplit
         "format": 1,
         "task": splits.name,
         "task_source": task,
-        "model": {"run_dir": str(run_dir.resolve()), "name": run_dir.name, "config_hash": read_run_config(run_dir).hash(),
-                  "weights_sha256": model.weights_sha256},
+        "model": {"run_dir": str(run.path.resolve()), "name": run.path.name, "config_hash": run.config.hash(),
+                  "weights_sha256": run.weights_sha256},
         "target_loss": settings.target_loss,
         "ablation": settings.ablation,
         "means_data": str(Path(data_dir).resolve()) if data_dir is not None else None,  # None: the run's own data
@@ -223,20 +225,20 @@ class Circuit:
     def run_dir(self) -> Path:
         return Path(self.data["model"]["run_dir"])
 
-    def load_model(self, run_dir: str | Path | None = None) -> SparseGPT:
+    def open_run(self, run: Run | str | Path | None = None) -> Run:
+        """The circuit's run (or `run`, when it moved), checked to hold the very weights it was pruned from."""
+        if run is None:
+            if not (self.run_dir / "config.json").is_file():
+                raise SparseCircuitsError(f"the circuit's model {self.run_dir} is not there any more: pass the run"
+                                          " directory it came from")
+            run = self.run_dir
+        run = as_run(run)
+        run.check_circuit(self.data, self.directory)
+        return run
+
+    def load_model(self, run: Run | str | Path | None = None) -> SparseGPT:
         """The circuit's model, checked to hold the very weights it was pruned from."""
-        run_dir = Path(run_dir) if run_dir else self.run_dir
-        expected = self.data["model"].get("weights_sha256")
-        if not expected:
-            raise SparseCircuitsError(f"{self.directory} does not record which weights it was pruned from (an older"
-                                      " sparsecircuits made it): prune the task again")
-        if not (run_dir / "config.json").is_file():
-            raise SparseCircuitsError(f"the circuit's model {run_dir} is not there any more: pass the run directory it came from")
-        model = SparseGPT.from_pretrained(run_dir)
-        if model.weights_sha256 != expected:
-            raise SparseCircuitsError(f"{self.directory} was pruned from other weights than {run_dir}/model.safetensors"
-                                      " (their sha256 differs): pass the run directory it was pruned from with --run-dir")
-        return model
+        return self.open_run(run).model()
 
     def keep(self, model: SparseGPT) -> dict[str, torch.Tensor]:
         return keep_from_nodes(model, self.nodes)
@@ -248,6 +250,6 @@ class Circuit:
     def only(self, model: SparseGPT, means: Mapping[str, torch.Tensor] | None = None):
         """Run `model` with only the circuit kept, every other node ablated as when it was pruned."""
         if means is None:
-            means = ablation_values(model, self.run_dir, self.data["ablation"], False, self.means_data)
+            means = ablation_values(model, self.open_run(), self.data["ablation"], False, self.means_data)
         with model.hooks(ablation_hooks(model, self.keep(model), means)):
             yield model

@@ -33,10 +33,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..concepts import PYTHON_CONCEPTS, Concept, SourceFacts, token_values
+from ..config import SparsityConfig
 from ..data.dataset import TokenData
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparsity import sparse_parameters
+from ..rundir import Run, as_run
 
 DEFAULT_THRESHOLD = 0.6  # AUROC 0.8, or |r| 0.6
 NODE_CHUNK = 512  # nodes scored at once (bounds the memory of the rank tensors)
@@ -217,13 +219,13 @@ def _score_known(acts: np.ndarray, direction: np.ndarray, values: np.ndarray,
     return result
 
 
-def shuffled_weights(model: SparseGPT, seed: int = 0) -> SparseGPT:
-    """A copy whose nonzero weights are permuted within each sparse matrix: the same sparsity
-    pattern, none of the learned structure."""
+def shuffled_weights(model: SparseGPT, sparsity: SparsityConfig, seed: int = 0) -> SparseGPT:
+    """A copy whose nonzero weights are permuted within each matrix `sparsity` makes sparse: the
+    same sparsity pattern, none of the learned structure."""
     shuffled = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, param in sparse_parameters(shuffled, model.run_config.sparsity).items():
+        for name, param in sparse_parameters(shuffled, sparsity).items():
             if param.dim() != 2:
                 continue
             nonzero = param.nonzero(as_tuple=True)
@@ -232,11 +234,12 @@ def shuffled_weights(model: SparseGPT, seed: int = 0) -> SparseGPT:
     return shuffled
 
 
-def label_nodes(model: SparseGPT, data: TokenData, nodes: Sequence[tuple[str, int]] | None = None,
+def label_nodes(model: SparseGPT, data: TokenData, sparsity: SparsityConfig, nodes: Sequence[tuple[str, int]] | None = None,
                 n_tokens: int = 16384, top: int = 3, threshold: float = DEFAULT_THRESHOLD,
                 concepts: Sequence[Concept] = PYTHON_CONCEPTS, baseline: bool = True,
                 show_progress: bool = True) -> dict:
-    """Labels of `nodes` (default: every node of every node site) in a JSON-ready dict."""
+    """Labels of `nodes` (default: every node of every node site) in a JSON-ready dict; `sparsity`
+    (the run's config) says which weights the shuffled-weights baseline permutes."""
     if nodes is None:
         nodes = [(site, i) for site, width in model.node_sites.items() for i in range(width)]
     nodes = list(nodes)
@@ -246,7 +249,7 @@ def label_nodes(model: SparseGPT, data: TokenData, nodes: Sequence[tuple[str, in
     scores = score_nodes(node_activations(model, table.inputs, nodes), table)
     chance = None
     if baseline:
-        chance = score_nodes(node_activations(shuffled_weights(model), table.inputs, nodes), table)
+        chance = score_nodes(node_activations(shuffled_weights(model, sparsity), table.inputs, nodes), table)
     labels = []
     for k, (site, index) in enumerate(nodes):
         order = np.argsort(-scores["strength"][k])[:top]
@@ -308,25 +311,22 @@ def read_nodes_arg(model: SparseGPT, names: Sequence[str] | None, circuit_dir: s
 LABELS_FILE = "labels.json"
 
 
-def label_run(run_dir: str | Path, node_names: Sequence[str] | None = None, circuit_dir: str | Path | None = None,
+def label_run(run: Run | str | Path, node_names: Sequence[str] | None = None, circuit_dir: str | Path | None = None,
               n_tokens: int = 16384, data_dir: str | Path | None = None, threshold: float = DEFAULT_THRESHOLD,
               out: str | Path | None = None, show_progress: bool = True) -> tuple[dict, Path]:
     """`sparsecircuits label`: label nodes of a run (or of a circuit of it) and write labels.json."""
     import json
 
     from ..io import atomic_write_text, check_writable
-    from ..train.evaluation import run_data
     from .circuit import Circuit
 
-    if circuit_dir is not None:
-        model = Circuit.load(circuit_dir).load_model(run_dir)
-    else:
-        model = SparseGPT.from_pretrained(run_dir)
-    out = Path(out) if out else Path(circuit_dir or run_dir) / LABELS_FILE
+    run = Circuit.load(circuit_dir).open_run(run) if circuit_dir is not None else as_run(run)
+    model = run.model()
+    out = Path(out) if out else Path(circuit_dir or run.path) / LABELS_FILE
     check_writable(out, "--out")
-    result = label_nodes(model, run_data(Path(run_dir), data_dir), read_nodes_arg(model, node_names, circuit_dir),
+    result = label_nodes(model, run.data(data_dir), run.config.sparsity, read_nodes_arg(model, node_names, circuit_dir),
                          n_tokens, threshold=threshold, show_progress=show_progress)
-    result["weights_sha256"] = model.weights_sha256
+    result["weights_sha256"] = run.weights_sha256
     atomic_write_text(out, json.dumps(result, indent=1))
     return result, out
 

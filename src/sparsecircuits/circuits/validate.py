@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..errors import SparseCircuitsError
 from ..model.sparse_kernels import sparse_weight_kernels
+from ..rundir import Run
 from ..tasks.nonsense import nonsense_rule
 from ..tasks.records import SPLITS, TaskSplits, TokenizedTask, task_loss, task_loss_interval, task_records, tokenize_records
 from ..io import atomic_write_text, check_writable, directory_lock
@@ -149,23 +150,24 @@ def controls(result: dict) -> dict[str, dict]:
     return out
 
 
-def validate(circuit_dir: str | Path, run_dir: str | Path | None = None, control: bool = True,
+def validate(circuit_dir: str | Path, run: Run | str | Path | None = None, control: bool = True,
              show_progress: bool = True, max_per_node: int = MAX_PER_NODE) -> dict:
     """Sufficiency, necessity, random and shuffled-label controls, and each node's ablation effect
     (skipped above `max_per_node` nodes: such a circuit is not one to read node by node)."""
     circuit = Circuit.load(circuit_dir)
     check_writable(Path(circuit_dir) / "validation.json", "CIRCUIT_DIR")
-    model = circuit.load_model(run_dir)
+    run = circuit.open_run(run)
     with directory_lock(Path(circuit_dir)):
-        return _validate(circuit, model, Path(run_dir) if run_dir else circuit.run_dir, control, show_progress, max_per_node)
+        return _validate(circuit, run, control, show_progress, max_per_node)
 
 
-def _validate(circuit: Circuit, model, model_run_dir: Path, control: bool, show_progress: bool, max_per_node: int) -> dict:
+def _validate(circuit: Circuit, run: Run, control: bool, show_progress: bool, max_per_node: int) -> dict:
     circuit_dir = circuit.directory
     settings = PruneSettings(**circuit.data["settings"])
+    model = run.model()
     with sparse_weight_kernels(model, settings.csr_max_density):
         splits = load_task_splits(model, circuit.data["task_source"])
-        means = ablation_values(model, model_run_dir, circuit.data["ablation"], show_progress, circuit.means_data)
+        means = ablation_values(model, run, circuit.data["ablation"], show_progress, circuit.means_data)
         evaluator = CircuitEvaluator(model, splits, means, settings.calibration_steps)
         keep = circuit.keep(model)
         scale = circuit.logit_scale

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from .args import force_argument, POSITIVE, NON_NEGATIVE, TASK_LOSS, real, suite_argument, prune_default, EXIT_VALIDATION_FAILED
 
@@ -42,11 +41,10 @@ def cmd_view(args: argparse.Namespace) -> None:
 
 def cmd_explain(args: argparse.Namespace) -> None:
     from ..circuits.explain import format_contexts, node_examples
-    from ..model.gpt import SparseGPT
-    from ..train.evaluation import run_data
+    from ..rundir import Run
 
-    model = SparseGPT.from_pretrained(args.run_dir)
-    examples = node_examples(model, run_data(Path(args.run_dir), args.data), node_names=args.node, top=args.top,
+    run = Run.open(args.run_dir)
+    examples = node_examples(run.model(), run.data(args.data), node_names=args.node, top=args.top,
                              n_tokens=args.tokens)
     for name, example in examples.items():
         print(f"== {name}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -21,47 +20,29 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from ..config import load_config
-    from ..data.dataset import ensure_default_data
-    from ..rundir import RUN_INFO_FILE, read_run_config, read_run_info, recorded_data_dir
+    from ..rundir import Run
     from ..train.evaluation import evaluate_run
-    from ..train.trainer import check_new_run_dir, train
+    from ..train.trainer import train
 
     run_dir = Path(args.out)
-    if args.config is None:
-        if not args.resume:
-            raise SparseCircuitsError("give --config NAME_OR_FILE (e.g. --config small), or --resume to continue a run")
-        config = read_run_config(run_dir)
-        if args.set:
-            raise SparseCircuitsError("--set changes the config, and a resumed run must keep its own: drop --set")
-    elif args.resume and args.force:
-        raise SparseCircuitsError("--resume continues a run and --force starts it again: give one of them")
-    else:
-        config = load_config(args.config, args.set)
-    dense = getattr(args, "dense", None)  # `bridge train`: the frozen dense run
-    if not args.resume and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone owns the run directory
-        check_new_run_dir(run_dir, args.force)  # before the default data is prepared
-    if args.data is None and args.resume and (run_dir / RUN_INFO_FILE).is_file():
-        data_dir = recorded_data_dir(run_dir) or read_run_info(run_dir)["data"]
-    elif args.data is None and dense is not None:
-        data_dir = recorded_data_dir(dense)
-        if data_dir is None:
-            raise SparseCircuitsError(f"the data directory the dense run {dense} was trained on is not where its run.json"
-                                      " says: give --data (prepared with the dense run's tokenizer)")
-    else:
-        data_dir = args.data or ensure_default_data()
+    if args.config is None and not args.resume:
+        raise SparseCircuitsError("give --config NAME_OR_FILE (e.g. --config small), or --resume to continue a run")
+    if args.config is None and args.set:
+        raise SparseCircuitsError("--set changes the config, and a resumed run must keep its own: drop --set")
+    config = load_config(args.config, args.set) if args.config is not None else None
     try:
-        train(config, data_dir, run_dir, resume=args.resume, stop_after=args.stop_after, force=args.force, dense_run=dense,
-              init_from=getattr(args, "init", None))
+        train(config, args.data, run_dir, resume=args.resume, stop_after=args.stop_after, force=args.force,
+              dense_run=getattr(args, "dense", None), init_from=getattr(args, "init", None))
     except KeyboardInterrupt:  # outside the training loop, which checkpoints and says so itself
         print(f"interrupted outside the training loop: {run_dir} keeps the last checkpoint written, if any;"
               " continue with --resume, or start again with --force", file=sys.stderr)
         sys.exit(130)
-    if args.stop_after is not None and args.stop_after < config.train.steps:
-        print(f"stopped at step {args.stop_after} of {config.train.steps} with a checkpoint; continue with"
+    run = Run.open(run_dir)
+    if args.stop_after is not None and args.stop_after < run.config.train.steps:
+        print(f"stopped at step {args.stop_after} of {run.config.train.steps} with a checkpoint; continue with"
               f" `sparsecircuits train --out {run_dir} --resume`")
         return
-    result = evaluate_run(run_dir, data_dir)
-    print(_format_eval(run_dir, result))
+    print(_format_eval(run_dir, evaluate_run(run, args.data)))
 
 
 def _format_eval(run_dir: Path, result: dict) -> str:

@@ -18,8 +18,7 @@ from ..circuits import PruneSettings, prune
 from ..config import load_config
 from ..data.prepare import MANIFEST, prepare
 from ..io import atomic_write_text, output_folder
-from ..rundir import read_run_info
-from ..model.gpt import SparseGPT
+from ..rundir import Run
 from ..tasks import BUILTIN_TASKS
 from ..tasks.audit import score_tasks
 from ..train.trainer import train_or_continue
@@ -69,14 +68,14 @@ def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | N
         stages.run("train sparse model", lambda: train_or_continue(load_config(config, overrides), data_dir, init_from))
     stages.run("train bridged sparse model", lambda: train_or_continue(bridged_config, data_dir, out / "sparse",
                                                                        dense_run=out / "dense", init_from=init_from))
+    runs = {model: Run.open(out / model) for model in ("sparse", "dense")}
     if not (out / "sparse" / "bridge_eval.json").is_file():
-        stages.run("evaluate bridges", lambda: run_bridge_eval(out / "sparse"))
+        stages.run("evaluate bridges", lambda: run_bridge_eval(runs["sparse"]))
     bridge_eval = json.loads((out / "sparse" / "bridge_eval.json").read_text())
 
     def task_table() -> dict:
         names = list(dict.fromkeys([first_task, *BUILTIN_TASKS]))
-        return {model: score_tasks(SparseGPT.from_pretrained(out / model), names, "choose")
-                for model in ("sparse", "dense")}
+        return {model: score_tasks(run.model(), names, "choose") for model, run in runs.items()}
     if not (out / "tasks.json").is_file():
         atomic_write_text(out / "tasks.json", json.dumps(stages.run("evaluate tasks", task_table), indent=1))
     losses = json.loads((out / "tasks.json").read_text())
@@ -92,15 +91,15 @@ def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | N
     def prune_all():
         for task in tasks:
             if not (out / "circuits" / folder(task) / "circuit.json").is_file():
-                prune(out / "sparse", task, out / "circuits" / folder(task), settings, force=True)
+                prune(runs["sparse"], task, out / "circuits" / folder(task), settings, force=True)
     stages.run("prune circuits", prune_all)
 
     def steer_all() -> dict:
-        return {task: run_steer(out / "sparse", "auto", task, strengths, circuit=out / "circuits" / folder(task),
+        return {task: run_steer(runs["sparse"], "auto", task, strengths, circuit=out / "circuits" / folder(task),
                                 out=out / "steer" / folder(task), correct=correct) for task, correct in tasks.items()}
     steering = stages.run("steer", steer_all)
     summary = {"dense": {"config": dense_overrides, "val_loss": bridge_eval["dense_loss"]},
-               "sparse": {"config": bridged_overrides, "warm_started_from": read_run_info(out / "sparse").get("initialised_from"),
+               "sparse": {"config": bridged_overrides, "warm_started_from": runs["sparse"].info.get("initialised_from"),
                           "val_loss": bridge_eval["sparse_loss"]},
                "bridge_eval": bridge_eval["sites"],
                "tasks": {task: {"loss_sparse": losses["sparse"][task].get("loss"), "loss_dense": losses["dense"][task].get("loss"),

@@ -14,20 +14,20 @@ from ..circuits.prune import PruneSettings, find_circuit
 from ..errors import SparseCircuitsError
 from ..io import atomic_write_csv, output_folder
 from ..plots import pyplot, save
-from ..model.gpt import SparseGPT
+from ..rundir import Run, as_run
 from ..tasks import BUILTIN_TASKS, evaluate_task
 from .claim import MARGIN, does_with_margin, geomean
 
 DEFAULT_TARGETS = (0.5, 0.3, 0.15, 0.05)
 
 
-def compare(run_a: str | Path, run_b: str | Path, out: str | Path, tasks: list[str] | None = None,
+def compare(run_a: Run | str | Path, run_b: Run | str | Path, out: str | Path, tasks: list[str] | None = None,
             targets: tuple[float, ...] = DEFAULT_TARGETS, margin: float = MARGIN,
             show_progress: bool = True) -> list[dict]:
     out = output_folder(out)
-    runs = [Path(run_a), Path(run_b)]
-    labels = [r.name if r.name != runs[1 - i].name else str(r) for i, r in enumerate(runs)]
-    models = [SparseGPT.from_pretrained(r) for r in runs]
+    runs = [as_run(run_a), as_run(run_b)]
+    labels = [r.path.name if r.path.name != runs[1 - i].path.name else str(r.path) for i, r in enumerate(runs)]
+    models = [r.model() for r in runs]
     candidates = tasks or list(BUILTIN_TASKS)
     losses: dict[str, list[float]] = {}
     for name in candidates:
@@ -42,8 +42,8 @@ def compare(run_a: str | Path, run_b: str | Path, out: str | Path, tasks: list[s
     if not any(chosen.values()):
         raise SparseCircuitsError(f"no task is done by both models to loss <= {margin:g} x any target: nothing to compare")
     rows = []
-    for label, run_dir, model in zip(labels, runs, models):
-        means = ablation_values(model, run_dir, "mean", show_progress)
+    for label, run, model in zip(labels, runs, models):
+        means = ablation_values(model, run, "mean", show_progress)
         for target in sorted(targets, reverse=True):
             for name in chosen[target]:
                 splits = load_task_splits(model, name)

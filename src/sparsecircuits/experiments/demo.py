@@ -34,8 +34,7 @@ from ..circuits.validate import not_evidence_reasons
 from ..config import load_config
 from ..data.prepare import MANIFEST, prepare
 from ..io import atomic_write_text, output_folder
-from ..model.gpt import SparseGPT
-from ..rundir import METRICS_FILE, MODEL_FILE, file_sha256
+from ..rundir import METRICS_FILE, Run
 from ..tasks import HARD_FORMS, suite_tasks
 from ..tasks.audit import score_tasks
 from ..train.evaluation import evaluate_run
@@ -119,9 +118,10 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
         stages.run("train loss-matched dense model", lambda: _train_stage(
             config, dense_overrides + [f"train.steps={n_matched}"], data_dir, out / "dense_matched"))
 
+    runs = {m: Run.open(out / m) for m in models}
     candidates = suite_tasks(suite) if tasks in ("auto", "all") else list(tasks)
     task_losses = stages.run("evaluate tasks", lambda: {
-        m: score_tasks(SparseGPT.from_pretrained(out / m), candidates, "choose") for m in models})
+        m: score_tasks(runs[m].model(), candidates, "choose") for m in models})
     atomic_write_text(out / "tasks.json", json.dumps(task_losses, indent=1))
     losses = {m: {t: row.get("loss") for t, row in task_losses[m].items()} for m in models}
     flagged = {t: row.get("audit_flagged", []) for t, row in task_losses["sparse"].items()}
@@ -141,18 +141,17 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
 
     def prune_all():
         for task in sparse_tasks:  # a circuit of other weights, records or settings is pruned again
-            prune_or_reuse(out / "sparse", task, circuit_dir("sparse", task), settings)
+            prune_or_reuse(runs["sparse"], task, circuit_dir("sparse", task), settings)
 
     def validate_all():
         for task in sparse_tasks:
             if not (circuit_dir("sparse", task) / "validation.json").is_file():
-                validate(circuit_dir("sparse", task), control=control)
+                validate(circuit_dir("sparse", task), runs["sparse"], control=control)
 
     def label_all():
-        weights = file_sha256(out / "sparse" / MODEL_FILE)
         for task in sparse_tasks:
-            if read_labels(circuit_dir("sparse", task), weights) is None:
-                label_run(out / "sparse", circuit_dir=circuit_dir("sparse", task))
+            if read_labels(circuit_dir("sparse", task), runs["sparse"].weights_sha256) is None:
+                label_run(runs["sparse"], circuit_dir=circuit_dir("sparse", task))
 
     def view_all():
         for task in sparse_tasks:
@@ -160,14 +159,14 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
                 view(circuit_dir("sparse", task))
 
     def claim():
-        return claim_a(out, models, losses, flagged, claim_targets, margin, circuit_dir, settings, prune_or_reuse)
+        return claim_a(out, runs, losses, flagged, claim_targets, margin, circuit_dir, settings, prune_or_reuse)
 
     stages.run("prune circuits", prune_all)
     stages.run("validate circuits", validate_all)
     stages.run("label circuit nodes", label_all)
     stages.run("view circuits", view_all)
     comparisons = stages.run("claim (a)", claim)
-    summary = stages.run("report", lambda: write_report(out, sparse_tasks, candidates, task_losses, losses, flagged,
+    summary = stages.run("report", lambda: write_report(out, runs["sparse"], sparse_tasks, candidates, task_losses, losses, flagged,
                                                         comparisons, circuit_dir, target_loss, margin, n_matched))
     summary["seconds_by_stage"] = stages.seconds
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
@@ -175,7 +174,7 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
     return summary
 
 
-def claim_a(out: Path, models: list[str], losses: dict, flagged: dict, targets: tuple[float, ...], margin: float,
+def claim_a(out: Path, runs: dict[str, Run], losses: dict, flagged: dict, targets: tuple[float, ...], margin: float,
             circuit_dir, settings, prune_or_reuse) -> dict[str, list[dict]]:
     """Per dense baseline, per target: the tasks both models do with margin, their circuits (the main
     sparse circuits reused at the main target, judged by `validate`; others by the figures every
@@ -183,7 +182,7 @@ def claim_a(out: Path, models: list[str], losses: dict, flagged: dict, targets: 
     import dataclasses
 
     comparisons = {}
-    for dense in (m for m in DENSE_MODELS if m in models):
+    for dense in (m for m in DENSE_MODELS if m in runs):
         per_target = []
         for target in sorted(targets):
             chosen, excluded = claim_tasks({"sparse": losses["sparse"], dense: losses[dense]}, flagged, target, margin)
@@ -191,7 +190,7 @@ def claim_a(out: Path, models: list[str], losses: dict, flagged: dict, targets: 
             for task in chosen:
                 for model in ("sparse", dense):
                     directory = circuit_dir(model, task, target)
-                    circuit = prune_or_reuse(out / model, task, directory, dataclasses.replace(settings, target_loss=target))
+                    circuit = prune_or_reuse(runs[model], task, directory, dataclasses.replace(settings, target_loss=target))
                     validation_file = directory / "validation.json"
                     validation = json.loads(validation_file.read_text()) if validation_file.is_file() else None
                     evidence, why = circuit_is_evidence(circuit.metrics, target, validation)
@@ -205,15 +204,17 @@ def claim_a(out: Path, models: list[str], losses: dict, flagged: dict, targets: 
     return comparisons
 
 
-def hard_form_losses(circuit_dir: Path, task: str) -> dict[str, dict]:
+def hard_form_losses(circuit_dir: Path, task: str, run: Run) -> dict[str, dict]:
     """The circuit's and the full model's loss on each hard form of its task (test records)."""
     from ..circuits import Circuit
-    from ..circuits.circuit import load_task_splits
+    from ..circuits.circuit import ablation_values, load_task_splits
     from ..errors import SparseCircuitsError
     from ..tasks.records import pair_logits, task_loss
 
     circuit = Circuit.load(circuit_dir)
-    model = circuit.load_model()
+    run = circuit.open_run(run)
+    model = run.model()
+    means = ablation_values(model, run, circuit.data["ablation"], False, circuit.means_data)
     out = {}
     for form in HARD_FORMS.get(Path(task).stem, []):
         try:
@@ -221,13 +222,13 @@ def hard_form_losses(circuit_dir: Path, task: str) -> dict[str, dict]:
         except SparseCircuitsError as err:
             out[form] = {"error": str(err)}
             continue
-        with circuit.only(model):
+        with circuit.only(model, means):
             circuit_loss = float(task_loss(pair_logits(model, records)))
         out[form] = {"full_model": float(task_loss(pair_logits(model, records))), "circuit": circuit_loss}
     return out
 
 
-def write_report(out: Path, sparse_tasks: list[str], candidates: list[str], task_losses: dict, losses: dict,
+def write_report(out: Path, sparse_run: Run, sparse_tasks: list[str], candidates: list[str], task_losses: dict, losses: dict,
                  flagged: dict, comparisons: dict, circuit_dir, target_loss: float, margin: float,
                  n_matched: int | None) -> dict:
     circuits = {}
@@ -246,7 +247,7 @@ def write_report(out: Path, sparse_tasks: list[str], candidates: list[str], task
             "nodes_labelled": sum(bool(n["labels"]) for n in labels),
             "nodes_labelled_above_baseline": sum(bool(n["labels"]) and n["labels"][0].get("beats_baseline", True)
                                                  for n in labels),
-            "hard_forms": hard_form_losses(directory, task),
+            "hard_forms": hard_form_losses(directory, task, sparse_run),
             "audit_flagged": flagged.get(task, []),
             "page": str((directory / "circuit.html").relative_to(out)),
         }

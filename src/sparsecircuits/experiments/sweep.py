@@ -36,6 +36,7 @@ from ..data.dataset import TokenData
 from ..io import atomic_write_csv, atomic_write_text, output_folder
 from ..model.gpt import SparseGPT
 from ..model.sparsity import check_sparsity_budget, sparse_parameters
+from ..rundir import Run
 from ..tasks import BUILTIN_TASKS, evaluate_task, load_task
 from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
@@ -113,9 +114,9 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
         run_dir = out / "runs" / tag
         print(f"[sweep {index}/{len(runs)}] {tag}", file=sys.stderr, flush=True)
         train_or_continue(load_config(base, overrides), data_dir, run_dir, show_progress=show_progress)
-        model = SparseGPT.from_pretrained(run_dir)
-        config = model.run_config
-        evaluation = evaluate_run(run_dir)  # nonzeros counted from the trained weights, not from the config
+        run = Run.open(run_dir)
+        model, config = run.model(), run.config
+        evaluation = evaluate_run(run)  # nonzeros counted from the trained weights, not from the config
         row = {"run": tag, "d_model": config.model.d_model, "l0_fraction": evaluation["l0_fraction_measured"],
                "l0_fraction_config": config.sparsity.l0_fraction, "l0_nonzeros": evaluation["nonzero_weights"],
                "keep_fraction": config.model.keep_fraction, "val_loss": evaluation["val_loss"]}
@@ -128,7 +129,7 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
             if not does_with_margin(loss, target):  # the demo's and compare's rule
                 continue
             circuit_dir = out / "circuits" / tag / Path(name).stem
-            circuit = prune_or_reuse(run_dir, name, circuit_dir, PruneSettings(target_loss=target), show_progress)
+            circuit = prune_or_reuse(run, name, circuit_dir, PruneSettings(target_loss=target), show_progress)
             edges[Path(name).stem] = circuit.metrics["n_edges"]
         row.update({"tasks_learned": len(edges), "edges_geomean": geomean(list(edges.values())) if edges else None,
                     "edges": edges})

@@ -21,6 +21,7 @@ import torch
 from ..circuits.prune import TARGET_LOSS
 from ..config import NODE_SITE_KINDS, RESIDUAL_TOPK_KINDS, ModelConfig
 from ..errors import SparseCircuitsError
+from ..rundir import Run, as_run
 
 CONFIG_FILE = "beeg_config.json"
 WEIGHTS_FILE = "final_model.pt"
@@ -325,28 +326,27 @@ def import_openai(model_dir: str | Path, out: str | Path, tokenizer_path: str | 
     return out
 
 
-def export_openai(run_dir: str | Path, out: str | Path, allow_eps_change: bool = False, force: bool = False) -> Path:
+def export_openai(run: Run | str | Path, out: str | Path, allow_eps_change: bool = False, force: bool = False) -> Path:
     """Our run directory in the authors' format: beeg_config.json, final_model.pt and our tokenizer.json."""
     import shutil
 
     from ..io import atomic_write_text, check_output_dir, staged_directory
-    from ..model.gpt import SparseGPT
-    from ..rundir import TOKENIZER_FILE, read_run_info
+    from ..rundir import TOKENIZER_FILE
 
-    run_dir, out = Path(run_dir), Path(out)
+    run, out = as_run(run), Path(out)
     check_output_dir(out, "export-openai", force)
-    model = SparseGPT.from_pretrained(run_dir)
-    name = (read_run_info(run_dir).get("imported_from") or {}).get("tokenizer_name") or f"sparsecircuits:{run_dir.name}"
+    model = run.model()
+    name = (run.info.get("imported_from") or {}).get("tokenizer_name") or f"sparsecircuits:{run.path.name}"
     beeg = openai_config_from_model(model.config, name, allow_eps_change)
     weights = openai_weights_bytes(openai_state_from_model(model.state_dict(), model.config))
     with staged_directory(out, "export-openai") as staging:
         atomic_write_text(staging / CONFIG_FILE, json.dumps(beeg, indent=1))
         (staging / WEIGHTS_FILE).write_bytes(weights)
-        shutil.copyfile(run_dir / TOKENIZER_FILE, staging / TOKENIZER_FILE)
+        shutil.copyfile(run.path / TOKENIZER_FILE, staging / TOKENIZER_FILE)
     return out
 
 
-def import_openai_circuit(viz_data: str | Path, run_dir: str | Path, task: str, out: str | Path,
+def import_openai_circuit(viz_data: str | Path, run: Run | str | Path, task: str, out: str | Path,
                           target_loss: float = TARGET_LOSS, data_dir: str | Path | None = None, force: bool = False) -> Path:
     """The authors' published circuit (`viz_data.pt`: `circuit_data` maps a site to its kept channel
     indices) as our circuit directory on an imported run: nodes from `circuit_data`, edges recomputed
@@ -354,9 +354,8 @@ def import_openai_circuit(viz_data: str | Path, run_dir: str | Path, task: str, 
     from ..circuits.circuit import ablation_values, circuit_record, load_task_splits, write_circuit_dir
     from ..circuits.prune import CircuitEvaluator, PruneSettings
     from ..io import check_output_dir
-    from ..model.gpt import SparseGPT
 
-    viz_path, run_dir, out = Path(viz_data), Path(run_dir), Path(out)
+    viz_path, out = Path(viz_data), Path(out)
     check_output_dir(out, "import-openai-circuit", force)
     if not viz_path.is_file():
         raise SparseCircuitsError(f"circuit file not found: {viz_path}")
@@ -367,24 +366,25 @@ def import_openai_circuit(viz_data: str | Path, run_dir: str | Path, task: str, 
     if not isinstance(circuit_data, dict):
         raise SparseCircuitsError(f"{viz_path} has no circuit_data (a dict of site -> kept channels): it is not a"
                                   " published circuit")
-    model = SparseGPT.from_pretrained(run_dir)
+    run = as_run(run)
+    model = run.model()
     keep = {site: torch.zeros(width, dtype=torch.bool) for site, width in model.node_sites.items()}
     for site, indices in circuit_data.items():
         if site == "prune_config":  # the settings they pruned with, not a site
             continue
         if site not in keep:
             raise SparseCircuitsError(f"{viz_path}: circuit_data names site '{site}', which is not a node site of"
-                                      f" {run_dir} (sites look like '0.attn.q'): the circuit belongs to another model")
+                                      f" {run.path} (sites look like '0.attn.q'): the circuit belongs to another model")
         indices = torch.as_tensor(indices).long().flatten() if not isinstance(indices, dict) else None
         if indices is None or (len(indices) and not (0 <= int(indices.min()) and int(indices.max()) < len(keep[site]))):
             raise SparseCircuitsError(f"{viz_path}: circuit_data['{site}'] is not a list of channels below"
                                       f" {len(keep[site])}: the circuit belongs to another model")
         keep[site][indices] = True
     splits = load_task_splits(model, task)
-    evaluator = CircuitEvaluator(model, splits, ablation_values(model, run_dir, "mean", False, data_dir),
+    evaluator = CircuitEvaluator(model, splits, ablation_values(model, run, "mean", False, data_dir),
                                  settings.calibration_steps)
     scale = evaluator.calibrated(keep)[2]
-    record = circuit_record(run_dir, model, task, splits, settings, keep, scale, evaluator, data_dir)
+    record = circuit_record(run, model, task, splits, settings, keep, scale, evaluator, data_dir)
     importances = viz.get("importances") if isinstance(viz.get("importances"), dict) else {}
     # their stored task losses sum both members of a pair: halved, they read like ours
     authors = {name: float(importances[key]) / 2 for name, key in (("loss_full_model", "loss"), ("loss_circuit", "interv_loss"))

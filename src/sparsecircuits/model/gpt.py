@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -211,6 +210,9 @@ class SparseGPT(nn.Module):
         self.bigram = nn.Embedding(config.vocab_size, config.vocab_size) if config.bigram_table else None
         self.site_width = {site: w for block in self.blocks for site, w in block.site_width.items()}
         self.hook_points = SiteHooks(list(self.site_width) + residual_sites(config.n_layer))
+        # The run's `tokenizers.Tokenizer` when the model was loaded from a run (`Run.model`,
+        # `SparseGPT.from_pretrained`), for `to_tokens` and `to_string`; None for a bare model.
+        self.tokenizer = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -339,13 +341,21 @@ class SparseGPT(nn.Module):
             tokens = torch.cat([tokens, next_token], dim=1)
         return tokens
 
-    # --- saving and loading ---
-    @classmethod
-    def from_pretrained(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> "SparseGPT":
-        """Load the trained model of a run directory (`model.safetensors` + `config.json`)."""
-        from ..rundir import load_run_model
+    # --- text in and out, as TransformerLens names them ---
+    def _require_tokenizer(self):
+        if self.tokenizer is None:
+            raise SparseCircuitsError("this model has no tokenizer: load it from a run (`SparseGPT.from_pretrained(RUN_DIR)`)")
+        return self.tokenizer
 
-        return load_run_model(run_dir, device)
+    def to_tokens(self, text: str) -> torch.Tensor:
+        """`text` as a (1, n) tensor of token ids on the model's device."""
+        ids = self._require_tokenizer().encode(text).ids
+        return torch.tensor([ids], dtype=torch.long, device=self.wte.weight.device)
+
+    def to_string(self, tokens: torch.Tensor | Iterable[int]) -> str:
+        """Token ids (a 1-d tensor or a list) as text."""
+        ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
+        return self._require_tokenizer().decode(ids, skip_special_tokens=False)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -9,27 +9,9 @@ import numpy as np
 import torch
 
 from ..data.dataset import TokenData
-from ..errors import SparseCircuitsError
-from ..model.gpt import SparseGPT
 from ..model.sparsity import count_nonzeros, sparse_parameters
-from ..rundir import read_run_info, recorded_data_dir
+from ..rundir import Run, as_run
 from .trainer import evaluate
-
-
-def run_data(run_dir: Path, data_dir: str | Path | None) -> TokenData:
-    """The data a run was trained on (from run.json), or `data_dir` when given, checked to be
-    tokenised with the run's own tokenizer (its sha256 is in run.json)."""
-    info = read_run_info(run_dir)
-    if data_dir is None:
-        data_dir = recorded_data_dir(run_dir)
-        if data_dir is None:
-            where = f"its data directory {info['data']} is gone" if info.get("data") else "it has no data of its own (imported)"
-            raise SparseCircuitsError(f"{run_dir}: {where}: pass --data DATA_DIR (data prepared with the run's tokenizer)")
-    data = TokenData(data_dir)
-    if data.manifest["tokenizer_sha256"] != info["tokenizer_sha256"]:
-        raise SparseCircuitsError(f"{data.directory} was tokenised with another tokenizer than {run_dir} was trained with:"
-                                  " pass data prepared for this run (its run.json names it)")
-    return data
 
 
 def ngram_baselines(data: TokenData, max_tokens: int) -> dict[str, float]:
@@ -51,16 +33,15 @@ def ngram_baselines(data: TokenData, max_tokens: int) -> dict[str, float]:
     return {"unigram_loss": float(-np.log(unigram[nxt]).mean()), "bigram_loss": best}
 
 
-def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, max_tokens: int = 262144,
+def evaluate_run(run: Run | str | Path, data_dir: str | Path | None = None, max_tokens: int = 262144,
                  device: str = "cpu") -> dict[str, float]:
-    run_dir = Path(run_dir)
-    model = SparseGPT.from_pretrained(run_dir, device)
-    data = run_data(run_dir, data_dir)
+    run = as_run(run)
+    model, data = run.model(device), run.data(data_dir)
     ctx = model.config.ctx_len
     inputs, targets = data.eval_windows("val", ctx, max_tokens)
     result = evaluate(model, inputs, targets, batch_size=16, device=torch.device(device))
     result.update(ngram_baselines(data, inputs.numel()))
     result["val_tokens"] = int(inputs.numel())
-    nonzero, total = count_nonzeros(sparse_parameters(model, model.run_config.sparsity))
+    nonzero, total = count_nonzeros(sparse_parameters(model, run.config.sparsity))
     result.update({"nonzero_weights": nonzero, "sparse_weights": total, "l0_fraction_measured": nonzero / max(total, 1)})
     return result

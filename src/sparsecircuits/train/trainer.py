@@ -22,8 +22,8 @@ from ..model.gpt import SparseGPT
 from ..model.sparsity import apply_weight_topk, check_sparsity_budget, l0_fraction_at, sparse_parameters
 from ..io import atomic_save_tensors, atomic_write_text, check_output_dir, directory_lock, write_marker
 from ..bridges.bridge import BRIDGES_FILE, BridgedObjective, bridged_dense_run, dense_run_record
-from ..rundir import (CHECKPOINT, CONFIG_FILE, METRICS_FILE, MODEL_FILE, RUN_INFO_FILE, TOKENIZER_FILE, file_sha256,
-                      load_run_model, read_run_info, run_info)
+from ..rundir import (CHECKPOINT, CONFIG_FILE, METRICS_FILE, MODEL_FILE, RUN_INFO_FILE, TOKENIZER_FILE, Run,
+                      read_run_config, run_info)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Distributed
 from .runtime import StopOnInterrupt, check_memory, keep_freed_memory
@@ -138,27 +138,28 @@ def check_new_run_dir(run_dir: Path, force: bool) -> None:
     check_output_dir(run_dir, "train", force)
 
 
-def _checked_init_run(init_from: str | Path, run_dir: Path, model_cfg, data: TokenData, resume: bool) -> Path:
+def _checked_init_run(init_from: str | Path, run_dir: Path, model_cfg, data: TokenData, resume: bool) -> Run:
     """The run whose weights a new run starts from: another run, same model config, same tokenizer."""
     if resume:
         raise SparseCircuitsError("--init starts a new run from another run's weights; a resumed run continues from its"
                                   " own checkpoint: drop --init")
     if Path(init_from).resolve() == run_dir.resolve():
         raise SparseCircuitsError(f"--init {init_from} is the run being trained (--out): give another run")
-    init_model = load_run_model(init_from)
-    ours, theirs = dataclasses.asdict(model_cfg), dataclasses.asdict(init_model.config)
+    init_run = Run.open(Path(init_from).resolve())
+    init_run.model()  # every check a loaded run gets, each with its own message
+    ours, theirs = dataclasses.asdict(model_cfg), dataclasses.asdict(init_run.config.model)
     differ = [key for key in ours if theirs.get(key) != ours[key]]
     if differ:
         raise SparseCircuitsError(f"--init {init_from}: its model differs from the config's in model.{', model.'.join(differ)}:"
                                   " give the config the run was trained with")
-    if read_run_info(init_from)["tokenizer_sha256"] != data.manifest["tokenizer_sha256"]:
+    if init_run.info["tokenizer_sha256"] != data.manifest["tokenizer_sha256"]:
         raise SparseCircuitsError(f"--init {init_from} was trained with another tokenizer than {data.directory}'s:"
                                   " give --data that run's own data directory")
-    return Path(init_from).resolve()
+    return init_run
 
 
 def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: bool, force: bool,
-                     dense_run: Path | None, init_from: Path | None = None) -> None:
+                     dense_run: Run | None, init_from: Run | None = None) -> None:
     config_json = json.dumps(config.to_dict(), indent=1)
     if resume:
         saved = run_dir / CONFIG_FILE
@@ -181,7 +182,7 @@ def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: boo
     shutil.copyfile(data.tokenizer_path, run_dir / TOKENIZER_FILE)
     extra = {"bridged_to": dense_run_record(run_dir, dense_run)} if dense_run else {}
     if init_from is not None:
-        extra["initialised_from"] = {"run": str(init_from), "model_sha256": file_sha256(init_from / MODEL_FILE)}
+        extra["initialised_from"] = {"run": str(init_from.path), "model_sha256": init_from.weights_sha256}
     atomic_write_text(run_dir / RUN_INFO_FILE, run_info(run_dir, data.directory, data.manifest["tokenizer_sha256"], config, **extra))
     atomic_write_text(run_dir / CONFIG_FILE, config_json)
 
@@ -193,10 +194,29 @@ def _truncate_metrics(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False,
+def _data_for(run_dir: Path, resume: bool, dense_run: str | Path | None) -> Path | str:
+    """The data a run trains on when none is given: on resume its own; bridged, the dense run's;
+    otherwise the default corpus (prepared on first use)."""
+    from ..data.dataset import ensure_default_data
+
+    if resume and (run_dir / RUN_INFO_FILE).is_file():
+        run = Run.open(run_dir)
+        return run.data_dir() or run.info["data"]  # a missing folder is named by TokenData
+    if dense_run is not None:
+        data_dir = Run.open(dense_run).data_dir()
+        if data_dir is None:
+            raise SparseCircuitsError(f"the data directory the dense run {dense_run} was trained on is not where its run.json"
+                                      " says: give --data (prepared with the dense run's tokenizer)")
+        return data_dir
+    return ensure_default_data()
+
+
+def train(config: Config | None, data_dir: str | Path | None, run_dir: str | Path, resume: bool = False,
           show_progress: bool = True, stop_after: int | None = None, stop_at_val_loss: float | None = None,
           force: bool = False, dense_run: str | Path | None = None, init_from: str | Path | None = None) -> Path:
-    """Train a model into `run_dir`. `stop_after` ends the run early at that step with a checkpoint
+    """Train a model into `run_dir`. `config` None continues a run with its own (`resume`);
+    `data_dir` None: the run's own data on resume, the dense run's when bridged, else the default
+    corpus. `stop_after` ends the run early at that step with a checkpoint
     (as Ctrl-C does), for tests of --resume. `stop_at_val_loss` finishes the run at the first
     evaluation whose validation loss is at or under it (to match another model's loss). `force`
     starts again in a run directory that `train` made (never in any other folder). `dense_run`:
@@ -209,11 +229,15 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
     if resume and force:
         raise SparseCircuitsError("--resume continues a run and --force starts it again: give one of them")
     run_dir = Path(run_dir)
+    if config is None:
+        if not resume:
+            raise SparseCircuitsError("give a config (e.g. --config small), or --resume to continue a run")
+        config = read_run_config(run_dir)
     device = resolve_device(config.train.device)
     group = Distributed.from_environment(device)
     if not resume and group.is_main:
-        check_new_run_dir(run_dir, force)  # before any work
-    data = TokenData(data_dir)
+        check_new_run_dir(run_dir, force)  # before any work, the default data included
+    data = TokenData(data_dir if data_dir is not None else _data_for(run_dir, resume, dense_run))
     dense_run = bridged_dense_run(run_dir, data, dense_run, resume) if dense_run or resume else None
     if config.train.compile and dense_run:
         raise SparseCircuitsError("train.compile applies to plain training; bridged training runs eager: drop"
@@ -250,16 +274,16 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
 
 def _train_loop(config: Config, data: TokenData, run_dir: Path, resume: bool, show_progress: bool,
                 stop_after: int | None, stop_at_val_loss: float | None, group: Distributed, device: torch.device,
-                dense_run: Path | None, init_from: Path | None = None) -> Path:
+                dense_run: Run | None, init_from: Run | None = None) -> Path:
     model_cfg, train_cfg = config.model, config.train
     if train_cfg.keep_freed_memory and device.type == "cpu":
         keep_freed_memory()
     torch.manual_seed(train_cfg.seed)
     model = SparseGPT(model_cfg).to(device)
     if init_from is not None and not resume:
-        model.load_state_dict(load_run_model(init_from, device).state_dict())
+        model.load_state_dict(init_from.model(device).state_dict())
     if dense_run is not None:  # the bridges are made after the model, so its initial weights are a plain run's
-        objective = BridgedObjective(model, load_run_model(dense_run, device), config.bridge)
+        objective = BridgedObjective(model, dense_run.model(device), config.bridge)
         trained, extra = objective.trained, {BRIDGES_FILE: objective.bridges}
     else:
         trained, objective, extra = model, model_objective(model, config), {}

@@ -22,8 +22,8 @@ from ..circuits.prune import CircuitEvaluator
 from ..circuits.validate import MAX_PER_NODE
 from ..errors import SparseCircuitsError
 from ..io import atomic_write_text, check_writable, directory_lock
+from ..rundir import Run
 from ..circuits.labels import label_nodes, read_labels
-from ..train.evaluation import run_data
 
 ASSETS = Path(__file__).parent / "assets"
 N_EXAMPLES = 16
@@ -39,16 +39,16 @@ def _candidate_probs(model, task, hooks=None) -> torch.Tensor:
     return torch.stack([probs.gather(-1, correct[:, None])[:, 0], probs.gather(-1, incorrect[:, None])[:, 0]], -1)
 
 
-def circuit_page_data(circuit_dir: str | Path, run_dir: str | Path | None = None, n_tokens: int = 16384,
+def circuit_page_data(circuit_dir: str | Path, run: Run | str | Path | None = None, n_tokens: int = 16384,
                       top: int = 6, show_progress: bool = True) -> dict:
     """Everything the page shows: the circuit, validation, node examples and histograms, per-node
     ablation effects, and held-out examples with both models' probabilities."""
     circuit = Circuit.load(circuit_dir)
-    model = circuit.load_model(run_dir)
-    model_dir = Path(run_dir) if run_dir else circuit.run_dir
+    run = circuit.open_run(run)
+    model = run.model()
     splits = load_task_splits(model, circuit.data["task_source"])
     test = splits.test
-    means = ablation_values(model, model_dir, circuit.data["ablation"], show_progress, circuit.means_data)
+    means = ablation_values(model, run, circuit.data["ablation"], show_progress, circuit.means_data)
     keep = circuit.keep(model)
     validation_path = Path(circuit_dir) / "validation.json"
     validation = json.loads(validation_path.read_text()) if validation_path.is_file() else None
@@ -62,9 +62,9 @@ def circuit_page_data(circuit_dir: str | Path, run_dir: str | Path | None = None
             alone = {site: k.clone() for site, k in everything.items()}
             alone[node["site"]][node["index"]] = False
             ablation[f"{node['site']}:{node['index']}"] = {"loss_full_model_without_node": evaluator.loss(alone)}
-    data = run_data(model_dir, circuit.means_data)
-    labels = read_labels(circuit_dir, model.weights_sha256) or label_nodes(
-        model, data, [(n["site"], n["index"]) for n in circuit.nodes], show_progress=show_progress)
+    data = run.data(circuit.means_data)
+    labels = read_labels(circuit_dir, run.weights_sha256) or label_nodes(
+        model, data, run.config.sparsity, [(n["site"], n["index"]) for n in circuit.nodes], show_progress=show_progress)
     info = node_examples(model, data, nodes=[(n["site"], n["index"]) for n in circuit.nodes],
                          n_tokens=n_tokens, top=top, show_progress=show_progress)
     shown = dataclasses.replace(test, prompts=test.prompts[:N_EXAMPLES], correct=test.correct[:N_EXAMPLES],
@@ -72,7 +72,7 @@ def circuit_page_data(circuit_dir: str | Path, run_dir: str | Path | None = None
     full = _candidate_probs(model, shown)
     with circuit.only(model, means):
         in_circuit = _candidate_probs(model, shown)
-    decode = lambda ids: model.tokenizer.decode(ids, skip_special_tokens=False)
+    decode = model.to_string
     examples = [{"prompt": decode(shown.prompts[i]), "correct": decode([int(shown.correct[i])]),
                  "incorrect": decode([int(shown.incorrect[i])]),
                  "full": [round(float(p), 4) for p in full[i]], "circuit": [round(float(p), 4) for p in in_circuit[i]]}
@@ -178,7 +178,7 @@ def render_markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def view(circuit_dir: str | Path, out: str | Path | None = None, run_dir: str | Path | None = None,
+def view(circuit_dir: str | Path, out: str | Path | None = None, run: Run | str | Path | None = None,
          show_progress: bool = True, force: bool = False) -> Path:
     """Write circuit.html (default inside CIRCUIT_DIR) and circuit.md beside it. Files elsewhere
     that exist already are replaced only with `force`."""
@@ -196,7 +196,7 @@ def view(circuit_dir: str | Path, out: str | Path | None = None, run_dir: str | 
         if target.is_dir():
             raise SparseCircuitsError(f"{target} is a folder: choose another --out")
         check_writable(target)
-    data = circuit_page_data(circuit_dir, run_dir, show_progress=show_progress)
+    data = circuit_page_data(circuit_dir, run, show_progress=show_progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     with directory_lock(Path(circuit_dir)):
         atomic_write_text(out, render_html(data))
