@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from sparsecircuits.circuits import PruneSettings, prune
+from sparsecircuits.circuits.prune import PruneSettings, prune
 from sparsecircuits.rundir import MEANS_FILE
 
 

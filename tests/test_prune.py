@@ -86,7 +86,8 @@ def test_prune_bad_input(capsys, task_run, trained_run, tmp_path, circuit_dir):
 
 
 def test_search_keeps_the_smallest_circuit_that_meets_the_target(task_run, tmp_path):
-    from sparsecircuits.circuits import Circuit, PruneSettings, prune
+    from sparsecircuits.circuits import Circuit
+    from sparsecircuits.circuits.prune import PruneSettings, prune
 
     run, task = task_run
     circuit = prune(run, str(task), tmp_path / "searched", PruneSettings(target_loss=0.6, steps=30, calibration_steps=4),
@@ -155,7 +156,7 @@ def test_shuffled_label_control_that_fits_the_target_is_reported_and_flagged(tas
 
 def test_a_cached_circuit_is_reused_only_for_the_same_records_and_settings(task_run, tmp_path):
     from sparsecircuits.circuits import PruneSettings
-    from sparsecircuits.circuits.circuit import is_current, prune_or_reuse
+    from sparsecircuits.circuits.prune import is_current, prune_or_reuse
 
     run, task = task_run
     records = tmp_path / "task.jsonl"

@@ -22,7 +22,7 @@ HOSTILE_TASK = "__DATA__<img src=x onerror=alert(document.domain)>"
 def hostile_page(tmp_path_factory):
     """A page built from a corpus, a task file name, prompts and a circuit.json full of strings that
     once injected script or blanked the page."""
-    from sparsecircuits.circuits import PruneSettings, prune
+    from sparsecircuits.circuits.prune import PruneSettings, prune
     from sparsecircuits.config import load_config
     from sparsecircuits.data.prepare import prepare
     from sparsecircuits.train.trainer import train

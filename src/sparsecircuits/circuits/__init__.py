@@ -1,5 +1,7 @@
-from .circuit import Circuit, prune
+from .circuit import Circuit
 from .prune import PruneSettings
 from .validate import validate
 
-__all__ = ["Circuit", "PruneSettings", "prune", "validate"]
+# `prune` (the function) is `sparsecircuits.prune` or `sparsecircuits.circuits.prune.prune`:
+# bound here, its name would hide the module `circuits.prune`.
+__all__ = ["Circuit", "PruneSettings", "validate"]

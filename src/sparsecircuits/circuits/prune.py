@@ -1,4 +1,5 @@
-"""Pruning a model to the smallest set of nodes that still does a task (docs/method.md section 3).
+"""Pruning a model to the smallest set of nodes that still does a task (docs/method.md section 3),
+and `prune`, which does it end to end for a run and a task and writes the circuit directory.
 
 1. Learn a mask τ over every node: task loss + k * (active nodes), Heaviside forward with a
    sigmoid surrogate gradient, AdamW, τ clamped to [-1, 1]. By default k answers to the target
@@ -16,19 +17,27 @@ The test records are never used for any choice: they are for the figures reporte
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import SparseCircuitsError
+from ..io import atomic_save_tensors, check_output_dir, directory_lock, staged_directory
 from ..model.gpt import SparseGPT
-from ..model.sparse_kernels import CSR_MAX_DENSITY
-from ..tasks.records import TaskSplits, TokenizedTask, candidate_logits, pair_logits, task_accuracy, task_loss
+from ..model.sparse_kernels import CSR_MAX_DENSITY, sparse_weight_kernels
+from ..rundir import Run, as_run
+from ..tasks.records import (TaskSplits, TokenizedTask, candidate_logits, pair_logits, task_accuracy, task_loss,
+                             task_loss_interval, task_records)
+from .circuit import CIRCUIT_FILE, Circuit, ablation_values, load_task_splits, nodes_of
+from .graph import circuit_edges
 from .masks import NodeMask, ablation_hooks, keep_top_n
 
 
@@ -270,3 +279,146 @@ def find_circuit(model: SparseGPT, splits: TaskSplits, means: Mapping[str, torch
 
 def settings_dict(settings: PruneSettings) -> dict:
     return asdict(settings)
+
+
+# --- prune end to end: the circuit directory of a run's task ---
+
+RANDOM_CONTROLS = 8
+
+
+def random_same_size(keep: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A random node set with the same number of nodes at every site."""
+    out = {}
+    for site, k in keep.items():
+        chosen = torch.zeros_like(k)
+        chosen[torch.randperm(len(k), generator=generator)[: int(k.sum())]] = True
+        out[site] = chosen
+    return out
+
+
+def circuit_metrics(evaluator: CircuitEvaluator, keep: Mapping[str, torch.Tensor], scale: float, seed: int = 0) -> dict:
+    """Losses on the test records: full model, circuit alone (`loss_circuit`, no calibration, as
+    the node count was chosen, with a 95% bootstrap interval over records; `loss_circuit_calibrated`
+    with its logit scale), circuit ablated, the empty circuit (every node ablated: bigram table and
+    means alone), and random node sets of the same size per site (each with its own fitted logit
+    scale, compared with the calibrated circuit)."""
+    circuit_raw = evaluator.logits(keep)
+    inverse = {site: ~k for site, k in keep.items()}
+    ablated = evaluator.logits(inverse)
+    generator = torch.Generator().manual_seed(seed)
+    # Each random set gets its own logit scale, fitted like the circuit's.
+    random_losses = [evaluator.calibrated(random_same_size(keep, generator))[0] for _ in range(RANDOM_CONTROLS)]
+    return {
+        "loss_full_model": evaluator.loss(None),
+        "loss_circuit": float(task_loss(circuit_raw)),
+        "loss_circuit_interval": task_loss_interval(circuit_raw, seed),
+        "loss_circuit_calibrated": float(task_loss(circuit_raw * scale)),
+        "loss_circuit_ablated": float(task_loss(ablated)),
+        "loss_circuit_ablated_interval": task_loss_interval(ablated, seed),
+        "loss_empty_circuit": evaluator.loss({site: torch.zeros_like(k) for site, k in keep.items()}),
+        "loss_random_same_size": sum(random_losses) / len(random_losses),
+        "loss_random_draws": [round(x, 5) for x in random_losses],
+        "accuracy_full_model": task_accuracy(evaluator.logits(None)),
+        "accuracy_circuit": task_accuracy(circuit_raw * scale),
+    }
+
+
+def records_sha256(task: str) -> str:
+    """A digest of a task's records, every split in order: what a circuit was pruned and chosen on."""
+    _, records = task_records(task, warn=False)
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
+
+
+def is_current(out: str | Path, run: Run | str | Path, task: str, settings: PruneSettings) -> bool:
+    """Whether `out` holds a circuit of these very weights, task records and prune settings."""
+    run = as_run(run)
+    path = Path(out) / CIRCUIT_FILE
+    if not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text())
+        return (data["model"]["weights_sha256"] == run.weights_sha256
+                and data.get("records_sha256") == records_sha256(task)
+                and data["settings"] == settings_dict(settings) and data.get("search_trials", 0) == 0)
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False
+
+
+def prune_or_reuse(run: Run | str | Path, task: str, out: str | Path, settings: PruneSettings,
+                   show_progress: bool = True) -> "Circuit":
+    """The circuit in `out` when it was pruned from these weights, records and settings; else prune
+    again into `out` (replacing what an earlier `prune` wrote there)."""
+    run = as_run(run)
+    if is_current(out, run, task, settings):
+        return Circuit.load(out)
+    return prune(run, task, out, settings, show_progress=show_progress, force=True)
+
+
+def write_circuit_dir(out: Path, record: dict, scores: Mapping[str, torch.Tensor], command: str = "prune") -> None:
+    with staged_directory(out, command=command) as staging:
+        (staging / CIRCUIT_FILE).write_text(json.dumps(record, indent=1))
+        atomic_save_tensors(staging / "scores.safetensors", dict(scores))
+
+
+def prune(run: Run | str | Path, task: str, out: str | Path, settings: PruneSettings | None = None,
+          search_trials: int = 0, show_progress: bool = True, force: bool = False,
+          data_dir: str | Path | None = None) -> "Circuit":
+    """Find, measure and save the circuit of `task` in the model of `run` (a `Run` or its directory).
+    `data_dir` is the text mean ablation averages over (default: the run's own data; an imported
+    run has none)."""
+    settings = settings or PruneSettings()
+    settings.validate()
+    run, out = as_run(run), Path(out)
+    check_output_dir(out, "prune", force)
+    with directory_lock(out):
+        return _prune(run, task, out, settings, search_trials, show_progress, data_dir)
+
+
+def _prune(run: Run, task: str, out: Path, settings: PruneSettings, search_trials: int, show_progress: bool,
+           data_dir: str | Path | None) -> "Circuit":
+    start = time.perf_counter()
+    model = run.model()
+    with sparse_weight_kernels(model, settings.csr_max_density) as csr_layers:
+        splits = load_task_splits(model, task)
+        means = ablation_values(model, run, settings.ablation, show_progress, data_dir)
+        means_seconds = time.perf_counter() - start
+        if search_trials > 0:
+            from .search import search_settings
+
+            settings, found = search_settings(model, splits, means, settings, search_trials, show_progress)
+        else:
+            found = find_circuit(model, splits, means, settings, show_progress)
+        keep, scale = found["keep"], found["logit_scale"]
+        record = circuit_record(run, model, task, splits, settings, keep, scale, found["evaluator"], data_dir)
+    record["metrics"].update({"loss_choose": found["loss_choose"], "nodes_active_after_mask_training": found["active_after_training"],
+                              "csr_layers": len(csr_layers), "seconds": round(time.perf_counter() - start, 1),
+                              "seconds_by_stage": {"load_and_means": round(means_seconds, 1), **found["seconds"]}})
+    record["search_trials"] = search_trials
+    write_circuit_dir(out, record, found["scores"])
+    return Circuit.load(out)
+
+
+def circuit_record(run: Run, model: SparseGPT, task: str, splits: TaskSplits, settings: PruneSettings,
+                   keep: Mapping[str, torch.Tensor], scale: float, evaluator: CircuitEvaluator,
+                   data_dir: str | Path | None) -> dict:
+    """circuit.json's content for these kept nodes: nodes, edges and the test-record metrics."""
+    nodes, edges = nodes_of(keep), circuit_edges(model, keep)
+    metrics = circuit_metrics(evaluator, keep, scale, settings.seed)
+    metrics.update({"n_nodes": len(nodes), "n_edges": len(edges), "logit_scale": scale})
+    return {
+        "format": 1,
+        "task": splits.name,
+        "task_source": task,
+        "model": {"run_dir": str(run.path.resolve()), "name": run.path.name, "config_hash": run.config.hash(),
+                  "weights_sha256": run.weights_sha256},
+        "target_loss": settings.target_loss,
+        "ablation": settings.ablation,
+        "means_data": str(Path(data_dir).resolve()) if data_dir is not None else None,  # None: the run's own data
+        "records": splits.counts(),
+        "records_sha256": records_sha256(task),
+        "nodes": nodes,
+        "edges": edges,
+        "metrics": metrics,
+        "settings": settings_dict(settings),
+        "search_trials": 0,
+    }

@@ -9,7 +9,7 @@ from .args import force_argument, POSITIVE, NON_NEGATIVE, TASK_LOSS, real, suite
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from ..circuits import PruneSettings, prune
+    from ..circuits.prune import PruneSettings, prune
     from ..tasks.builtin import resolve_task
 
     fixed = {} if args.k_coef is None else {"penalty": "fixed", "k_coef": args.k_coef}

@@ -14,7 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-from ..circuits import PruneSettings, prune
 from ..config import load_config
 from ..data.prepare import MANIFEST, prepare
 from ..io import atomic_write_text, output_folder
@@ -23,7 +22,7 @@ from ..tasks import BUILTIN_TASKS
 from ..tasks.audit import score_tasks
 from ..train.trainer import train_or_continue
 from .demo import Stages
-from ..circuits.prune import TARGET_LOSS
+from ..circuits.prune import TARGET_LOSS, PruneSettings, prune
 
 FIRST_TASK, FIRST_CORRECT = "single_double_quote", '")'  # the paper's: double-quoted prompts, steered toward single
 WARM_START_SET = ["sparsity.anneal_start=0", "sparsity.anneal_end=0"]  # the warm start is already at its final L0

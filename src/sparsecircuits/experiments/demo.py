@@ -87,7 +87,7 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
          claim_targets: tuple[float, ...] = CLAIM_TARGETS) -> dict:
     """`dense_set`: overrides for both dense models, after the shared ones (another width, more steps)."""
     from ..circuits import validate
-    from ..circuits.circuit import prune_or_reuse
+    from ..circuits.prune import prune_or_reuse
     from ..viewer import view
 
     out = output_folder(out)

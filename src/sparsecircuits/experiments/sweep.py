@@ -96,7 +96,7 @@ def grid_runs(grid: dict, vocab_size: int) -> list[tuple[str, list[str]]]:
 
 
 def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: bool = True) -> list[dict]:
-    from ..circuits.circuit import prune_or_reuse
+    from ..circuits.prune import prune_or_reuse
 
     grid = read_grid(grid_path)
     out = output_folder(out)

@@ -351,8 +351,8 @@ def import_openai_circuit(viz_data: str | Path, run: Run | str | Path, task: str
     """The authors' published circuit (`viz_data.pt`: `circuit_data` maps a site to its kept channel
     indices) as our circuit directory on an imported run: nodes from `circuit_data`, edges recomputed
     from the run's weights, metrics measured on `task`'s test records with mean ablation."""
-    from ..circuits.circuit import ablation_values, circuit_record, load_task_splits, write_circuit_dir
-    from ..circuits.prune import CircuitEvaluator, PruneSettings
+    from ..circuits.circuit import ablation_values, load_task_splits
+    from ..circuits.prune import CircuitEvaluator, PruneSettings, circuit_record, write_circuit_dir
     from ..io import check_output_dir
 
     viz_path, out = Path(viz_data), Path(out)
