@@ -266,118 +266,139 @@ def train(config: Config | None, data_dir: str | Path | None, run_dir: str | Pat
         if group.is_main:
             _prepare_run_dir(config, data, run_dir, resume, force, dense_run, init_from)
         group.barrier()
-        finished = _train_loop(config, data, run_dir, resume, show_progress and group.is_main, stop_after,
-                               stop_at_val_loss, group, device, dense_run, init_from)
+        if config.train.keep_freed_memory and device.type == "cpu":
+            keep_freed_memory()
+        trainer = Trainer(config, data, run_dir, group, device, resume, dense_run, init_from)
+        finished = trainer.run(show_progress and group.is_main, stop_after, stop_at_val_loss)
     group.close()
     return finished
 
 
-def _train_loop(config: Config, data: TokenData, run_dir: Path, resume: bool, show_progress: bool,
-                stop_after: int | None, stop_at_val_loss: float | None, group: Distributed, device: torch.device,
-                dense_run: Run | None, init_from: Run | None = None) -> Path:
-    model_cfg, train_cfg = config.model, config.train
-    if train_cfg.keep_freed_memory and device.type == "cpu":
-        keep_freed_memory()
-    torch.manual_seed(train_cfg.seed)
-    model = SparseGPT(model_cfg).to(device)
-    if init_from is not None and not resume:
-        model.load_state_dict(init_from.model(device).state_dict())
-    if dense_run is not None:  # the bridges are made after the model, so its initial weights are a plain run's
-        objective = BridgedObjective(model, dense_run.model(device), config.bridge)
-        trained, extra = objective.trained, {BRIDGES_FILE: objective.bridges}
-    else:
-        trained, objective, extra = model, model_objective(model, config), {}
-    optimizer = make_optimizer(trained, config.optim)
-    sparse = sparse_parameters(model, config.sparsity)
-    start = 0
-    if resume:
-        start = load_checkpoint(run_dir, model, optimizer, extra)["step"]
-        _truncate_metrics(run_dir / METRICS_FILE, start)
-    last_checkpoint = start if resume else None
-    val_inputs, val_targets = data.eval_windows("val", model_cfg.ctx_len, train_cfg.eval_batches * train_cfg.batch_size * model_cfg.ctx_len)
-    metrics = open(run_dir / METRICS_FILE if group.is_main else os.devnull, "a")
-    tokens_per_step = train_cfg.batch_size * model_cfg.ctx_len
+class Trainer:
+    """One training run in progress: the model (and bridges) with their optimizer, the step, the
+    validation windows, the metrics log and checkpoints. `train()` makes one after its checks."""
 
-    def log(record: dict) -> None:
-        metrics.write(json.dumps(record) + "\n")
-        metrics.flush()
+    def __init__(self, config: Config, data: TokenData, run_dir: Path, group: Distributed, device: torch.device,
+                 resume: bool = False, dense_run: Run | None = None, init_from: Run | None = None):
+        self.config, self.data, self.run_dir, self.group, self.device = config, data, run_dir, group, device
+        model_cfg, train_cfg = config.model, config.train
+        torch.manual_seed(train_cfg.seed)
+        self.model = SparseGPT(model_cfg).to(device)
+        if init_from is not None and not resume:
+            self.model.load_state_dict(init_from.model(device).state_dict())
+        self.bridged = dense_run is not None
+        if self.bridged:  # the bridges are made after the model, so its initial weights are a plain run's
+            self.objective = BridgedObjective(self.model, dense_run.model(device), config.bridge)
+            self.trained, self.extra = self.objective.trained, {BRIDGES_FILE: self.objective.bridges}
+        else:
+            self.trained, self.objective, self.extra = self.model, model_objective(self.model, config), {}
+        self.optimizer = make_optimizer(self.trained, config.optim)
+        self.sparse = sparse_parameters(self.model, config.sparsity)
+        self.step, self.last_checkpoint = 0, None
+        if resume:
+            self.step = self.last_checkpoint = load_checkpoint(run_dir, self.model, self.optimizer, self.extra)["step"]
+            _truncate_metrics(run_dir / METRICS_FILE, self.step)
+        self.val_inputs, self.val_targets = data.eval_windows(
+            "val", model_cfg.ctx_len, train_cfg.eval_batches * train_cfg.batch_size * model_cfg.ctx_len)
+        self.tokens_per_step = train_cfg.batch_size * model_cfg.ctx_len
+        self.metrics = open(run_dir / METRICS_FILE if group.is_main else os.devnull, "a")
 
-    def diverged(step: int, why: str) -> TrainingDiverged:
-        kept = (f"the checkpoint of step {last_checkpoint} in {run_dir / CHECKPOINT} is kept" if last_checkpoint
-                else "no checkpoint was written")
+    def log(self, record: dict) -> None:
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+
+    def diverged(self, step: int, why: str) -> TrainingDiverged:
+        kept = (f"the checkpoint of step {self.last_checkpoint} in {self.run_dir / CHECKPOINT} is kept"
+                if self.last_checkpoint else "no checkpoint was written")
         return TrainingDiverged(f"training diverged at step {step}: {why}; {kept}. Lower optim.lr (or model.init_std)"
                                 f" and train again with --force")
 
-    def checkpoint(step: int) -> None:
-        nonlocal last_checkpoint
-        if not all(bool(torch.isfinite(p).all()) for p in trained.parameters()):
-            raise diverged(step, "a weight became non-finite")
-        if group.is_main:
-            save_checkpoint(run_dir, model, optimizer, {"step": step, "config_hash": config.hash()}, extra)
-        last_checkpoint = step
+    def train_step(self) -> tuple[torch.Tensor, float, float, float]:
+        """One optimizer step on this rank's rows of the global batch: (loss, grad_rms, lr, l0)."""
+        config, train_cfg = self.config, self.config.train
+        l0 = l0_fraction_at(self.step, train_cfg.steps, config.sparsity)
+        lr = lr_at(self.step, train_cfg.steps, l0, config.optim)
+        x, y = (t.to(self.device) for t in self.data.batch("train", train_cfg.batch_size, config.model.ctx_len, train_cfg.seed,
+                                                          self.step, self.group.rank, self.group.world_size))
+        try:
+            loss, grad_rms = training_step(self.trained, self.optimizer, self.sparse, x, y, lr, l0, config, self.group,
+                                           self.objective)
+        except TrainingDiverged as err:
+            raise self.diverged(self.step + 1, str(err)) from None
+        self.step += 1
+        return loss, grad_rms, lr, l0
 
-    def eval_record(step: int, l0: float) -> dict:
-        record = {"step": step, "tokens": step * tokens_per_step, "l0_fraction": l0,
-                  **evaluate(model, val_inputs, val_targets, train_cfg.batch_size, device),
-                  "nonzeros": {name: int(p.count_nonzero()) for name, p in sparse.items()}}
-        log(record)
+    def evaluate(self, l0: float) -> dict:
+        """Validation loss and the nonzeros of every sparse matrix at this step, logged."""
+        record = {"step": self.step, "tokens": self.step * self.tokens_per_step, "l0_fraction": l0,
+                  **evaluate(self.model, self.val_inputs, self.val_targets, self.config.train.batch_size, self.device),
+                  "nonzeros": {name: int(p.count_nonzero()) for name, p in self.sparse.items()}}
+        self.log(record)
         return record
 
-    interrupted = StopOnInterrupt()
-    bar = tqdm(total=train_cfg.steps, initial=start, desc="train", unit="step", disable=not show_progress,
-               dynamic_ncols=True, file=sys.stderr)
-    step = start
-    model.train()
-    last_time, last_step = time.perf_counter(), start
-    with interrupted, bar, metrics:
-        while step < train_cfg.steps:
-            l0 = l0_fraction_at(step, train_cfg.steps, config.sparsity)
-            lr = lr_at(step, train_cfg.steps, l0, config.optim)
-            x, y = (t.to(device) for t in data.batch("train", train_cfg.batch_size, model_cfg.ctx_len, train_cfg.seed, step,
-                                                    group.rank, group.world_size))  # this rank's rows of the global batch
-            try:
-                loss, grad_rms = training_step(trained, optimizer, sparse, x, y, lr, l0, config, group, objective)
-            except TrainingDiverged as err:
-                raise diverged(step + 1, str(err)) from None
-            step += 1
-            bar.update(1)
-            if step % train_cfg.log_interval == 0 or step == train_cfg.steps:
-                now = time.perf_counter()
-                tokens_per_s = (step - last_step) * tokens_per_step / max(now - last_time, 1e-9)
-                last_time, last_step = now, step
-                log({"step": step, "tokens": step * tokens_per_step, "train_loss": float(loss), "lr": lr,
-                     "l0_fraction": l0, "grad_rms": grad_rms, "tokens_per_s": tokens_per_s,
-                     **({"bridge": objective.last_terms()} if dense_run is not None else {})})
-                bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{tokens_per_s:,.0f}", l0=f"{l0:.4f}")
-            matched = False
-            if (step % train_cfg.eval_interval == 0 or step == train_cfg.steps) and group.is_main:
-                record = eval_record(step, l0)
-                if show_progress:
-                    bar.write(f"step {step}: val_loss {record['val_loss']:.4f}, dead neurons {record['dead_neurons']}",
-                              file=sys.stderr)
-                matched = stop_at_val_loss is not None and record["val_loss"] <= stop_at_val_loss
-                if matched:
-                    log({"step": step, "stopped": f"validation loss reached {stop_at_val_loss:.4f}"})
-            if group.any(matched):
-                break
-            if step % train_cfg.checkpoint_interval == 0 and step < train_cfg.steps:
-                checkpoint(step)
-            interrupted.requested = group.any(interrupted.requested)
-            if interrupted.requested or (stop_after is not None and step >= stop_after and step < train_cfg.steps):
-                checkpoint(step)
-                if interrupted.requested:
-                    if group.is_main:
-                        print(f"interrupted at step {step}: checkpoint written to {run_dir / CHECKPOINT};"
-                              " continue with --resume", file=sys.stderr)
-                    raise KeyboardInterrupt
-                return run_dir
-    checkpoint(step)
-    if group.is_main:
-        for file_name, module in extra.items():  # bridges first: model.safetensors marks the run finished
-            atomic_save_tensors(run_dir / file_name, module.state_dict(), metadata={"sites": json.dumps(module.sites)})
-        atomic_save_tensors(run_dir / MODEL_FILE, model.state_dict(), metadata={"config_hash": config.hash()})
-    group.barrier()
-    return run_dir
+    def checkpoint(self) -> None:
+        """Everything --resume needs, written only while every weight is finite."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.trained.parameters()):
+            raise self.diverged(self.step, "a weight became non-finite")
+        if self.group.is_main:
+            save_checkpoint(self.run_dir, self.model, self.optimizer, {"step": self.step, "config_hash": self.config.hash()},
+                            self.extra)
+        self.last_checkpoint = self.step
+
+    def finish(self) -> None:
+        self.checkpoint()
+        if self.group.is_main:
+            for file_name, module in self.extra.items():  # bridges first: model.safetensors marks the run finished
+                atomic_save_tensors(self.run_dir / file_name, module.state_dict(), metadata={"sites": json.dumps(module.sites)})
+            atomic_save_tensors(self.run_dir / MODEL_FILE, self.model.state_dict(), metadata={"config_hash": self.config.hash()})
+        self.group.barrier()
+
+    def run(self, show_progress: bool, stop_after: int | None = None, stop_at_val_loss: float | None = None) -> Path:
+        """Train to the configured step count (or `stop_after`, or the first evaluation at or under
+        `stop_at_val_loss`), logging, evaluating and checkpointing on the configured intervals."""
+        train_cfg, group = self.config.train, self.group
+        interrupted = StopOnInterrupt()
+        bar = tqdm(total=train_cfg.steps, initial=self.step, desc="train", unit="step", disable=not show_progress,
+                   dynamic_ncols=True, file=sys.stderr)
+        self.model.train()
+        last_time, last_step = time.perf_counter(), self.step
+        with interrupted, bar, self.metrics:
+            while self.step < train_cfg.steps:
+                loss, grad_rms, lr, l0 = self.train_step()
+                step = self.step
+                bar.update(1)
+                if step % train_cfg.log_interval == 0 or step == train_cfg.steps:
+                    now = time.perf_counter()
+                    tokens_per_s = (step - last_step) * self.tokens_per_step / max(now - last_time, 1e-9)
+                    last_time, last_step = now, step
+                    self.log({"step": step, "tokens": step * self.tokens_per_step, "train_loss": float(loss), "lr": lr,
+                              "l0_fraction": l0, "grad_rms": grad_rms, "tokens_per_s": tokens_per_s,
+                              **({"bridge": self.objective.last_terms()} if self.bridged else {})})
+                    bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{tokens_per_s:,.0f}", l0=f"{l0:.4f}")
+                matched = False
+                if (step % train_cfg.eval_interval == 0 or step == train_cfg.steps) and group.is_main:
+                    record = self.evaluate(l0)
+                    if show_progress:
+                        bar.write(f"step {step}: val_loss {record['val_loss']:.4f}, dead neurons {record['dead_neurons']}",
+                                  file=sys.stderr)
+                    matched = stop_at_val_loss is not None and record["val_loss"] <= stop_at_val_loss
+                    if matched:
+                        self.log({"step": step, "stopped": f"validation loss reached {stop_at_val_loss:.4f}"})
+                if group.any(matched):
+                    break
+                if step % train_cfg.checkpoint_interval == 0 and step < train_cfg.steps:
+                    self.checkpoint()
+                interrupted.requested = group.any(interrupted.requested)
+                if interrupted.requested or (stop_after is not None and step >= stop_after and step < train_cfg.steps):
+                    self.checkpoint()
+                    if interrupted.requested:
+                        if group.is_main:
+                            print(f"interrupted at step {step}: checkpoint written to {self.run_dir / CHECKPOINT};"
+                                  " continue with --resume", file=sys.stderr)
+                        raise KeyboardInterrupt
+                    return self.run_dir
+        self.finish()
+        return self.run_dir
 
 
 def train_or_continue(config: Config, data_dir: str | Path, run_dir: str | Path, **kwargs) -> Path:
