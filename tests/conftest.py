@@ -69,7 +69,7 @@ def task_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("task_run")
     corpus = write_idiom_corpus(root / "corpus")
     prepare(root / "data", corpus=[corpus], vocab_size=300, show_progress=False)
-    config = load_config("tiny", ["model.ctx_len=64", "train.steps=300", "train.batch_size=8",
+    config = load_config("tiny", ["model.ctx_len=64", "train.steps=300", "train.batch_size=8", "train.keep_every=100",
                                   "optim.grad_clip=normalize", "optim.lr=0.01"])
     train(config, root / "data", root / "run", show_progress=False)
     task = root / "lambda.jsonl"

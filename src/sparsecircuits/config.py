@@ -138,6 +138,7 @@ class TrainConfig:
     eval_batches: int = 8
     log_interval: int = 10
     checkpoint_interval: int = 500
+    keep_every: int = 0  # keep the model every this many steps in checkpoints/step_NNNNNN/ (`evolve`); 0 keeps none
     device: str = "auto"  # "auto", "cpu" or "cuda"
     cpu_bf16: bool = False  # bf16 autocast for training steps on CPU too (as on CUDA): fast with AMX, not fp32 numerics
     compile: bool = False  # the training loss through torch.compile (fused pointwise work; a minute's compile first)
@@ -216,6 +217,7 @@ class Config:
             ("train.eval_batches", t.eval_batches, 0, 10**6, False),
             ("train.log_interval", t.log_interval, 0, 10**9, False),
             ("train.checkpoint_interval", t.checkpoint_interval, 0, 10**9, False),
+            ("train.keep_every", t.keep_every, 0, 10**9, True),
             ("bridge.nmse_weight", b.nmse_weight, 0, 1e6, True),
             ("bridge.kl_dense_to_sparse_weight", b.kl_dense_to_sparse_weight, 0, 1e6, True),
             ("bridge.kl_sparse_to_dense_weight", b.kl_sparse_to_dense_weight, 0, 1e6, True),

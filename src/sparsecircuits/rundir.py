@@ -10,6 +10,9 @@ the same kind of thing.
     checkpoint/              model.safetensors, optimizer.safetensors, state.json (for --resume)
     model.safetensors        the trained model, written last: a run without it is unfinished
     node_means.safetensors   cached node means for mean ablation, tied to the weights' sha256
+    checkpoints/step_NNNNNN/ models kept during training (train.keep_every): model.safetensors,
+                             checkpoint.json (step, validation loss, L0, the weights' sha256, the run's
+                             id) and their own node-means cache; `Run.at_step` opens one
 
 Commands that read text (prune, eval, explain, view) take `--data DATA_DIR` when the run's own data
 is not there (a run copied to another machine, an imported model).
@@ -37,6 +40,12 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT = "checkpoint"
 MODEL_FILE = "model.safetensors"
 MEANS_FILE = "node_means.safetensors"
+KEPT_DIR = "checkpoints"
+KEPT_INFO = "checkpoint.json"
+
+
+def kept_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / KEPT_DIR / f"step_{step:06d}"
 
 
 def file_sha256(path: Path) -> str:
@@ -103,8 +112,13 @@ class Run:
     weights digest, model, data and node means. Every command, pipeline and API function that
     reads a run receives one (`Run.open(path)`; `as_run` accepts a path too)."""
 
-    def __init__(self, path: Path, config: Config, info: dict[str, Any]):
+    def __init__(self, path: Path, config: Config, info: dict[str, Any], step: int | None = None,
+                 kept: dict[str, Any] | None = None):
         self.path, self.config, self.info = path, config, info
+        # A view of the run at a kept checkpoint (`at_step`) reads the weights, and keeps the node
+        # means, of checkpoints/step_NNNNNN/; `kept` is its checkpoint.json. None: the final model.
+        self.step, self.kept = step, kept
+        self.weights_dir = kept_dir(path, step) if step is not None else path
 
     @classmethod
     def open(cls, path: str | Path) -> "Run":
@@ -114,7 +128,35 @@ class Run:
         return cls(path, read_run_config(path), read_run_info(path))
 
     def __repr__(self) -> str:
-        return f"Run({str(self.path)!r})"
+        return f"Run({str(self.path)!r})" if self.step is None else f"Run({str(self.path)!r}).at_step({self.step})"
+
+    def kept_steps(self) -> list[int]:
+        """The steps of the models kept during training (train.keep_every), in order."""
+        steps = []
+        for folder in (self.path / KEPT_DIR).glob("step_*"):
+            if folder.name[5:].isdigit() and (folder / KEPT_INFO).is_file() and (folder / MODEL_FILE).is_file():
+                steps.append(int(folder.name[5:]))
+        return sorted(steps)
+
+    def at_step(self, step: int) -> "Run":
+        """The run as it was at a kept checkpoint, checked to belong to this run and to hold the
+        weights its checkpoint.json names."""
+        folder = kept_dir(self.path, step)
+        if step not in self.kept_steps():
+            kept = ", ".join(map(str, self.kept_steps())) or "none"
+            raise SparseCircuitsError(f"{self.path} kept no model at step {step} (kept steps: {kept}): train with"
+                                      " --set train.keep_every=N to keep models during training")
+        try:
+            kept_info = json.loads((folder / KEPT_INFO).read_text())
+            recorded = (kept_info["run_id"], kept_info["config_hash"], kept_info["weights_sha256"], kept_info["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise SparseCircuitsError(f"{folder}/{KEPT_INFO} is damaged: delete {folder}") from None
+        if recorded[:2] != (self.info.get("run_id"), self.config.hash()) or recorded[3] != step:
+            raise SparseCircuitsError(f"{folder} was kept by another run than {self.path}: delete it")
+        if file_sha256(folder / MODEL_FILE) != recorded[2]:
+            raise SparseCircuitsError(f"{folder}/{MODEL_FILE} holds other weights than the ones kept at step {step}"
+                                      f" (its sha256 differs from {KEPT_INFO}'s): delete {folder}")
+        return Run(self.path, self.config, self.info, step, kept_info)
 
     @property
     def name(self) -> str:
@@ -122,7 +164,7 @@ class Run:
 
     @property
     def model_file(self) -> Path:
-        return self.path / MODEL_FILE
+        return self.weights_dir / MODEL_FILE
 
     @cached_property
     def tokenizer(self):
@@ -196,7 +238,7 @@ class Run:
 
         from .io import atomic_save_tensors
 
-        path = self.path / MEANS_FILE
+        path = self.weights_dir / MEANS_FILE
         own = self.data_dir()
         own = str(own) if own else None
         wanted = str(Path(data_dir).resolve()) if data_dir is not None else own

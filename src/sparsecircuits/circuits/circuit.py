@@ -81,13 +81,17 @@ class Circuit:
         return Path(self.data["model"]["run_dir"])
 
     def open_run(self, run: Run | str | Path | None = None) -> Run:
-        """The circuit's run (or `run`, when it moved), checked to hold the very weights it was pruned from."""
+        """The circuit's run (or `run`, when it moved), at the kept checkpoint it was pruned from if
+        any, checked to hold the very weights it was pruned from."""
         if run is None:
             if not (self.run_dir / "config.json").is_file():
                 raise SparseCircuitsError(f"the circuit's model {self.run_dir} is not there any more: pass the run"
                                           " directory it came from")
             run = self.run_dir
         run = as_run(run)
+        step = self.data["model"].get("step")
+        if step is not None and run.step != step:
+            run = Run.open(run.path).at_step(step)
         run.check_circuit(self.data, self.directory)
         return run
 

@@ -410,7 +410,7 @@ def circuit_record(run: Run, model: SparseGPT, task: str, splits: TaskSplits, se
         "task": splits.name,
         "task_source": task,
         "model": {"run_dir": str(run.path.resolve()), "name": run.path.name, "config_hash": run.config.hash(),
-                  "weights_sha256": run.weights_sha256},
+                  "weights_sha256": run.weights_sha256, **({"step": run.step} if run.step is not None else {})},
         "target_loss": settings.target_loss,
         "ablation": settings.ablation,
         "means_data": str(Path(data_dir).resolve()) if data_dir is not None else None,  # None: the run's own data

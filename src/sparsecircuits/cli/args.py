@@ -57,6 +57,13 @@ def targets(text: str) -> tuple[float, ...]:
     return tuple(TASK_LOSS(t) for t in items)
 
 
+def step_list(text: str) -> list[int]:
+    items = [t.strip() for t in text.split(",")]
+    if not all(item.isdigit() for item in items):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma list of training steps, e.g. 500,1000,1500")
+    return [int(item) for item in items]
+
+
 def suite_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", choices=["paper", "hard"], default="paper",
                         help="paper: the paper's 20 contrasts as it poses them (default); hard: their harder forms and the"

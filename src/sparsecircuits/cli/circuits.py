@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .args import force_argument, POSITIVE, NON_NEGATIVE, TASK_LOSS, real, suite_argument, prune_default, EXIT_VALIDATION_FAILED
+from .args import (force_argument, POSITIVE, NON_NEGATIVE, TASK_LOSS, real, step_list, suite_argument, prune_default,
+                   EXIT_VALIDATION_FAILED)
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -37,6 +38,17 @@ def cmd_view(args: argparse.Namespace) -> None:
     from ..viewer import view
 
     view(args.circuit_dir, args.out, args.run_dir, force=args.force)
+
+
+def cmd_evolve(args: argparse.Namespace) -> None:
+    from ..circuits.prune import PruneSettings
+    from ..experiments.evolve import evolve, format_evolution
+    from ..tasks.builtin import resolve_task
+
+    result = evolve(args.run_dir, resolve_task(args.task, args.suite), args.out, PruneSettings(target_loss=args.target_loss),
+                    steps=args.steps, control=not args.no_control)
+    print(format_evolution(result))
+    print(f"wrote {args.out}/evolution.json, evolution.png and evolution.html")
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
@@ -112,6 +124,23 @@ def register_view(sub) -> None:
     p.set_defaults(func=cmd_view)
 
 
+def register_evolve(sub) -> None:
+    p = sub.add_parser("evolve", help="one task's circuit at every model kept during training, side by side",
+                       description="Prune and validate the task at each checkpoint kept with train.keep_every (node means"
+                                   " over each checkpoint's own weights), and write DIR/evolution.json (a row per"
+                                   " checkpoint; the overlap of consecutive circuits), evolution.png and evolution.html"
+                                   " (a slider over steps). Resumable.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--task", required=True, metavar="NAME_OR_FILE", help="a built-in task (see `tasks list`) or a JSONL file")
+    suite_argument(p)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--target-loss", type=TASK_LOSS, default=prune_default("target_loss"),
+                   help="held-out task loss each circuit must reach (default %(default)s)")
+    p.add_argument("--steps", type=step_list, metavar="A,B,C", help="only these kept steps (default: every kept one)")
+    p.add_argument("--no-control", action="store_true", help="skip the pruning controls of each circuit's validation")
+    p.set_defaults(func=cmd_evolve)
+
+
 def register_explain(sub) -> None:
     p = sub.add_parser("explain", help="top and bottom activating contexts of a node, in the terminal")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -140,4 +169,5 @@ def register_label(sub) -> None:
 
 
 # each top-level command and the function that adds it to the parser
-COMMANDS = {"prune": register_prune, "validate": register_validate, "view": register_view, "explain": register_explain, "label": register_label}
+COMMANDS = {"prune": register_prune, "validate": register_validate, "view": register_view, "evolve": register_evolve,
+            "explain": register_explain, "label": register_label}

@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -20,10 +21,10 @@ from ..data.dataset import TokenData
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparsity import apply_weight_topk, check_sparsity_budget, l0_fraction_at, sparse_parameters
-from ..io import atomic_save_tensors, atomic_write_text, check_output_dir, directory_lock, write_marker
+from ..io import atomic_save_tensors, atomic_write_text, check_output_dir, directory_lock, staged_directory, write_marker
 from ..bridges.bridge import BRIDGES_FILE, BridgedObjective, bridged_dense_run, dense_run_record
-from ..rundir import (CHECKPOINT, CONFIG_FILE, METRICS_FILE, MODEL_FILE, RUN_INFO_FILE, TOKENIZER_FILE, Run,
-                      read_run_config, run_info)
+from ..rundir import (CHECKPOINT, CONFIG_FILE, KEPT_INFO, METRICS_FILE, MODEL_FILE, RUN_INFO_FILE, TOKENIZER_FILE, Run,
+                      file_sha256, kept_dir, read_run_config, run_info)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Distributed
 from .runtime import StopOnInterrupt, check_memory, keep_freed_memory
@@ -180,7 +181,9 @@ def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: boo
     run_dir.mkdir(parents=True, exist_ok=True)
     write_marker(run_dir, "train")
     shutil.copyfile(data.tokenizer_path, run_dir / TOKENIZER_FILE)
-    extra = {"bridged_to": dense_run_record(run_dir, dense_run)} if dense_run else {}
+    extra = {"run_id": uuid.uuid4().hex}  # ties the models kept during training to this run
+    if dense_run:
+        extra["bridged_to"] = dense_run_record(run_dir, dense_run)
     if init_from is not None:
         extra["initialised_from"] = {"run": str(init_from.path), "model_sha256": init_from.weights_sha256}
     atomic_write_text(run_dir / RUN_INFO_FILE, run_info(run_dir, data.directory, data.manifest["tokenizer_sha256"], config, **extra))
@@ -298,6 +301,10 @@ class Trainer:
         if resume:
             self.step = self.last_checkpoint = load_checkpoint(run_dir, self.model, self.optimizer, self.extra)["step"]
             _truncate_metrics(run_dir / METRICS_FILE, self.step)
+            if group.is_main:  # models kept after the checkpoint are trained again, as the metrics are
+                for step in Run.open(run_dir).kept_steps():
+                    if step > self.step:
+                        shutil.rmtree(kept_dir(run_dir, step))
         self.val_inputs, self.val_targets = data.eval_windows(
             "val", model_cfg.ctx_len, train_cfg.eval_batches * train_cfg.batch_size * model_cfg.ctx_len)
         self.tokens_per_step = train_cfg.batch_size * model_cfg.ctx_len
@@ -345,6 +352,16 @@ class Trainer:
                             self.extra)
         self.last_checkpoint = self.step
 
+    def keep(self, record: dict) -> None:
+        """The model at this step in checkpoints/step_NNNNNN/, with its step, validation loss, L0,
+        digest and the run's id (`Run.at_step` checks them)."""
+        run_id = json.loads((self.run_dir / RUN_INFO_FILE).read_text()).get("run_id")
+        with staged_directory(kept_dir(self.run_dir, self.step)) as staging:
+            atomic_save_tensors(staging / MODEL_FILE, self.model.state_dict(), metadata={"config_hash": self.config.hash()})
+            info = {"step": self.step, "val_loss": record["val_loss"], "l0_fraction": record["l0_fraction"],
+                    "weights_sha256": file_sha256(staging / MODEL_FILE), "config_hash": self.config.hash(), "run_id": run_id}
+            atomic_write_text(staging / KEPT_INFO, json.dumps(info, indent=1))
+
     def finish(self) -> None:
         self.checkpoint()
         if self.group.is_main:
@@ -376,8 +393,11 @@ class Trainer:
                               **({"bridge": self.objective.last_terms()} if self.bridged else {})})
                     bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{tokens_per_s:,.0f}", l0=f"{l0:.4f}")
                 matched = False
-                if (step % train_cfg.eval_interval == 0 or step == train_cfg.steps) and group.is_main:
+                keep_now = train_cfg.keep_every > 0 and step % train_cfg.keep_every == 0
+                if (step % train_cfg.eval_interval == 0 or step == train_cfg.steps or keep_now) and group.is_main:
                     record = self.evaluate(l0)
+                    if keep_now:
+                        self.keep(record)
                     if show_progress:
                         bar.write(f"step {step}: val_loss {record['val_loss']:.4f}, dead neurons {record['dead_neurons']}",
                                   file=sys.stderr)

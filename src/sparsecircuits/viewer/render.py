@@ -110,12 +110,21 @@ def script_safe_json(data) -> str:
     return json.dumps(_finite(data), separators=(",", ":"), allow_nan=False).translate(_SCRIPT_SAFE)
 
 
+def page_script(name: str) -> str:
+    """A page's JavaScript: the shared circuit layout, then the page's own script."""
+    return (ASSETS / "layout.js").read_text() + "\n" + (ASSETS / name).read_text()
+
+
+def fill_template(template: str, values: dict[str, str]) -> str:
+    # One pass over the template: text that came from a value is never searched for placeholders again.
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], (ASSETS / template).read_text())
+
+
 def render_html(data: dict) -> str:
     title = f"Circuit for {data['circuit']['task']} ({data['circuit']['model']['name']})"
-    values = {"CSS": (ASSETS / "viewer.css").read_text(), "JS": (ASSETS / "viewer.js").read_text(),
+    values = {"CSS": (ASSETS / "viewer.css").read_text(), "JS": page_script("viewer.js"),
               "TITLE": html.escape(title), "DATA": script_safe_json(data)}
-    # One pass over the template: text that came from a value is never searched for placeholders again.
-    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], (ASSETS / "page.html").read_text())
+    return fill_template("page.html", values)
 
 
 def label_text(node: dict | None) -> str:

@@ -2,71 +2,12 @@
 "use strict";
 (function () {
   const data = JSON.parse(document.getElementById("circuit-data").textContent);
-  const SVG = "http://www.w3.org/2000/svg";
-  const KINDS = ["attn.act_in", "attn.q", "attn.k", "attn.v", "attn.resid_delta", "mlp.act_in", "mlp.post_act", "mlp.resid_delta"];
-  const RESIDUAL_KINDS = new Set(["attn.act_in", "attn.resid_delta", "mlp.act_in", "mlp.resid_delta"]);
-  const ROW = 18, COL = 74, TOP = 46, LEFT = 60;
-
-  const el = (tag, attrs, parent, ns) => {
-    const node = ns ? document.createElementNS(SVG, tag) : document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === "text") node.textContent = v; else node.setAttribute(k, v);
-    }
-    if (parent) parent.appendChild(node);
-    return node;
-  };
+  const { KINDS, TERMINALS, el, nodeName, kindOf, layerOf } = CircuitLayout;
   const fmt = (x, digits = 4) => (typeof x === "number" ? x.toFixed(digits) : String(x));
-  const nodeName = (n) => `${n.site}:${n.index}`;
-  const kindOf = (site) => site.split(".").slice(1).join(".");
-  const layerOf = (site) => Number(site.split(".")[0]);
-
-  // ---- layout: one column per site, residual-width nodes on the lane of their channel ----
-  // Sublayer inputs of a model with concatenated positions hold position channels after the
-  // d_model residual channels: those sit on position lanes, beside the `position` terminals.
-  const TERMINALS = new Set(["embed", "position", "unembed"]);
-  const D = data.d_model ?? Infinity;
-  const laneOf = (end) => (end.site === "position" ? `p${end.index}`
-    : !TERMINALS.has(end.site) && end.index >= D ? `p${end.index - D}` : `r${end.index}`);
-  const layers = [...new Set(data.nodes.map((n) => layerOf(n.site)))].sort((a, b) => a - b);
-  const hasPositions = data.edges.some((e) => e.src.site === "position");
-  const columns = hasPositions ? ["embed", "position"] : ["embed"];
-  for (const layer of layers) for (const kind of KINDS) columns.push(`${layer}.${kind}`);
-  columns.push("unembed");
-  const colX = new Map(columns.map((c, i) => [c, LEFT + i * COL]));
-  const lanes = new Set();
-  for (const n of data.nodes) if (RESIDUAL_KINDS.has(kindOf(n.site))) lanes.add(laneOf(n));
-  for (const e of data.edges) for (const end of [e.src, e.dst]) if (TERMINALS.has(end.site)) lanes.add(laneOf(end));
-  const laneList = [...lanes].sort((a, b) => a[0] === b[0] ? Number(a.slice(1)) - Number(b.slice(1)) : a[0] === "r" ? -1 : 1);
-  const laneY = new Map(laneList.map((c, i) => [c, TOP + i * ROW]));
-  const stacked = new Map();
-  const position = new Map();
-  for (const n of [...data.nodes].sort((a, b) => a.index - b.index)) {
-    let y;
-    if (RESIDUAL_KINDS.has(kindOf(n.site))) y = laneY.get(laneOf(n));
-    else {
-      const used = stacked.get(n.site) || 0;
-      stacked.set(n.site, used + 1);
-      y = TOP + used * ROW;
-    }
-    position.set(nodeName(n), { x: colX.get(n.site), y });
-  }
-  const terminalPos = (end) => ({ x: colX.get(end.site), y: laneY.get(laneOf(end)) });
-  const posOf = (end) => position.get(nodeName(end)) || terminalPos(end);
-  const rows = Math.max(laneList.length, ...[...stacked.values()], 1);
-  const width = LEFT + columns.length * COL + 20, height = TOP + rows * ROW + 20;
-
+  const L = CircuitLayout.layout(data.nodes, data.edges, data.d_model);
+  const { layers, position, terminalPos, posOf } = L;
   const svg = document.getElementById("graph");
-  svg.setAttribute("width", width);
-  svg.setAttribute("height", height);
-  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  for (const c of laneList) {
-    el("line", { class: "lane", x1: LEFT - 20, x2: width - 10, y1: laneY.get(c), y2: laneY.get(c) }, svg, true);
-    el("text", { x: 4, y: laneY.get(c) + 3, text: `${c[0] === "r" ? "resid" : "pos"} ${c.slice(1)}` }, svg, true);
-  }
-  columns.forEach((c, i) => {
-    const label = TERMINALS.has(c) ? c : `${layerOf(c)}.${kindOf(c).replace("attn.", "").replace("mlp.", "m.")}`;
-    el("text", { class: "column-label", x: colX.get(c), y: 16 + (i % 2) * 12, "text-anchor": "middle", text: label }, svg, true);
-  });
+  CircuitLayout.drawGrid(svg, L);
 
   // ---- edges ----
   const maxWeight = Math.max(1e-9, ...data.edges.filter((e) => e.kind === "weight").map((e) => Math.abs(e.weight)));
@@ -74,11 +15,9 @@
   const edgeElements = [];
   data.edges.forEach((e, i) => {
     const a = posOf(e.src), b = posOf(e.dst);
-    const bend = e.kind === "qk" ? `Q ${(a.x + b.x) / 2} ${Math.min(a.y, b.y) - 14} ${b.x} ${b.y}`
-      : `C ${(a.x + b.x) / 2} ${a.y} ${(a.x + b.x) / 2} ${b.y} ${b.x} ${b.y}`;
     const strength = e.kind === "weight" ? Math.abs(e.weight) / maxWeight : 0.35;
     const path = el("path", {
-      class: "edge", d: `M ${a.x} ${a.y} ${bend}`,
+      class: "edge", d: CircuitLayout.edgePath(a, b, e.kind),
       stroke: e.kind === "qk" ? "#8a5cf6" : e.weight >= 0 ? "#2463eb" : "#dc2626",
       "stroke-width": (0.6 + 3.4 * Math.sqrt(strength)).toFixed(2),
       "data-src": nodeName(e.src), "data-dst": nodeName(e.dst), "data-index": i,
