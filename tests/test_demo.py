@@ -23,7 +23,12 @@ def test_demo_on_tiny_models(tmp_path, task_run):
     assert set(summary["circuits"]) == {"lambda"}
     report = (out / "report.html").read_text()
     pages = re.findall(r"href='([^']+)'", report)
-    assert len(pages) == 1 and (out / pages[0]).is_file()
+    assert len(pages) == 2 and all((out / page).is_file() for page in pages)
+    # the smallest circuit, pruned again at each of the 4 models the sparse run kept
+    evolution = summary["evolution"]
+    assert evolution["task"] == "lambda" and evolution["page"] in pages and (out / evolution["plot"]).is_file()
+    assert [r["step"] for r in evolution["checkpoints"]] == [75, 150, 225, 300]
+    assert evolution["checkpoints"][-1]["reached"]
     circuit = json.loads((out / "circuits" / "sparse" / "lambda" / "circuit.json").read_text())
     row = summary["circuits"]["lambda"]
     assert row["nodes"] == circuit["metrics"]["n_nodes"] and row["edges"] == circuit["metrics"]["n_edges"]

@@ -43,6 +43,7 @@ from .claim import CLAIM_TARGETS, MARGIN, circuit_is_evidence, claim_rows, claim
 from ..plots import pyplot, save
 
 MODELS = ("sparse", "dense_matched", "dense")
+KEPT_MODELS = 4  # models the demo's sparse run keeps for `evolve`: 4 x 22 MB on `small`
 DENSE_MODELS = ("dense_matched", "dense")
 COMPARISONS = {"dense_matched": "loss-matched dense (finished schedule)",
                "dense": "dense on the same tokens (full schedule, lower loss)"}
@@ -99,13 +100,15 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
     load_config(config, dense_overrides)  # a bad --dense-set fails now, not after the sparse model has trained
     names = ["prepare corpus", "train sparse model", "train dense model", "train loss-matched dense model",
              "evaluate tasks", "prune circuits", "validate circuits", "label circuit nodes", "view circuits",
-             "claim (a)", "report"]
+             "evolve the smallest circuit", "claim (a)", "report"]
     stages = Stages(names, minutes * 60)
     data_dir = out / "data"
 
     if not (data_dir / MANIFEST).is_file():
         stages.run("prepare corpus", lambda: prepare(data_dir, corpus=corpus, force=True))
-    stages.run("train sparse model", lambda: _train_stage(config, overrides, data_dir, out / "sparse"))
+    # the sparse model keeps KEPT_MODELS models along its training, for `evolve`
+    kept = [f"train.keep_every={max(1, steps // KEPT_MODELS)}"]
+    stages.run("train sparse model", lambda: _train_stage(config, overrides + kept, data_dir, out / "sparse"))
     sparse_val = _val_losses(out / "sparse")[-1][1]
     stages.run("train dense model", lambda: _train_stage(config, dense_overrides, data_dir, out / "dense"))
     n_matched = matched_steps(out / "dense", sparse_val)
@@ -165,8 +168,10 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
     stages.run("validate circuits", validate_all)
     stages.run("label circuit nodes", label_all)
     stages.run("view circuits", view_all)
+    evolution = stages.run("evolve the smallest circuit", lambda: evolve_smallest(out, runs["sparse"], sparse_tasks,
+                                                                                   circuit_dir, settings))
     comparisons = stages.run("claim (a)", claim)
-    summary = stages.run("report", lambda: write_report(out, runs["sparse"], sparse_tasks, candidates, task_losses, losses, flagged,
+    summary = stages.run("report", lambda: write_report(out, runs, evolution, sparse_tasks, candidates, task_losses, losses, flagged,
                                                         comparisons, circuit_dir, target_loss, margin, n_matched))
     summary["seconds_by_stage"] = stages.seconds
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
@@ -228,7 +233,28 @@ def hard_form_losses(circuit_dir: Path, task: str, run: Run) -> dict[str, dict]:
     return out
 
 
-def write_report(out: Path, sparse_run: Run, sparse_tasks: list[str], candidates: list[str], task_losses: dict, losses: dict,
+def evolve_smallest(out: Path, run: Run, sparse_tasks: list[str], circuit_dir, settings) -> dict:
+    """The circuit with the fewest edges (evidence first), pruned again at each model the sparse run
+    kept: how it formed. Validated without the pruning controls, which would triple the time."""
+    from .evolve import evolve
+
+    if not run.kept_steps():
+        return {"skipped": "the sparse model kept no models during training (trained before train.keep_every)"}
+    if not sparse_tasks:
+        return {"skipped": "the sparse model does no task to the target"}
+    validations = {t: json.loads((circuit_dir("sparse", t) / "validation.json").read_text()) for t in sparse_tasks}
+    task = min(sparse_tasks, key=lambda t: (not validations[t]["evidence"], validations[t]["n_edges"]))
+    folder = out / "evolution" / Path(task).stem
+    result = evolve(run, task, folder, settings, control=False)
+    return {"task": Path(task).stem, "page": str((folder / "evolution.html").relative_to(out)),
+            "plot": str((folder / "evolution.png").relative_to(out)),
+            "checkpoints": [{k: r[k] for k in ("step", "val_loss", "task_loss", "reached", "n_nodes", "n_edges")}
+                            for r in result["checkpoints"]],
+            "transitions": [{k: t[k] for k in ("from_step", "to_step", "jaccard", "kept")} | {"entered": len(t["entered"]),
+                             "left": len(t["left"])} for t in result["transitions"]]}
+
+
+def write_report(out: Path, runs: dict[str, Run], evolution: dict, sparse_tasks: list[str], candidates: list[str], task_losses: dict, losses: dict,
                  flagged: dict, comparisons: dict, circuit_dir, target_loss: float, margin: float,
                  n_matched: int | None) -> dict:
     circuits = {}
@@ -247,17 +273,17 @@ def write_report(out: Path, sparse_run: Run, sparse_tasks: list[str], candidates
             "nodes_labelled": sum(bool(n["labels"]) for n in labels),
             "nodes_labelled_above_baseline": sum(bool(n["labels"]) and n["labels"][0].get("beats_baseline", True)
                                                  for n in labels),
-            "hard_forms": hard_form_losses(directory, task, sparse_run),
+            "hard_forms": hard_form_losses(directory, task, runs["sparse"]),
             "audit_flagged": flagged.get(task, []),
             "page": str((directory / "circuit.html").relative_to(out)),
         }
-    models = {m: {"val_loss": evaluate_run(out / m)["val_loss"], "run_dir": m,
+    models = {m: {"val_loss": evaluate_run(runs[m])["val_loss"], "run_dir": m,
                   "does_at_target": [t for t in candidates if losses[m].get(t) is not None and losses[m][t] <= target_loss],
                   "does_with_margin": [t for t in candidates if does_with_margin(losses[m].get(t), target_loss, margin)]}
               for m in losses}
     summary = {
         "target_loss": target_loss, "margin": margin, "models": models, "dense_matched_steps": n_matched,
-        "circuits": circuits, "claim": comparisons, "task_losses": task_losses,
+        "circuits": circuits, "claim": comparisons, "evolution": evolution, "task_losses": task_losses,
         "no_circuits": None if circuits else (
             f"the sparse model does none of the {len(candidates)} tasks to loss <= {target_loss:g}: train it longer"
             " (--minutes), widen it (--set model.d_model=...) or raise --target-loss"),
@@ -376,6 +402,8 @@ th,td{{border:1px solid #ddd;padding:3px 8px}}td.num{{text-align:right;font-vari
  f'a finished {matched}-step schedule, the steps the dense run took to reach the sparse loss'}.</p>
 <h2>The sparse model's circuits (every task it does to the target; click a node count)</h2>
 {circuits}
+<h2>How a circuit formed over training</h2>
+{_evolution_html(summary["evolution"])}
 <h2>Claim (a): circuit edges, sparse against dense, at each target</h2>
 <p>Each target counts the tasks both models do with margin (full-model loss &le; {summary['margin']:g} x the target),
 leaving out tasks a degenerate cue answers and circuits that are not evidence.</p>
@@ -384,6 +412,21 @@ leaving out tasks a degenerate cue answers and circuits that are not evidence.</
 <h2>Task losses (choose records)</h2>
 <table><tr><th>task</th>{''.join(f'<th>{e(m)}</th>' for m in models)}</tr>{losses}</table>
 </body></html>"""
+
+
+def _evolution_html(evolution: dict) -> str:
+    e = html.escape
+    if "skipped" in evolution:
+        return f"<p>Not drawn: {e(evolution['skipped'])}.</p>"
+    rows = "".join(f"<tr><td class=num>{r['step']}</td><td class=num>{r['val_loss']:.4f}</td><td class=num>{r['task_loss']:.4f}</td>"
+                   f"<td class=num>{r['n_nodes'] if r['reached'] else 'not reached'}</td>"
+                   f"<td class=num>{r['n_edges'] if r['reached'] else ''}</td></tr>" for r in evolution["checkpoints"])
+    overlaps = "; ".join(f"{t['from_step']} to {t['to_step']}: Jaccard {t['jaccard']:.2f}, {t['entered']} entered,"
+                         f" {t['left']} left" for t in evolution["transitions"]) or "no two consecutive circuits"
+    return (f"<p>The smallest circuit, {e(evolution['task'])}, pruned again at each model the sparse run kept"
+            f" (<a href='{e(evolution['page'])}'>the circuits side by side, a slider over steps</a>). Node-set overlap:"
+            f" {e(overlaps)}.</p><table><tr><th>step</th><th>validation loss</th><th>task loss</th><th>nodes</th>"
+            f"<th>edges</th></tr>{rows}</table><img src='{e(evolution['plot'])}' alt='the circuit over training'>")
 
 
 def format_summary(summary: dict) -> str:
@@ -397,4 +440,11 @@ def format_summary(summary: dict) -> str:
     for task, x in summary["circuits"].items():
         lines.append(f"{task:26s} {x['task_loss']:7.4f} {x['nodes']:6d} {x['edges']:6d} {_fmt(x['loss_circuit']):>8s}"
                      f"  {_evidence_cell(x)}; {_controls_cell(x)}; {_hard_cell(x)}")
+    evolution = summary["evolution"]
+    if "skipped" in evolution:
+        lines.append(f"evolution: not drawn ({evolution['skipped']})")
+    else:
+        lines.append(f"evolution of {evolution['task']} over steps " + ", ".join(
+            f"{r['step']}: {r['n_nodes'] if r['reached'] else 'not reached'}" for r in evolution["checkpoints"])
+            + f" nodes ({evolution['page']})")
     return "\n".join(lines + claim_lines(summary))
