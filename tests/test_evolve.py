@@ -111,3 +111,24 @@ def test_the_slider_changes_the_drawing_without_a_page_error(evolution):
         browser.close()
     assert len(set(seen)) == len(seen) and len(drawn) >= 1
     assert errors == []
+
+
+def test_kept_models_survive_a_resume_as_if_the_run_had_not_stopped(data_dir, tmp_path):
+    from sparsecircuits.config import load_config
+    from sparsecircuits.train.trainer import train
+    from tests.conftest import TINY_OVERRIDES
+
+    config = lambda: load_config("tiny", TINY_OVERRIDES + ["train.keep_every=5"])
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    train(config(), data_dir, whole, show_progress=False)
+    train(config(), data_dir, stopped, show_progress=False, stop_after=12)
+    assert Run.open(stopped).kept_steps() == [5, 10]
+    # a model kept after the last checkpoint (a process killed between the two) is trained again
+    shutil.copytree(stopped / "checkpoints" / "step_000010", stopped / "checkpoints" / "step_000015")
+    train(config(), data_dir, stopped, show_progress=False, resume=True)
+    runs = Run.open(whole), Run.open(stopped)
+    assert runs[0].kept_steps() == runs[1].kept_steps() == [5, 10, 15, 20]
+    for step in (5, 10, 15, 20):
+        a, b = (run.at_step(step) for run in runs)
+        assert a.weights_sha256 == b.weights_sha256 and a.kept["val_loss"] == b.kept["val_loss"]
+    assert runs[1].at_step(20).weights_sha256 == runs[1].weights_sha256  # the last kept model is the final one
