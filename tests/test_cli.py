@@ -71,7 +71,8 @@ def test_train_bad_configs(capsys, tmp_path, data_dir):
     fails(capsys, base + ["--config", "tiny", "--set", "model.vocab_size=999"], "model.vocab_size is 999")
     fails(capsys, base + ["--config", "nonexistent.toml"], "config file not found")
     fails(capsys, base + ["--config", "tiny", "--set", "model.ctx_len=100000"], "fewer than model.ctx_len")
-    fails(capsys, ["train", "--config", "tiny", "--data", str(tmp_path), "--out", str(tmp_path / "run")],
+    (tmp_path / "empty").mkdir()
+    fails(capsys, ["train", "--config", "tiny", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run")],
           "not a prepared data directory")
     assert not (tmp_path / "run").exists()
 

@@ -16,9 +16,10 @@ import errno
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +49,49 @@ MARKER = ".sparsecircuits.json"
 
 def _temp_prefix(final: Path) -> str:
     return f".{final.name}.tmp-{os.getpid()}-"
+
+
+_TEMPORARY_PART = re.compile(r"^\.(.+)\.tmp-\d+-")
+
+
+def user_path(path: str | Path) -> Path:
+    """The path a user knows for one inside a staging folder or temporary file (`.NAME.tmp-PID-...` -> NAME)."""
+    parts = [(_TEMPORARY_PART.match(part).group(1) if _TEMPORARY_PART.match(part) else part) for part in Path(path).parts]
+    return Path(*parts)
+
+
+def disk_error(err: BaseException, path: str | Path, needed: int | None = None, writing: bool = True) -> SparseCircuitsError:
+    """One line for a file operation that failed: for a full disk, how much it needed and how much is
+    free; otherwise the system's reason. Either names the user's path, never a temporary one."""
+    shown = user_path(path)
+    code = getattr(err, "errno", None)
+    full = code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(err) or "StorageFull" in str(err)
+    if not full:
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        return SparseCircuitsError(f"cannot write {shown}: {reason}" if writing else f"{shown}: {reason}")
+    free = None
+    for folder in (Path(path).parent, *Path(path).parents):
+        if folder.exists():
+            free = shutil.disk_usage(folder).free
+            break
+    sizes = ", ".join(([f"it needs {needed / 1e6:.1f} MB"] if needed else []) + ([f"{free / 1e6:.1f} MB are free"] if free is not None else []))
+    return SparseCircuitsError(f"no space left on the device holding {shown}" + (f" ({sizes})" if sizes else "")
+                               + ": free space or write elsewhere, then run the command again")
+
+
+def reserve_space(path: Path, size: int) -> None:
+    """Create `path` with `size` bytes allocated now, so that a full disk is an error here and not a
+    crash (SIGBUS) when a memory map of it is written later."""
+    with open(path, "wb") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except AttributeError:  # no posix_fallocate on this platform
+            f.truncate(size)
+        except OSError as err:
+            if err.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot: size it plainly
+                f.truncate(size)
+            else:
+                raise disk_error(err, path, size) from None
 
 
 def _process_alive(pid: int) -> bool:
@@ -125,10 +169,33 @@ def write_marker(directory: Path, command: str) -> None:
     atomic_write_text(Path(directory) / MARKER, json.dumps({"made_by": command}) + "\n")
 
 
-def check_output_dir(out: Path, command: str, force: bool, what: str = "--out") -> None:
+def check_not_an_input(out: Path, inputs: Iterable[tuple[str, str | Path | None]], what: str = "--out") -> None:
+    """An output may not be, contain or lie inside anything the command reads (through symlinks):
+    writing or replacing it would destroy its own input."""
+    target = Path(out).resolve()
+    for name, path in inputs:
+        if path is None:
+            continue
+        source = Path(path).resolve()
+        relation = ("is" if target == source else "contains" if target in source.parents
+                    else "lies inside" if source in target.parents else None)
+        if relation:
+            raise SparseCircuitsError(f"{what} {out} {relation} {name} {path}, which this command reads: writing there"
+                                      f" would destroy it; choose another {what}")
+
+
+def _is_temporary(path: Path) -> bool:
+    return path.name.startswith(".") and (".tmp-" in path.name or path.name.endswith(".lock"))
+
+
+def check_output_dir(out: Path, command: str, force: bool, what: str = "--out", *,
+                     replaces: frozenset[str], inputs: Iterable[tuple[str, str | Path | None]] = ()) -> None:
     """Before `command` writes the folder `out`: it may not exist, be empty, or (with --force) be a
-    folder that the same command made. Anything else is refused, naming the path."""
+    folder that the same command made and that holds only what such a folder holds (`replaces`: the
+    names of its files and folders). Anything else is refused, naming the path, and so is an `out`
+    that is, holds or lies inside one of `inputs`."""
     out = Path(out)
+    check_not_an_input(out, inputs, what)
     _check_folder_target(out, what)
     if not out.exists() or not any(out.iterdir()):
         return
@@ -138,6 +205,28 @@ def check_output_dir(out: Path, command: str, force: bool, what: str = "--out") 
         raise SparseCircuitsError(
             f"refusing to replace {out}: --force replaces only a folder made by `sparsecircuits {command}`"
             f" (its {MARKER} says so), and this one was not; remove it yourself or choose another {what}")
+    foreign = sorted(p.name for p in out.iterdir() if p.name != MARKER and not _is_temporary(p) and p.name not in replaces)
+    if foreign:
+        raise SparseCircuitsError(
+            f"refusing to replace {out}: {out / foreign[0]} was not made by `sparsecircuits {command}`, and --force"
+            f" replaces only what it made; move it out first, or choose another {what}")
+
+
+def check_output_file(out: Path, force: bool, default: Path | None = None, what: str = "--out") -> None:
+    """Before a command writes the file `out`: not a folder; not a file inside a run, data or circuit
+    folder other than the command's own (`default`); an existing file only with --force (its own
+    default is simply written again)."""
+    out = Path(out)
+    own = default is not None and out.resolve() == Path(default).resolve()
+    if out.is_dir():
+        raise SparseCircuitsError(f"{what} {out} is a folder: give the path of the file to write")
+    maker = made_by(out.parent) if out.parent.is_dir() else None
+    if maker is not None and not own:
+        raise SparseCircuitsError(f"{what} {out} lies inside {out.parent}, which `sparsecircuits {maker}` made: its files"
+                                  f" are not to be written over; choose a path outside it")
+    if out.exists() and not own and not force:
+        raise SparseCircuitsError(f"{out} already exists: pass --force to replace it, or choose another {what}")
+    check_writable(out, what)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -152,6 +241,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         publish(Path(tmp), path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise disk_error(err, path, len(data)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -174,6 +266,9 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
         publish(Path(tmp), path)
+    except (OSError, SafetensorError) as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise disk_error(err, path, sum(v.numel() * v.element_size() for v in tensors.values())) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

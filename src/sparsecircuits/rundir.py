@@ -44,6 +44,11 @@ KEPT_DIR = "checkpoints"
 KEPT_INFO = "checkpoint.json"
 
 
+# What a run folder holds (what `train --force` may replace): its files, and what commands write into it.
+RUN_ENTRIES = frozenset({CONFIG_FILE, RUN_INFO_FILE, TOKENIZER_FILE, METRICS_FILE, CHECKPOINT, MODEL_FILE, MEANS_FILE,
+                         KEPT_DIR, "bridges.safetensors", "bridge_eval.json", "bridge_eval.png", "steer", "labels.json"})
+
+
 def kept_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / KEPT_DIR / f"step_{step:06d}"
 
@@ -81,10 +86,36 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
                               " was trained with, so the run cannot be checked; train it again")
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl's records. A torn last line (what a full disk or a killed process leaves) is
+    dropped with a warning; a damaged line before it is an error naming the line."""
+    import sys
+
+    lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError
+        except ValueError:
+            if number == len(lines):
+                print(f"warning: {path}: its last line is incomplete (a write that was cut off): dropped",
+                      file=sys.stderr)
+                break
+            raise SparseCircuitsError(f"{path} line {number} is not a metrics record: the run's log is damaged;"
+                                      " train the run again with --force") from None
+        records.append(record)
+    return records
+
+
 def read_run_config(run_dir: str | Path) -> Config:
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
     if not path.is_file():
+        if (run_dir / "manifest.json").is_file():
+            raise SparseCircuitsError(f"{run_dir} is a prepared data folder, not a run directory: give the run trained"
+                                      " on it (the folder `sparsecircuits train --out` wrote)")
         raise SparseCircuitsError(f"{run_dir} is not a run directory (no {CONFIG_FILE}): train one with `sparsecircuits"
                                   " train` or import one with `sparsecircuits import-openai`")
     try:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import BridgeConfig
+from ..config import BridgeConfig, ModelConfig
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparsity import abs_topk
@@ -45,10 +45,7 @@ class Bridges(nn.Module):
 
     @classmethod
     def for_models(cls, dense: SparseGPT, sparse: SparseGPT, config: BridgeConfig) -> "Bridges":
-        if dense.config.n_layer != sparse.config.n_layer:
-            raise SparseCircuitsError(f"the dense model has {dense.config.n_layer} layers and the sparse config"
-                                      f" {sparse.config.n_layer}: bridged models need the same number of layers"
-                                      f" (set model.n_layer={dense.config.n_layer})")
+        check_bridgeable(dense.config, sparse.config)
         d_sparse = sparse.config.d_model
         keep = max(1, round(config.encoder_keep_fraction * d_sparse))
         return cls(bridge_sites(sparse.config.n_layer, config.final_site), dense.config.d_model, d_sparse, keep)
@@ -63,6 +60,12 @@ class Bridges(nn.Module):
 
     def decode(self, site: str, sparse_residual: torch.Tensor) -> torch.Tensor:
         return self.decoders[self.index(site)](sparse_residual)
+
+
+def check_bridgeable(dense: ModelConfig, sparse: ModelConfig) -> None:
+    if dense.n_layer != sparse.n_layer:
+        raise SparseCircuitsError(f"the dense model has {dense.n_layer} layers and the sparse config {sparse.n_layer}:"
+                                  f" bridged models need the same number of layers (set model.n_layer={dense.n_layer})")
 
 
 def nmse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

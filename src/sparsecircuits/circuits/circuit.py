@@ -8,6 +8,7 @@ holds every node's learned τ. The directory is written to a staging folder and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -20,11 +21,13 @@ from ..errors import SparseCircuitsError
 from ..io import load_tensors
 from ..model.gpt import SparseGPT
 from ..rundir import Run, as_run
-from ..tasks.records import TaskSplits
+from ..tasks.records import TaskSplits, task_records
 from ..tasks.records import load_task_splits as _load_task_splits
 from .masks import ablation_hooks
 
 CIRCUIT_FILE = "circuit.json"
+# What a circuit folder holds (what `prune --force` may replace): prune's files and validate's, view's and label's.
+CIRCUIT_ENTRIES = frozenset({CIRCUIT_FILE, "scores.safetensors", "validation.json", "circuit.html", "circuit.md", "labels.json"})
 
 
 def ablation_values(model: SparseGPT, run: Run, ablation: str, show_progress: bool = True,
@@ -37,6 +40,12 @@ def ablation_values(model: SparseGPT, run: Run, ablation: str, show_progress: bo
 
 def load_task_splits(model: SparseGPT, task: str) -> TaskSplits:
     return _load_task_splits(task, model.tokenizer, max_len=model.config.ctx_len)
+
+
+def records_sha256(task: str) -> str:
+    """A digest of a task's records, every split in order: what a circuit was pruned and chosen on."""
+    _, records = task_records(task, warn=False)
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
 
 
 def nodes_of(keep: Mapping[str, torch.Tensor]) -> list[dict]:
@@ -75,6 +84,24 @@ class Circuit:
     metrics = property(lambda self: self.data["metrics"])
     logit_scale = property(lambda self: self.data["metrics"].get("logit_scale", 1.0))
     means_data = property(lambda self: self.data.get("means_data"))  # the --data prune averaged over, or None
+
+    def task_source(self, moved_to: str | Path | None = None) -> str:
+        """The task the circuit was pruned on: a built-in name, or its file (found from any folder: an
+        absolute path, or one relative to the circuit folder), or `moved_to` when the file moved,
+        checked to hold the very records the circuit was pruned on."""
+        if moved_to is not None:
+            if records_sha256(str(moved_to)) != self.data.get("records_sha256"):
+                raise SparseCircuitsError(f"--task {moved_to} holds other records than {self.directory} was pruned on:"
+                                          " give the task file it was pruned from")
+            return str(moved_to)
+        stored = self.data["task_source"]
+        inside = self.directory / stored
+        if not Path(stored).is_absolute() and inside.is_file():
+            return str(inside)
+        if (Path(stored).suffix or "/" in stored) and not Path(stored).is_file():
+            raise SparseCircuitsError(f"the task file {stored} that {self.directory} was pruned on is not there any more:"
+                                      " pass --task FILE (the same records, moved)")
+        return stored
 
     @property
     def run_dir(self) -> Path:

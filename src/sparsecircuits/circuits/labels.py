@@ -313,20 +313,22 @@ LABELS_FILE = "labels.json"
 
 def label_run(run: Run | str | Path, node_names: Sequence[str] | None = None, circuit_dir: str | Path | None = None,
               n_tokens: int = 16384, data_dir: str | Path | None = None, threshold: float = DEFAULT_THRESHOLD,
-              out: str | Path | None = None, show_progress: bool = True) -> tuple[dict, Path]:
+              out: str | Path | None = None, show_progress: bool = True, force: bool = False) -> tuple[dict, Path]:
     """`sparsecircuits label`: label nodes of a run (or of a circuit of it) and write labels.json."""
     import json
 
-    from ..io import atomic_write_text, check_writable
+    from ..io import atomic_write_text, check_output_file
     from .circuit import Circuit
 
     run = Circuit.load(circuit_dir).open_run(run) if circuit_dir is not None else as_run(run)
+    default = Path(circuit_dir or run.path) / LABELS_FILE
+    out = Path(out) if out else default
+    check_output_file(out, force, default)
     model = run.model()
-    out = Path(out) if out else Path(circuit_dir or run.path) / LABELS_FILE
-    check_writable(out, "--out")
     result = label_nodes(model, run.data(data_dir), run.config.sparsity, read_nodes_arg(model, node_names, circuit_dir),
                          n_tokens, threshold=threshold, show_progress=show_progress)
     result["weights_sha256"] = run.weights_sha256
+    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1))
     return result, out
 

@@ -17,7 +17,6 @@ The test records are never used for any choice: they are for the figures reporte
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -35,8 +34,8 @@ from ..model.gpt import SparseGPT
 from ..model.sparse_kernels import CSR_MAX_DENSITY, sparse_weight_kernels
 from ..rundir import Run, as_run
 from ..tasks.records import (TaskSplits, TokenizedTask, candidate_logits, pair_logits, task_accuracy, task_loss,
-                             task_loss_interval, task_records)
-from .circuit import CIRCUIT_FILE, Circuit, ablation_values, load_task_splits, nodes_of
+                             task_loss_interval)
+from .circuit import CIRCUIT_ENTRIES, CIRCUIT_FILE, Circuit, records_sha256, ablation_values, load_task_splits, nodes_of
 from .graph import circuit_edges
 from .masks import NodeMask, ablation_hooks, keep_top_n
 
@@ -323,12 +322,6 @@ def circuit_metrics(evaluator: CircuitEvaluator, keep: Mapping[str, torch.Tensor
     }
 
 
-def records_sha256(task: str) -> str:
-    """A digest of a task's records, every split in order: what a circuit was pruned and chosen on."""
-    _, records = task_records(task, warn=False)
-    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
-
-
 def is_current(out: str | Path, run: Run | str | Path, task: str, settings: PruneSettings) -> bool:
     """Whether `out` holds a circuit of these very weights, task records and prune settings."""
     run = as_run(run)
@@ -369,7 +362,9 @@ def prune(run: Run | str | Path, task: str, out: str | Path, settings: PruneSett
     settings = settings or PruneSettings()
     settings.validate()
     run, out = as_run(run), Path(out)
-    check_output_dir(out, "prune", force)
+    check_output_dir(out, "prune", force, replaces=CIRCUIT_ENTRIES,
+                     inputs=[("the run", run.path), ("the task file", task if Path(task).is_file() else None),
+                             ("--data", data_dir)])
     with directory_lock(out):
         return _prune(run, task, out, settings, search_trials, show_progress, data_dir)
 
@@ -389,7 +384,7 @@ def _prune(run: Run, task: str, out: Path, settings: PruneSettings, search_trial
         else:
             found = find_circuit(model, splits, means, settings, show_progress)
         keep, scale = found["keep"], found["logit_scale"]
-        record = circuit_record(run, model, task, splits, settings, keep, scale, found["evaluator"], data_dir)
+        record = circuit_record(run, model, task, splits, settings, keep, scale, found["evaluator"], data_dir, out)
     record["metrics"].update({"loss_choose": found["loss_choose"], "nodes_active_after_mask_training": found["active_after_training"],
                               "csr_layers": len(csr_layers), "seconds": round(time.perf_counter() - start, 1),
                               "seconds_by_stage": {"load_and_means": round(means_seconds, 1), **found["seconds"]}})
@@ -398,9 +393,19 @@ def _prune(run: Run, task: str, out: Path, settings: PruneSettings, search_trial
     return Circuit.load(out)
 
 
+def stored_task_source(task: str, out: Path) -> str:
+    """How circuit.json names its task so that it is found from any folder: a built-in name as is;
+    a file relative to the circuit folder when it lies inside it, else its absolute path."""
+    path = Path(task)
+    if not path.is_file():
+        return task
+    path, folder = path.resolve(), Path(out).resolve()
+    return str(path.relative_to(folder)) if folder in path.parents else str(path)
+
+
 def circuit_record(run: Run, model: SparseGPT, task: str, splits: TaskSplits, settings: PruneSettings,
                    keep: Mapping[str, torch.Tensor], scale: float, evaluator: CircuitEvaluator,
-                   data_dir: str | Path | None) -> dict:
+                   data_dir: str | Path | None, out: Path) -> dict:
     """circuit.json's content for these kept nodes: nodes, edges and the test-record metrics."""
     nodes, edges = nodes_of(keep), circuit_edges(model, keep)
     metrics = circuit_metrics(evaluator, keep, scale, settings.seed)
@@ -408,7 +413,7 @@ def circuit_record(run: Run, model: SparseGPT, task: str, splits: TaskSplits, se
     return {
         "format": 1,
         "task": splits.name,
-        "task_source": task,
+        "task_source": stored_task_source(task, out),
         "model": {"run_dir": str(run.path.resolve()), "name": run.path.name, "config_hash": run.config.hash(),
                   "weights_sha256": run.weights_sha256, **({"step": run.step} if run.step is not None else {})},
         "target_loss": settings.target_loss,

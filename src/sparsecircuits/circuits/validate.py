@@ -151,22 +151,23 @@ def controls(result: dict) -> dict[str, dict]:
 
 
 def validate(circuit_dir: str | Path, run: Run | str | Path | None = None, control: bool = True,
-             show_progress: bool = True, max_per_node: int = MAX_PER_NODE) -> dict:
+             show_progress: bool = True, max_per_node: int = MAX_PER_NODE, task: str | Path | None = None) -> dict:
     """Sufficiency, necessity, random and shuffled-label controls, and each node's ablation effect
     (skipped above `max_per_node` nodes: such a circuit is not one to read node by node)."""
     circuit = Circuit.load(circuit_dir)
     check_writable(Path(circuit_dir) / "validation.json", "CIRCUIT_DIR")
     run = circuit.open_run(run)
+    task_source = circuit.task_source(task)
     with directory_lock(Path(circuit_dir)):
-        return _validate(circuit, run, control, show_progress, max_per_node)
+        return _validate(circuit, run, task_source, control, show_progress, max_per_node)
 
 
-def _validate(circuit: Circuit, run: Run, control: bool, show_progress: bool, max_per_node: int) -> dict:
+def _validate(circuit: Circuit, run: Run, task_source: str, control: bool, show_progress: bool, max_per_node: int) -> dict:
     circuit_dir = circuit.directory
     settings = PruneSettings(**circuit.data["settings"])
     model = run.model()
     with sparse_weight_kernels(model, settings.csr_max_density):
-        splits = load_task_splits(model, circuit.data["task_source"])
+        splits = load_task_splits(model, task_source)
         means = ablation_values(model, run, circuit.data["ablation"], show_progress, circuit.means_data)
         evaluator = CircuitEvaluator(model, splits, means, settings.calibration_steps)
         keep = circuit.keep(model)
@@ -184,7 +185,7 @@ def _validate(circuit: Circuit, run: Run, control: bool, show_progress: bool, ma
             "necessity_threshold": NECESSITY_THRESHOLD,
         }
         if control:
-            result.update(pruning_controls(model, splits, circuit.data["task_source"], means, settings, show_progress))
+            result.update(pruning_controls(model, splits, task_source, means, settings, show_progress))
         result["controls"] = controls(result)
         result["evidence"] = result["sufficient"] and result["necessary"] and all(
             c["passed"] for c in result["controls"].values())

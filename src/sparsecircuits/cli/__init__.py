@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import SparseCircuitsError
+from ..io import disk_error
 from . import bridges, circuits, experiments, interop, tasks, training
 from .args import EXIT_BAD_INPUT, EXIT_VALIDATION_FAILED, Parser
 
@@ -36,8 +37,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except OSError as err:  # a disk that filled up, a file that vanished: say which, without a traceback
-        where = f" ({err.filename})" if err.filename else ""
-        print(f"error: {err.strerror or err}{where}: free space or fix the path and run the command again", file=sys.stderr)
+        if err.filename:
+            message = str(disk_error(err, err.filename, writing=False))
+        else:
+            message = f"{err.strerror or err}"
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except (MemoryError, torch_out_of_memory()) as err:
         print(f"error: out of memory ({str(err).splitlines()[0] if str(err) else type(err).__name__}): make the model or"

@@ -28,7 +28,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
 def cmd_validate(args: argparse.Namespace) -> None:
     from ..circuits.validate import format_validation, validate
 
-    result = validate(args.circuit_dir, args.run_dir, control=not args.no_control)
+    result = validate(args.circuit_dir, args.run_dir, control=not args.no_control, task=args.task)
     print(format_validation(result))
     if not result["evidence"]:
         sys.exit(EXIT_VALIDATION_FAILED)
@@ -37,7 +37,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
 def cmd_view(args: argparse.Namespace) -> None:
     from ..viewer import view
 
-    view(args.circuit_dir, args.out, args.run_dir, force=args.force)
+    view(args.circuit_dir, args.out, args.run_dir, force=args.force, task=args.task)
 
 
 def cmd_evolve(args: argparse.Namespace) -> None:
@@ -66,7 +66,8 @@ def cmd_explain(args: argparse.Namespace) -> None:
 def cmd_label(args: argparse.Namespace) -> None:
     from ..circuits.labels import format_labels, label_run
 
-    result, out = label_run(args.run_dir, args.node, args.circuit, args.tokens, args.data, args.threshold, args.out)
+    result, out = label_run(args.run_dir, args.node, args.circuit, args.tokens, args.data, args.threshold, args.out,
+                            force=args.force)
     if len(result["nodes"]) <= 200:
         print(format_labels(result))
     labelled = sum(bool(node["labels"]) for node in result["nodes"])
@@ -111,6 +112,7 @@ def register_validate(sub) -> None:
     p.add_argument("circuit_dir", metavar="CIRCUIT_DIR")
     p.add_argument("--run-dir", metavar="RUN_DIR", help="the model's run directory, if it moved")
     p.add_argument("--no-control", action="store_true", help="skip the shuffled-label pruning control")
+    p.add_argument("--task", metavar="FILE", help="the circuit's task file, if it moved (the same records)")
     p.set_defaults(func=cmd_validate)
 
 
@@ -121,6 +123,7 @@ def register_view(sub) -> None:
     p.add_argument("--out", metavar="HTML", help="where to write the page (default CIRCUIT_DIR/circuit.html)")
     p.add_argument("--run-dir", metavar="RUN_DIR", help="the model's run directory, if it moved")
     p.add_argument("--force", action="store_true", help="replace HTML and its .md twin if they exist")
+    p.add_argument("--task", metavar="FILE", help="the circuit's task file, if it moved (the same records)")
     p.set_defaults(func=cmd_view)
 
 
@@ -165,6 +168,7 @@ def register_label(sub) -> None:
     p.add_argument("--threshold", type=real(0, 1), default=0.6,
                    help="least strength of a label: 2 AUROC - 1 or |r| (default 0.6)")
     p.add_argument("--out", metavar="FILE", help="where to write the JSON (default CIRCUIT_DIR or RUN_DIR/labels.json)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_label)
 
 

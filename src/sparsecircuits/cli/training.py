@@ -22,6 +22,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ..config import load_config
     from ..rundir import Run
     from ..train.evaluation import evaluate_run
+    from ..train.runtime import TrainingInterrupted
     from ..train.trainer import train
 
     run_dir = Path(args.out)
@@ -33,6 +34,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     try:
         train(config, args.data, run_dir, resume=args.resume, stop_after=args.stop_after, force=args.force,
               dense_run=getattr(args, "dense", None), init_from=getattr(args, "init", None))
+    except TrainingInterrupted:  # the loop wrote its checkpoint and said so
+        sys.exit(130)
     except KeyboardInterrupt:  # outside the training loop, which checkpoints and says so itself
         print(f"interrupted outside the training loop: {run_dir} keeps the last checkpoint written, if any;"
               " continue with --resume, or start again with --force", file=sys.stderr)

@@ -19,10 +19,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import SparseCircuitsError
-from ..io import check_output_dir, directory_lock, iter_jsonl, staged_directory
+from ..io import check_output_dir, directory_lock, iter_jsonl, reserve_space, staged_directory
 
 EOT = "<|endoftext|>"
 MANIFEST = "manifest.json"
+DATA_ENTRIES = frozenset({MANIFEST, "tokenizer.json", "train.bin", "val.bin"})  # what `prepare --force` may replace
 TEXT_SUFFIXES = (".py", ".txt")
 MIN_VAL_TOKENS = 8192  # below this a validation loss is too noisy to compare runs by
 
@@ -183,7 +184,8 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 def _write_tokens(path: Path, token_lists: list[list[int]], eot_id: int) -> int:
     total = sum(len(t) + 1 for t in token_lists)
-    array = np.memmap(path, dtype=np.uint16, mode="w+", shape=(max(total, 1),))
+    reserve_space(path, 2 * max(total, 1))  # uint16 tokens
+    array = np.memmap(path, dtype=np.uint16, mode="r+", shape=(max(total, 1),))
     position = 0
     for tokens in token_lists:
         array[position : position + len(tokens)] = tokens
@@ -218,7 +220,8 @@ def prepare(
         raise SparseCircuitsError(f"--vocab-size {vocab_size} is out of range: use 257..65535 (byte-level BPE, uint16 tokens)")
     if not 0 < val_fraction < 1:
         raise SparseCircuitsError(f"validation fraction {val_fraction} must be in (0, 1)")
-    check_output_dir(out, "prepare", force)
+    check_output_dir(out, "prepare", force, replaces=DATA_ENTRIES,
+                     inputs=[("--corpus", source) for source in corpus if source not in ("stdlib", "simple-python")])
     with directory_lock(out):
         return _prepare(out, corpus, vocab_size, val_fraction, show_progress, generated_tokens, seed, simple_share)
 

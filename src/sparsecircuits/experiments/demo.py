@@ -34,7 +34,7 @@ from ..circuits.validate import not_evidence_reasons
 from ..config import load_config
 from ..data.prepare import MANIFEST, prepare
 from ..io import atomic_write_text, output_folder
-from ..rundir import METRICS_FILE, Run
+from ..rundir import METRICS_FILE, Run, read_metrics
 from ..tasks import HARD_FORMS, suite_tasks
 from ..tasks.audit import score_tasks
 from ..train.evaluation import evaluate_run
@@ -68,7 +68,7 @@ class Stages:
 
 
 def _val_losses(run_dir: Path) -> list[tuple[int, float]]:
-    records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
+    records = read_metrics(run_dir / METRICS_FILE)
     return [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
 
 

@@ -21,7 +21,7 @@ import torch
 from ..circuits.prune import TARGET_LOSS
 from ..config import NODE_SITE_KINDS, RESIDUAL_TOPK_KINDS, ModelConfig
 from ..errors import SparseCircuitsError
-from ..rundir import Run, as_run
+from ..rundir import RUN_ENTRIES, Run, as_run
 
 CONFIG_FILE = "beeg_config.json"
 WEIGHTS_FILE = "final_model.pt"
@@ -300,7 +300,8 @@ def import_openai(model_dir: str | Path, out: str | Path, tokenizer_path: str | 
     from ..rundir import CONFIG_FILE as RUN_CONFIG, MODEL_FILE, RUN_INFO_FILE, TOKENIZER_FILE, file_sha256, load_state_into, run_info
 
     model_dir, out = Path(model_dir), Path(out)
-    check_output_dir(out, "import-openai", force)
+    check_output_dir(out, "import-openai", force, replaces=RUN_ENTRIES,
+                     inputs=[("MODEL_DIR", model_dir), ("--tokenizer", tokenizer_path), ("--data", data_dir)])
     model_config, state, beeg = read_openai_model(model_dir)
     config = Config(model=model_config)
     config.validate()
@@ -334,7 +335,8 @@ def export_openai(run: Run | str | Path, out: str | Path, allow_eps_change: bool
     from ..rundir import TOKENIZER_FILE
 
     run, out = as_run(run), Path(out)
-    check_output_dir(out, "export-openai", force)
+    check_output_dir(out, "export-openai", force, replaces=frozenset({CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE}),
+                     inputs=[("RUN_DIR", run.path)])
     model = run.model()
     name = (run.info.get("imported_from") or {}).get("tokenizer_name") or f"sparsecircuits:{run.path.name}"
     beeg = openai_config_from_model(model.config, name, allow_eps_change)
@@ -351,12 +353,14 @@ def import_openai_circuit(viz_data: str | Path, run: Run | str | Path, task: str
     """The authors' published circuit (`viz_data.pt`: `circuit_data` maps a site to its kept channel
     indices) as our circuit directory on an imported run: nodes from `circuit_data`, edges recomputed
     from the run's weights, metrics measured on `task`'s test records with mean ablation."""
-    from ..circuits.circuit import ablation_values, load_task_splits
+    from ..circuits.circuit import CIRCUIT_ENTRIES, ablation_values, load_task_splits
     from ..circuits.prune import CircuitEvaluator, PruneSettings, circuit_record, write_circuit_dir
     from ..io import check_output_dir
 
     viz_path, out = Path(viz_data), Path(out)
-    check_output_dir(out, "import-openai-circuit", force)
+    check_output_dir(out, "import-openai-circuit", force, replaces=CIRCUIT_ENTRIES,
+                     inputs=[("VIZ_DATA", viz_path), ("--run", run if isinstance(run, (str, Path)) else run.path),
+                             ("--task", task if Path(task).is_file() else None), ("--data", data_dir)])
     if not viz_path.is_file():
         raise SparseCircuitsError(f"circuit file not found: {viz_path}")
     settings = PruneSettings(target_loss=target_loss)
@@ -384,7 +388,7 @@ def import_openai_circuit(viz_data: str | Path, run: Run | str | Path, task: str
     evaluator = CircuitEvaluator(model, splits, ablation_values(model, run, "mean", False, data_dir),
                                  settings.calibration_steps)
     scale = evaluator.calibrated(keep)[2]
-    record = circuit_record(run, model, task, splits, settings, keep, scale, evaluator, data_dir)
+    record = circuit_record(run, model, task, splits, settings, keep, scale, evaluator, data_dir, out)
     importances = viz.get("importances") if isinstance(viz.get("importances"), dict) else {}
     # their stored task losses sum both members of a pair: halved, they read like ours
     authors = {name: float(importances[key]) / 2 for name, key in (("loss_full_model", "loss"), ("loss_circuit", "interv_loss"))

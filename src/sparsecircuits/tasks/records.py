@@ -49,7 +49,7 @@ def read_jsonl_records(path: Path) -> list[dict]:
     if not path.is_file():
         raise SparseCircuitsError(f"task file not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark some editors write is dropped
     except UnicodeDecodeError as err:
         raise SparseCircuitsError(f"{path} is not UTF-8 text (byte {err.start} is not valid UTF-8): save the task file"
                                   " as UTF-8") from None
@@ -89,6 +89,12 @@ def task_records(name_or_path: str, warn: bool = True) -> tuple[str, dict[str, l
     for split in SPLITS:
         splits[split] = [r for i, r in enumerate(unique) if deal[(i // 2) % 5] == split and r["prompt"] not in seen]
         seen.update(r["prompt"] for r in splits[split])
+    short = [split for split in SPLITS if len(splits[split]) < MIN_RECORDS]
+    if short:
+        raise SparseCircuitsError(
+            f"{path} has {len(unique)} distinct records, which leave the {short[0]} split {len(splits[short[0]])},"
+            f" fewer than {MIN_RECORDS}: every split needs {MIN_RECORDS} records, and pairs are dealt 3 to train, 1 to"
+            f" choose and 1 to test, so a task file needs at least {5 * MIN_RECORDS} ({5 * MIN_RECORDS // 2} pairs)")
     repeated, leaked = len(records) - len(unique), len(unique) - sum(map(len, splits.values()))
     if (repeated or leaked) and warn:
         print(f"warning: task {path.stem}: dropped {repeated} repeated records and {leaked} held-out records whose"

@@ -69,6 +69,10 @@ def check_memory(config: Config, batch_rows: int, device: torch.device) -> None:
             " (train.batch_size, model.ctx_len) smaller")
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C handled by the training loop: the checkpoint is written and the loop said so."""
+
+
 class StopOnInterrupt:
     """The first Ctrl-C asks the loop to stop at the end of the current step (so the checkpoint
     is consistent); a second one interrupts at once."""

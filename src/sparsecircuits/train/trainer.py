@@ -22,12 +22,12 @@ from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparsity import apply_weight_topk, check_sparsity_budget, l0_fraction_at, sparse_parameters
 from ..io import atomic_save_tensors, atomic_write_text, check_output_dir, directory_lock, staged_directory, write_marker
-from ..bridges.bridge import BRIDGES_FILE, BridgedObjective, bridged_dense_run, dense_run_record
-from ..rundir import (CHECKPOINT, CONFIG_FILE, KEPT_INFO, METRICS_FILE, MODEL_FILE, RUN_INFO_FILE, TOKENIZER_FILE, Run,
-                      file_sha256, kept_dir, read_run_config, run_info)
+from ..bridges.bridge import BRIDGES_FILE, BridgedObjective, bridged_dense_run, check_bridgeable, dense_run_record
+from ..rundir import (CHECKPOINT, CONFIG_FILE, KEPT_INFO, METRICS_FILE, MODEL_FILE, RUN_ENTRIES, RUN_INFO_FILE, TOKENIZER_FILE, Run,
+                      file_sha256, kept_dir, read_metrics, read_run_config, run_info)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Distributed
-from .runtime import StopOnInterrupt, check_memory, keep_freed_memory
+from .runtime import StopOnInterrupt, TrainingInterrupted, check_memory, keep_freed_memory
 
 
 def resolve_device(name: str) -> torch.device:
@@ -131,12 +131,13 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, spar
     return loss.detach(), grad_rms
 
 
-def check_new_run_dir(run_dir: Path, force: bool) -> None:
-    """A fresh run may go into a missing or empty folder, or (with --force) a run directory."""
+def check_new_run_dir(run_dir: Path, force: bool, inputs=()) -> None:
+    """A fresh run may go into a missing or empty folder, or (with --force) a run directory; never
+    into, around or over what it reads (`inputs`: the data, the dense run, the run it starts from)."""
     if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
         raise SparseCircuitsError(f"{run_dir} already exists and is not empty: pass --resume to continue it,"
                                   " --force to start it again, or choose another --out")
-    check_output_dir(run_dir, "train", force)
+    check_output_dir(run_dir, "train", force, replaces=RUN_ENTRIES, inputs=inputs)
 
 
 def _checked_init_run(init_from: str | Path, run_dir: Path, model_cfg, data: TokenData, resume: bool) -> Run:
@@ -175,7 +176,7 @@ def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: boo
         if recorded["tokenizer_sha256"] != data.manifest["tokenizer_sha256"]:
             raise SparseCircuitsError(f"cannot resume {run_dir} on different data: its tokenizer differs from {data.directory}'s")
         return
-    check_new_run_dir(run_dir, force)
+    check_new_run_dir(run_dir, force, [("--data", data.directory)])
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -193,8 +194,8 @@ def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: boo
 def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop records written after the checkpoint so the log reads as one run."""
     if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        kept = [record for record in read_metrics(path) if record["step"] <= step]
+        atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
 def _data_for(run_dir: Path, resume: bool, dense_run: str | Path | None) -> Path | str:
@@ -238,8 +239,8 @@ def train(config: Config | None, data_dir: str | Path | None, run_dir: str | Pat
         config = read_run_config(run_dir)
     device = resolve_device(config.train.device)
     group = Distributed.from_environment(device)
-    if not resume and group.is_main:
-        check_new_run_dir(run_dir, force)  # before any work, the default data included
+    if not resume and group.is_main:  # before any work, the default data included
+        check_new_run_dir(run_dir, force, [("--data", data_dir), ("--dense", dense_run), ("--init", init_from)])
     data = TokenData(data_dir if data_dir is not None else _data_for(run_dir, resume, dense_run))
     dense_run = bridged_dense_run(run_dir, data, dense_run, resume) if dense_run or resume else None
     if config.train.compile and dense_run:
@@ -254,6 +255,8 @@ def train(config: Config | None, data_dir: str | Path | None, run_dir: str | Pat
             " set model.vocab_size=0 to take it from the tokenizer, or prepare data with that --vocab-size"
         )
     data.check_context(model_cfg.ctx_len)
+    if dense_run is not None:  # refused before the run directory is written
+        check_bridgeable(dense_run.config.model, model_cfg)
     if init_from is not None:
         init_from = _checked_init_run(init_from, run_dir, model_cfg, data, resume)
     if train_cfg.batch_size % group.world_size:
@@ -415,7 +418,7 @@ class Trainer:
                         if group.is_main:
                             print(f"interrupted at step {step}: checkpoint written to {self.run_dir / CHECKPOINT};"
                                   " continue with --resume", file=sys.stderr)
-                        raise KeyboardInterrupt
+                        raise TrainingInterrupted
                     return self.run_dir
         self.finish()
         return self.run_dir

@@ -21,7 +21,7 @@ from ..circuits.explain import node_examples
 from ..circuits.prune import CircuitEvaluator
 from ..circuits.validate import MAX_PER_NODE
 from ..errors import SparseCircuitsError
-from ..io import atomic_write_text, check_writable, directory_lock
+from ..io import atomic_write_text, check_output_file, directory_lock
 from ..rundir import Run
 from ..circuits.labels import label_nodes, read_labels
 
@@ -40,13 +40,13 @@ def _candidate_probs(model, task, hooks=None) -> torch.Tensor:
 
 
 def circuit_page_data(circuit_dir: str | Path, run: Run | str | Path | None = None, n_tokens: int = 16384,
-                      top: int = 6, show_progress: bool = True) -> dict:
+                      top: int = 6, show_progress: bool = True, task: str | Path | None = None) -> dict:
     """Everything the page shows: the circuit, validation, node examples and histograms, per-node
     ablation effects, and held-out examples with both models' probabilities."""
     circuit = Circuit.load(circuit_dir)
     run = circuit.open_run(run)
     model = run.model()
-    splits = load_task_splits(model, circuit.data["task_source"])
+    splits = load_task_splits(model, circuit.task_source(task))
     test = splits.test
     means = ablation_values(model, run, circuit.data["ablation"], show_progress, circuit.means_data)
     keep = circuit.keep(model)
@@ -188,24 +188,18 @@ def render_markdown(data: dict) -> str:
 
 
 def view(circuit_dir: str | Path, out: str | Path | None = None, run: Run | str | Path | None = None,
-         show_progress: bool = True, force: bool = False) -> Path:
+         show_progress: bool = True, force: bool = False, task: str | Path | None = None) -> Path:
     """Write circuit.html (default inside CIRCUIT_DIR) and circuit.md beside it. Files elsewhere
     that exist already are replaced only with `force`."""
-    out = Path(out) if out else Path(circuit_dir) / "circuit.html"
+    default = Path(circuit_dir) / "circuit.html"
+    out = Path(out) if out else default
     if out.is_dir():
         raise SparseCircuitsError(f"--out {out} is a folder: give the path of the HTML file to write, e.g. {out / 'circuit.html'}")
     if out.suffix.lower() not in (".html", ".htm"):
         raise SparseCircuitsError(f"--out {out} must end in .html (the Markdown summary is written beside it as .md)")
-    targets = [out, out.with_suffix(".md")]
-    ours = out.parent.resolve() == Path(circuit_dir).resolve() and out.name == "circuit.html"
-    existing = [t for t in targets if t.exists()]
-    if existing and not ours and not force:
-        raise SparseCircuitsError(f"{existing[0]} already exists: pass --force to replace it, or choose another --out")
-    for target in targets:
-        if target.is_dir():
-            raise SparseCircuitsError(f"{target} is a folder: choose another --out")
-        check_writable(target)
-    data = circuit_page_data(circuit_dir, run, show_progress=show_progress)
+    for target, own in ((out, default), (out.with_suffix(".md"), default.with_suffix(".md"))):
+        check_output_file(target, force, own)
+    data = circuit_page_data(circuit_dir, run, show_progress=show_progress, task=task)
     out.parent.mkdir(parents=True, exist_ok=True)
     with directory_lock(Path(circuit_dir)):
         atomic_write_text(out, render_html(data))
