@@ -175,3 +175,16 @@ def test_ctrl_c_in_train_says_one_thing(capsys, tmp_path, data_dir, monkeypatch)
     err = capsys.readouterr().err
     assert exit_info.value.code == 130 and err.count("interrupted") == 1 and "continue with --resume" in err
     assert (tmp_path / "run" / "checkpoint" / "state.json").is_file()
+
+
+def test_prepare_with_a_runs_tokenizer_makes_data_that_run_accepts(capsys, tmp_path, trained_run, corpus_dir):
+    from sparsecircuits.rundir import Run
+
+    out = tmp_path / "data"
+    main(["prepare", "--corpus", str(corpus_dir), "--tokenizer", str(trained_run), "--out", str(out)])
+    assert (out / "tokenizer.json").read_bytes() == (trained_run / "tokenizer.json").read_bytes()
+    assert Run.open(trained_run).data(out).manifest["tokenizer_sha256"] == Run.open(trained_run).info["tokenizer_sha256"]
+    fails(capsys, ["prepare", "--corpus", str(corpus_dir), "--tokenizer", str(trained_run), "--vocab-size", "300",
+                   "--out", str(tmp_path / "d2")], "drop --vocab-size")
+    fails(capsys, ["prepare", "--corpus", str(corpus_dir), "--tokenizer", str(tmp_path), "--out", str(tmp_path / "d3")],
+          "no tokenizer.json there")

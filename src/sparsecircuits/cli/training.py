@@ -14,8 +14,11 @@ from .args import force_argument, POSITIVE, NON_NEGATIVE, real, training_argumen
 def cmd_prepare(args: argparse.Namespace) -> None:
     from ..data.prepare import prepare
 
-    prepare(args.out, corpus=args.corpus, vocab_size=args.vocab_size, val_fraction=args.val_fraction, force=args.force,
-            generated_tokens=args.tokens, seed=args.seed, simple_share=args.simple_share)
+    if args.tokenizer is not None and args.vocab_size is not None:
+        raise SparseCircuitsError("--tokenizer brings its own vocabulary: drop --vocab-size")
+    prepare(args.out, corpus=args.corpus, vocab_size=args.vocab_size or 2048, val_fraction=args.val_fraction,
+            force=args.force, generated_tokens=args.tokens, seed=args.seed, simple_share=args.simple_share,
+            tokenizer=args.tokenizer)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -104,7 +107,10 @@ def register_prepare(sub) -> None:
     size.add_argument("--simple-share", type=real(0, 1, True, True), metavar="SHARE",
                       help="instead of --tokens: generate about this share of all training tokens as simple-python")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of the simple-python generator (default 0)")
-    p.add_argument("--vocab-size", type=POSITIVE, default=2048, help="BPE vocabulary size (default 2048)")
+    p.add_argument("--vocab-size", type=POSITIVE, help="BPE vocabulary size (default 2048)")
+    p.add_argument("--tokenizer", metavar="FILE_OR_DIR", help="tokenize with this tokenizer.json (or a run's or data"
+                                                              " folder's) as it is, instead of training a BPE: data for an"
+                                                              " imported model")
     p.add_argument("--val-fraction", type=real(0, 1, True, True), default=0.02, help="fraction of files held out for validation (default 0.02)")
     force_argument(p, "DATA_DIR", "prepare")
     p.set_defaults(func=cmd_prepare)

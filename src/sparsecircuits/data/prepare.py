@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import sysconfig
 from dataclasses import dataclass, field
@@ -206,11 +207,13 @@ def prepare(
     generated_tokens: int = DEFAULT_GENERATED_TOKENS,
     seed: int = 0,
     simple_share: float | None = None,
+    tokenizer: str | Path | None = None,
 ) -> dict:
     """Build a data directory from `corpus`: paths and the named corpora `stdlib` and `simple-python`
     (about `generated_tokens` tokens of generated programs, deterministic in `seed`, or about
     `simple_share` of all training tokens); default `DEFAULT_CORPUS` with `DEFAULT_SIMPLE_SHARE`.
-    Returns the manifest."""
+    `tokenizer`: use this `tokenizer.json` (or a run's or data folder's) as it is, byte for byte,
+    instead of training one: data for an imported model. Returns the manifest."""
     out = Path(out)
     if not corpus:
         corpus, simple_share = DEFAULT_CORPUS, (DEFAULT_SIMPLE_SHARE or None) if simple_share is None else simple_share
@@ -220,14 +223,32 @@ def prepare(
         raise SparseCircuitsError(f"--vocab-size {vocab_size} is out of range: use 257..65535 (byte-level BPE, uint16 tokens)")
     if not 0 < val_fraction < 1:
         raise SparseCircuitsError(f"validation fraction {val_fraction} must be in (0, 1)")
+    tokenizer_file = _given_tokenizer(tokenizer) if tokenizer is not None else None
     check_output_dir(out, "prepare", force, replaces=DATA_ENTRIES,
-                     inputs=[("--corpus", source) for source in corpus if source not in ("stdlib", "simple-python")])
+                     inputs=[("--corpus", source) for source in corpus if source not in ("stdlib", "simple-python")]
+                     + [("--tokenizer", tokenizer_file)])
     with directory_lock(out):
-        return _prepare(out, corpus, vocab_size, val_fraction, show_progress, generated_tokens, seed, simple_share)
+        return _prepare(out, corpus, vocab_size, val_fraction, show_progress, generated_tokens, seed, simple_share,
+                        tokenizer_file)
+
+
+def _given_tokenizer(path: str | Path) -> Path:
+    """A tokenizer.json, or the one in a run or data folder, checked to load and to separate documents."""
+    from .dataset import load_tokenizer
+
+    path = Path(path)
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.is_file():
+        raise SparseCircuitsError(f"--tokenizer {path}: no tokenizer.json there; give the file, or the run or data"
+                                  " folder holding it")
+    if load_tokenizer(file).token_to_id(EOT) is None:
+        raise SparseCircuitsError(f"--tokenizer {file} has no {EOT} token, which separates documents in the token"
+                                  " arrays: give a tokenizer that has one")
+    return file
 
 
 def _prepare(out: Path, corpus: list[str | Path], vocab_size: int, val_fraction: float, show_progress: bool,
-             generated_tokens: int, seed: int, simple_share: float | None) -> dict:
+             generated_tokens: int, seed: int, simple_share: float | None, tokenizer_file: Path | None) -> dict:
     say = print if show_progress else (lambda *a, **k: None)
     say(f"reading {', '.join(map(str, corpus))}", file=sys.stderr)
     scan, parts = scan_sources(corpus, generated_tokens, seed, simple_share)
@@ -244,16 +265,25 @@ def _prepare(out: Path, corpus: list[str | Path], vocab_size: int, val_fraction:
         raise SparseCircuitsError("the corpus has a single document: give at least two so training and validation can be split")
     say(f"{len(scan.documents)} documents ({len(train_docs)} train, {len(val_docs)} validation); "
         f"skipped {scan.duplicates} duplicates, {scan.empty} empty, {len(scan.undecodable)} undecodable", file=sys.stderr)
-    say(f"training a byte-level BPE with {vocab_size} tokens", file=sys.stderr)
-    tokenizer = train_tokenizer([d.text for d in train_docs], vocab_size)
+    if tokenizer_file is not None:
+        from .dataset import load_tokenizer
+
+        say(f"tokenizing with {tokenizer_file}", file=sys.stderr)
+        tokenizer = load_tokenizer(tokenizer_file)
+    else:
+        say(f"training a byte-level BPE with {vocab_size} tokens", file=sys.stderr)
+        tokenizer = train_tokenizer([d.text for d in train_docs], vocab_size)
     eot_id = tokenizer.token_to_id(EOT)
     warnings = []
-    if tokenizer.get_vocab_size() < 0.9 * vocab_size:
+    if tokenizer_file is None and tokenizer.get_vocab_size() < 0.9 * vocab_size:
         warnings.append(f"the tokenizer learned only {tokenizer.get_vocab_size()} of the {vocab_size} tokens asked for:"
                         " the corpus is too small for more merges; give a larger corpus or a smaller --vocab-size")
 
     with staged_directory(out, command="prepare") as staging:
-        tokenizer.save(str(staging / "tokenizer.json"))
+        if tokenizer_file is not None:  # as it is, so its digest is the run's
+            shutil.copyfile(tokenizer_file, staging / "tokenizer.json")
+        else:
+            tokenizer.save(str(staging / "tokenizer.json"))
         files, counts = [], {}
         for split, docs in (("train", train_docs), ("val", val_docs)):
             token_lists = []
