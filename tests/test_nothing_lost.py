@@ -188,3 +188,60 @@ def test_prepare_with_a_runs_tokenizer_makes_data_that_run_accepts(capsys, tmp_p
                    "--out", str(tmp_path / "d2")], "drop --vocab-size")
     fails(capsys, ["prepare", "--corpus", str(corpus_dir), "--tokenizer", str(tmp_path), "--out", str(tmp_path / "d3")],
           "no tokenizer.json there")
+
+
+OPENAI = Path(__file__).parent / "fixtures" / "openai" / "relu_mlp_and_residual"
+
+
+def _edit_json(path: Path, change) -> None:
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+
+# Each case: (file to damage, how, the command that reads it, the message naming the field)
+DAMAGED = [
+    ("R/config.json", lambda p: p.write_text("null"), ["eval", "@R"], "config.json: the file must be an object"),
+    ("R/config.json", lambda p: p.write_bytes(os.urandom(64)), ["eval", "@R"], "config.json is not valid JSON"),
+    ("R/run.json", lambda p: _edit_json(p, lambda d: {**d, "data": 5}), ["eval", "@R"], "run.json: data must be a string or null"),
+    ("R/data/manifest.json", lambda p: p.write_text("[]"), ["eval", "@R", "--data", "@R/data"], "the file must be an object"),
+    ("R/data/manifest.json", lambda p: _edit_json(p, lambda d: {k: v for k, v in d.items() if k != "vocab_size"}),
+     ["eval", "@R", "--data", "@R/data"], "'vocab_size' is missing"),
+    ("R/data/val.bin", lambda p: p.write_bytes(b"\xff\xff" * (p.stat().st_size // 2)), ["eval", "@R", "--data", "@R/data"],
+     "outside the"),
+    ("R/checkpoint/state.json", lambda p: p.write_text("{}"), ["train", "--out", "@R", "--resume"], "'step' is missing"),
+    ("R/checkpoint/state.json", lambda p: _edit_json(p, lambda d: {**d, "step": "20"}), ["train", "--out", "@R", "--resume"],
+     "step must be a whole number >= 0"),
+    ("R/checkpoint/state.json", lambda p: _edit_json(p, lambda d: {**d, "step": -5}), ["train", "--out", "@R", "--resume"],
+     "step must be a whole number >= 0"),
+    ("C/circuit.json", lambda p: p.write_text("[]"), ["validate", "@C"], "the file must be an object"),
+    ("C/circuit.json", lambda p: _edit_json(p, lambda d: {**d, "nodes": [{"site": "0.attn.q", "index": "3"}]}),
+     ["validate", "@C"], "nodes[0].index must be a whole number"),
+    ("C/circuit.json", lambda p: _edit_json(p, lambda d: {**d, "nodes": [{"site": "0.attn.q", "index": 3.5}]}),
+     ["view", "@C"], "nodes[0].index must be a whole number"),
+    ("C/circuit.json", lambda p: _edit_json(p, lambda d: {k: v for k, v in d.items() if k != "model"}),
+     ["validate", "@C"], "'model' is missing"),
+    ("C/validation.json", lambda p: p.write_text('{"sufficient": tr'), ["view", "@C"], "validation.json is not valid JSON"),
+    ("M/beeg_config.json", lambda p: _edit_json(p, lambda d: {**d, "d_mlp": 64.0}), ["import-openai", "@M", "--out", "@tmp/i"],
+     "d_mlp must be a whole number >= 1"),
+    ("M/tokenizer.json", lambda p: p.write_text("{not json"), ["import-openai", "@M", "--out", "@tmp/i"],
+     "is not a valid tokenizer.json"),
+]
+
+
+@pytest.mark.parametrize("target, damage, argv, message", DAMAGED, ids=[f"{t} ({m})" for t, _, _, m in DAMAGED])
+def test_a_damaged_file_is_one_error_naming_the_file_and_the_field(capsys, world, target, damage, argv, message):
+    shutil.copytree(OPENAI, world["tmp"] / "M")
+    (world["tmp"] / "M" / "tokenizer.json").write_text((world["T"] / "tokenizer.json").read_text())
+    world["M"] = world["tmp"] / "M"
+    if not (world["C"] / "validation.json").is_file():
+        (world["C"] / "validation.json").write_text("{}")
+    name, _, rest = target.partition("/")
+    damage(world[name] / rest)
+    fails(capsys, _argv(argv, world), message)
+
+
+def test_a_damaged_labels_file_is_labelled_again(world):
+    from sparsecircuits.circuits.labels import read_labels
+
+    labels = world["C"] / "labels.json"
+    labels.write_text(json.dumps({"weights_sha256": "x", "threshold": 0.6, "tokens_read": 1}))
+    assert read_labels(world["C"], "x") is None

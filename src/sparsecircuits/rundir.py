@@ -30,8 +30,10 @@ from typing import Any
 import torch
 
 from .config import Config
+from . import schemas
 from .errors import SparseCircuitsError
 from .model.gpt import SparseGPT
+from .schemas import read_json
 
 CONFIG_FILE = "config.json"
 RUN_INFO_FILE = "run.json"
@@ -76,14 +78,11 @@ def run_info(final_run_dir: Path, data_dir: str | Path | None, tokenizer_sha256:
 
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     """run.json: the data directory and the tokenizer hash recorded when the run was made."""
-    try:
-        info = json.loads((Path(run_dir) / RUN_INFO_FILE).read_text())
-        if isinstance(info.get("tokenizer_sha256"), str):
-            return info
-    except (OSError, ValueError, AttributeError):
-        pass
-    raise SparseCircuitsError(f"{run_dir}/{RUN_INFO_FILE} is missing or damaged: it records which tokenizer the run"
-                              " was trained with, so the run cannot be checked; train it again")
+    path = Path(run_dir) / RUN_INFO_FILE
+    fix = "it records which tokenizer the run was trained with, so the run cannot be checked; train it again"
+    if not path.is_file():
+        raise SparseCircuitsError(f"{path} is missing: {fix}")
+    return read_json(path, schemas.RUN_INFO, fix)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -118,10 +117,7 @@ def read_run_config(run_dir: str | Path) -> Config:
                                       " on it (the folder `sparsecircuits train --out` wrote)")
         raise SparseCircuitsError(f"{run_dir} is not a run directory (no {CONFIG_FILE}): train one with `sparsecircuits"
                                   " train` or import one with `sparsecircuits import-openai`")
-    try:
-        return Config.from_dict(json.loads(path.read_text()), origin=str(path))
-    except json.JSONDecodeError:
-        raise SparseCircuitsError(f"{path} is not valid JSON: the run directory is damaged") from None
+    return Config.from_dict(read_json(path, {}, "the run directory is damaged; train it again"), origin=str(path))
 
 
 def load_state_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
@@ -177,11 +173,8 @@ class Run:
             kept = ", ".join(map(str, self.kept_steps())) or "none"
             raise SparseCircuitsError(f"{self.path} kept no model at step {step} (kept steps: {kept}): train with"
                                       " --set train.keep_every=N to keep models during training")
-        try:
-            kept_info = json.loads((folder / KEPT_INFO).read_text())
-            recorded = (kept_info["run_id"], kept_info["config_hash"], kept_info["weights_sha256"], kept_info["step"])
-        except (OSError, ValueError, KeyError, TypeError):
-            raise SparseCircuitsError(f"{folder}/{KEPT_INFO} is damaged: delete {folder}") from None
+        kept_info = read_json(folder / KEPT_INFO, schemas.KEPT_MODEL, f"delete {folder}")
+        recorded = (kept_info["run_id"], kept_info["config_hash"], kept_info["weights_sha256"], kept_info["step"])
         if recorded[:2] != (self.info.get("run_id"), self.config.hash()) or recorded[3] != step:
             raise SparseCircuitsError(f"{folder} was kept by another run than {self.path}: delete it")
         if file_sha256(folder / MODEL_FILE) != recorded[2]:

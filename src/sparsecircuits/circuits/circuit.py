@@ -17,10 +17,12 @@ from pathlib import Path
 
 import torch
 
+from .. import schemas
 from ..errors import SparseCircuitsError
 from ..io import load_tensors
 from ..model.gpt import SparseGPT
 from ..rundir import Run, as_run
+from ..schemas import read_json
 from ..tasks.records import TaskSplits, task_records
 from ..tasks.records import load_task_splits as _load_task_splits
 from .masks import ablation_hooks
@@ -72,11 +74,7 @@ class Circuit:
         path = directory / CIRCUIT_FILE
         if not path.is_file():
             raise SparseCircuitsError(f"{directory} holds no circuit ({CIRCUIT_FILE} is missing): make one with `sparsecircuits prune`")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise SparseCircuitsError(f"{path} is not valid JSON: prune the task again") from None
-        return cls(directory, data)
+        return cls(directory, read_json(path, schemas.CIRCUIT, "prune the task again"))
 
     task = property(lambda self: self.data["task"])
     nodes = property(lambda self: self.data["nodes"])

@@ -33,12 +33,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ..concepts import PYTHON_CONCEPTS, Concept, SourceFacts, token_values
+from .. import schemas
 from ..config import SparsityConfig
 from ..data.dataset import TokenData
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparsity import sparse_parameters
 from ..rundir import Run, as_run
+from ..schemas import problem
 
 DEFAULT_THRESHOLD = 0.6  # AUROC 0.8, or |r| 0.6
 NODE_CHUNK = 512  # nodes scored at once (bounds the memory of the rank tensors)
@@ -342,4 +344,5 @@ def read_labels(directory: str | Path, weights_sha256: str) -> dict | None:
         result = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return result if isinstance(result, dict) and result.get("weights_sha256") == weights_sha256 else None
+    # a damaged file is a stale cache: labelled again
+    return result if problem(result, schemas.LABELS) is None and result["weights_sha256"] == weights_sha256 else None

@@ -30,9 +30,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .. import schemas
 from ..errors import SparseCircuitsError
 from ..model.sparse_kernels import sparse_weight_kernels
 from ..rundir import Run
+from ..schemas import read_json
 from ..tasks.nonsense import nonsense_rule
 from ..tasks.records import SPLITS, TaskSplits, TokenizedTask, task_loss, task_loss_interval, task_records, tokenize_records
 from ..io import atomic_write_text, check_writable, directory_lock
@@ -150,12 +152,21 @@ def controls(result: dict) -> dict[str, dict]:
     return out
 
 
+VALIDATION_FILE = "validation.json"
+
+
+def read_validation(circuit_dir: str | Path) -> dict | None:
+    """A circuit's validation.json (None before `validate` ran), checked before use."""
+    path = Path(circuit_dir) / VALIDATION_FILE
+    return read_json(path, schemas.VALIDATION, "validate the circuit again") if path.is_file() else None
+
+
 def validate(circuit_dir: str | Path, run: Run | str | Path | None = None, control: bool = True,
              show_progress: bool = True, max_per_node: int = MAX_PER_NODE, task: str | Path | None = None) -> dict:
     """Sufficiency, necessity, random and shuffled-label controls, and each node's ablation effect
     (skipped above `max_per_node` nodes: such a circuit is not one to read node by node)."""
     circuit = Circuit.load(circuit_dir)
-    check_writable(Path(circuit_dir) / "validation.json", "CIRCUIT_DIR")
+    check_writable(Path(circuit_dir) / VALIDATION_FILE, "CIRCUIT_DIR")
     run = circuit.open_run(run)
     task_source = circuit.task_source(task)
     with directory_lock(Path(circuit_dir)):
@@ -204,7 +215,7 @@ def _validate(circuit: Circuit, run: Run, task_source: str, control: bool, show_
                              "loss_circuit_without_node": float(task_loss(evaluator.logits(without) * scale)),
                              "loss_full_model_without_node": float(task_loss(evaluator.logits(alone)))})
         result["per_node"] = per_node
-    atomic_write_text(Path(circuit_dir) / "validation.json", json.dumps(result, indent=1))
+    atomic_write_text(Path(circuit_dir) / VALIDATION_FILE, json.dumps(result, indent=1))
     return result
 
 

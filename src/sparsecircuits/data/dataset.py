@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import schemas
 from ..errors import SparseCircuitsError
+from ..schemas import read_json
 from .prepare import DEFAULT_SIMPLE_SHARE, MANIFEST, default_corpus_root, prepare
 
 
@@ -37,10 +38,7 @@ class TokenData:
             raise SparseCircuitsError(
                 f"{self.directory} is not a prepared data directory (no {MANIFEST}): run `sparsecircuits prepare --out {self.directory}`"
             )
-        try:
-            self.manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError:
-            raise SparseCircuitsError(f"{manifest_path} is corrupted: prepare the data again") from None
+        self.manifest = read_json(manifest_path, schemas.MANIFEST, "prepare the data again")
         self.tokenizer_path = self.directory / "tokenizer.json"
         digest = hashlib.sha256(self.tokenizer_path.read_bytes()).hexdigest() if self.tokenizer_path.is_file() else None
         if digest != self.manifest.get("tokenizer_sha256"):
@@ -54,6 +52,9 @@ class TokenData:
             if not path.is_file() or path.stat().st_size != 2 * expected:
                 raise SparseCircuitsError(f"{path} is missing or truncated: prepare the data again")
             self.splits[split] = np.memmap(path, dtype=np.uint16, mode="r")
+            if expected and int(self.splits[split].max()) >= self.vocab_size:
+                raise SparseCircuitsError(f"{path} holds token id {int(self.splits[split].max())}, outside the"
+                                          f" {self.vocab_size}-token vocabulary of {MANIFEST}: prepare the data again")
 
     def tokenizer(self):
         return load_tokenizer(self.tokenizer_path)

@@ -28,9 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..circuits.labels import LABELS_FILE, label_run, read_labels
+from ..circuits.labels import label_run, read_labels
 from ..circuits.prune import TARGET_LOSS, PruneSettings
-from ..circuits.validate import not_evidence_reasons
+from ..circuits.validate import not_evidence_reasons, read_validation
 from ..config import load_config
 from ..data.prepare import MANIFEST, prepare
 from ..io import atomic_write_text, output_folder
@@ -148,7 +148,7 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
 
     def validate_all():
         for task in sparse_tasks:
-            if not (circuit_dir("sparse", task) / "validation.json").is_file():
+            if read_validation(circuit_dir("sparse", task)) is None:
                 validate(circuit_dir("sparse", task), runs["sparse"], control=control)
 
     def label_all():
@@ -196,8 +196,7 @@ def claim_a(out: Path, runs: dict[str, Run], losses: dict, flagged: dict, target
                 for model in ("sparse", dense):
                     directory = circuit_dir(model, task, target)
                     circuit = prune_or_reuse(runs[model], task, directory, dataclasses.replace(settings, target_loss=target))
-                    validation_file = directory / "validation.json"
-                    validation = json.loads(validation_file.read_text()) if validation_file.is_file() else None
+                    validation = read_validation(directory)
                     evidence, why = circuit_is_evidence(circuit.metrics, target, validation)
                     circuits[model][Path(task).stem] = {"edges": circuit.metrics["n_edges"],
                                                         "nodes": circuit.metrics["n_nodes"], "evidence": evidence, "why": why}
@@ -242,7 +241,7 @@ def evolve_smallest(out: Path, run: Run, sparse_tasks: list[str], circuit_dir, s
         return {"skipped": "the sparse model kept no models during training (trained before train.keep_every)"}
     if not sparse_tasks:
         return {"skipped": "the sparse model does no task to the target"}
-    validations = {t: json.loads((circuit_dir("sparse", t) / "validation.json").read_text()) for t in sparse_tasks}
+    validations = {t: read_validation(circuit_dir("sparse", t)) for t in sparse_tasks}
     task = min(sparse_tasks, key=lambda t: (not validations[t]["evidence"], validations[t]["n_edges"]))
     folder = out / "evolution" / Path(task).stem
     result = evolve(run, task, folder, settings, control=False)
@@ -261,8 +260,8 @@ def write_report(out: Path, runs: dict[str, Run], evolution: dict, sparse_tasks:
     for task in sparse_tasks:
         directory = circuit_dir("sparse", task)
         circuit = json.loads((directory / "circuit.json").read_text())
-        validation = json.loads((directory / "validation.json").read_text())
-        labels = json.loads((directory / LABELS_FILE).read_text())["nodes"]
+        validation = read_validation(directory)
+        labels = read_labels(directory, runs["sparse"].weights_sha256)["nodes"]  # label_all wrote them for these weights
         circuits[Path(task).stem] = {
             "task_loss": losses["sparse"][task],
             "nodes": circuit["metrics"]["n_nodes"], "edges": circuit["metrics"]["n_edges"],

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..circuits.circuit import Circuit, load_task_splits
 from ..circuits.prune import PruneSettings, prune_or_reuse
-from ..circuits.validate import validate
+from ..circuits.validate import read_validation, validate
 from ..errors import SparseCircuitsError
 from ..io import atomic_write_text, output_folder
 from ..model.sparsity import count_nonzeros, sparse_parameters
@@ -49,11 +49,8 @@ def checkpoint_row(view: Run, task: str, circuit_dir: Path, settings: PruneSetti
         loss = evaluate_task(model, load_task_splits(model, task).test)["loss"]
         return {**row, "task_loss": loss, "reached": False, "n_nodes": None, "n_edges": None, "loss_circuit": None,
                 "controls": None, "evidence": False, "why": str(err)}
-    validation_file = circuit_dir / "validation.json"
-    if validation_file.is_file():  # prune_or_reuse kept the circuit, so its validation stands
-        validation = json.loads(validation_file.read_text())
-    else:
-        validation = validate(circuit_dir, view, control=control, show_progress=show_progress)
+    # prune_or_reuse kept the circuit, so its validation stands
+    validation = read_validation(circuit_dir) or validate(circuit_dir, view, control=control, show_progress=show_progress)
     m = circuit.metrics
     return {**row, "task_loss": m["loss_full_model"], "reached": bool(validation["sufficient"]),
             "n_nodes": m["n_nodes"], "n_edges": m["n_edges"], "loss_circuit": m["loss_circuit"],

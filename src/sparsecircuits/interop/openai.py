@@ -21,7 +21,9 @@ import torch
 from ..circuits.prune import TARGET_LOSS
 from ..config import NODE_SITE_KINDS, RESIDUAL_TOPK_KINDS, ModelConfig
 from ..errors import SparseCircuitsError
+from .. import schemas
 from ..rundir import RUN_ENTRIES, Run, as_run
+from ..schemas import read_json
 
 CONFIG_FILE = "beeg_config.json"
 WEIGHTS_FILE = "final_model.pt"
@@ -192,10 +194,7 @@ def read_openai_model(model_dir: str | Path):
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (model_dir / name).is_file():
             raise SparseCircuitsError(f"{model_dir} is not a released model folder: {name} is missing")
-    try:
-        beeg = json.loads((model_dir / CONFIG_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SparseCircuitsError(f"{model_dir / CONFIG_FILE} is not valid JSON ({err})") from None
+    beeg = read_json(model_dir / CONFIG_FILE, schemas.OPENAI_CONFIG, "the folder is not a released model, or it is damaged")
     config = model_config_from_openai(beeg)
     state = state_dict_from_openai(load_openai_state(model_dir / WEIGHTS_FILE), config, model_dir / WEIGHTS_FILE)
     return config, state, beeg
@@ -270,6 +269,7 @@ def _tokenizer_for_import(model_dir: Path, tokenizer_path: str | Path | None, to
     """A tokenizer.json file, a folder holding one, or a data-gym folder (vocab.bpe + encoder.json)."""
     from tokenizers import Tokenizer
 
+    from ..data.dataset import load_tokenizer
     from .datagym import tokenizer_from_datagym
 
     candidates = [Path(tokenizer_path)] if tokenizer_path is not None else [model_dir]
@@ -280,7 +280,7 @@ def _tokenizer_for_import(model_dir: Path, tokenizer_path: str | Path | None, to
             except Exception as err:
                 raise SparseCircuitsError(f"{path} is not a tokenizers JSON file ({str(err)[:120]})") from None
         if (path / "tokenizer.json").is_file():
-            return Tokenizer.from_file(str(path / "tokenizer.json"))
+            return load_tokenizer(path / "tokenizer.json")
         if (path / "vocab.bpe").is_file() or (path / "encoder.json").is_file():
             return tokenizer_from_datagym(path)
     if tokenizer_path is not None:

@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 
+from .. import schemas
 from ..errors import SparseCircuitsError
+from ..schemas import read_json
 from ..io import atomic_save_tensors, atomic_write_text, load_tensors, staged_directory
 from ..rundir import CHECKPOINT, MODEL_FILE, load_state_into
 
@@ -42,10 +44,7 @@ def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     directory = run_dir / CHECKPOINT
     if not (directory / "state.json").is_file():
         raise SparseCircuitsError(f"{run_dir} has no checkpoint to resume from: start it again without --resume")
-    try:
-        state = json.loads((directory / "state.json").read_text())
-    except json.JSONDecodeError:
-        raise SparseCircuitsError(f"{directory / 'state.json'} is corrupted: start the run again without --resume") from None
+    state = read_json(directory / "state.json", schemas.CHECKPOINT_STATE, "start the run again with --force")
     load_state_into(model, load_tensors(directory / MODEL_FILE), directory / MODEL_FILE)
     for file_name, module in (extra or {}).items():
         if not (directory / file_name).is_file():

@@ -19,7 +19,7 @@ import torch
 from ..circuits.circuit import Circuit, ablation_values, load_task_splits
 from ..circuits.explain import node_examples
 from ..circuits.prune import CircuitEvaluator
-from ..circuits.validate import MAX_PER_NODE
+from ..circuits.validate import MAX_PER_NODE, read_validation
 from ..errors import SparseCircuitsError
 from ..io import atomic_write_text, check_output_file, directory_lock
 from ..rundir import Run
@@ -50,8 +50,7 @@ def circuit_page_data(circuit_dir: str | Path, run: Run | str | Path | None = No
     test = splits.test
     means = ablation_values(model, run, circuit.data["ablation"], show_progress, circuit.means_data)
     keep = circuit.keep(model)
-    validation_path = Path(circuit_dir) / "validation.json"
-    validation = json.loads(validation_path.read_text()) if validation_path.is_file() else None
+    validation = read_validation(circuit_dir)
     if validation is not None or len(circuit.nodes) > MAX_PER_NODE:
         ablation = {f"{r['site']}:{r['index']}": r for r in (validation or {}).get("per_node", [])}
     else:  # the full model's loss with each node ablated alone: cheap, and the page needs it

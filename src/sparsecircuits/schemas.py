@@ -1,0 +1,103 @@
+"""The JSON files sparsecircuits reads, each with its schema, checked in one place before use: a
+damaged or hand-edited file is one error naming the file and the field, never a traceback.
+
+A schema is a `Kind` (what one value must be), a dict of keys (`Optional(kind)` for keys a file may
+lack; other keys are allowed), or a one-element list (every item of a list).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import SparseCircuitsError
+
+
+@dataclass(frozen=True)
+class Kind:
+    what: str
+    test: Callable[[Any], bool]
+
+
+@dataclass(frozen=True)
+class Optional:
+    kind: Any
+
+
+_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+_number = lambda v: (_int(v) or isinstance(v, float)) and math.isfinite(v)
+STRING = Kind("a string", lambda v: isinstance(v, str))
+STRING_OR_NULL = Kind("a string or null", lambda v: v is None or isinstance(v, str))
+INTEGER = Kind("an integer", _int)
+COUNT = Kind("a whole number >= 0", lambda v: _int(v) and v >= 0)
+POSITIVE = Kind("a whole number >= 1", lambda v: _int(v) and v >= 1)
+NUMBER = Kind("a finite number", _number)
+NUMBER_OR_NULL = Kind("a finite number or null", lambda v: v is None or _number(v))
+BOOLEAN = Kind("true or false", lambda v: isinstance(v, bool))
+OBJECT = Kind("an object", lambda v: isinstance(v, dict))
+
+RUN_INFO = {"tokenizer_sha256": STRING, "data": Optional(STRING_OR_NULL), "data_relative": Optional(STRING_OR_NULL),
+            "config_hash": Optional(STRING), "run_id": Optional(STRING_OR_NULL)}
+MANIFEST = {"vocab_size": POSITIVE, "eot_id": COUNT, "tokenizer_sha256": STRING, "tokens": {"train": COUNT, "val": COUNT}}
+CHECKPOINT_STATE = {"step": COUNT, "param_groups": [OBJECT], "optimizer_scalars": OBJECT}
+KEPT_MODEL = {"step": COUNT, "val_loss": NUMBER, "l0_fraction": NUMBER, "weights_sha256": STRING,
+              "config_hash": STRING, "run_id": STRING_OR_NULL}
+NODE = {"site": STRING, "index": COUNT}
+CIRCUIT = {"task": STRING, "task_source": STRING, "target_loss": NUMBER, "ablation": STRING,
+           "model": {"run_dir": STRING, "weights_sha256": STRING, "step": Optional(COUNT)},
+           "nodes": [NODE], "edges": [{"src": NODE, "dst": NODE, "kind": STRING, "weight": NUMBER}], "metrics": OBJECT,
+           "settings": OBJECT}
+# The authors' GPTConfig: its optional widths (the required sizes and every key's name are checked on import).
+_WIDTH = Optional(Kind("a whole number >= 1 or null", lambda v: v is None or (_int(v) and v >= 1)))
+OPENAI_CONFIG = {"d_head": _WIDTH, "d_mlp": _WIDTH, "n_mlp": _WIDTH}
+VALIDATION = {"sufficient": BOOLEAN, "necessary": BOOLEAN, "evidence": BOOLEAN, "loss_circuit": NUMBER,
+              "loss_circuit_ablated": NUMBER, "n_edges": COUNT, "controls": OBJECT}
+LABELS = {"weights_sha256": STRING, "threshold": NUMBER, "tokens_read": COUNT,
+          "nodes": [{"site": STRING, "index": COUNT, "labels": [OBJECT]}]}
+
+
+def problem(value: Any, schema: Any, where: str = "") -> str | None:
+    """What is wrong with `value` against `schema` ('field x.y must be ...'), or None."""
+    here = where or "the file"
+    if isinstance(schema, Kind):
+        return None if schema.test(value) else f"{here} must be {schema.what}, not {json.dumps(value)[:40]}"
+    if isinstance(schema, list):
+        if not isinstance(value, list):
+            return f"{here} must be a list"
+        for i, item in enumerate(value):
+            found = problem(item, schema[0], f"{where}[{i}]")
+            if found:
+                return found
+        return None
+    if not isinstance(value, dict):
+        return f"{here} must be an object"
+    for key, kind in schema.items():
+        optional = isinstance(kind, Optional)
+        if key not in value:
+            if optional:
+                continue
+            return f"'{where + '.' if where else ''}{key}' is missing"
+        found = problem(value[key], kind.kind if optional else kind, f"{where + '.' if where else ''}{key}")
+        if found:
+            return found
+    return None
+
+
+def check(value: Any, schema: Any, path: str | Path, fix: str) -> Any:
+    found = problem(value, schema)
+    if found:
+        raise SparseCircuitsError(f"{path}: {found}: {fix}")
+    return value
+
+
+def read_json(path: str | Path, schema: Any, fix: str) -> Any:
+    """The JSON file at `path`, checked against `schema`; `fix` says what to do when it is damaged."""
+    try:
+        value = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise SparseCircuitsError(f"{path} is not valid JSON (damaged or cut short): {fix}") from None
+    return check(value, schema, path, fix)
