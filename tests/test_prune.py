@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from sparsecircuits.circuits import Circuit, validate
 from sparsecircuits.circuits.validate import format_validation
@@ -176,3 +177,37 @@ def test_a_cached_circuit_is_reused_only_for_the_same_records_and_settings(task_
     again = prune_or_reuse(run, str(records), out, settings, show_progress=False)
     assert (out / "circuit.json").stat().st_mtime_ns != stamp
     assert again.data["records_sha256"] != first.data["records_sha256"]
+
+
+def test_gradients_at_sites_match_a_finite_difference(task_run):
+    from sparsecircuits.rundir import Run
+
+    model = Run.open(task_run[0]).model()
+    tokens = torch.randint(0, model.config.vocab_size, (2, 12))
+    site = "0.mlp.post_act"
+    logits, cache, grads = model.run_with_cache(tokens, [site, "1.resid_in"], backward=lambda out: out[:, -1, 5].sum())
+    assert set(grads) == {site, "1.resid_in"} and grads[site].shape == cache[site].shape
+    torch.testing.assert_close(logits, model(tokens), rtol=0, atol=0)  # the zero added at each site changes nothing
+    assert all(p.grad is None for p in model.parameters())
+    # nudge one active unit: the logit moves by the gradient times the nudge
+    batch, position, unit = (cache[site] != 0).nonzero()[0].tolist()
+    nudge = torch.zeros_like(cache[site])
+    nudge[batch, position, unit] = 1e-2
+    with torch.no_grad(), model.hooks({site: lambda x, s: x + nudge}):
+        moved = model(tokens)[:, -1, 5].sum() - logits[:, -1, 5].sum()
+    assert abs(float(moved) - 1e-2 * float(grads[site][batch, position, unit])) < 1e-4
+
+
+def test_attribution_patching_prunes_a_circuit_that_is_validated_like_any_other(task_run, tmp_path, capsys):
+    run, task = task_run
+    main(["prune", str(run), "--task", str(task), "--out", str(tmp_path / "a"), "--method", "attribution",
+          "--target-loss", "0.66"])
+    circuit = Circuit.load(tmp_path / "a")
+    assert circuit.data["settings"]["method"] == "attribution" and 0 < circuit.metrics["n_nodes"]
+    assert "attribution" in circuit.metrics["seconds_by_stage"] and circuit.metrics["loss_choose"] <= 0.66
+    result = validate(tmp_path / "a", control=False, show_progress=False)
+    assert result["loss_circuit"] == circuit.metrics["loss_circuit"]
+    with pytest.raises(SystemExit):
+        main(["prune", str(run), "--task", str(task), "--out", str(tmp_path / "b"), "--method", "attribution",
+              "--search", "2"])
+    assert "drop them with --method attribution" in capsys.readouterr().err

@@ -66,8 +66,13 @@ class PruneSettings:
     calibration_steps: int = 16
     seed: int = 0
     csr_max_density: float = CSR_MAX_DENSITY  # frozen layers at most this dense multiply through CSR kernels
+    # "mask": rank nodes by a learned mask; "attribution": by attribution patching, the first-order
+    # estimate of each node's effect when mean-ablated (one forward and backward per batch, no training)
+    method: str = "mask"
 
     def validate(self) -> None:
+        if self.method not in ("mask", "attribution"):
+            raise SparseCircuitsError(f"--method must be 'mask' or 'attribution', not '{self.method}'")
         if self.penalty not in ("adaptive", "fixed"):
             raise SparseCircuitsError(f"penalty must be 'adaptive' or 'fixed', not '{self.penalty}'")
         if not 0 <= self.choose_margin < 1:
@@ -199,6 +204,25 @@ def train_mask(model: SparseGPT, task: TokenizedTask, means: Mapping[str, torch.
     return mask
 
 
+def attribution_scores(model: SparseGPT, task: TokenizedTask, means: Mapping[str, torch.Tensor],
+                       batch_pairs: int = 64) -> dict[str, torch.Tensor]:
+    """Every node's attribution-patching score on the task's records: |gradient x (mean - activation)|
+    summed over positions, its absolute value summed over records: the first-order estimate of how
+    much mean-ablating that node alone moves each record's task loss."""
+    device = next(model.parameters()).device
+    scores = {site: torch.zeros(width, dtype=torch.float64) for site, width in model.node_sites.items()}
+    model.requires_grad_(False)
+    for start in range(0, len(task), 2 * batch_pairs):
+        tokens, last, correct, incorrect = task.batch(range(start, min(start + 2 * batch_pairs, len(task))))
+        # summed, not averaged: a row's gradient is then its own record's (rows do not interact)
+        loss_of = lambda final: task_loss(candidate_logits(final, correct, incorrect)) * len(last)
+        _, acts, grads = model.run_with_cache(tokens.to(device), list(model.node_sites), backward=loss_of, at=last)
+        for site in scores:
+            effect = (grads[site] * (means[site].to(device) - acts[site])).sum(dim=1)  # (records, width)
+            scores[site] += effect.abs().sum(dim=0).double().cpu()
+    return {site: s.float() for site, s in scores.items()}
+
+
 def smallest_passing(loss_at: Callable[[int], float], target: float, total: int, growth: float = 1.25,
                      also: tuple[int, ...] = ()) -> int | None:
     """The smallest n in [0, total] with loss_at(n) <= target, or None if no n tried meets it.
@@ -250,10 +274,14 @@ def find_circuit(model: SparseGPT, splits: TaskSplits, means: Mapping[str, torch
         )
     goal = settings.goal if full_loss <= settings.goal or full_loss > target else target
     started = time.perf_counter()
-    mask = train_mask(model, splits.train, means, settings, show_progress)
-    mask_seconds = time.perf_counter() - started
-    scores = mask.scores()
-    active = int(sum((t > 0).sum() for t in scores.values()))
+    if settings.method == "attribution":
+        scores, k_final = attribution_scores(model, splits.train, means, settings.batch_pairs), None
+    else:
+        mask = train_mask(model, splits.train, means, settings, show_progress)
+        scores, k_final = mask.scores(), mask.k_final
+    ranking_seconds = time.perf_counter() - started
+    # the mask's own active set (τ > 0) is a count worth trying; attribution scores are all positive
+    active = int(sum((t > 0).sum() for t in scores.values())) if settings.method == "mask" else None
     cache: dict[int, float] = {}
 
     def loss_at(n: int) -> float:  # on the choose records, before calibration, as the method specifies
@@ -262,17 +290,19 @@ def find_circuit(model: SparseGPT, splits: TaskSplits, means: Mapping[str, torch
         return cache[n]
 
     started = time.perf_counter()
-    n_nodes = smallest_passing(loss_at, goal, total, also=(active,))
+    n_nodes = smallest_passing(loss_at, goal, total, also=(active,) if active is not None else ())
     reached = n_nodes is not None
     if not reached:
         n_nodes = min(cache, key=cache.get)
     keep = keep_top_n(scores, n_nodes)
     loss, accuracy, scale = evaluator.calibrated(keep)
-    seconds = {"mask_training": round(mask_seconds, 1), "node_count": round(time.perf_counter() - started, 1)}
+    seconds = {"mask_training" if settings.method == "mask" else "attribution": round(ranking_seconds, 1),
+               "node_count": round(time.perf_counter() - started, 1)}
     return {"target_loss": target, "choose_goal": goal, "seconds": seconds, "keep": keep, "scores": scores,
             "logit_scale": scale, "loss_calibrated": loss, "loss": evaluator.loss(keep, "test"),
             "loss_choose": loss_at(n_nodes), "accuracy": accuracy, "reached": reached,
-            "active_after_training": active, "loss_active_choose": loss_at(active), "k_final": mask.k_final,
+            "active_after_training": active, "loss_active_choose": loss_at(active) if active is not None else None,
+            "k_final": k_final,
             "full_loss": full_loss, "evaluations": len(cache), "evaluator": evaluator}
 
 
@@ -332,7 +362,8 @@ def is_current(out: str | Path, run: Run | str | Path, task: str, settings: Prun
         data = json.loads(path.read_text())
         return (data["model"]["weights_sha256"] == run.weights_sha256
                 and data.get("records_sha256") == records_sha256(task)
-                and data["settings"] == settings_dict(settings) and data.get("search_trials", 0) == 0)
+                # through PruneSettings, so settings added since the circuit was made compare as their defaults
+                and PruneSettings(**data["settings"]) == settings and data.get("search_trials", 0) == 0)
     except (json.JSONDecodeError, KeyError, TypeError):
         return False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import SparseCircuitsError
 from .args import (force_argument, POSITIVE, NON_NEGATIVE, TASK_LOSS, real, step_list, suite_argument, prune_default,
                    EXIT_VALIDATION_FAILED)
 
@@ -16,7 +17,9 @@ def cmd_prune(args: argparse.Namespace) -> None:
     fixed = {} if args.k_coef is None else {"penalty": "fixed", "k_coef": args.k_coef}
     settings = PruneSettings(target_loss=args.target_loss, ablation=args.ablation, steps=args.steps, lr=args.lr,
                              seed=args.seed, choose_margin=args.choose_margin, csr_max_density=args.csr_max_density,
-                             **fixed)
+                             method=args.method, **fixed)
+    if args.method == "attribution" and (args.search or args.k_coef is not None):
+        raise SparseCircuitsError("--search and --k-coef tune the learned mask: drop them with --method attribution")
     circuit = prune(args.run_dir, resolve_task(args.task, args.suite), args.out, settings, search_trials=args.search,
                     force=args.force, data_dir=args.data)
     m = circuit.metrics
@@ -88,6 +91,10 @@ def register_prune(sub) -> None:
     p.add_argument("--ablation", choices=["mean", "zero"], default="mean", help="what pruned nodes are frozen at (default mean)")
     p.add_argument("--data", metavar="DATA_DIR", help="text the node means are taken over (default: the run's own data;"
                                                       " needed for an imported run), tokenised with the run's tokenizer")
+    p.add_argument("--method", choices=["mask", "attribution"], default=prune_default("method"),
+                   help="rank nodes by a learned mask (default), or by attribution patching: |gradient x (mean -"
+                        " activation)| over the training records, one forward and backward per batch, no training;"
+                        " the node count is chosen the same way")
     p.add_argument("--search", type=NON_NEGATIVE, default=0, metavar="N", help="run N Optuna trials over the pruning hyperparameters")
     p.add_argument("--steps", type=POSITIVE, default=prune_default("steps"), help="mask training steps")
     p.add_argument("--k-coef", type=real(0, 1e3), metavar="K",

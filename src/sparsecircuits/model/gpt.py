@@ -255,13 +255,33 @@ class SparseGPT(nn.Module):
         """Context manager: run the model with these hooks at these sites."""
         return self.hook_points.active(hooks)
 
-    def run_with_cache(self, tokens: torch.Tensor, sites: Iterable[str] | None = None, detach: bool = True):
-        """Logits and a dict of the activations at `sites` (default: every site)."""
+    def run_with_cache(self, tokens: torch.Tensor, sites: Iterable[str] | None = None, detach: bool = True,
+                       backward: Callable[[torch.Tensor], torch.Tensor] | None = None, at: torch.Tensor | None = None):
+        """Logits and a dict of the activations at `sites` (default: every site). With `backward`, a
+        function of the logits that returns a scalar (a loss, a logit difference), also the gradient
+        of that scalar with respect to each site's activation, through every later path (TransformerLens's
+        backward hooks): (logits, cache, grads). The weights' own gradients are left untouched."""
+        names = list(sites if sites is not None else self.site_names)
         cache: dict[str, torch.Tensor] = {}
-        recorder = record_into(cache, detach)
-        with self.hooks({site: recorder for site in (sites if sites is not None else self.site_names)}):
-            logits = self(tokens)
-        return logits, cache
+        if backward is None:
+            recorder = record_into(cache, detach)
+            with self.hooks({site: recorder for site in names}):
+                logits = self(tokens, at=at)
+            return logits, cache
+        zeros: dict[str, torch.Tensor] = {}
+
+        def add_zero(x: torch.Tensor, site: str) -> torch.Tensor:
+            # x + 0 is x exactly; the gradient reaching the zero is the one reaching x
+            cache[site] = x.detach() if detach else x
+            zeros[site] = torch.zeros_like(x, requires_grad=True)
+            return x + zeros[site]
+
+        with torch.enable_grad(), self.hooks({site: add_zero for site in names}):
+            logits = self(tokens, at=at)
+            scalar = backward(logits)
+        found = torch.autograd.grad(scalar, list(zeros.values()), allow_unused=True)
+        grads = {site: g if g is not None else torch.zeros_like(zeros[site]) for site, g in zip(zeros, found)}
+        return logits.detach(), cache, grads
 
     # --- the forward pass: embed, then each sublayer from the residual site before it, then unembed ---
     def sublayers(self) -> list[tuple[str, Callable]]:
