@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config import NODE_SITE_KINDS, ModelConfig
 from ..errors import SparseCircuitsError
-from .sites import Hook, SiteHooks, record_into, residual_sites
+from .sites import Hook, Site, SiteHooks, Sites, record_into, residual_sites
 from .sparsity import abs_topk, linear_abs_topk
 
 
@@ -149,17 +149,23 @@ class Block(nn.Module):
                   "mlp.post_act": config.mlp_width, "mlp.resid_delta": config.d_model}
         self.site_width = {f"{layer}.{kind}": widths[kind] for kind in NODE_SITE_KINDS}
         self.keep = {f"{layer}.{kind}": config.keep_count(kind, widths[kind]) for kind in NODE_SITE_KINDS}
+        # every site a module: blocks[layer].attn.q, blocks[layer].mlp.post_act, blocks[layer].resid_in, ...
+        for group in ("attn", "mlp"):
+            kinds = [kind.split(".", 1)[1] for kind in NODE_SITE_KINDS if kind.startswith(group + ".")]
+            setattr(self, group, Sites(f"{layer}.{group}", kinds))
+        self.resid_in, self.resid_mid = Site(f"{layer}.resid_in"), Site(f"{layer}.resid_mid")
+        self.site_modules = {s.name: s for s in self.modules() if isinstance(s, Site)}  # by name (a plain dict)
 
-    def node(self, hooks: SiteHooks, kind: str, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
-        """AbsTopK, then the site's hook: hooks see exactly what flows on. `in_place`: x is a fresh
+    def node(self, kind: str, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """AbsTopK, then the site: its hooks see exactly what flows on. `in_place`: x is a fresh
         tensor no backward has saved, which the AbsTopK may overwrite."""
         site = f"{self.layer}.{kind}"
-        return hooks(site, abs_topk(x, self.keep[site], in_place))
+        return self.site_modules[site](abs_topk(x, self.keep[site], in_place))
 
-    def linear_node(self, hooks: SiteHooks, kind: str, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    def linear_node(self, kind: str, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         """`node` of linear(x), the linear layer and the AbsTopK in one step (`linear_abs_topk`)."""
         site = f"{self.layer}.{kind}"
-        return hooks(site, linear_abs_topk(linear, x, self.keep[site]))
+        return self.site_modules[site](linear_abs_topk(linear, x, self.keep[site]))
 
     @staticmethod
     def read(x: torch.Tensor, norm: Norm, pos_norm: Norm | None, pos: torch.Tensor | None) -> torch.Tensor:
@@ -168,24 +174,24 @@ class Block(nn.Module):
             return norm(x)
         return torch.cat([norm(x), pos_norm(pos).expand(*x.shape[:-1], -1)], dim=-1)
 
-    def attention(self, x: torch.Tensor, hooks: SiteHooks, pos: torch.Tensor | None = None) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
         """The residual after the attention sublayer, from the residual before it (`resid_in`)."""
         batch, T, _ = x.shape
-        a = self.node(hooks, "attn.act_in", self.read(x, self.attn_norm, self.attn_pos_norm, pos), in_place=True)
-        q = self.linear_node(hooks, "attn.q", self.q_proj, a)
-        k = self.linear_node(hooks, "attn.k", self.k_proj, a)
-        v = self.linear_node(hooks, "attn.v", self.v_proj, a)
+        a = self.node("attn.act_in", self.read(x, self.attn_norm, self.attn_pos_norm, pos), in_place=True)
+        q = self.linear_node("attn.q", self.q_proj, a)
+        k = self.linear_node("attn.k", self.k_proj, a)
+        v = self.linear_node("attn.v", self.v_proj, a)
         split = lambda t: t.view(batch, T, self.heads, self.d_head).transpose(1, 2)
         z = attention_with_sinks(split(q), split(k), split(v), self.sink_logit)
         z = z.transpose(1, 2).reshape(batch, T, self.heads * self.d_head)
-        return self.add_to_residual(x, self.linear_node(hooks, "attn.resid_delta", self.o_proj, z), "after_attn")
+        return self.add_to_residual(x, self.linear_node("attn.resid_delta", self.o_proj, z), "after_attn")
 
-    def mlp(self, x: torch.Tensor, hooks: SiteHooks, pos: torch.Tensor | None = None) -> torch.Tensor:
+    def feed_forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
         """The residual after the MLP sublayer, from the residual before it (`resid_mid`)."""
-        m = self.node(hooks, "mlp.act_in", self.read(x, self.mlp_norm, self.mlp_pos_norm, pos), in_place=True)
+        m = self.node("mlp.act_in", self.read(x, self.mlp_norm, self.mlp_pos_norm, pos), in_place=True)
         # GELU's backward reads its input, ReLU's its output (which must then stay as it is)
-        h = self.node(hooks, "mlp.post_act", self.mlp_activation(self.fc(m)), in_place=self.mlp_activation is F.gelu)
-        return self.add_to_residual(x, self.linear_node(hooks, "mlp.resid_delta", self.proj, h), "after_mlp")
+        h = self.node("mlp.post_act", self.mlp_activation(self.fc(m)), in_place=self.mlp_activation is F.gelu)
+        return self.add_to_residual(x, self.linear_node("mlp.resid_delta", self.proj, h), "after_mlp")
 
     def add_to_residual(self, x: torch.Tensor, delta: torch.Tensor, where: str) -> torch.Tensor:
         """The residual after a sublayer: the sum, then the optional ReLU and AbsTopK on the stream."""
@@ -210,6 +216,10 @@ class SparseGPT(nn.Module):
         self.bigram = nn.Embedding(config.vocab_size, config.vocab_size) if config.bigram_table else None
         self.site_width = {site: w for block in self.blocks for site, w in block.site_width.items()}
         self.hook_points = SiteHooks(list(self.site_width) + residual_sites(config.n_layer))
+        self.final_resid = Site("final_resid")
+        self.site_modules = {s.name: s for s in self.modules() if isinstance(s, Site)}  # every site, by name
+        for site in self.site_modules.values():
+            site.registry = (self.hook_points,)
         # The run's `tokenizers.Tokenizer` when the model was loaded from a run (`Run.model`,
         # `SparseGPT.from_pretrained`), for `to_tokens` and `to_string`; None for a bare model.
         self.tokenizer = None
@@ -287,7 +297,7 @@ class SparseGPT(nn.Module):
     def sublayers(self) -> list[tuple[str, Callable]]:
         """(residual site before it, sublayer) for every attention and MLP sublayer, in order."""
         return [(site, part) for block in self.blocks
-                for site, part in ((f"{block.layer}.resid_in", block.attention), (f"{block.layer}.resid_mid", block.mlp))]
+                for site, part in ((f"{block.layer}.resid_in", block.attention), (f"{block.layer}.resid_mid", block.feed_forward))]
 
     def forward(self, tokens: torch.Tensor, at: torch.Tensor | None = None, start: str | None = None,
                 residual: torch.Tensor | None = None, stop: str | None = None) -> torch.Tensor:
@@ -319,10 +329,10 @@ class SparseGPT(nn.Module):
             if running:
                 if site == stop:
                     return x
-                x = sublayer(self.hook_points(site, x), self.hook_points, pos)
+                x = sublayer(self.site_modules[site](x), pos)
         if stop == "final_resid":
             return x
-        return self.unembed(self.hook_points("final_resid", x), tokens, at)
+        return self.unembed(self.final_resid(x), tokens, at)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """The residual stream before the first sublayer (token embedding plus added positions)."""

@@ -1,9 +1,12 @@
 """Named sites and the one intervention mechanism.
 
-Every activation the model exposes passes through `SiteHooks.__call__(name, x)` inside the
-one forward pass. A hook is `fn(x, site) -> tensor | None`: returning None leaves the
-activation as it is (recording), returning a tensor replaces it (patching, masking,
-mean ablation, bridges). Hooks are ordinary autograd ops, so gradients flow through them.
+Every activation the model exposes passes through a `Site`, an identity-like module in the
+model's tree at a path a person can guess (`blocks[1].mlp.post_act`, `blocks[0].attn.q`,
+`blocks[1].resid_mid`, `final_resid`), which consults the registry `SiteHooks` inside the one
+forward pass. So PyTorch's `register_forward_hook`, nnsight and `model.hooks` all reach the same
+tensor. A registry hook is `fn(x, site) -> tensor | None`: returning None leaves the activation as
+it is (recording), returning a tensor replaces it (patching, masking, mean ablation, bridges).
+Hooks are ordinary autograd ops, so gradients flow through them.
 
     with model.hooks({"0.mlp.post_act": lambda x, site: x * 0}):
         logits = model(tokens)
@@ -16,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 
 import torch
+from torch import nn
 
 Hook = Callable[[torch.Tensor, str], "torch.Tensor | None"]
 
@@ -61,6 +65,31 @@ class SiteHooks:
                 self._hooks[site].remove(fn)
                 if not self._hooks[site]:
                     del self._hooks[site]
+
+
+class Site(nn.Module):
+    """One named site (`name`, e.g. "1.mlp.post_act") as a module: the activation after AbsTopK
+    passes through it, and through the registry hooks `model.hooks` installs."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+        self.registry: tuple[SiteHooks, ...] = ()  # the model's, set when the model is built (a tuple: not a submodule)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.registry[0](self.name, x) if self.registry else x
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+class Sites(nn.Module):
+    """A group of sites under one name (`attn`, `mlp`), each an attribute: `blocks[0].attn.q`."""
+
+    def __init__(self, prefix: str, names: Iterable[str]):
+        super().__init__()
+        for name in names:
+            self.add_module(name, Site(f"{prefix}.{name}"))
 
 
 def record_into(cache: dict[str, torch.Tensor], detach: bool = True) -> Hook:
