@@ -1,13 +1,15 @@
 """Circuit size, test loss and time of pruning methods side by side, on the tasks a run does.
 
     python benchmarks/prune_quality.py RUN_DIR [--tasks auto|A,B] [--target-loss 0.15] [--seeds 3]
-        [--search 8] [--controls] [--json OUT.json]
+        [--search 8] [--no-old] [--attribution] [--controls] [--json OUT.json]
 
 For every task whose full-model loss on the choose records meets the target: the default pruning
 (a penalty that adapts to the target), the old fixed penalty (k 3e-3, 200 steps, the count chosen at the target itself) and a small Optuna
 `--search`, each as nodes / edges / test loss (uncalibrated, as the count was chosen) / seconds.
 `--seeds N` prunes with the default at seeds 0..N-1 and prints the spread of node counts (largest
-over smallest); `--controls` runs the four controls of `validate` on the default circuit.
+over smallest); `--attribution` adds `prune --method attribution` (attribution patching ranks the
+nodes, the count chosen the same way); `--controls` runs the four controls of `validate` on the
+default circuit (and on the attribution circuit, whose pruning controls use attribution too).
 Nothing is written to the run directory but its node means (cached as `prune` does).
 """
 
@@ -52,6 +54,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--search", type=int, default=8, help="Optuna trials (0: leave the search out)")
     parser.add_argument("--no-old", action="store_true", help="leave the old fixed penalty out")
+    parser.add_argument("--attribution", action="store_true", help="also prune with --method attribution")
     parser.add_argument("--controls", action="store_true")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
@@ -93,6 +96,13 @@ def main() -> None:
             if args.search:
                 (_, found), seconds = timed(lambda: search_settings(model, splits, means, default, args.search, False))
                 row["search"] = _row(model, found, seconds)
+            if args.attribution:
+                attribution = dataclasses.replace(default, method="attribution")
+                found, seconds = timed(lambda: find_circuit(model, splits, means, attribution, show_progress=False))
+                row["attribution"] = _row(model, found, seconds)
+                if args.controls:
+                    result, seconds = timed(lambda: _controls(model, name, splits, means, attribution, found))
+                    row["attribution"]["controls"], row["attribution"]["controls_seconds"] = result, round(seconds, 1)
             if args.controls:
                 result, seconds = timed(lambda: _controls(model, name, splits, means, default, first))
                 row["controls"], row["controls_seconds"] = result, round(seconds, 1)
@@ -124,11 +134,14 @@ def _cell(r: dict | None) -> str:
 
 def format_row(row: dict) -> str:
     line = f"{row['task']:28s} {_cell(row.get('default'))} | {_cell(row.get('old_fixed'))} | {_cell(row.get('search'))}"
+    if "attribution" in row:
+        line += f" | attribution {_cell(row['attribution'])}"
     if "seed_spread" in row:
         line += f" | seeds {row['seed_nodes']} spread {row['seed_spread']:.2f}x"
-    for name, c in row.get("controls", {}).items():
-        if isinstance(c, dict):
-            line += f"\n    control {name:15s} {'pass' if c['passed'] else 'FAIL'}  {c['why']}"
+    for method, checks in (("mask", row.get("controls", {})), ("attribution", row.get("attribution", {}).get("controls", {}))):
+        for name, c in checks.items():
+            if isinstance(c, dict):
+                line += f"\n    {method:11s} control {name:15s} {'pass' if c['passed'] else 'FAIL'}  {c['why']}"
     return line
 
 
