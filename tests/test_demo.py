@@ -34,6 +34,8 @@ def test_demo_on_tiny_models(tmp_path, task_run):
     assert row["nodes"] == circuit["metrics"]["n_nodes"] and row["edges"] == circuit["metrics"]["n_edges"]
     assert f">{row['nodes']}</a>" in report
     assert set(row["controls"]) == {"random_nodes", "empty_circuit"}  # control=False: no pruning controls
+    baseline = json.loads((out / "circuits" / "sparse-attribution" / "lambda" / "circuit.json").read_text())
+    assert baseline["settings"]["method"] == "attribution" and row["attribution"]["edges"] == baseline["metrics"]["n_edges"]
     dense_config = json.loads((out / "dense" / "config.json").read_text())
     assert dense_config["sparsity"]["l0_fraction"] == 1.0 and dense_config["model"]["keep_fraction"] == 0.25
     sparse_config = json.loads((out / "sparse" / "config.json").read_text())

@@ -21,6 +21,7 @@ each of `claim_targets` against each dense baseline, over the tasks both models 
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import math
@@ -28,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..circuits.circuit import Circuit
 from ..circuits.labels import label_run, read_labels
 from ..circuits.prune import TARGET_LOSS, PruneSettings
 from ..circuits.validate import not_evidence_reasons, read_validation
@@ -99,7 +101,8 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
     dense_overrides = overrides + ["sparsity.l0_fraction=1.0", f"train.eval_interval={max(10, steps // 36)}"] + list(dense_set or [])
     load_config(config, dense_overrides)  # a bad --dense-set fails now, not after the sparse model has trained
     names = ["prepare corpus", "train sparse model", "train dense model", "train loss-matched dense model",
-             "evaluate tasks", "prune circuits", "validate circuits", "label circuit nodes", "view circuits",
+             "evaluate tasks", "prune circuits", "attribution-patching baseline", "validate circuits",
+             "label circuit nodes", "view circuits",
              "evolve the smallest circuit", "claim (a)", "report"]
     stages = Stages(names, minutes * 60)
     data_dir = out / "data"
@@ -146,6 +149,12 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
         for task in sparse_tasks:  # a circuit of other weights, records or settings is pruned again
             prune_or_reuse(runs["sparse"], task, circuit_dir("sparse", task), settings)
 
+    attribution = dataclasses.replace(settings, method="attribution")
+
+    def attribution_all():  # the fast baseline a learned circuit should beat, beside each circuit
+        for task in sparse_tasks:
+            prune_or_reuse(runs["sparse"], task, circuit_dir("sparse-attribution", task), attribution, show_progress=False)
+
     def validate_all():
         for task in sparse_tasks:
             if read_validation(circuit_dir("sparse", task)) is None:
@@ -165,6 +174,7 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
         return claim_a(out, runs, losses, flagged, claim_targets, margin, circuit_dir, settings, prune_or_reuse)
 
     stages.run("prune circuits", prune_all)
+    stages.run("attribution-patching baseline", attribution_all)
     stages.run("validate circuits", validate_all)
     stages.run("label circuit nodes", label_all)
     stages.run("view circuits", view_all)
@@ -184,8 +194,6 @@ def claim_a(out: Path, runs: dict[str, Run], losses: dict, flagged: dict, target
     """Per dense baseline, per target: the tasks both models do with margin, their circuits (the main
     sparse circuits reused at the main target, judged by `validate`; others by the figures every
     circuit carries), and the edge ratios."""
-    import dataclasses
-
     comparisons = {}
     for dense in (m for m in DENSE_MODELS if m in runs):
         per_target = []
@@ -210,7 +218,6 @@ def claim_a(out: Path, runs: dict[str, Run], losses: dict, flagged: dict, target
 
 def hard_form_losses(circuit_dir: Path, task: str, run: Run) -> dict[str, dict]:
     """The circuit's and the full model's loss on each hard form of its task (test records)."""
-    from ..circuits import Circuit
     from ..circuits.circuit import ablation_values, load_task_splits
     from ..errors import SparseCircuitsError
     from ..tasks.records import pair_logits, task_loss
@@ -273,6 +280,7 @@ def write_report(out: Path, runs: dict[str, Run], evolution: dict, sparse_tasks:
             "nodes_labelled_above_baseline": sum(bool(n["labels"]) and n["labels"][0].get("beats_baseline", True)
                                                  for n in labels),
             "hard_forms": hard_form_losses(directory, task, runs["sparse"]),
+            "attribution": _attribution_figures(circuit_dir("sparse-attribution", task)),
             "audit_flagged": flagged.get(task, []),
             "page": str((directory / "circuit.html").relative_to(out)),
         }
@@ -290,6 +298,12 @@ def write_report(out: Path, runs: dict[str, Run], evolution: dict, sparse_tasks:
     plot_edges(out / "edges.png", circuits)
     atomic_write_text(out / "report.html", render_report(summary))
     return summary
+
+
+def _attribution_figures(directory: Path) -> dict:
+    m = Circuit.load(directory).metrics
+    return {"nodes": m["n_nodes"], "edges": m["n_edges"], "loss_circuit": m["loss_circuit"],
+            "loss_random_same_size": m["loss_random_same_size"], "seconds": m["seconds"]}
 
 
 def plot_edges(path: Path, circuits: dict) -> None:
@@ -324,6 +338,11 @@ def _labelled_cell(x: dict) -> str:
 def _hard_cell(x: dict) -> str:
     return "; ".join(f"{form}: {_fmt(v['circuit'])} (full {_fmt(v['full_model'])})" if "circuit" in v
                      else f"{form}: n/a" for form, v in x["hard_forms"].items()) or "-"
+
+
+def _attribution_cell(x: dict) -> str:
+    a = x["attribution"]
+    return f"{a['nodes']} / {a['edges']} ({_fmt(a['loss_circuit'], 3)}, {a['seconds']:.0f} s)"
 
 
 def _evidence_cell(x: dict) -> str:
@@ -362,10 +381,12 @@ def render_report(summary: dict) -> str:
             + (f" ({x['loss_circuit_interval'][0]:.3f}-{x['loss_circuit_interval'][1]:.3f})" if x["loss_circuit_interval"] else "")
             + f"</td><td class=num>{_fmt(x['loss_circuit_ablated'])}</td><td>{e(_controls_cell(x))}</td>"
             f"<td>{e(_evidence_cell(x))}</td><td class=num>{_labelled_cell(x)}</td><td>{e(_hard_cell(x))}</td>"
-            f"<td>{e(', '.join(x['audit_flagged']) or 'none')}</td></tr>" for t, x in summary["circuits"].items())
+            f"<td>{e(', '.join(x['audit_flagged']) or 'none')}</td><td class=num>{_attribution_cell(x)}</td></tr>"
+            for t, x in summary["circuits"].items())
         circuits = (f"<table><tr><th>task</th><th>full-model loss</th><th>nodes</th><th>edges</th><th>circuit loss (95% interval)"
                     f"</th><th>circuit ablated</th><th>controls</th><th>evidence</th><th>nodes labelled (above shuffled"
-                    f" baseline)</th><th>circuit loss on the hard forms</th><th>degenerate cue</th></tr>{rows}</table>"
+                    f" baseline)</th><th>circuit loss on the hard forms</th><th>degenerate cue</th><th>attribution patching:"
+                    f" nodes / edges (loss, seconds)</th></tr>{rows}</table>"
                     "<img src='edges.png' alt='circuit edges per task'>")
     else:
         circuits = f"<p><b>No circuit:</b> {e(summary['no_circuits'])}.</p>"
