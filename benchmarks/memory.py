@@ -68,7 +68,7 @@ def run_case(case: str, keep_freed: bool = True) -> dict:
         for _ in range(3):
             training_step(model, optimizer, sparse, x, y, config.optim.lr, config.sparsity.l0_fraction, config)
     else:
-        from sparsecircuits.circuits.prune import CircuitEvaluator, PruneSettings, train_mask
+        from sparsecircuits.circuits.find import CircuitEvaluator, PruneSettings, train_mask
         from sparsecircuits.data.dataset import TokenData, ensure_default_data
         from sparsecircuits.tasks.records import load_task_splits
 

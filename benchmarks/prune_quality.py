@@ -22,7 +22,8 @@ import time
 
 from sparsecircuits.circuits.circuit import ablation_values, load_task_splits
 from sparsecircuits.circuits.graph import circuit_edges
-from sparsecircuits.circuits.prune import CircuitEvaluator, PruneSettings, circuit_metrics, find_circuit
+from sparsecircuits.circuits.find import CircuitEvaluator, PruneSettings, find_circuit
+from sparsecircuits.circuits.prune import circuit_metrics
 from sparsecircuits.circuits.search import search_settings
 from sparsecircuits.circuits.validate import controls, pruning_controls
 from sparsecircuits.errors import SparseCircuitsError

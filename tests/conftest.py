@@ -81,7 +81,7 @@ def task_run(tmp_path_factory):
 def circuit_dir(task_run, tmp_path_factory):
     """A circuit pruned (quickly) from the task model, with a target the model reaches."""
     from sparsecircuits.circuits.prune import PruneSettings, prune
-    from sparsecircuits.circuits.prune import pair_logits
+    from sparsecircuits.tasks.records import pair_logits
     from sparsecircuits.model.gpt import SparseGPT
     from sparsecircuits.tasks.records import load_task, task_loss
 

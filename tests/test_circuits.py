@@ -4,7 +4,7 @@ import torch
 
 from sparsecircuits.circuits.graph import circuit_edges
 from sparsecircuits.circuits.masks import NodeMask, ablation_hooks, keep_top_n
-from sparsecircuits.circuits.prune import fit_logit_scale, smallest_passing
+from sparsecircuits.circuits.find import fit_logit_scale, smallest_passing
 from sparsecircuits.config import ModelConfig
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.model.gpt import SparseGPT

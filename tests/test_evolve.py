@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from sparsecircuits.circuits.prune import PruneSettings, pair_logits
+from sparsecircuits.circuits.prune import PruneSettings
+from sparsecircuits.tasks.records import pair_logits
 from sparsecircuits.cli import main
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.experiments.evolve import evolve, overlap

@@ -9,7 +9,7 @@ import torch
 from sparsecircuits.circuits.graph import circuit_edges
 from sparsecircuits.circuits.masks import ablation_hooks
 from sparsecircuits.rundir import compute_means
-from sparsecircuits.circuits.prune import PruneSettings, find_circuit
+from sparsecircuits.circuits.find import PruneSettings, find_circuit
 from sparsecircuits.config import ModelConfig, load_config
 from sparsecircuits.data.dataset import TokenData
 from sparsecircuits.errors import SparseCircuitsError

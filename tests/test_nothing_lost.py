@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from sparsecircuits.cli import main
-from tests.conftest import TINY_OVERRIDES
 from tests.test_cli import TINY_SET, fails
 
 

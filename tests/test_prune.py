@@ -8,9 +8,8 @@ import torch
 from sparsecircuits.circuits import Circuit, validate
 from sparsecircuits.circuits.validate import format_validation
 from sparsecircuits.circuits.graph import circuit_edges
-from sparsecircuits.circuits.prune import pair_logits
 from sparsecircuits.cli import main
-from sparsecircuits.tasks.records import load_task, task_loss
+from sparsecircuits.tasks.records import load_task, pair_logits, task_loss
 
 
 def test_circuit_json_is_complete_and_consistent(circuit_dir, task_run):
@@ -121,7 +120,7 @@ def test_shuffled_label_control_that_fits_the_target_is_reported_and_flagged(tas
     """Pruning can fit nonsense: a masked set fits shuffled labels better than the whole model. The
     control must report the target reached with its (small) node count, and flag the circuit."""
     from sparsecircuits.circuits.circuit import ablation_values, load_task_splits
-    from sparsecircuits.circuits.prune import PruneSettings, find_circuit
+    from sparsecircuits.circuits.find import PruneSettings, find_circuit
     from sparsecircuits.circuits.validate import controls, fitting_controls, shuffled_labels
     from sparsecircuits.rundir import Run
     from sparsecircuits.tasks.records import TaskSplits

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 
-from sparsecircuits.circuits.prune import PruneSettings, find_circuit
+from sparsecircuits.circuits.find import PruneSettings, find_circuit
 from sparsecircuits.circuits.validate import controls, nonsense_control
 from sparsecircuits.config import ModelConfig
 from sparsecircuits.model.gpt import SparseGPT

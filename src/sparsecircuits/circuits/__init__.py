@@ -1,5 +1,5 @@
 from .circuit import Circuit
-from .prune import PruneSettings
+from .find import PruneSettings
 from .validate import validate
 
 # `prune` (the function) is `sparsecircuits.prune` or `sparsecircuits.circuits.prune.prune`:

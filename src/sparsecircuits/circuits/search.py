@@ -11,7 +11,7 @@ import torch
 
 from ..model.gpt import SparseGPT
 from ..tasks.records import TaskSplits
-from .prune import PruneSettings, find_circuit
+from .find import PruneSettings, find_circuit
 
 
 def search_settings(model: SparseGPT, splits: TaskSplits, means: Mapping[str, torch.Tensor],

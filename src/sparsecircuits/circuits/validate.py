@@ -40,7 +40,8 @@ from ..tasks.records import SPLITS, TaskSplits, TokenizedTask, task_loss, task_l
 from ..io import atomic_write_text, check_writable, directory_lock
 from .circuit import Circuit, ablation_values, load_task_splits
 from .graph import circuit_edges
-from .prune import CircuitEvaluator, PruneSettings, circuit_metrics, find_circuit
+from .find import CircuitEvaluator, PruneSettings, find_circuit
+from .prune import circuit_metrics
 
 MAX_PER_NODE = 1000  # circuits larger than this skip the per-node ablations
 NECESSITY_THRESHOLD = 0.5  # "near chance": ln 2 is 0.69

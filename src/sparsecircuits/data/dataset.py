@@ -12,19 +12,7 @@ import torch
 from .. import schemas
 from ..errors import SparseCircuitsError
 from ..schemas import read_json
-from .prepare import DEFAULT_SIMPLE_SHARE, MANIFEST, default_corpus_root, prepare
-
-
-def load_tokenizer(path: str | Path):
-    from tokenizers import Tokenizer
-
-    path = Path(path)
-    if not path.is_file():
-        raise SparseCircuitsError(f"tokenizer not found: {path}")
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as err:  # tokenizers raises a bare Exception on bad JSON
-        raise SparseCircuitsError(f"{path} is not a valid tokenizer.json ({str(err).splitlines()[0]})") from None
+from .prepare import DEFAULT_SIMPLE_SHARE, MANIFEST, default_corpus_root, load_tokenizer, prepare
 
 
 class TokenData:

@@ -183,6 +183,18 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return tokenizer
 
 
+def load_tokenizer(path: str | Path):
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise SparseCircuitsError(f"tokenizer not found: {path}")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception on bad JSON
+        raise SparseCircuitsError(f"{path} is not a valid tokenizer.json ({str(err).splitlines()[0]})") from None
+
+
 def _write_tokens(path: Path, token_lists: list[list[int]], eot_id: int) -> int:
     total = sum(len(t) + 1 for t in token_lists)
     reserve_space(path, 2 * max(total, 1))  # uint16 tokens
@@ -234,8 +246,6 @@ def prepare(
 
 def _given_tokenizer(path: str | Path) -> Path:
     """A tokenizer.json, or the one in a run or data folder, checked to load and to separate documents."""
-    from .dataset import load_tokenizer
-
     path = Path(path)
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():
@@ -266,8 +276,6 @@ def _prepare(out: Path, corpus: list[str | Path], vocab_size: int, val_fraction:
     say(f"{len(scan.documents)} documents ({len(train_docs)} train, {len(val_docs)} validation); "
         f"skipped {scan.duplicates} duplicates, {scan.empty} empty, {len(scan.undecodable)} undecodable", file=sys.stderr)
     if tokenizer_file is not None:
-        from .dataset import load_tokenizer
-
         say(f"tokenizing with {tokenizer_file}", file=sys.stderr)
         tokenizer = load_tokenizer(tokenizer_file)
     else:

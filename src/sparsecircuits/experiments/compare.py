@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..circuits.circuit import ablation_values, load_task_splits
 from ..circuits.graph import circuit_edges
-from ..circuits.prune import PruneSettings, find_circuit
+from ..circuits.find import PruneSettings, find_circuit
 from ..errors import SparseCircuitsError
 from ..io import atomic_write_csv, output_folder
 from ..plots import pyplot, save

@@ -354,7 +354,8 @@ def import_openai_circuit(viz_data: str | Path, run: Run | str | Path, task: str
     indices) as our circuit directory on an imported run: nodes from `circuit_data`, edges recomputed
     from the run's weights, metrics measured on `task`'s test records with mean ablation."""
     from ..circuits.circuit import CIRCUIT_ENTRIES, ablation_values, load_task_splits
-    from ..circuits.prune import CircuitEvaluator, PruneSettings, circuit_record, write_circuit_dir
+    from ..circuits.find import CircuitEvaluator, PruneSettings
+    from ..circuits.prune import circuit_record, write_circuit_dir
     from ..io import check_output_dir
 
     viz_path, out = Path(viz_data), Path(out)

@@ -18,7 +18,7 @@ import torch
 
 from ..circuits.circuit import Circuit, ablation_values, load_task_splits
 from ..circuits.explain import node_examples
-from ..circuits.prune import CircuitEvaluator
+from ..circuits.find import CircuitEvaluator
 from ..circuits.validate import MAX_PER_NODE, read_validation
 from ..errors import SparseCircuitsError
 from ..io import atomic_write_text, check_output_file, directory_lock
