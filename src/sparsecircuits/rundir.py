@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from functools import cached_property
 from typing import Any
@@ -88,8 +89,6 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
 def read_metrics(path: Path) -> list[dict]:
     """metrics.jsonl's records. A torn last line (what a full disk or a killed process leaves) is
     dropped with a warning; a damaged line before it is an error naming the line."""
-    import sys
-
     lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
     records = []
     for number, line in enumerate(lines, 1):
@@ -181,10 +180,6 @@ class Run:
             raise SparseCircuitsError(f"{folder}/{MODEL_FILE} holds other weights than the ones kept at step {step}"
                                       f" (its sha256 differs from {KEPT_INFO}'s): delete {folder}")
         return Run(self.path, self.config, self.info, step, kept_info)
-
-    @property
-    def name(self) -> str:
-        return self.path.resolve().name
 
     @property
     def model_file(self) -> Path:
