@@ -50,6 +50,9 @@ DATA_LOSS = [
     # 3. a file of a run folder, and a file the user has
     (["label", "@R", "--node", "0.attn.q:0", "--out", "@R/model.safetensors"], "which `sparsecircuits train` made", "R"),
     (["label", "@R", "--node", "0.attn.q:0", "--out", "@C/notes.txt"], "which `sparsecircuits prune` made", "C"),
+    (["label", "@R", "--node", "0.attn.q:0", "--out", "@R/checkpoint/state.json", "--force"],
+     "which `sparsecircuits train` made", "R"),
+    (["evolve", "@T", "--task", "@task", "--out", "@T/evolution"], "lies inside the run", "T"),
     # 4. --force on a circuit folder that holds the task file being read and the user's notes
     (["prune", "@T", "--task", "@C/my_task.jsonl", "--out", "@C", "--force"], "contains the task file", "C"),
     (["prune", "@T", "--task", "@task", "--out", "@C", "--force"], "was not made by `sparsecircuits prune`", "C"),

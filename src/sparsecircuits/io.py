@@ -67,7 +67,7 @@ def disk_error(err: BaseException, path: str | Path, needed: int | None = None, 
     code = getattr(err, "errno", None)
     full = code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(err) or "StorageFull" in str(err)
     if not full:
-        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        reason = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0]
         return SparseCircuitsError(f"cannot write {shown}: {reason}" if writing else f"{shown}: {reason}")
     free = None
     for folder in (Path(path).parent, *Path(path).parents):
@@ -181,7 +181,7 @@ def check_not_an_input(out: Path, inputs: Iterable[tuple[str, str | Path | None]
                     else "lies inside" if source in target.parents else None)
         if relation:
             raise SparseCircuitsError(f"{what} {out} {relation} {name} {path}, which this command reads: writing there"
-                                      f" would destroy it; choose another {what}")
+                                      f" would replace it or mix the output into it; choose another {what}")
 
 
 def _is_temporary(path: Path) -> bool:
@@ -220,10 +220,12 @@ def check_output_file(out: Path, force: bool, default: Path | None = None, what:
     own = default is not None and out.resolve() == Path(default).resolve()
     if out.is_dir():
         raise SparseCircuitsError(f"{what} {out} is a folder: give the path of the file to write")
-    maker = made_by(out.parent) if out.parent.is_dir() else None
-    if maker is not None and not own:
-        raise SparseCircuitsError(f"{what} {out} lies inside {out.parent}, which `sparsecircuits {maker}` made: its files"
-                                  f" are not to be written over; choose a path outside it")
+    if not own:  # no folder a command made, at any depth (a run's checkpoint/ has no marker of its own)
+        for folder in Path(out).resolve().parents:
+            maker = made_by(folder) if folder.is_dir() else None
+            if maker is not None:
+                raise SparseCircuitsError(f"{what} {out} lies inside {folder}, which `sparsecircuits {maker}` made: its"
+                                          f" files are not to be written over; choose a path outside it")
     if out.exists() and not own and not force:
         raise SparseCircuitsError(f"{out} already exists: pass --force to replace it, or choose another {what}")
     check_writable(out, what)

@@ -36,6 +36,10 @@ from .masks import NodeMask, ablation_hooks, keep_top_n
 TARGET_LOSS = 0.15  # the default task loss a circuit must reach (the paper's main figures)
 
 
+class TargetUnreachable(SparseCircuitsError):
+    """The full model itself misses the target: no circuit can reach it."""
+
+
 @dataclass
 class PruneSettings:
     target_loss: float = TARGET_LOSS
@@ -261,7 +265,7 @@ def find_circuit(model: SparseGPT, splits: TaskSplits, means: Mapping[str, torch
     full_loss = evaluator.loss(None, "choose")
     target = settings.target_loss
     if require_target and full_loss > target:
-        raise SparseCircuitsError(
+        raise TargetUnreachable(
             f"the full model's loss on task {splits.name} is {full_loss:.4f}, above the target {target}:"
             " no circuit can reach it; raise --target-loss or train a stronger model"
         )

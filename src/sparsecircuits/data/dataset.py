@@ -40,9 +40,6 @@ class TokenData:
             if not path.is_file() or path.stat().st_size != 2 * expected:
                 raise SparseCircuitsError(f"{path} is missing or truncated: prepare the data again")
             self.splits[split] = np.memmap(path, dtype=np.uint16, mode="r")
-            if expected and int(self.splits[split].max()) >= self.vocab_size:
-                raise SparseCircuitsError(f"{path} holds token id {int(self.splits[split].max())}, outside the"
-                                          f" {self.vocab_size}-token vocabulary of {MANIFEST}: prepare the data again")
 
     def tokenizer(self):
         return load_tokenizer(self.tokenizer_path)
@@ -61,17 +58,24 @@ class TokenData:
         tokens = self.splits[split]
         rng = np.random.default_rng([seed, step, 0 if split == "train" else 1])
         starts = rng.integers(0, len(tokens) - ctx_len - 1, size=batch_size)[rank::world_size]
-        windows = np.stack([tokens[s : s + ctx_len + 1] for s in starts]).astype(np.int64)
-        windows = torch.from_numpy(windows)
+        windows = self._windows(split, starts, ctx_len)
         return windows[:, :-1], windows[:, 1:]
 
     def eval_windows(self, split: str, ctx_len: int, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A fixed evaluation set of up to `max_tokens` tokens: non-overlapping windows spread evenly
         over the whole split (the start of a split alone is a few files, not a fair sample)."""
+        windows = self._windows(split, self.eval_window_starts(split, ctx_len, max_tokens), ctx_len)
+        return windows[:, :-1], windows[:, 1:]
+
+    def _windows(self, split: str, starts: np.ndarray, ctx_len: int) -> torch.Tensor:
+        """Windows of ctx_len + 1 tokens, checked to hold ids of the vocabulary (a damaged file is
+        found where it is read, without reading all of it at every open)."""
         tokens = self.splits[split]
-        starts = self.eval_window_starts(split, ctx_len, max_tokens)
         windows = np.stack([tokens[s : s + ctx_len + 1] for s in starts]).astype(np.int64)
-        return torch.from_numpy(windows[:, :-1]), torch.from_numpy(windows[:, 1:])
+        if windows.size and int(windows.max()) >= self.vocab_size:
+            raise SparseCircuitsError(f"{self.directory / (split + '.bin')} holds token id {int(windows.max())}, outside"
+                                      f" the {self.vocab_size}-token vocabulary of {MANIFEST}: prepare the data again")
+        return torch.from_numpy(windows)
 
     def eval_window_starts(self, split: str, ctx_len: int, max_tokens: int) -> np.ndarray:
         """Where `eval_windows`' windows start in the split's token stream."""

@@ -251,7 +251,11 @@ def _given_tokenizer(path: str | Path) -> Path:
     if not file.is_file():
         raise SparseCircuitsError(f"--tokenizer {path}: no tokenizer.json there; give the file, or the run or data"
                                   " folder holding it")
-    if load_tokenizer(file).token_to_id(EOT) is None:
+    tokenizer = load_tokenizer(file)
+    if tokenizer.get_vocab_size() > 65536:
+        raise SparseCircuitsError(f"--tokenizer {file} has {tokenizer.get_vocab_size():,} tokens: token arrays hold"
+                                  " uint16 ids, so at most 65,536")
+    if tokenizer.token_to_id(EOT) is None:
         raise SparseCircuitsError(f"--tokenizer {file} has no {EOT} token, which separates documents in the token"
                                   " arrays: give a tokenizer that has one")
     return file

@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 from ..circuits.circuit import Circuit, load_task_splits
+from ..circuits.find import TargetUnreachable
 from ..circuits.prune import PruneSettings, prune_or_reuse
 from ..circuits.validate import read_validation, validate
 from ..errors import SparseCircuitsError
-from ..io import atomic_write_text, output_folder
+from ..io import atomic_write_text, check_not_an_input, output_folder
 from ..model.sparsity import count_nonzeros, sparse_parameters
 from ..plots import pyplot, save
 from ..rundir import Run, as_run
@@ -45,12 +46,14 @@ def checkpoint_row(view: Run, task: str, circuit_dir: Path, settings: PruneSetti
     row = {"step": view.step, "val_loss": view.kept["val_loss"], "l0_fraction": nonzero / max(total, 1)}
     try:
         circuit = prune_or_reuse(view, task, circuit_dir, settings, show_progress)
-    except SparseCircuitsError as err:  # the full model misses the target: no circuit can reach it
+    except TargetUnreachable as err:  # the full model misses the target: no circuit can reach it
         loss = evaluate_task(model, load_task_splits(model, task).test)["loss"]
         return {**row, "task_loss": loss, "reached": False, "n_nodes": None, "n_edges": None, "loss_circuit": None,
                 "controls": None, "evidence": False, "why": str(err)}
-    # prune_or_reuse kept the circuit, so its validation stands
-    validation = read_validation(circuit_dir) or validate(circuit_dir, view, control=control, show_progress=show_progress)
+    # prune_or_reuse kept the circuit, so its validation stands if it ran the controls asked for
+    validation = read_validation(circuit_dir)
+    if validation is None or (control and "control_shuffled" not in validation):
+        validation = validate(circuit_dir, view, control=control, show_progress=show_progress)
     m = circuit.metrics
     return {**row, "task_loss": m["loss_full_model"], "reached": bool(validation["sufficient"]),
             "n_nodes": m["n_nodes"], "n_edges": m["n_edges"], "loss_circuit": m["loss_circuit"],
@@ -75,9 +78,10 @@ def evolve(run: Run | str | Path, task: str, out: str | Path, settings: PruneSet
     if missing:
         raise SparseCircuitsError(f"--steps {missing[0]} is not a kept step of {run.path}: choose from"
                                   f" {', '.join(map(str, kept))}")
+    check_not_an_input(out, [("the run", run.path), ("the task file", task if Path(task).is_file() else None)])
     out = output_folder(Path(out))
     rows = []
-    for step in sorted(steps or kept):
+    for step in sorted(set(steps or kept)):
         if show_progress:
             print(f"[evolve] step {step}", file=sys.stderr, flush=True)
         rows.append(checkpoint_row(run.at_step(step), task, out / f"step_{step:06d}", settings, control, show_progress))

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..data.dataset import TokenData
+from ..errors import SparseCircuitsError
 from ..model.sparsity import count_nonzeros, sparse_parameters
 from ..rundir import Run, as_run
 from .trainer import evaluate
@@ -22,6 +23,9 @@ def ngram_baselines(data: TokenData, max_tokens: int) -> dict[str, float]:
     vocab = data.vocab_size
     train = np.asarray(data.splits["train"], dtype=np.int64)
     val = np.asarray(data.splits["val"][: max_tokens + 1], dtype=np.int64)
+    if max(int(train.max(initial=0)), int(val.max(initial=0))) >= vocab:
+        raise SparseCircuitsError(f"{data.directory} holds token ids outside its {vocab}-token vocabulary: prepare the"
+                                  " data again")
     unigram = (np.bincount(train, minlength=vocab) + 0.5) / (len(train) + 0.5 * vocab)
     pairs = np.bincount(train[:-1] * vocab + train[1:], minlength=vocab * vocab).reshape(vocab, vocab)
     row_totals = pairs.sum(1)
