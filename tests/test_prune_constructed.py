@@ -143,3 +143,23 @@ def test_the_nonsense_rule_is_balanced_independent_of_the_answer_or_not_applied(
     result = {"target_loss": 0.15, "n_nodes": 5, "loss_random_same_size": 0.69, "loss_empty_circuit": 0.69,
               "control_nonsense": {"rule": None, "skipped": "no name in these prompts varies"}}
     assert "nonsense_rule" not in controls(result)  # not applicable: not counted as passed
+
+
+def test_attribution_ranks_the_task_path_above_the_meaningless_one(wired):
+    from sparsecircuits.circuits.find import attribution_scores
+
+    model, _, splits, zeros = wired
+    scores = attribution_scores(model, splits.train, zeros)
+    ranked = sorted(((float(s), (site, i)) for site, v in scores.items() for i, s in enumerate(v)), reverse=True)
+    assert ranked[0][1] in TASK_NODES, ranked[:6]
+    score = {node: s for s, node in ranked}
+    task_only, length_only = TASK_NODES - NONSENSE_NODES, NONSENSE_NODES - TASK_NODES
+    assert min(score[n] for n in task_only) > max(score[n] for n in length_only), ranked[:8]
+    found = find_circuit(model, splits, zeros, PruneSettings(target_loss=0.15, calibration_steps=4, ablation="zero",
+                                                             method="attribution"), show_progress=False)
+    # its circuit holds the task path and none of the meaningless one (whose ablation would lower the
+    # loss: negative scores, ranked last); a shared output channel with a small negative score drags
+    # in the zero-scored nodes ranked above it, where the learned mask keeps exactly TASK_NODES
+    kept = node_set(found["keep"])
+    assert found["reached"] and TASK_NODES <= kept and not kept & (NONSENSE_NODES - TASK_NODES)
+    assert "attribution" in found["seconds"] and found["active_after_training"] is None

@@ -64,7 +64,7 @@ class PruneSettings:
     seed: int = 0
     csr_max_density: float = CSR_MAX_DENSITY  # frozen layers at most this dense multiply through CSR kernels
     # "mask": rank nodes by a learned mask; "attribution": by attribution patching, the first-order
-    # estimate of each node's effect when mean-ablated (one forward and backward per batch, no training)
+    # estimate of how much ablating each node raises the loss (one forward and backward per batch)
     method: str = "mask"
 
     def validate(self) -> None:
@@ -203,21 +203,21 @@ def train_mask(model: SparseGPT, task: TokenizedTask, means: Mapping[str, torch.
 
 def attribution_scores(model: SparseGPT, task: TokenizedTask, means: Mapping[str, torch.Tensor],
                        batch_pairs: int = 64) -> dict[str, torch.Tensor]:
-    """Every node's attribution-patching score on the task's records: |gradient x (mean - activation)|
-    summed over positions, its absolute value summed over records: the first-order estimate of how
-    much mean-ablating that node alone moves each record's task loss."""
+    """Every node's attribution-patching score on the task's records: the first-order estimate of
+    how much mean-ablating that node alone raises the task loss, gradient x (mean - activation)
+    summed over positions and records. Signed, not in absolute value: a node whose ablation would
+    lower the loss (a path the answer does not depend on, which hurts the records it disagrees
+    with more than it helps the others) ranks last, not first."""
     device = next(model.parameters()).device
-    scores = {site: torch.zeros(width, dtype=torch.float64) for site, width in model.node_sites.items()}
+    totals = {site: torch.zeros(width, dtype=torch.float64) for site, width in model.node_sites.items()}
     model.requires_grad_(False)
     for start in range(0, len(task), 2 * batch_pairs):
         tokens, last, correct, incorrect = task.batch(range(start, min(start + 2 * batch_pairs, len(task))))
-        # summed, not averaged: a row's gradient is then its own record's (rows do not interact)
-        loss_of = lambda final: task_loss(candidate_logits(final, correct, incorrect)) * len(last)
+        loss_of = lambda final: task_loss(candidate_logits(final, correct, incorrect)) * len(last)  # summed over records
         _, acts, grads = model.run_with_cache(tokens.to(device), list(model.node_sites), backward=loss_of, at=last)
-        for site in scores:
-            effect = (grads[site] * (means[site].to(device) - acts[site])).sum(dim=1)  # (records, width)
-            scores[site] += effect.abs().sum(dim=0).double().cpu()
-    return {site: s.float() for site, s in scores.items()}
+        for site in totals:
+            totals[site] += (grads[site] * (means[site].to(device) - acts[site])).sum(dim=(0, 1)).double().cpu()
+    return {site: t.float() for site, t in totals.items()}
 
 
 def smallest_passing(loss_at: Callable[[int], float], target: float, total: int, growth: float = 1.25,

@@ -92,9 +92,10 @@ def register_prune(sub) -> None:
     p.add_argument("--data", metavar="DATA_DIR", help="text the node means are taken over (default: the run's own data;"
                                                       " needed for an imported run), tokenised with the run's tokenizer")
     p.add_argument("--method", choices=["mask", "attribution"], default=prune_default("method"),
-                   help="rank nodes by a learned mask (default), or by attribution patching: |gradient x (mean -"
-                        " activation)| over the training records, one forward and backward per batch, no training;"
-                        " the node count is chosen the same way")
+                   help="rank nodes by a learned mask (default), or by attribution patching: gradient x (mean -"
+                        " activation) over the training records, the first-order estimate of how much ablating each"
+                        " node raises the task loss, one forward and backward per batch, no training; the node count"
+                        " is chosen the same way")
     p.add_argument("--search", type=NON_NEGATIVE, default=0, metavar="N", help="run N Optuna trials over the pruning hyperparameters")
     p.add_argument("--steps", type=POSITIVE, default=prune_default("steps"), help="mask training steps")
     p.add_argument("--k-coef", type=real(0, 1e3), metavar="K",
