@@ -154,10 +154,10 @@ def test_messages_a_new_user_can_act_on(capsys, tmp_path, task_run, circuit_dir,
     assert "bom" in capsys.readouterr().out
     short = tmp_path / "short.jsonl"
     short.write_text(lines[0] + "\n")
-    fails(capsys, ["tasks", "eval", str(run), "--task", str(short)], "a task file needs at least 160")
+    fails(capsys, ["tasks", "eval", str(run), "--task", str(short)], "a task file needs at least 160 distinct records")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    fails(capsys, ["tasks", "eval", str(run), "--task", str(empty)], "has 0 distinct records")
+    fails(capsys, ["tasks", "eval", str(run), "--task", str(empty)], "has 0 records in its test split")
     fails(capsys, ["validate", str(circuit_dir), "--run-dir", str(data_dir)], "is a prepared data folder, not a run")
     fails(capsys, ["bridge", "train", "--dense", str(data_dir), "--config", "tiny", "--out", str(tmp_path / "b")],
           "is a prepared data folder, not a run")

@@ -89,12 +89,6 @@ def task_records(name_or_path: str, warn: bool = True) -> tuple[str, dict[str, l
     for split in SPLITS:
         splits[split] = [r for i, r in enumerate(unique) if deal[(i // 2) % 5] == split and r["prompt"] not in seen]
         seen.update(r["prompt"] for r in splits[split])
-    short = [split for split in SPLITS if len(splits[split]) < MIN_RECORDS]
-    if short:
-        raise SparseCircuitsError(
-            f"{path} has {len(unique)} distinct records, which leave the {short[0]} split {len(splits[short[0]])},"
-            f" fewer than {MIN_RECORDS}: every split needs {MIN_RECORDS} records, and pairs are dealt 3 to train, 1 to"
-            f" choose and 1 to test, so a task file needs at least {5 * MIN_RECORDS} ({5 * MIN_RECORDS // 2} pairs)")
     repeated, leaked = len(records) - len(unique), len(unique) - sum(map(len, splits.values()))
     if (repeated or leaked) and warn:
         print(f"warning: task {path.stem}: dropped {repeated} repeated records and {leaked} held-out records whose"
@@ -154,6 +148,11 @@ def tokenize_records(name: str, split: str, records: list[dict], tokenizer, max_
     if dropped and warn:
         print(f"warning: task {name} ({split}): dropped {dropped} of {len(records)} records whose completions are not"
               " single tokens after the prompt (or whose prompt is empty or too long)", file=sys.stderr)
+    if len(records) < min_records:  # too few before any was dropped: the file is short
+        raise SparseCircuitsError(
+            f"task {name} has {len(records)} records in its {split} split, fewer than {min_records}: pairs are dealt 3 to"
+            f" train, 1 to choose and 1 to test, so a task file needs at least {5 * min_records} distinct records"
+            f" ({5 * min_records // 2} pairs)")
     if len(prompts) < min_records:
         raise SparseCircuitsError(
             f"task {name} ({split}) has {len(prompts)} usable records of {len(records)}, fewer than {min_records}:"
