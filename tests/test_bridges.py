@@ -147,7 +147,7 @@ def test_bridged_training_can_start_from_a_trained_sparse_run(tmp_path, data_dir
     assert read_run_info(out)["initialised_from"]["run"] == str(trained_run.resolve())
     with pytest.raises(SparseCircuitsError, match="drop --init"):
         train(load_config("tiny", TINY_OVERRIDES), data_dir, out, resume=True, dense_run=dense_run, init_from=trained_run)
-    with pytest.raises(SparseCircuitsError, match="is the run being trained"):  # --force would delete it first
+    with pytest.raises(SparseCircuitsError, match="is --init"):  # --force would delete it first
         train(load_config("tiny", TINY_OVERRIDES), data_dir, out, force=True, dense_run=dense_run, init_from=out)
     assert (out / MODEL_FILE).is_file()
 

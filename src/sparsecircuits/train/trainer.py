@@ -140,13 +140,11 @@ def check_new_run_dir(run_dir: Path, force: bool, inputs=()) -> None:
     check_output_dir(run_dir, "train", force, replaces=RUN_ENTRIES, inputs=inputs)
 
 
-def _checked_init_run(init_from: str | Path, run_dir: Path, model_cfg, data: TokenData, resume: bool) -> Run:
+def _checked_init_run(init_from: str | Path, model_cfg, data: TokenData, resume: bool) -> Run:
     """The run whose weights a new run starts from: another run, same model config, same tokenizer."""
     if resume:
         raise SparseCircuitsError("--init starts a new run from another run's weights; a resumed run continues from its"
                                   " own checkpoint: drop --init")
-    if Path(init_from).resolve() == run_dir.resolve():
-        raise SparseCircuitsError(f"--init {init_from} is the run being trained (--out): give another run")
     init_run = Run.open(Path(init_from).resolve())
     init_run.model()  # every check a loaded run gets, each with its own message
     ours, theirs = dataclasses.asdict(model_cfg), dataclasses.asdict(init_run.config.model)
@@ -258,7 +256,7 @@ def train(config: Config | None, data_dir: str | Path | None, run_dir: str | Pat
     if dense_run is not None:  # refused before the run directory is written
         check_bridgeable(dense_run.config.model, model_cfg)
     if init_from is not None:
-        init_from = _checked_init_run(init_from, run_dir, model_cfg, data, resume)
+        init_from = _checked_init_run(init_from, model_cfg, data, resume)
     if train_cfg.batch_size % group.world_size:
         raise SparseCircuitsError(f"train.batch_size {train_cfg.batch_size} does not split over {group.world_size} processes:"
                                   " make it a multiple of --nproc_per_node")
