@@ -14,7 +14,7 @@ from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.experiments.evolve import evolve, overlap
 from sparsecircuits.rundir import Run
 from sparsecircuits.tasks.records import load_task, task_loss
-from tests.test_viewer import BROWSER_ARGS, CHROMIUM
+from tests.test_viewer import CHROMIUM, browser_page
 
 
 @pytest.fixture(scope="module")
@@ -91,15 +91,10 @@ def test_a_target_no_checkpoint_reaches_gives_rows_not_reached_and_exit_0(task_r
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed: `apt-get install chromium` (Debian) to run the browser test")
 def test_the_slider_changes_the_drawing_without_a_page_error(evolution):
-    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     result, out = evolution
     drawn = [r for r in result["checkpoints"] if r["n_nodes"]]
     errors = []
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    with browser_page(errors) as page:
         page.goto((out / "evolution.html").as_uri())
         seen = []
         for i, row in enumerate(result["checkpoints"]):
@@ -109,7 +104,6 @@ def test_the_slider_changes_the_drawing_without_a_page_error(evolution):
             nodes = page.locator("#drawing circle.node:not(.left)").count()
             assert nodes == (row["n_nodes"] or 0)
             seen.append((label, nodes, page.locator("#drawing circle.entered").count()))
-        browser.close()
     assert len(set(seen)) == len(seen) and len(drawn) >= 1
     assert errors == []
 

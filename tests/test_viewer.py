@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,21 @@ from sparsecircuits.viewer import circuit_page_data, view
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync"]
+
+
+@contextmanager
+def browser_page(errors: list):
+    """A headless Chromium page whose script errors and console errors land in `errors`."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        try:
+            yield page
+        finally:
+            browser.close()
 
 
 HOSTILE = "# </script><!--<script> __DATA__ __JS__ <img src=x onerror=alert(1)> \u2028 &amp;"
@@ -98,14 +114,9 @@ def test_page_draws_only_the_strongest_edges_of_a_huge_circuit(circuit_dir, monk
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed: `apt-get install chromium` (Debian) to run the browser test")
 def test_page_in_headless_chromium(page_path, circuit_dir, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     circuit = json.loads((circuit_dir / "circuit.json").read_text())
     errors = []
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    with browser_page(errors) as page:
         page.goto(page_path.as_uri())
         assert page.locator("circle.node").count() == len(circuit["nodes"])
         assert page.locator("path.edge").count() == len(circuit["edges"])
@@ -121,7 +132,6 @@ def test_page_in_headless_chromium(page_path, circuit_dir, tmp_path):
         assert hidden == page.locator("circle.node[data-layer='0']").count()
         shot = Path(page_path).with_suffix(".png")
         page.screenshot(path=str(shot))
-        browser.close()
     assert shot.stat().st_size > 10_000
     assert errors == []
 
