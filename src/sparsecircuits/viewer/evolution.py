@@ -30,7 +30,7 @@ def write_evolution_page(result: dict, out: Path, path: Path, d_model: int | Non
     data = evolution_page_data(result, out)
     data["d_model"] = d_model
     title = f"How the circuit for {data['task']} forms over training"
-    values = {"CSS": (ASSETS / "viewer.css").read_text(), "JS": page_script("evolution.js"),
+    values = {"CSS": (ASSETS / "viewer.css").read_text() + (ASSETS / "evolution.css").read_text(), "JS": page_script("evolution.js"),
               "TITLE": html.escape(title), "DATA": script_safe_json(data)}
-    atomic_write_text(path, fill_template("evolution.html", values))
+    atomic_write_text(path, fill_template("evolution_main.html", values))
     return path

@@ -90,7 +90,7 @@ def circuit_page_data(circuit_dir: str | Path, run: Run | str | Path | None = No
 # Characters that could end or confuse a <script> block (`</script>`, `<!--`) or a JavaScript string,
 # written as JSON escapes: the browser's JSON.parse reads back exactly the same text.
 _SCRIPT_SAFE = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026", 0x2028: "\\u2028", 0x2029: "\\u2029"}
-_PLACEHOLDER = re.compile(r"__(CSS|JS|TITLE|DATA)__")
+_PLACEHOLDER = re.compile(r"__(CSS|JS|TITLE|DATA|MAIN)__")
 
 
 def _finite(value):
@@ -114,16 +114,18 @@ def page_script(name: str) -> str:
     return (ASSETS / "layout.js").read_text() + "\n" + (ASSETS / name).read_text()
 
 
-def fill_template(template: str, values: dict[str, str]) -> str:
+def fill_template(main: str, values: dict[str, str]) -> str:
+    """page.html (the page shell every viewer page shares) with the asset `main` as its <main>."""
+    values = {**values, "MAIN": (ASSETS / main).read_text()}
     # One pass over the template: text that came from a value is never searched for placeholders again.
-    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], (ASSETS / template).read_text())
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], (ASSETS / "page.html").read_text())
 
 
 def render_html(data: dict) -> str:
     title = f"Circuit for {data['circuit']['task']} ({data['circuit']['model']['name']})"
     values = {"CSS": (ASSETS / "viewer.css").read_text(), "JS": page_script("viewer.js"),
               "TITLE": html.escape(title), "DATA": script_safe_json(data)}
-    return fill_template("page.html", values)
+    return fill_template("circuit_main.html", values)
 
 
 def label_text(node: dict | None) -> str:
