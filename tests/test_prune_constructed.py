@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 
-from sparsecircuits.circuits.find import PruneSettings, find_circuit
+from sparsecircuits.circuits.find import AdaptivePenalty, PruneSettings, find_circuit
 from sparsecircuits.circuits.validate import controls, nonsense_control
 from sparsecircuits.config import ModelConfig
 from sparsecircuits.model.gpt import SparseGPT
@@ -100,6 +100,22 @@ def test_default_pruning_finds_the_known_nodes_where_a_fixed_penalty_set_too_hig
     assert too_high["loss_active_choose"] > fixed.target_loss  # its mask ends short of the target
     assert too_high["k_final"] == 1.0
 
+
+
+def test_a_miss_as_long_as_the_mask_takes_to_recover_does_not_wind_the_penalty_down():
+    """The mask answers a lower k only after pruned nodes climb back (tens of steps at lr 1e-2): a
+    controller that keeps falling all that time ends orders of magnitude too low."""
+    penalty = AdaptivePenalty(PruneSettings(target_loss=0.15))
+    for _ in range(100):  # room: k rises
+        penalty.update(0.02)
+    before = penalty.k
+    for _ in range(20):  # the loss at twice the target while the nodes come back
+        penalty.update(0.30)
+    assert before > 10 * PruneSettings().k_coef
+    assert penalty.k >= before / 20, (before, penalty.k)
+    for _ in range(20):
+        penalty.update(0.02, settling=True)  # settling: k may only fall
+    assert penalty.k <= before
 
 def test_a_nonsense_rule_a_mask_can_fit_fails_its_control(wired):
     model, task, splits, zeros = wired

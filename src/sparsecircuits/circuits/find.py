@@ -56,7 +56,10 @@ class PruneSettings:
     # whose inputs are all ablated gets no gradient to come back
     k_coef: float = 1e-4
     choose_margin: float = 0.1  # the count meets (1 - choose_margin) * target on the choose records
-    penalty_rate: float = 0.1  # the adaptive k rises by up to exp(penalty_rate) per step, falls 4x as fast
+    # the adaptive k rises by up to exp(penalty_rate) per step and falls 4x as fast; faster (0.1), a miss
+    # lasting the ~20 steps τ takes to bring pruned nodes back wound k down 1,000-fold, and circuits
+    # from two seeds differed 2x in size (docs/results.md, "The penalty's rate")
+    penalty_rate: float = 0.03
     init_mean: float = 0.1  # τ starts at N(init_mean, init_std)
     init_std: float = 0.01
     temperature: float = 1.0
@@ -92,7 +95,9 @@ class AdaptivePenalty:
     relative gap between the loss (averaged over recent batches) and the goal. Missing the goal
     lowers k, so nodes the task needs come back; clearing it with room raises k, so more are pruned.
     Since Adam scales each τ's step by its own gradient history, only the ratio of the penalty's
-    gradient to the task's matters, and k settles where the active set just meets the goal."""
+    gradient to the task's matters, and k settles where the active set just meets the goal. The rate
+    is slow against the lag of the mask: pruned nodes take tens of steps to return, and a k that
+    falls all that time ends orders of magnitude too low, with a circuit too large."""
 
     K_RANGE = (1e-7, 10.0)
     MISS_GAIN = 4.0
