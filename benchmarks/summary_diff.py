@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+
 def clean(x, path=""):
     if isinstance(x, dict):
         return {k: clean(v, f"{path}.{k}") for k, v in x.items()
