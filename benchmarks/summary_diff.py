@@ -13,35 +13,43 @@ import sys
 from pathlib import Path
 
 
-def clean(x, path=""):
+def clean(x, folder: str, path: str = ""):
+    """`x` without timings and the keys added since, its demo folder's name in paths written OUT."""
     if isinstance(x, dict):
-        return {k: clean(v, f"{path}.{k}") for k, v in x.items()
-                if "seconds" not in k and not (k == "evolution" and path == "") and not (k == "attribution" and path.startswith(".circuits."))}
+        return {k: clean(v, folder, f"{path}.{k}") for k, v in x.items()
+                if "seconds" not in k and not (k == "evolution" and path == "")
+                and not (k == "attribution" and path.startswith(".circuits."))}
     if isinstance(x, list):
-        return [clean(v, path) for v in x]
-    return x.replace(FOLDERS[0], "OUT").replace(FOLDERS[1], "OUT") if isinstance(x, str) else x
+        return [clean(v, folder, path) for v in x]
+    return x.replace(folder, "OUT") if isinstance(x, str) else x
 
-def diff(a, b, path=""):
+
+def diff(a, b, path: str = "") -> int:
+    """Prints each difference between `a` and `b`; returns how many there are."""
     if type(a) != type(b):
-        print(f"{path}: {a!r} != {b!r}"); return 1
+        print(f"{path}: {a!r} != {b!r}")
+        return 1
     if isinstance(a, dict):
         n = 0
         for k in sorted(set(a) | set(b)):
             if k not in a or k not in b:
-                print(f"{path}.{k}: only in {'after' if k not in a else 'before'}"); n += 1
+                print(f"{path}.{k}: only in {'after' if k not in a else 'before'}")
+                n += 1
             else:
                 n += diff(a[k], b[k], f"{path}.{k}")
         return n
     if isinstance(a, list):
         if len(a) != len(b):
-            print(f"{path}: lengths {len(a)} != {len(b)}"); return 1
+            print(f"{path}: lengths {len(a)} != {len(b)}")
+            return 1
         return sum(diff(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b)))
     if a != b:
-        print(f"{path}: {a!r} != {b!r}"); return 1
+        print(f"{path}: {a!r} != {b!r}")
+        return 1
     return 0
 
-FOLDERS = [str(Path(p).resolve().parent) for p in sys.argv[1:3]]
-before, after = (clean(json.load(open(p))) for p in sys.argv[1:3])
+
+before, after = (clean(json.loads(Path(p).read_text()), str(Path(p).resolve().parent)) for p in sys.argv[1:3])
 n = diff(before, after)
 print(f"{n} differences" if n else "identical apart from timings, evolution, attribution and folder names")
 sys.exit(1 if n else 0)
