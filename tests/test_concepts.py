@@ -6,7 +6,6 @@ import math
 import re
 
 import numpy as np
-import pytest
 
 from sparsecircuits.concepts import PYTHON_CONCEPTS, Concept, SourceFacts, token_values
 

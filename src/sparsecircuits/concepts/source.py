@@ -60,7 +60,7 @@ class SourceFacts:
 
     # ---- the lexer ----
     def _lex(self) -> None:
-        text, n = self.text, self.n
+        n = self.n
         stack: list[tuple[str, int]] = []  # open brackets (char, offset)
         i = 0
         while i < n:

@@ -4,12 +4,11 @@ steps, nodes that persist from the previous circuit in one colour and new ones i
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 from ..circuits.circuit import Circuit
 from ..io import atomic_write_text
-from .render import ASSETS, MAX_DRAWN_EDGES, fill_template, page_script, script_safe_json
+from .render import MAX_DRAWN_EDGES, render_page
 
 
 def evolution_page_data(result: dict, out: Path) -> dict:
@@ -30,7 +29,6 @@ def write_evolution_page(result: dict, out: Path, path: Path, d_model: int | Non
     data = evolution_page_data(result, out)
     data["d_model"] = d_model
     title = f"How the circuit for {data['task']} forms over training"
-    values = {"CSS": (ASSETS / "viewer.css").read_text() + (ASSETS / "evolution.css").read_text(), "JS": page_script("evolution.js"),
-              "TITLE": html.escape(title), "DATA": script_safe_json(data)}
-    atomic_write_text(path, fill_template("evolution_main.html", values))
+    page = render_page("evolution_main.html", "evolution.js", title, data, styles=("viewer.css", "evolution.css"))
+    atomic_write_text(path, page)
     return path

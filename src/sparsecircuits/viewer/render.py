@@ -109,23 +109,19 @@ def script_safe_json(data) -> str:
     return json.dumps(_finite(data), separators=(",", ":"), allow_nan=False).translate(_SCRIPT_SAFE)
 
 
-def page_script(name: str) -> str:
-    """A page's JavaScript: the shared circuit layout, then the page's own script."""
-    return (ASSETS / "layout.js").read_text() + "\n" + (ASSETS / name).read_text()
-
-
-def fill_template(main: str, values: dict[str, str]) -> str:
-    """page.html (the page shell every viewer page shares) with the asset `main` as its <main>."""
-    values = {**values, "MAIN": (ASSETS / main).read_text()}
+def render_page(main: str, script: str, title: str, data, styles: tuple[str, ...] = ("viewer.css",)) -> str:
+    """A viewer page: page.html (the shell every page shares) with the asset `main` as its <main>, the
+    stylesheets `styles`, the shared circuit layout and then `script` as its JavaScript, and `data`."""
+    values = {"CSS": "".join((ASSETS / name).read_text() for name in styles),
+              "JS": (ASSETS / "layout.js").read_text() + "\n" + (ASSETS / script).read_text(),
+              "TITLE": html.escape(title), "DATA": script_safe_json(data), "MAIN": (ASSETS / main).read_text()}
     # One pass over the template: text that came from a value is never searched for placeholders again.
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], (ASSETS / "page.html").read_text())
 
 
 def render_html(data: dict) -> str:
     title = f"Circuit for {data['circuit']['task']} ({data['circuit']['model']['name']})"
-    values = {"CSS": (ASSETS / "viewer.css").read_text(), "JS": page_script("viewer.js"),
-              "TITLE": html.escape(title), "DATA": script_safe_json(data)}
-    return fill_template("circuit_main.html", values)
+    return render_page("circuit_main.html", "viewer.js", title, data)
 
 
 def label_text(node: dict | None) -> str:
