@@ -100,9 +100,32 @@ def test_demo_compare_and_sweep_apply_one_margin_rule(tmp_path, task_run):
     assert compare.does_with_margin is claim.does_with_margin is sweep.does_with_margin is demo_module.does_with_margin
     run, task = task_run
     with pytest.raises(SystemExit):  # the fixture does its task to about 0.3: not within 0.5 x 0.5
-        main(["compare", str(run), str(run), "--out", str(tmp_path / "c"), "--tasks", str(task), "--targets", "0.5"])
+        main(["compare", str(run), str(run), "--out", str(tmp_path / "c"), "--tasks", str(task), "--targets", "0.5",
+              "--keep-flagged"])
     with pytest.raises(SparseCircuitsError, match="loss <= 0.5 x any target"):
-        compare.compare(run, run, tmp_path / "c", tasks=[str(task)], targets=(0.5,), show_progress=False)
+        compare.compare(run, run, tmp_path / "c", tasks=[str(task)], targets=(0.5,), keep_flagged=True, show_progress=False)
+
+
+def test_compare_and_sweep_leave_out_a_task_the_audit_flags(tmp_path, task_run, capsys):
+    """The fixture's task is answered by the prompt's length (its lambda prompts are the longer ones):
+    done with margin, it is still left out of compare, as of the demo's claim (a), and of the sweep."""
+    from sparsecircuits.errors import SparseCircuitsError
+    from sparsecircuits.experiments import compare, sweep
+    from sparsecircuits.tasks.audit import audit_task
+    from sparsecircuits.rundir import Run
+
+    run, task = task_run
+    assert audit_task(str(task), Run.open(run).model())["flagged"] == ["length"]
+    with pytest.raises(SparseCircuitsError, match="flagged by `tasks audit`, left out: lambda"):
+        compare.compare(run, run, tmp_path / "c", tasks=[str(task)], targets=(0.68,), margin=1.0, show_progress=False)
+    assert "left out lambda: flagged by `tasks audit` (length)" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "compare.csv").exists()
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'config = "tiny"\nset = {json.dumps(TINY)}\ntarget_loss = 0.99\n'  # the fixture's recipe
+                    f'tasks = [{json.dumps(str(task))}]\n[grid]\nd_model = [32]\nl0_fraction = [0.25]\n')
+    rows = sweep.sweep(str(grid), tmp_path / "sweep", run.parent / "data", show_progress=False)
+    assert rows[0]["flagged"] == {"lambda": ["length"]} and rows[0]["edges"] == {} and rows[0]["tasks_learned"] == 0
+    assert not (tmp_path / "sweep" / "circuits").exists()
 
 
 def test_compare_two_models(tmp_path, task_run, capsys):
@@ -111,7 +134,7 @@ def test_compare_two_models(tmp_path, task_run, capsys):
     run, task = task_run
     out = tmp_path / "cmp"
     main(["compare", str(run), str(run), "--out", str(out), "--tasks", str(task), "--targets", "0.68,0.65",
-          "--margin", "1"])
+          "--margin", "1", "--keep-flagged"])  # the fixture's task is flagged (length): kept on request
     rows = (out / "compare.csv").read_text().splitlines()
     assert rows[0] == "model,task,target_loss,loss_choose,loss,loss_calibrated,nodes,edges" and len(rows) >= 3
     # each target is met on the choose records (the test loss beside it is a held-out estimate: on a

@@ -21,7 +21,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     targets = args.targets
     rows = compare(args.run_a, args.run_b, args.out, tasks=args.tasks.split(",") if args.tasks else None,
-                   targets=targets, margin=args.margin)
+                   targets=targets, margin=args.margin, keep_flagged=args.keep_flagged)
     labels = list(dict.fromkeys(r["model"] for r in rows))
     print(f"{'target':>7s} " + " ".join(f"{label[:20]:>20s}" for label in labels)
           + "   (geometric-mean edges over the tasks both models reach)")
@@ -76,6 +76,8 @@ def register_compare(sub) -> None:
     p.add_argument("--targets", type=targets, default="0.5,0.3,0.15,0.05", help="target losses (default 0.5,0.3,0.15,0.05)")
     p.add_argument("--margin", type=real(0, 1, low_open=True), default=0.5,
                    help="at each target, prune the tasks both models do to loss <= MARGIN x the target (default 0.5)")
+    p.add_argument("--keep-flagged", action="store_true",
+                   help="also compare tasks `tasks audit` flags (a degenerate cue answers them; left out by default)")
     p.set_defaults(func=cmd_compare)
 
 

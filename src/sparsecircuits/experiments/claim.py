@@ -2,7 +2,8 @@
 at a sweep of target losses, each target over the tasks both models do with margin.
 
 One margin rule serves the demo, `compare` and `sweep`: a model does a task with margin at a target
-when its full-model loss on the choose records is at most MARGIN x the target. A model that only
+when its full-model loss on the choose records is at most MARGIN x the target; and all three leave
+out the tasks `tasks audit` flags (a degenerate cue answers them). A model that only
 just reaches the target needs nearly all of itself to keep doing so, which would make its circuit
 large for a reason that has nothing to do with sparsity.
 """
@@ -42,6 +43,23 @@ def claim_tasks(losses: dict[str, dict[str, float | None]], flagged: dict[str, l
         else:
             chosen.append(task)
     return chosen, excluded
+
+
+def flagged_by_audit(models: list, names: list[str]) -> dict[str, list[str]]:
+    """{task: degenerate cues} for the tasks `tasks audit` flags under any of `models` (their tokenizers
+    and bigram tables). A flagged task is left out of every claim: demo, compare and sweep alike."""
+    from ..errors import SparseCircuitsError
+    from ..tasks.audit import audit_task
+
+    flagged = {}
+    for name in names:
+        try:
+            cues = sorted({cue for model in models for cue in audit_task(name, model)["flagged"]})
+        except SparseCircuitsError:  # a task a model cannot load is left out by its loss already
+            continue
+        if cues:
+            flagged[name] = cues
+    return flagged
 
 
 def circuit_is_evidence(metrics: dict, target: float, validation: dict | None = None) -> tuple[bool, list[str]]:

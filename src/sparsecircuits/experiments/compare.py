@@ -1,10 +1,12 @@
 """`sparsecircuits compare RUN_A RUN_B`: circuit edges at a sweep of target losses for two models
 (paper Fig. 2), as a PNG plot and a CSV. At each target only the tasks both models do with margin
-(`claim.MARGIN`, the rule the demo and sweep use) are pruned, each with a mask trained to that target.
+(`claim.MARGIN`, the rule the demo and sweep use) are pruned, each with a mask trained to that target;
+tasks `tasks audit` flags are left out, as in the demo's claim (a).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -16,13 +18,13 @@ from ..io import atomic_write_csv, output_folder
 from ..plots import pyplot, save
 from ..rundir import Run, as_run
 from ..tasks import BUILTIN_TASKS, evaluate_task
-from .claim import MARGIN, does_with_margin, geomean
+from .claim import MARGIN, does_with_margin, flagged_by_audit, geomean
 
 DEFAULT_TARGETS = (0.5, 0.3, 0.15, 0.05)
 
 
 def compare(run_a: Run | str | Path, run_b: Run | str | Path, out: str | Path, tasks: list[str] | None = None,
-            targets: tuple[float, ...] = DEFAULT_TARGETS, margin: float = MARGIN,
+            targets: tuple[float, ...] = DEFAULT_TARGETS, margin: float = MARGIN, keep_flagged: bool = False,
             show_progress: bool = True) -> list[dict]:
     out = output_folder(out)
     runs = [as_run(run_a), as_run(run_b)]
@@ -37,10 +39,15 @@ def compare(run_a: Run | str | Path, run_b: Run | str | Path, out: str | Path, t
                 losses[name].append(evaluate_task(model, load_task_splits(model, name).choose)["loss"])  # never test
             except SparseCircuitsError:
                 losses[name].append(float("inf"))
-    chosen = {t: [name for name, pair in losses.items() if all(does_with_margin(x, t, margin) for x in pair)]
-              for t in targets}
+    flagged = {} if keep_flagged else flagged_by_audit(models, [n for n, pair in losses.items() if all(map(math.isfinite, pair))])
+    for name, cues in flagged.items():
+        print(f"left out {Path(name).stem}: flagged by `tasks audit` ({', '.join(cues)})", file=sys.stderr)
+    chosen = {t: [name for name, pair in losses.items()
+                  if name not in flagged and all(does_with_margin(x, t, margin) for x in pair)] for t in targets}
     if not any(chosen.values()):
-        raise SparseCircuitsError(f"no task is done by both models to loss <= {margin:g} x any target: nothing to compare")
+        also = f" (flagged by `tasks audit`, left out: {', '.join(Path(n).stem for n in flagged)})" if flagged else ""
+        raise SparseCircuitsError(f"no task is done by both models to loss <= {margin:g} x any target{also}:"
+                                  " nothing to compare")
     rows = []
     for label, run, model in zip(labels, runs, models):
         means = ablation_values(model, run, "mean", show_progress)
