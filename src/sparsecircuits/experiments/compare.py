@@ -6,7 +6,6 @@ tasks `tasks audit` flags are left out, as in the demo's claim (a).
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -39,7 +38,8 @@ def compare(run_a: Run | str | Path, run_b: Run | str | Path, out: str | Path, t
                 losses[name].append(evaluate_task(model, load_task_splits(model, name).choose)["loss"])  # never test
             except SparseCircuitsError:
                 losses[name].append(float("inf"))
-    flagged = {} if keep_flagged else flagged_by_audit(models, [n for n, pair in losses.items() if all(map(math.isfinite, pair))])
+    done = [name for name, pair in losses.items() if all(does_with_margin(x, max(targets), margin) for x in pair)]
+    flagged = {} if keep_flagged else flagged_by_audit(models, done)  # audited only where it would be compared
     for name, cues in flagged.items():
         print(f"left out {Path(name).stem}: flagged by `tasks audit` ({', '.join(cues)})", file=sys.stderr)
     chosen = {t: [name for name, pair in losses.items()
