@@ -100,7 +100,7 @@ def idiom_records(idiom: str, n_pairs: int, seed: int) -> list[dict]:
     lambda's argument, '(' after a def's name; the other kind defined above) or "while" (':' after
     `while True`, a newline after `return True`). The built-in tasks also write the other member's line
     commented out above, which a tiny model does not learn this fast; these keep the test suite quick.
-    Tasks made from them are answered by a bag of their tokens (`tasks audit` flags them)."""
+    The lambda task is also answered by its prompts' length (`tasks audit` flags it)."""
     import random
 
     from sparsecircuits.tasks.builtin import FUNCS, NAMES

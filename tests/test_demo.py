@@ -108,7 +108,7 @@ def test_demo_compare_and_sweep_apply_one_margin_rule(tmp_path, task_run):
 
 def test_compare_and_sweep_leave_out_a_task_the_audit_flags(tmp_path, task_run, capsys):
     """The fixture's task is answered by the prompt's length (its lambda prompts are the longer ones):
-    done with margin, it is still left out of compare, as of the demo's claim (a), and of the sweep."""
+    done with margin, it is still left out of compare and of the sweep, as it is of the demo's claim (a)."""
     from sparsecircuits.errors import SparseCircuitsError
     from sparsecircuits.experiments import compare, sweep
     from sparsecircuits.tasks.audit import audit_task

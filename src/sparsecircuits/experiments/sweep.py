@@ -131,7 +131,8 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
         flagged = flagged_by_audit([model], done)  # left out, as in the demo's claim (a)
         for name in done:
             if name in flagged:
-                print(f"{tag}: left out {Path(name).stem}: flagged by `tasks audit` ({', '.join(flagged[name])})", file=sys.stderr)
+                cues = ", ".join(flagged[name])
+                print(f"{tag}: left out {Path(name).stem}: flagged by `tasks audit` ({cues})", file=sys.stderr)
                 continue
             circuit_dir = out / "circuits" / tag / Path(name).stem
             circuit = prune_or_reuse(run, name, circuit_dir, PruneSettings(target_loss=target), show_progress)
