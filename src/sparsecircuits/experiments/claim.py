@@ -48,15 +48,11 @@ def claim_tasks(losses: dict[str, dict[str, float | None]], flagged: dict[str, l
 def flagged_by_audit(models: list, names: list[str]) -> dict[str, list[str]]:
     """{task: degenerate cues} for the tasks `tasks audit` flags under any of `models` (their tokenizers
     and bigram tables). A flagged task is left out of every claim: demo, compare and sweep alike."""
-    from ..errors import SparseCircuitsError
     from ..tasks.audit import audit_task
 
     flagged = {}
-    for name in names:
-        try:
-            cues = sorted({cue for model in models for cue in audit_task(name, model)["flagged"]})
-        except SparseCircuitsError:  # a task a model cannot load is left out by its loss already
-            continue
+    for name in names:  # tasks the models have already been scored on, so each one loads
+        cues = sorted({cue for model in models for cue in audit_task(name, model)["flagged"]})
         if cues:
             flagged[name] = cues
     return flagged
