@@ -121,6 +121,21 @@ def test_paper_quote_and_bracket_tasks_are_posed_as_the_paper_poses_them():
     assert set(SUITES["hard"]) >= set(HARD_FORMS["single_double_quote"] + HARD_FORMS["bracket_counting"])
 
 
+def test_paper_copy_and_loop_tasks_carry_no_line_that_balances_name_counts():
+    """class_init, var_swap and for_while in the paper's form: the line being written and nothing added to
+    even out which names appear; the hard suite keeps the balanced forms."""
+    for record in generate("class_init", 50, seed=0):
+        prompt, wrong = record["prompt"], record["incorrect"].strip()
+        assert "assert" not in prompt and f"self.{wrong} =" not in prompt, prompt
+    for record in generate("var_swap", 50, seed=0):
+        assert record["prompt"].count("\n") == 1 and " + " not in record["prompt"], record
+    for record in generate("for_while", 50, seed=0):
+        assert (" for " in record["prompt"]) != (" while " in record["prompt"]), record
+    assert all("assert" in r["prompt"] for r in generate("class_init_hard", 10, seed=0))
+    assert all(" + " in r["prompt"] for r in generate("var_swap_hard", 10, seed=0))
+    assert all(" for " in r["prompt"] and " while " in r["prompt"] for r in generate("for_while_hard", 10, seed=0))
+
+
 def test_no_builtin_task_is_answered_by_its_length_or_last_token_except_else_elif():
     """else_elif is decided by its last token as the paper defines it (flagged and documented)."""
     for suite in SUITES.values():

@@ -11,7 +11,8 @@ ordinary Python; none of this text is written into any training corpus.
   tasks that is the mechanism the paper found.
 - `hard`: harder forms of the same contrasts, to test how far a paper circuit generalises: each
   `<task>_hard` puts the other member's deciding line commented out above its own (or binds two
-  variables, or opens one of two files), and three of the paper's adversarial checks: an unmatched
+  variables, or opens one of two files, or adds a line that evens out how often each candidate name
+  or loop keyword appears), and three of the paper's adversarial checks: an unmatched
   bracket in a comment, a long list diluting the depth signal, and a string of the other quote kind
   earlier in the file. `HARD_FORMS` maps each paper task to its hard forms.
 """
@@ -110,9 +111,9 @@ def set_or_string_fixedvarname_hard(rng: random.Random) -> Pair:
     return _set_or_string_hard(rng, "current")
 
 
-def class_init(rng: random.Random) -> Pair:
-    """Copy the attribute's name. Both names occur as often in one prompt as in the other, so the one
-    still to be copied is not the one seen fewer times."""
+def class_init_hard(rng: random.Random) -> Pair:
+    """Copy the attribute's name when the wrong name is the one just copied on the line above, and the
+    right one was named once more (an `assert`) in between: copying the previous line's name fails."""
     names = _names(rng, 4)
     cls = rng.choice(CLASSES)
     head = f"class {cls}:\n    def __init__(self, {', '.join(names)}):\n"
@@ -161,7 +162,7 @@ def bracket_counting_hard(rng: random.Random) -> Pair:
     return _commented_twin(_function_head(rng, var), contrast)
 
 
-def for_while(rng: random.Random) -> Pair:
+def for_while_hard(rng: random.Random) -> Pair:
     """A for loop inside a while loop or the other way round: the innermost header decides."""
     a, b, c, d = _names(rng, 4)
     head = _function_head(rng, a, b, c, d)
@@ -192,8 +193,9 @@ def if_ternary_hard(rng: random.Random) -> Pair:
         f"{a} = {b} if {c}" if ternary else f"if {c}", " else" if ternary else ":", ":" if ternary else " else"))
 
 
-def var_swap(rng: random.Random) -> Pair:
-    """x, y = y, x: each name occurs as often in one prompt as in the other."""
+def var_swap_hard(rng: random.Random) -> Pair:
+    """x, y = y, x after a line that uses the other name twice: each name occurs as often in one prompt
+    as in the other, and the name after the last ` =` is the wrong one."""
     x, y = _names(rng, 2)
     return (_record(f"{y} = {x} + {x}\n{x}, {y} = {y},", f" {x}", f" {y}"),
             _record(f"{x} = {y} + {y}\n{y}, {x} = {x},", f" {y}", f" {x}"))
@@ -283,6 +285,20 @@ def set_or_string_fixedvarname(rng: random.Random) -> Pair:
     return _set_or_string(rng, "current")
 
 
+def class_init(rng: random.Random) -> Pair:
+    """`self.name = name` in an `__init__`: copy the attribute's name; the wrong answer is another
+    argument not yet assigned."""
+    names = _names(rng, 4)
+    cls = rng.choice(CLASSES)
+    head = f"class {cls}:\n    def __init__(self, {', '.join(names)}):\n"
+    done = rng.randint(0, 2)
+    body = "".join(f"        self.{n} = {n}\n" for n in names[:done])
+    first, second = names[done], names[done + 1]
+    return _pair(lambda pick_first: (f"{head}{body}        self.{first if pick_first else second} =",
+                                     f" {first}" if pick_first else f" {second}",
+                                     f" {second}" if pick_first else f" {first}"))
+
+
 def with_as(rng: random.Random) -> Pair:
     var, path = _names(rng, 2)
     head = _function_head(rng, var, path)
@@ -346,6 +362,22 @@ def if_ternary(rng: random.Random) -> Pair:
     head = _function_head(rng, a, b, c)
     return _pair(lambda ternary: (f"{head}{a} = {b} if {c}" if ternary else f"{head}if {c}", " else" if ternary else ":",
                                   ":" if ternary else " else"))
+
+
+def for_while(rng: random.Random) -> Pair:
+    """`for name` continues with ` in`, `while name` with `:`."""
+    var = rng.choice(NAMES)
+    head = _function_head(rng, var)
+    return _pair(lambda is_for: (f"{head}for {var}" if is_for else f"{head}while {var}",
+                                 " in" if is_for else ":", ":" if is_for else " in"))
+
+
+def var_swap(rng: random.Random) -> Pair:
+    """`x, y = y, x`: the swap's last name is its first."""
+    x, y = _names(rng, 2)
+    head = f"def {rng.choice(FUNCS)}({x}, {y}):\n    "
+    return (_record(f"{head}{x}, {y} = {y},", f" {x}", f" {y}"),
+            _record(f"{head}{y}, {x} = {x},", f" {y}", f" {x}"))
 
 
 def indent_for(rng: random.Random) -> Pair:
@@ -424,7 +456,6 @@ def single_double_quote_other_quote(rng: random.Random) -> Pair:
 PAPER = (single_double_quote, final_kwarg, set_or_string, set_or_string_fixedvarname, class_init, with_as,
          bracket_brace, with_open, bracket_counting, for_while, else_elif, fstring_brace, if_ternary, var_swap,
          indent_for, lambda_func, if_equals, enumerate_range, var_if, while_return_true)
-# class_init, for_while and var_swap are posed the same way in both suites
 HARD = {f"{f.__name__}_hard": globals().get(f"{f.__name__}_hard", f) for f in PAPER}
 HARD.update({f.__name__: f for f in (bracket_counting_comment, bracket_counting_long, single_double_quote_other_quote)})
 
