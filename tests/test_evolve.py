@@ -127,3 +127,19 @@ def test_kept_models_survive_a_resume_as_if_the_run_had_not_stopped(data_dir, tm
         a, b = (run.at_step(step) for run in runs)
         assert a.weights_sha256 == b.weights_sha256 and a.kept["val_loss"] == b.kept["val_loss"]
     assert runs[1].at_step(20).weights_sha256 == runs[1].weights_sha256  # the last kept model is the final one
+
+
+def test_tasks_eval_scores_a_kept_model_and_names_the_kept_steps_when_asked_for_another(task_run, capsys):
+    run, task = task_run
+    main(["tasks", "eval", str(run), "--task", str(task), "--step", "100", "--json"])
+    kept = json.loads(capsys.readouterr().out)[0]["loss"]
+    main(["tasks", "eval", str(run), "--task", str(task), "--json"])
+    final = json.loads(capsys.readouterr().out)[0]["loss"]
+    model = Run.open(run).at_step(100).model()
+    assert kept == pytest.approx(float(task_loss(pair_logits(model, load_task(str(task), model.tokenizer, "test")))))
+    assert kept != pytest.approx(final)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tasks", "eval", str(run), "--task", str(task), "--step", "150"])
+    err = capsys.readouterr().err
+    error = [line for line in err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 2 and len(error) == 1 and "kept steps: 100, 200, 300" in error[0]

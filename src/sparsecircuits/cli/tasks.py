@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..errors import SparseCircuitsError
-from .args import suite_argument, EXIT_VALIDATION_FAILED
+from .args import NON_NEGATIVE, suite_argument, EXIT_VALIDATION_FAILED
 
 
 def cmd_tasks_list(args: argparse.Namespace) -> None:
@@ -41,11 +41,12 @@ def cmd_tasks_audit(args: argparse.Namespace) -> None:
 
 
 def cmd_tasks_eval(args: argparse.Namespace) -> None:
-    from ..model.gpt import SparseGPT
+    from ..rundir import Run
     from ..tasks import suite_tasks
     from ..tasks.audit import score_tasks
 
-    model = SparseGPT.from_pretrained(args.run_dir)
+    run = Run.open(args.run_dir)
+    model = (run if args.step is None else run.at_step(args.step)).model()
     names = args.task or suite_tasks(args.suite)
     table = score_tasks(model, names, args.split, warn=len(names) == 1)
     if len(names) == 1 and "error" in table[names[0]]:
@@ -89,6 +90,8 @@ def register_tasks(sub) -> None:
     suite_argument(p)
     p.add_argument("--split", choices=["train", "choose", "test"], default="test",
                    help="which records to score (default test; the mask trains on train, node counts are chosen on choose)")
+    p.add_argument("--step", type=NON_NEGATIVE, metavar="STEP",
+                   help="score the model kept at this training step (train.keep_every) instead of the final one")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tasks_eval)
 
