@@ -98,8 +98,8 @@ def circuit_dir(task_run, tmp_path_factory):
 def idiom_records(idiom: str, n_pairs: int, seed: int) -> list[dict]:
     """Paired records of an idiom a tiny model learns in a few hundred steps: "lambda" (':' after a
     lambda's argument, '(' after a def's name; the other kind defined above) or "while" (':' after
-    `while True`, a newline after `return True`). The built-in tasks also write the other member's line
-    commented out above, which a tiny model does not learn this fast; these keep the test suite quick.
+    `while True`, a newline after `return True`). The built-in tasks pose these contrasts in longer,
+    more varied prompts, which a tiny model does not learn this fast; these keep the test suite quick.
     The lambda task is also answered by its prompts' length (`tasks audit` flags it)."""
     import random
 

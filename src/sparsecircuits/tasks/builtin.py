@@ -111,19 +111,25 @@ def set_or_string_fixedvarname_hard(rng: random.Random) -> Pair:
     return _set_or_string_hard(rng, "current")
 
 
-def class_init_hard(rng: random.Random) -> Pair:
-    """Copy the attribute's name when the wrong name is the one just copied on the line above, and the
-    right one was named once more (an `assert`) in between: copying the previous line's name fails."""
+def _init_start(rng: random.Random, most_stored: int) -> tuple[str, str, str]:
+    """A class whose `__init__` takes four arguments and has stored the first 0 to `most_stored` of them
+    (`self.x = x` lines), and the next two arguments: the prompt so far, then the two candidates."""
     names = _names(rng, 4)
     cls = rng.choice(CLASSES)
     head = f"class {cls}:\n    def __init__(self, {', '.join(names)}):\n"
-    done = rng.randint(0, 1)
+    done = rng.randint(0, most_stored)
     body = "".join(f"        self.{n} = {n}\n" for n in names[:done])
-    first, second = names[done], names[done + 1]
+    return head + body, names[done], names[done + 1]
+
+
+def class_init_hard(rng: random.Random) -> Pair:
+    """Copy the attribute's name when the wrong name is the one just copied on the line above, and the
+    right one was named once more (an `assert`) in between: copying the previous line's name fails."""
+    start, first, second = _init_start(rng, 1)
 
     def make(pick_first: bool) -> tuple[str, str, str]:
         this, other = (first, second) if pick_first else (second, first)
-        return (f"{head}{body}        self.{other} = {other}\n        assert {this}\n        self.{this} =",
+        return (f"{start}        self.{other} = {other}\n        assert {this}\n        self.{this} =",
                 f" {this}", f" {other}")
     return _pair(make)
 
@@ -288,15 +294,12 @@ def set_or_string_fixedvarname(rng: random.Random) -> Pair:
 def class_init(rng: random.Random) -> Pair:
     """`self.name = name` in an `__init__`: copy the attribute's name; the wrong answer is another
     argument not yet assigned."""
-    names = _names(rng, 4)
-    cls = rng.choice(CLASSES)
-    head = f"class {cls}:\n    def __init__(self, {', '.join(names)}):\n"
-    done = rng.randint(0, 2)
-    body = "".join(f"        self.{n} = {n}\n" for n in names[:done])
-    first, second = names[done], names[done + 1]
-    return _pair(lambda pick_first: (f"{head}{body}        self.{first if pick_first else second} =",
-                                     f" {first}" if pick_first else f" {second}",
-                                     f" {second}" if pick_first else f" {first}"))
+    start, first, second = _init_start(rng, 2)
+
+    def make(pick_first: bool) -> tuple[str, str, str]:
+        this, other = (first, second) if pick_first else (second, first)
+        return f"{start}        self.{this} =", f" {this}", f" {other}"
+    return _pair(make)
 
 
 def with_as(rng: random.Random) -> Pair:
