@@ -100,7 +100,8 @@ def idiom_records(idiom: str, n_pairs: int, seed: int) -> list[dict]:
     lambda's argument, '(' after a def's name; the other kind defined above) or "while" (':' after
     `while True`, a newline after `return True`). The built-in tasks pose these contrasts in longer,
     more varied prompts, which a tiny model does not learn this fast; these keep the test suite quick.
-    The lambda task is also answered by its prompts' length (`tasks audit` flags it)."""
+    The lambda task is also answered by its prompts' length and by the first token of the line above
+    (`tasks audit` flags both)."""
     import random
 
     from sparsecircuits.tasks.builtin import FUNCS, NAMES

@@ -53,11 +53,12 @@ def anywhere_cue(rng):
 
 
 def last_line_cue(rng):
-    """The word on the last line decides; the line above holds the other word, so the bag of all tokens
-    is the same for both prompts."""
+    """The word on the last line decides; the line above holds the other word (among others, at no fixed
+    position), so the bag of all tokens is the same for both prompts."""
     body = " ".join(rng.choice(WORDS) for _ in range(2))
-    return ({"prompt": f"y = down\nx = up {body} end", "correct": " +", "incorrect": " -"},
-            {"prompt": f"y = up\nx = down {body} end", "correct": " -", "incorrect": " +"})
+    left, right = (" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12))) for _ in range(2))
+    return ({"prompt": f"y = {left} down {right}\nx = up {body} end", "correct": " +", "incorrect": " -"},
+            {"prompt": f"y = {left} up {right}\nx = down {body} end", "correct": " -", "incorrect": " +"})
 
 
 def last_two_cue(rng):
@@ -84,9 +85,10 @@ def test_a_task_whose_two_prompts_hold_the_same_tokens_passes():
 
 
 @pytest.mark.parametrize("name", BUILTIN_TASKS)
-def test_paper_pairs_share_their_length_and_last_pre_token(name):
-    """The paper suite removes the degenerate cues only: both prompts of a pair have as many byte-level
-    pre-tokens and end in the same one, except else_elif, whose contrast is its last token."""
+def test_paper_pairs_end_alike_and_whatever_balances_them_is_shared(name):
+    """The paper suite removes the degenerate cues only: both prompts of a pair end in the same pre-token
+    (except else_elif, whose contrast is its last token), and a pair whose prompts differ in length has
+    the same comment line above both: nothing added to a prompt depends on its answer."""
     from tokenizers import pre_tokenizers
 
     split = pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str
@@ -94,8 +96,57 @@ def test_paper_pairs_share_their_length_and_last_pre_token(name):
     for first, second in zip(records[::2], records[1::2]):
         assert first["correct"] == second["incorrect"]
         a, b = [t for t, _ in split(first["prompt"])], [t for t, _ in split(second["prompt"])]
-        assert len(a) == len(b) and (a[-1] == b[-1]) == (name != "else_elif"), name
+        assert (a[-1] == b[-1]) == (name != "else_elif"), name
+        if len(a) != len(b):
+            assert first["prompt"].startswith("#") and first["prompt"].split("\n")[0] == second["prompt"].split("\n")[0]
     assert audit_task(name)["flagged"] == (["last_token"] if name == "else_elif" else [])
+
+
+def one_sided_padding(pair, rng):
+    """The retired balancing: a comment line before the shorter prompt only, so its first token names its answer."""
+    short = min(pair, key=lambda r: len(r["prompt"]))
+    return tuple({**r, "prompt": "# pad\n" + r["prompt"]} if r is short else r for r in pair)
+
+
+def test_the_generator_rejects_padding_that_depends_on_the_answer(monkeypatch):
+    from sparsecircuits.tasks import builtin
+
+    assert generate("if_equals", 20, seed=0)  # the shipped padding passes its own check
+    monkeypatch.setattr(builtin, "PADDING", one_sided_padding)
+    with pytest.raises(ValueError, match="padding differs between the two answers of a pair"):
+        generate("if_equals", 20, seed=0)
+
+
+def padded_first_token_cue(rng):
+    """The answer is decided by a contrast on the last line, but one answer's prompt alone starts with a
+    newline (as padding once did): the first token names the answer. Length and last token say nothing."""
+    body = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6)))
+    return ({"prompt": f"\nx = {body} up end", "correct": " +", "incorrect": " -"},
+            {"prompt": f"x = {body} up up end", "correct": " -", "incorrect": " +"})
+
+
+def test_audit_flags_a_task_whose_first_token_names_the_answer_and_names_the_position(tmp_path):
+    result = audit_task(write_task(tmp_path / "padded.jsonl", padded_first_token_cue))
+    assert result["accuracy"]["last_token"] < FLAG_ACCURACY and result["accuracy"]["length"] < FLAG_ACCURACY
+    assert "token 1 from start" in result["flagged"] and result["positions"]["token 1 from start"] > 0.95
+    # a contrast on the last line at a fixed offset from the end is the task's content, not flagged
+    assert audit_task(write_task(tmp_path / "two.jsonl", last_two_cue))["flagged"] == []
+
+
+def test_bracket_counting_counts_bracket_tokens_and_class_init_stores_many_lines():
+    """Each `[` of bracket_counting is a pre-token of its own (`[[` would be one token whose identity gives
+    the depth); class_init's `__init__` has stored two or more `self.x = x` lines, as the paper's does."""
+    from tokenizers import pre_tokenizers
+
+    split = pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str
+    for name in ("bracket_counting", "bracket_counting_long", "bracket_counting_hard"):
+        for record in generate(name, 50, seed=0):
+            brackets = [t for t, _ in split(record["prompt"]) if "[" in t and not t.startswith("#")]
+            assert all(t.lstrip("\u0120") == "[" for t in brackets), record  # "\u0120": a space, byte-level
+            if name == "bracket_counting":
+                assert len(brackets) == (2 if record["correct"] == "]]" else 1), record
+    stored = [r["prompt"].count("        self.") for r in generate("class_init", 100, seed=0)]
+    assert min(stored) >= 2 + 1 and max(stored) >= 5  # the line being written is one of them
 
 
 @pytest.mark.parametrize("name", [f for forms in HARD_FORMS.values() for f in forms if f.endswith("_hard")])
@@ -108,13 +159,14 @@ def test_hard_commented_twins_hold_the_same_pre_tokens(name):
 
 
 def test_paper_quote_and_bracket_tasks_are_posed_as_the_paper_poses_them():
-    """One quote kind and no comment line in the quote task; no closing bracket and no comment in the
-    bracket-counting task; the distractors live in the hard suite."""
+    """One quote kind and no comment line in the quote task; no closing bracket and no bracket in a comment
+    in the bracket-counting task; the distractors live in the hard suite."""
     for record in generate("single_double_quote", 50, seed=0):
         prompt = record["prompt"]
         assert "#" not in prompt and (prompt.count("'") + prompt.count('"')) == 1, prompt
     for record in generate("bracket_counting", 50, seed=0):
-        assert "#" not in record["prompt"] and "]" not in record["prompt"], record
+        comments = [line for line in record["prompt"].splitlines() if line.startswith("#")]
+        assert "]" not in record["prompt"] and not any("[" in c for c in comments), record
     assert all("#" in r["prompt"] for r in generate("bracket_counting_comment", 10, seed=0))
     other = generate("single_double_quote_other_quote", 10, seed=0)
     assert all("'" in r["prompt"] and '"' in r["prompt"] for r in other)
@@ -174,5 +226,6 @@ def test_audit_cli_exits_1_on_a_flagged_task_and_reads_the_bigram_table(tmp_path
     captured = capsys.readouterr()
     rows = json.loads(captured.out)
     assert [r["task"] for r in rows] == ["lambda"] and "bigram_table" in rows[0]["accuracy"]
-    assert rows[0]["flagged"] == ["length"] and "bag_of_tokens" in rows[0]["mechanisms"]
+    assert rows[0]["flagged"][0] == "length" and "token 1 from start" in rows[0]["flagged"]
+    assert "bag_of_tokens" in rows[0]["mechanisms"]
     assert "for_while not audited" in captured.err  # its completions are not single tokens of this tokenizer

@@ -7,7 +7,12 @@ Degenerate cues: a task one of these answers is flagged, since then the bigram t
 carries the answer and a circuit says nothing about a mechanism:
 - last token: a lookup table from the prompt's last token to the answer;
 - length: one threshold on the prompt's length in tokens;
-- bigram table (when a run is given): the run's learned bigram logits from the last token.
+- bigram table (when a run is given): the run's learned bigram logits from the last token;
+- position: a lookup table from the token at one of the first or last POSITIONS positions (or two
+  adjacent ones) of the text before the prompt's last line (padding, a header, a comment above) to
+  the answer; it flags above POSITION_FLAG, a lower bar. The last line is the line being written,
+  the task's own content: its tokens at a fixed offset from the end are a mechanism (`for name`
+  decides ` in` from two tokens back), read by the last-token and last-two-token predictors.
 
 Likely mechanisms, reported and never flagged (which tokens appeared is exactly what the paper's
 quote and bracket circuits read):
@@ -33,6 +38,8 @@ from ..errors import SparseCircuitsError
 from .records import evaluate_task, load_task, load_task_splits, task_records
 
 FLAG_ACCURACY = 0.70  # a task some degenerate cue answers this well on held-out records is flagged
+POSITION_FLAG = 0.60  # ... or a token at a fixed position before the last line answers this well
+POSITIONS = 4  # the first and last positions the position predictors read
 DEGENERATE = ("last_token", "length", "bigram_table")
 MECHANISMS = ("bag_of_tokens", "bag_of_last_line", "last_two_tokens")
 PREDICTORS = DEGENERATE + MECHANISMS
@@ -76,8 +83,48 @@ def lookup_predictor(train: list[Example], test: list[Example], last: int = 1) -
 
 def last_line(tokens: list[str]) -> list[str]:
     """The tokens after the last one that holds a newline (byte-level text)."""
+    return tokens[last_line_start(tokens):]
+
+
+def last_line_start(tokens: list[str]) -> int:
+    """The index of the last line's first token (0 for a prompt of one line)."""
     ends = [i for i, t in enumerate(tokens) if NEWLINE in t]
-    return tokens[ends[-1] + 1:] if ends else tokens
+    return ends[-1] + 1 if ends else 0
+
+
+def position_spans() -> list[tuple[int, ...]]:
+    """Offsets read by the position predictors in the text before the last line: each of its first and
+    last POSITIONS positions, and each two adjacent ones."""
+    start = [(i,) for i in range(POSITIONS)] + [(i, i + 1) for i in range(POSITIONS - 1)]
+    end = [(-i,) for i in range(1, POSITIONS + 1)] + [(-i - 1, -i) for i in range(1, POSITIONS)]
+    return start + end
+
+
+def span_name(span: tuple[int, ...]) -> str:
+    """(0,) -> 'token 1 from start'; (-4, -3) -> 'tokens 4-3 before last line'."""
+    numbers = [i + 1 if i >= 0 else -i for i in span]
+    side = "from start" if span[0] >= 0 else "before last line"
+    return f"token {numbers[0]} {side}" if len(span) == 1 else f"tokens {numbers[0]}-{numbers[1]} {side}"
+
+
+def position_predictor(train: list[Example], test: list[Example], span: tuple[int, ...]) -> float:
+    """The held-out accuracy of a lookup table from the tokens at `span` of the text before the prompt's
+    last line (and the candidate pair) to the answer. A position past that text reads as nothing."""
+    def key(e: Example) -> tuple:
+        context = [str(t) for t in e.tokens[:last_line_start(e.tokens)]]
+        if context:  # the last newline's token also holds the last line's indent, which is the line's own
+            context[-1] = context[-1][:context[-1].rindex(NEWLINE) + 1]
+        n = len(context)
+        return e.pair, tuple(context[i] if -n <= i < n else None for i in span)
+
+    votes: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+    for e in train:
+        votes[key(e)][e.label] += 1
+    predictions = []
+    for e in test:
+        no, yes = votes.get(key(e), (0, 0))
+        predictions.append(0.5 if yes == no else float(yes > no))
+    return _accuracy(predictions, test)
 
 
 def length_predictor(train: list[Example], test: list[Example]) -> float:
@@ -163,8 +210,12 @@ def audit_task(name_or_path: str, model=None) -> dict:
     accuracy.update(bag_of_tokens=bag_predictor(train, test), bag_of_last_line=bag_predictor(train, test, part=last_line),
                     last_two_tokens=lookup_predictor(train, test, last=2))
     above = [p for p, a in accuracy.items() if a > FLAG_ACCURACY]
+    positions = {span_name(span): position_predictor(train, test, span) for span in position_spans()}
+    best = max(positions, key=positions.get)
+    flagged = [p for p in above if p in DEGENERATE] + [p for p, a in positions.items() if a > POSITION_FLAG]
     return {"task": name, "records": {"train": len(train), "test": len(test)}, "accuracy": accuracy,
-            "flagged": [p for p in above if p in DEGENERATE], "mechanisms": [p for p in above if p in MECHANISMS]}
+            "positions": positions, "best_position": {"position": best, "accuracy": positions[best]},
+            "flagged": flagged, "mechanisms": [p for p in above if p in MECHANISMS]}
 
 
 def score_tasks(model, names: list[str], split: str, warn: bool = False) -> dict[str, dict]:
@@ -184,14 +235,22 @@ def score_tasks(model, names: list[str], split: str, warn: bool = False) -> dict
 
 def format_audit(rows: list[dict]) -> str:
     columns = [p for p in PREDICTORS if any(p in r["accuracy"] for r in rows)]
-    lines = [f"{'':31s}degenerate cues{'':>{16 * len([c for c in columns if c in DEGENERATE]) - 15}s}likely mechanisms",
-             f"{'task':30s} " + " ".join(f"{c:>15s}" for c in columns) + "  verdict"]
+    degenerate = [c for c in columns if c in DEGENERATE]
+    lines = [f"{'':31s}degenerate cues{'':>{16 * len(degenerate) + 32 - 15}s}likely mechanisms",
+             f"{'task':30s} " + " ".join(f"{c:>15s}" for c in degenerate) + f" {'best position':>31s} "
+             + " ".join(f"{c:>15s}" for c in columns if c in MECHANISMS) + "  verdict"]
     for r in rows:
-        cells = " ".join(f"{r['accuracy'][c]:15.0%}" if c in r["accuracy"] else f"{'':>15s}" for c in columns)
+        best = r["best_position"]
+        cells = " ".join(f"{r['accuracy'][c]:15.0%}" if c in r["accuracy"] else f"{'':>15s}" for c in degenerate)
+        position = f"{best['accuracy']:.0%} {best['position']}"
+        cells += f" {position:>31s} "
+        cells += " ".join(f"{r['accuracy'][c]:15.0%}" if c in r["accuracy"] else f"{'':>15s}" for c in columns
+                          if c in MECHANISMS)
         verdict = "FLAGGED: " + ", ".join(r["flagged"]) if r["flagged"] else "pass"
         if r.get("mechanisms"):
             verdict += " (mechanism: " + ", ".join(r["mechanisms"]) + ")"
         lines.append(f"{r['task']:30s} {cells}  {verdict}")
     lines.append(f"(held-out accuracy of predictors fitted on the train records; a degenerate cue above {FLAG_ACCURACY:.0%}"
-                 " flags the task; a mechanism above it is reported)")
+                 " flags the task; a mechanism above it is reported; best position: the most accurate token at a fixed"
+                 f" position among the first and last {POSITIONS} before the last line, which flags above {POSITION_FLAG:.0%})")
     return "\n".join(lines)

@@ -6,8 +6,10 @@ ordinary Python; none of this text is written into any training corpus.
 
 - `paper` (the default): the 20 contrasts of docs/method.md section 2 in the paper's form. Only the
   degenerate cues are removed: the two prompts of a pair end in the same token (except `else_elif`,
-  whose contrast is its last token; `tasks audit` flags it) and `generate` pads the shorter one so
-  both have as many pre-tokens. Which tokens appear is left alone: for the quote, bracket and brace
+  whose contrast is its last token; `tasks audit` flags it), and a pair whose prompts differ in length
+  gets one random comment line above both, drawn once for the pair (`generate` checks that whatever
+  it adds is the same for both answers), so that neither a prompt's length nor any token at a fixed
+  position names its answer. Which tokens appear is left alone: for the quote, bracket and brace
   tasks that is the mechanism the paper found.
 - `hard`: harder forms of the same contrasts, to test how far a paper circuit generalises: each
   `<task>_hard` puts the other member's deciding line commented out above its own (or binds two
@@ -111,21 +113,22 @@ def set_or_string_fixedvarname_hard(rng: random.Random) -> Pair:
     return _set_or_string_hard(rng, "current")
 
 
-def _init_start(rng: random.Random, most_stored: int) -> tuple[str, str, str]:
-    """A class whose `__init__` takes four arguments and has stored the first 0 to `most_stored` of them
-    (`self.x = x` lines), and the next two arguments: the prompt so far, then the two candidates."""
-    names = _names(rng, 4)
+def _init_start(rng: random.Random, n_args: tuple[int, int], least_stored: int) -> tuple[str, str, str]:
+    """A class whose `__init__` takes `n_args` (low, high) arguments and has stored the first
+    `least_stored` or more of them in order (`self.x = x` lines), leaving two or more: the prompt so
+    far, the next argument, and another argument not yet stored."""
+    names = _names(rng, rng.randint(*n_args))
     cls = rng.choice(CLASSES)
     head = f"class {cls}:\n    def __init__(self, {', '.join(names)}):\n"
-    done = rng.randint(0, most_stored)
+    done = rng.randint(least_stored, len(names) - 2)
     body = "".join(f"        self.{n} = {n}\n" for n in names[:done])
-    return head + body, names[done], names[done + 1]
+    return head + body, names[done], rng.choice(names[done + 1:])
 
 
 def class_init_hard(rng: random.Random) -> Pair:
     """Copy the attribute's name when the wrong name is the one just copied on the line above, and the
     right one was named once more (an `assert`) in between: copying the previous line's name fails."""
-    start, first, second = _init_start(rng, 1)
+    start, first, second = _init_start(rng, (4, 4), 0)
 
     def make(pick_first: bool) -> tuple[str, str, str]:
         this, other = (first, second) if pick_first else (second, first)
@@ -164,7 +167,7 @@ def with_open_hard(rng: random.Random) -> Pair:
 
 def bracket_counting_hard(rng: random.Random) -> Pair:
     var = rng.choice(NAMES)
-    contrast = _bracket_contrast(var, _digits(rng, 1, 3))  # the items are drawn before the head
+    contrast = _bracket_contrast(var, _digits(rng, 1, 2), _digits(rng, 2, 3))  # the items are drawn before the head
     return _commented_twin(_function_head(rng, var), contrast)
 
 
@@ -292,9 +295,10 @@ def set_or_string_fixedvarname(rng: random.Random) -> Pair:
 
 
 def class_init(rng: random.Random) -> Pair:
-    """`self.name = name` in an `__init__`: copy the attribute's name; the wrong answer is another
-    argument not yet assigned."""
-    start, first, second = _init_start(rng, 2)
+    """`self.name = name` in an `__init__` of 4 to 7 arguments that has stored the first 2 or more
+    (the paper's many lines): copy the attribute's name; the wrong answer is another argument not yet
+    stored."""
+    start, first, second = _init_start(rng, (4, 7), 2)
 
     def make(pick_first: bool) -> tuple[str, str, str]:
         this, other = (first, second) if pick_first else (second, first)
@@ -325,14 +329,17 @@ def with_open(rng: random.Random) -> Pair:
                                "r" if read else "w", "w" if read else "r"))
 
 
-def _bracket_contrast(var: str, items: str, note: str = "") -> Callable[[bool], tuple[str, str, str]]:
-    """`var = [[items` closes with `]]`, `var = [items` with `]`, after an optional line `note`."""
-    return lambda nested: (f"{note}{var} = [[{items}" if nested else f"{note}{var} = [{items}",
+def _bracket_contrast(var: str, before: str, inner: str, note: str = "") -> Callable[[bool], tuple[str, str, str]]:
+    """`var = [before, [inner` closes with `]]` (two lists open), `var = [before, inner` with `]`, after
+    an optional line `note`. Each `[` follows a space, so it is a token of its own: depth is a count of
+    bracket tokens, not a token's identity (`[[` would be one token). `inner` holds two or more items,
+    so both prompts end in the same token (`, 7`, never `[7`)."""
+    return lambda nested: (f"{note}{var} = [{before}, [{inner}" if nested else f"{note}{var} = [{before}, {inner}",
                            "]]" if nested else "]", "]" if nested else "]]")
 
 
-def _bracket_pair(var: str, items: str, note: str = "") -> Pair:
-    return _pair(_bracket_contrast(var, items, note))
+def _bracket_pair(var: str, before: str, inner: str, note: str = "") -> Pair:
+    return _pair(_bracket_contrast(var, before, inner, note))
 
 
 def _digits(rng: random.Random, low: int, high: int) -> str:
@@ -341,7 +348,7 @@ def _digits(rng: random.Random, low: int, high: int) -> str:
 
 def bracket_counting(rng: random.Random) -> Pair:
     var = rng.choice(NAMES)
-    return _bracket_pair(var, _digits(rng, 1, 3))
+    return _bracket_pair(var, _digits(rng, 1, 2), _digits(rng, 2, 3))
 
 
 def else_elif(rng: random.Random) -> Pair:
@@ -435,14 +442,14 @@ def while_return_true(rng: random.Random) -> Pair:
 def bracket_counting_comment(rng: random.Random) -> Pair:
     """An unmatched `[` in a comment above: a circuit that averages `[` over the context miscounts."""
     var = rng.choice(NAMES)
-    items = _digits(rng, 1, 3)
-    return _bracket_pair(var, items, note=f"# {rng.choice(PLAIN_WORDS)} [{rng.randint(0, 9)}\n")
+    before, inner = _digits(rng, 1, 2), _digits(rng, 2, 3)
+    return _bracket_pair(var, before, inner, note=f"# {rng.choice(PLAIN_WORDS)} [{rng.randint(0, 9)}\n")
 
 
 def bracket_counting_long(rng: random.Random) -> Pair:
-    """A long list: one `[` among many tokens dilutes an averaged depth signal."""
+    """A long inner list: one `[` among many tokens dilutes an averaged depth signal."""
     var = rng.choice(NAMES)
-    return _bracket_pair(var, _digits(rng, 12, 20))
+    return _bracket_pair(var, _digits(rng, 1, 2), _digits(rng, 12, 20))
 
 
 def single_double_quote_other_quote(rng: random.Random) -> Pair:
@@ -544,28 +551,48 @@ def _pre_tokens(text: str) -> int:
     return len(_pre_tokenizer().pre_tokenize_str(text))
 
 
-def _same_length(pair: Pair, rng: random.Random) -> Pair:
-    """Pad the shorter prompt of a pair with a leading comment line so both have as many byte-level
-    pre-tokens (what `prepare`'s tokenizer splits first): then no threshold on a prompt's length can
-    tell the two answers apart."""
-    first, second = pair
-    gap = _pre_tokens(first["prompt"]) - _pre_tokens(second["prompt"])
-    if gap == 0:
+CONTEXT_WORDS = (1, 24)  # the words of the comment line above a pair whose prompts differ in length
+
+
+def _shared_context(pair: Pair, rng: random.Random) -> Pair:
+    """A pair whose prompts differ in length (in byte-level pre-tokens, what `prepare`'s tokenizer splits
+    first) gets one comment line of 1 to 24 random words above both prompts, drawn once for the pair.
+    It is the same text for both answers, so no token of it names one; and its length varies far more
+    than any pair's own difference, so a prompt's length says little about its answer."""
+    if _pre_tokens(pair[0]["prompt"]) == _pre_tokens(pair[1]["prompt"]):
         return pair
-    short = second if gap > 0 else first
-    gap = abs(gap)
-    # "#", gap - 2 words and "\n" are gap pre-tokens; a lone "\n" is one
-    pad = "\n" if gap == 1 else "#" + "".join(f" {rng.choice(PLAIN_WORDS)}" for _ in range(gap - 2)) + "\n"
-    padded = {**short, "prompt": pad + short["prompt"]}
-    return (first, padded) if short is second else (padded, second)
+    line = "#" + "".join(f" {rng.choice(PLAIN_WORDS)}" for _ in range(rng.randint(*CONTEXT_WORDS))) + "\n"
+    return _record(line + pair[0]["prompt"], pair[0]["correct"], pair[0]["incorrect"]), \
+        _record(line + pair[1]["prompt"], pair[1]["correct"], pair[1]["incorrect"])
+
+
+def check_shared_padding(pair: Pair, padded: Pair) -> Pair:
+    """`padded`, after checking that it is `pair` with the same text put before both prompts and nothing
+    else changed: text added to one answer's prompt only would itself answer the task."""
+    added = []
+    for before, after in zip(pair, padded):
+        cut = len(after["prompt"]) - len(before["prompt"])
+        if (cut < 0 or after["prompt"][cut:] != before["prompt"]
+                or (after["correct"], after["incorrect"]) != (before["correct"], before["incorrect"])):
+            raise ValueError(f"padding changed a prompt or its answers rather than adding text before it: {after!r}")
+        added.append(after["prompt"][:cut])
+    if added[0] != added[1]:
+        raise ValueError(f"padding differs between the two answers of a pair ({added[0]!r} before the prompt answered"
+                         f" {pair[0]['correct']!r}, {added[1]!r} before the one answered {pair[1]['correct']!r}): whatever"
+                         " balances a pair must be drawn once for both answers")
+    return padded
 
 
 def generate(name: str, n_pairs: int, seed: int) -> list[Record]:
-    """`n_pairs` pairs (2 * n_pairs records) of a built-in task, deterministic in `seed`; the two
-    prompts of each pair have the same length in pre-tokens."""
+    """`n_pairs` pairs (2 * n_pairs records) of a built-in task, deterministic in `seed`. A pair whose
+    prompts differ in length gets the same random comment line above both (`_shared_context`)."""
     rng = random.Random(f"{name}:{seed}")
     make = ALL_TASKS[name]
     records: list[Record] = []
     for _ in range(n_pairs):
-        records.extend(_same_length(make(rng), rng))
+        pair = make(rng)
+        records.extend(check_shared_padding(pair, PADDING(pair, rng)))
     return records
+
+
+PADDING = _shared_context  # how generate balances a pair (a test puts a one-sided padding here)
