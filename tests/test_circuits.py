@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sparsecircuits.circuits.graph import circuit_edges
+from sparsecircuits.circuits.graph import circuit_edges, edge_counts, weight_edge_count
 from sparsecircuits.circuits.masks import NodeMask, ablation_hooks, keep_top_n
 from sparsecircuits.circuits.find import fit_logit_scale, smallest_passing
 from sparsecircuits.config import ModelConfig
@@ -98,6 +98,46 @@ def test_edge_count_matches_a_brute_force_count():
     edges = circuit_edges(model, keep)
     assert len(edges) == brute_force_edges(model, keep) > 0
     assert all(e["kind"] != "weight" or e["weight"] != 0 for e in edges)
+
+
+def test_the_headline_edge_count_is_weight_edges_the_other_kinds_reported_apart():
+    """For one node set, residual, q-k and embedding/unembedding links are the same in a sparse model and
+    a dense one; only weight edges tell them apart, and only they are the circuit's size."""
+    sparse = sparse_model()
+    dense = SparseGPT(sparse.config).eval()
+    dense.load_state_dict(sparse.state_dict())
+    with torch.no_grad():
+        for p in dense.parameters():
+            p.add_(1e-3 * (p == 0))  # every zero weight made live
+    keep = {site: torch.zeros(width, dtype=torch.bool) for site, width in sparse.node_sites.items()}
+    for site in ("0.attn.act_in", "0.attn.q", "0.attn.k", "0.attn.v", "0.attn.resid_delta", "1.mlp.act_in"):
+        keep[site][:4] = True
+    counts = {name: edge_counts(circuit_edges(model, keep)) for name, model in (("sparse", sparse), ("dense", dense))}
+    for kind in ("residual", "qk", "embed", "unembed"):
+        assert counts["sparse"][kind] == counts["dense"][kind]
+    assert counts["sparse"]["qk"] == 4 and counts["sparse"]["residual"] == 4 and counts["sparse"]["embed"] == 8
+    # dense: 4x4 from act_in to each of q, k, v and 4x4 from v to resid_delta
+    assert counts["dense"]["weight"] == 64 > counts["sparse"]["weight"]
+    edges = circuit_edges(sparse, keep)
+    assert weight_edge_count(edges) == counts["sparse"]["weight"] == sum(e["kind"] == "weight" for e in edges)
+
+
+def test_a_circuit_written_before_edge_kinds_counted_apart_reads_with_weight_edges_only(tmp_path):
+    import json
+
+    from sparsecircuits.circuits.circuit import Circuit
+
+    src = {"site": "0.attn.act_in", "index": 0}
+    edges = [{"src": src, "dst": {"site": "0.attn.q", "index": 1}, "weight": 0.5, "kind": "weight"},
+             {"src": {"site": "0.attn.q", "index": 1}, "dst": {"site": "0.attn.k", "index": 1}, "weight": 1.0, "kind": "qk"},
+             {"src": {"site": "embed", "index": 0}, "dst": src, "weight": 1.0, "kind": "embed"}]
+    metrics = {"n_nodes": 3, "n_edges": 3, "loss_full_model": 0.1, "loss_circuit": 0.1, "loss_circuit_ablated": 0.6,
+               "loss_empty_circuit": 0.69, "loss_random_same_size": 0.6}
+    record = {"format": 1, "task": "t", "task_source": "t", "model": {"run_dir": "r", "weights_sha256": "0" * 64},
+              "target_loss": 0.15, "ablation": "mean", "nodes": [src], "edges": edges, "metrics": metrics, "settings": {}}
+    (tmp_path / "circuit.json").write_text(json.dumps(record))
+    circuit = Circuit.load(tmp_path)
+    assert circuit.metrics["n_edges"] == 1 and circuit.metrics["n_edges_by_kind"]["qk"] == 1
 
 
 def test_node_count_scan_finds_the_smallest_passing_count():

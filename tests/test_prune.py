@@ -20,12 +20,14 @@ def test_circuit_json_is_complete_and_consistent(circuit_dir, task_run):
     for key in ("n_nodes", "n_edges", "loss_full_model", "loss_circuit", "loss_circuit_ablated",
                 "loss_random_same_size", "accuracy_circuit"):
         assert key in m, key
-    assert m["n_nodes"] == len(data["nodes"]) > 0 and m["n_edges"] == len(data["edges"])
+    # n_edges counts weight edges, as the paper does; every kind is counted beside it
+    assert m["n_nodes"] == len(data["nodes"]) > 0 and m["n_edges"] == sum(e["kind"] == "weight" for e in data["edges"])
+    assert sum(m["n_edges_by_kind"].values()) == len(data["edges"]) > m["n_edges"] and data["format"] == 2
     assert m["loss_choose"] <= data["target_loss"]  # the count was chosen on the choose records
     assert data["model"]["name"] == run.name and data["ablation"] == "mean"
     circuit = Circuit.load(circuit_dir)
     model = circuit.load_model()
-    assert len(circuit_edges(model, circuit.keep(model))) == m["n_edges"]
+    assert len(circuit_edges(model, circuit.keep(model))) == len(data["edges"])
 
 
 def test_running_only_the_circuit_reproduces_its_loss(circuit_dir, task_run):

@@ -25,6 +25,7 @@ from ..rundir import Run, as_run
 from ..schemas import read_json
 from ..tasks.records import TaskSplits, task_records
 from ..tasks.records import load_task_splits as _load_task_splits
+from .graph import edge_counts, weight_edge_count
 from .masks import ablation_hooks
 
 CIRCUIT_FILE = "circuit.json"
@@ -74,7 +75,10 @@ class Circuit:
         path = directory / CIRCUIT_FILE
         if not path.is_file():
             raise SparseCircuitsError(f"{directory} holds no circuit ({CIRCUIT_FILE} is missing): make one with `sparsecircuits prune`")
-        return cls(directory, read_json(path, schemas.CIRCUIT, "prune the task again"))
+        data = read_json(path, schemas.CIRCUIT, "prune the task again")
+        if data.get("format", 1) < 2:  # format 1 counted every kind of edge in n_edges: count as the paper does
+            data["metrics"].update(n_edges=weight_edge_count(data["edges"]), n_edges_by_kind=edge_counts(data["edges"]))
+        return cls(directory, data)
 
     task = property(lambda self: self.data["task"])
     nodes = property(lambda self: self.data["nodes"])

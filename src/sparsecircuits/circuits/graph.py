@@ -6,6 +6,11 @@ q[j] <-> k[j] (a query and key channel of one head interact: one edge), mlp.act_
 resid_delta -> every later act_in, the embedding -> every act_in, and a resid_delta -> the
 unembedding. Residual edges carry the reading norm's gain as their weight.
 
+The headline size of a circuit, as the paper counts it, is its weight edges (kind "weight"): a
+nonzero weight between two kept nodes. The other kinds (residual identity links, q-k pairs, and the
+channel-level embed, unembed and position links) are the same in a sparse and a dense model for one
+node set, so they are reported beside the headline by kind (`edge_counts`), never in it.
+
 The norm's scale (and LayerNorm's mean) is a statistic of the whole residual vector, not an
 edge, as in the paper. With a ReLU or AbsTopK on the residual stream the stream is not linear:
 a residual edge that passes one is marked `"through": "relu"`, `"abstopk"` or `"abstopk+relu"`.
@@ -22,6 +27,21 @@ import torch
 from ..model.gpt import SparseGPT
 
 Node = dict  # {"site": str, "index": int}
+EDGE_KINDS = ("weight", "residual", "qk", "embed", "unembed", "position")
+HEADLINE_KIND = "weight"
+
+
+def edge_counts(edges: list[dict]) -> dict[str, int]:
+    """Edges by kind, every kind present (zero where none)."""
+    counts = dict.fromkeys(EDGE_KINDS, 0)
+    for edge in edges:
+        counts[edge["kind"]] = counts.get(edge["kind"], 0) + 1
+    return counts
+
+
+def weight_edge_count(edges: list[dict]) -> int:
+    """The headline size: nonzero weights between kept nodes."""
+    return sum(edge["kind"] == HEADLINE_KIND for edge in edges)
 
 
 def _matrix_edges(weight: torch.Tensor, src_site: str, src_keep: torch.Tensor, dst_site: str,

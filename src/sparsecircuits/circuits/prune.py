@@ -17,7 +17,7 @@ from ..rundir import Run, as_run
 from ..tasks.records import TaskSplits, task_accuracy, task_loss, task_loss_interval
 from .circuit import CIRCUIT_ENTRIES, CIRCUIT_FILE, Circuit, records_sha256, ablation_values, load_task_splits, nodes_of
 from .find import TARGET_LOSS, CircuitEvaluator, PruneSettings, find_circuit, settings_dict
-from .graph import circuit_edges
+from .graph import circuit_edges, edge_counts, weight_edge_count
 from .search import search_settings
 
 __all__ = ["TARGET_LOSS", "PruneSettings", "circuit_metrics", "circuit_record", "is_current", "prune", "prune_or_reuse",
@@ -149,9 +149,10 @@ def circuit_record(run: Run, model: SparseGPT, task: str, splits: TaskSplits, se
     """circuit.json's content for these kept nodes: nodes, edges and the test-record metrics."""
     nodes, edges = nodes_of(keep), circuit_edges(model, keep)
     metrics = circuit_metrics(evaluator, keep, scale, settings.seed)
-    metrics.update({"n_nodes": len(nodes), "n_edges": len(edges), "logit_scale": scale})
+    metrics.update({"n_nodes": len(nodes), "n_edges": weight_edge_count(edges), "n_edges_by_kind": edge_counts(edges),
+                    "logit_scale": scale})
     return {
-        "format": 1,
+        "format": 2,  # 2: n_edges counts weight edges only (1 counted every kind)
         "task": splits.name,
         "task_source": stored_task_source(task, out),
         "model": {"run_dir": str(run.path.resolve()), "name": run.path.name, "config_hash": run.config.hash(),

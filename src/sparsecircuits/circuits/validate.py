@@ -39,7 +39,7 @@ from ..tasks.nonsense import nonsense_rule
 from ..tasks.records import SPLITS, TaskSplits, TokenizedTask, task_loss, task_loss_interval, task_records, tokenize_records
 from ..io import atomic_write_text, check_writable, directory_lock
 from .circuit import Circuit, ablation_values, load_task_splits
-from .graph import circuit_edges
+from .graph import circuit_edges, weight_edge_count
 from .find import CircuitEvaluator, PruneSettings, find_circuit
 from .prune import circuit_metrics
 
@@ -68,7 +68,7 @@ def _fitted(model, splits: TaskSplits, means, settings: PruneSettings, show_prog
     found = find_circuit(model, splits, means, settings, show_progress, require_target=False)
     test_logits = found["evaluator"].logits(found["keep"], "test")
     return {"n_nodes": int(sum(k.sum() for k in found["keep"].values())),
-            "n_edges": len(circuit_edges(model, found["keep"])),
+            "n_edges": weight_edge_count(circuit_edges(model, found["keep"])),
             "reached_target": found["reached"],
             "loss_fitted": found["loss_choose"],
             "loss_test": found["loss"],
@@ -190,7 +190,7 @@ def _validate(circuit: Circuit, run: Run, task_source: str, control: bool, show_
             "task": circuit.task,
             "target_loss": target,
             "n_nodes": len(circuit.nodes),
-            "n_edges": len(circuit.edges),
+            "n_edges": weight_edge_count(circuit.edges),
             **metrics,
             "sufficient": metrics["loss_circuit"] <= target,  # on test records, which no choice has seen
             "necessary": metrics["loss_circuit_ablated"] >= NECESSITY_THRESHOLD,
@@ -231,7 +231,7 @@ def _interval(interval) -> str:
 
 
 def format_validation(result: dict) -> str:
-    lines = [f"circuit for {result['task']}: {result['n_nodes']} nodes, {result['n_edges']} edges (target loss {result['target_loss']})",
+    lines = [f"circuit for {result['task']}: {result['n_nodes']} nodes, {result['n_edges']} weight edges (target loss {result['target_loss']})",
              f"{'check':38s} {'loss':>8s}  verdict"]
     rows = [
         ("full model", result["loss_full_model"], ""),

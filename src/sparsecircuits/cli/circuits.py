@@ -23,7 +23,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     circuit = prune(args.run_dir, resolve_task(args.task, args.suite), args.out, settings, search_trials=args.search,
                     force=args.force, data_dir=args.data)
     m = circuit.metrics
-    print(f"{circuit.task}: {m['n_nodes']} nodes, {m['n_edges']} edges; task loss: full model {m['loss_full_model']:.4f},"
+    print(f"{circuit.task}: {m['n_nodes']} nodes, {m['n_edges']} weight edges; task loss: full model {m['loss_full_model']:.4f},"
           f" circuit {m['loss_circuit']:.4f}, circuit ablated {m['loss_circuit_ablated']:.4f},"
           f" random same size {m['loss_random_same_size']:.4f}; wrote {args.out}/circuit.json ({m['seconds']:.0f} s)")
 

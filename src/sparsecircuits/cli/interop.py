@@ -21,7 +21,7 @@ def cmd_import_openai_circuit(args: argparse.Namespace) -> None:
 
     out = import_openai_circuit(args.viz_data, args.run, args.task, args.out, args.target_loss, args.data, args.force)
     m = Circuit.load(out).metrics
-    print(f"{args.task}: {m['n_nodes']} nodes, {m['n_edges']} edges; task loss: full model {m['loss_full_model']:.4f},"
+    print(f"{args.task}: {m['n_nodes']} nodes, {m['n_edges']} weight edges; task loss: full model {m['loss_full_model']:.4f},"
           f" circuit {m['loss_circuit']:.4f}, circuit ablated {m['loss_circuit_ablated']:.4f}; wrote {out}/circuit.json"
           " (check it with `sparsecircuits validate`)")
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..circuits.circuit import ablation_values, load_task_splits
-from ..circuits.graph import circuit_edges
+from ..circuits.graph import circuit_edges, weight_edge_count
 from ..circuits.find import PruneSettings, find_circuit
 from ..errors import SparseCircuitsError
 from ..io import atomic_write_csv, output_folder
@@ -62,7 +62,7 @@ def compare(run_a: Run | str | Path, run_b: Run | str | Path, out: str | Path, t
                              "loss_choose": round(result["loss_choose"], 5),  # what met the goal
                              "loss": round(result["loss"], 5), "loss_calibrated": round(result["loss_calibrated"], 5),
                              "nodes": int(sum(k.sum() for k in result["keep"].values())),
-                             "edges": len(circuit_edges(model, result["keep"]))})
+                             "edges": weight_edge_count(circuit_edges(model, result["keep"]))})
                 if show_progress:
                     print(f"{label} {name} at {target}: {rows[-1]['edges']} edges", file=sys.stderr)
     if not rows:

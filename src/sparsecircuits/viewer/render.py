@@ -180,7 +180,9 @@ def render_markdown(data: dict) -> str:
         prompt = json.dumps(x["prompt"][-50:])[1:-1].replace("|", "\\|")
         lines.append(f"| `{prompt}` | `{json.dumps(x['correct'])[1:-1]}` | `{json.dumps(x['incorrect'])[1:-1]}` |"
                      f" {x['full'][0]:.3f} | {x['circuit'][0]:.3f} |")
-    lines += ["", f"{c['metrics']['n_edges']} edges; open the HTML page to see them.", ""]
+    others = ", ".join(f"{n} {kind}" for kind, n in c["metrics"].get("n_edges_by_kind", {}).items() if kind != "weight" and n)
+    lines += ["", f"{c['metrics']['n_edges']} weight edges" + (f" (besides: {others})" if others else "")
+              + "; open the HTML page to see them.", ""]
     return "\n".join(lines)
 
 

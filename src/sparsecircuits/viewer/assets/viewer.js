@@ -190,11 +190,16 @@
     }
   }
   const m = data.circuit.metrics;
+  // the headline counts weight edges, as the paper does; the other kinds are listed beside it
+  const byKind = m.n_edges_by_kind || {};
+  const otherKinds = Object.entries(byKind).filter(([k, n]) => k !== "weight" && n > 0).map(([k, n]) => `${n} ${k}`);
+  const allEdges = Object.values(byKind).reduce((a, b) => a + b, 0) || m.n_edges;
   document.getElementById("summary").textContent =
-    `${m.n_nodes} nodes, ${m.n_edges} edges; task loss ${fmt(m.loss_full_model)} (full model), ` +
+    `${m.n_nodes} nodes, ${m.n_edges} weight edges` + (otherKinds.length ? ` (besides: ${otherKinds.join(", ")})` : "") +
+    `; task loss ${fmt(m.loss_full_model)} (full model), ` +
     `${fmt(m.loss_circuit)} (circuit), ${fmt(m.loss_circuit_ablated)} (circuit ablated); target ${data.circuit.target_loss}, ` +
     `${data.circuit.ablation} ablation; model ${data.circuit.model.name}` +
-    (data.edges.length < m.n_edges ? ` (drawing the ${data.edges.length} strongest edges)` : "");
+    (data.edges.length < allEdges ? ` (drawing the ${data.edges.length} strongest edges)` : "");
   table("metrics", ["metric", "value"], Object.entries(m).filter(([, v]) => typeof v !== "object").map(([k, v]) => [k, v]));
   const v = data.validation;
   if (v) {
