@@ -118,6 +118,16 @@ def test_a_full_disk_is_one_error_line_naming_the_path_and_leaves_nothing_half_w
     assert ".tmp-" not in err
 
 
+def validates(capsys, args: list[str]) -> None:
+    """`validate` read the circuit's task and ran to a verdict: exit 0 (evidence) or 1 (not evidence; a
+    30-step mask on the tiny fixture lands within a hundredth of its target either side)."""
+    try:
+        main(args)
+    except SystemExit as exit:
+        assert exit.code == 1
+    assert "verdict:" in capsys.readouterr().out
+
+
 def test_a_circuit_works_from_any_folder_and_a_moved_task_file_is_given_with_task(capsys, tmp_path, task_run, monkeypatch):
     run, task = task_run
     work = tmp_path / "work"
@@ -129,11 +139,11 @@ def test_a_circuit_works_from_any_folder_and_a_moved_task_file_is_given_with_tas
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    main(["validate", str(work / "circuit"), "--no-control"])
+    validates(capsys, ["validate", str(work / "circuit"), "--no-control"])
     shutil.move(work / "mine.jsonl", elsewhere / "moved.jsonl")
     capsys.readouterr()
     fails(capsys, ["validate", str(work / "circuit"), "--no-control"], "pass --task FILE")
-    main(["validate", str(work / "circuit"), "--no-control", "--task", "moved.jsonl"])
+    validates(capsys, ["validate", str(work / "circuit"), "--no-control", "--task", "moved.jsonl"])
     (elsewhere / "other.jsonl").write_text((elsewhere / "moved.jsonl").read_text().replace("lambda", "lambda ", 1))
     fails(capsys, ["view", str(work / "circuit"), "--task", "other.jsonl"], "holds other records")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..experiments.claim import CLAIM_SEEDS, CLAIM_TARGETS
 from .args import POSITIVE, TASK_LOSS, real, targets, suite_argument, prune_default
 
 
@@ -13,7 +14,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     tasks = args.tasks if args.tasks in ("auto", "all") else [t for t in args.tasks.split(",") if t]
     demo(args.out, minutes=args.minutes, tasks=tasks, max_tasks=args.max_tasks, target_loss=args.target_loss,
          config=args.config, overrides=args.set, corpus=args.corpus, control=not args.no_control, dense_set=args.dense_set,
-         suite=args.suite)
+         suite=args.suite, claim_targets=args.claim_targets, claim_seeds=args.claim_seeds)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -47,10 +48,12 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def register_demo(sub) -> None:
     p = sub.add_parser("demo", help="the main job: corpus -> sparse and dense models -> validated circuits -> report",
                        description="Prepare the default corpus; train a weight-sparse model, a dense model of the same "
-                                   "shape on the same tokens, and a loss-matched dense model (a finished schedule of as many "
-                                   "steps as the dense model took to reach the sparse loss); prune, validate, label and view "
-                                   "every task the sparse model does; draw claim (a) at targets 0.15, 0.3 and 0.5 over the "
-                                   "tasks both models do with margin; write DIR/report.html and DIR/summary.json. Resumable.")
+                                   "shape on the same tokens, and dense models of finished schedules until two bracket the "
+                                   "sparse model's validation loss; prune, validate, label and view every task the sparse "
+                                   "model does; draw claim (a) (weight edges, the best of several pruning seeds, at targets "
+                                   "0.075, 0.15, 0.3 and 0.5) against the dense model at the sparse loss and the stronger "
+                                   "dense model, over the tasks every model does with margin; write DIR/report.html and "
+                                   "DIR/summary.json. Resumable.")
     p.add_argument("--out", default="demo", metavar="DIR", help="output directory (default ./demo)")
     p.add_argument("--minutes", type=real(0, 1e6, low_open=True), default=30.0, help="time budget; training steps scale with it (default 30)")
     p.add_argument("--tasks", default="auto", help="'auto' or 'all' (every task of --suite), or a comma list")
@@ -63,6 +66,11 @@ def register_demo(sub) -> None:
                    help="an override for both dense models, after --set (e.g. model.d_model=64 for a smaller dense model)")
     p.add_argument("--corpus", nargs="+", metavar="SOURCE", help="corpus instead of the default (the standard library with simple-python): stdlib, simple-python, folders or files (as prepare --corpus)")
     p.add_argument("--no-control", action="store_true", help="skip the nonsense-rule and shuffled-label pruning controls")
+    p.add_argument("--claim-targets", type=targets, default=CLAIM_TARGETS, metavar="T1,T2,...",
+                   help=f"claim (a)'s target losses (default {','.join(map(str, CLAIM_TARGETS))})")
+    p.add_argument("--claim-seeds", type=POSITIVE, default=CLAIM_SEEDS, metavar="N",
+                   help=f"pruning seeds per model, task and target in claim (a); the smallest circuit that meets the"
+                        f" target on the choose records is kept (default {CLAIM_SEEDS})")
     suite_argument(p)
     p.set_defaults(func=cmd_demo)
 

@@ -9,14 +9,18 @@ demo continues where it stopped. The models:
   with its full schedule. It reaches a lower loss than the sparse model: a stronger baseline, so a
   circuit-size ratio against it is conservative;
 - `dense_matched`: the same dense model trained with a finished schedule (warmup and decay to 0)
-  of as many steps as the `dense` run took to reach the sparse model's validation loss: loss-matched
-  by its step count, the paper's comparison. It lands near the sparse model's loss, on either side
-  (both are reported).
+  of as many steps as the `dense` run took to reach the sparse model's validation loss. A finished
+  schedule ends lower than the same step of a longer one, so it usually lands below the sparse loss;
+- `dense_steps{N}`: finished schedules of other lengths (halved, or doubled, from `dense_matched`'s)
+  until two of them bracket the sparse model's validation loss. Claim (a) at the sparse model's
+  loss interpolates log edges between the bracketing pair, the paper's comparison.
 
 Every task the sparse model does to the target gets its circuit, validated (with all four
 controls), labelled and drawn, with its loss on the task's hard forms. Claim (a) is then drawn at
-each of `claim_targets` against each dense baseline, over the tasks both models do with margin
-(`claim.MARGIN`), leaving out flagged tasks and circuits that are not evidence.
+each of `claim_targets` against the dense model at the sparse loss (bracketed) and the stronger
+`dense`, over the tasks every model does with margin (`claim.MARGIN`) and the audit does not flag,
+each circuit the best of `claim_seeds` pruning seeds; which tasks count is decided on the choose
+records, and every circuit claim (a) uses is validated as the main circuits are.
 """
 
 from __future__ import annotations
@@ -41,13 +45,13 @@ from ..tasks import HARD_FORMS, suite_tasks
 from ..tasks.audit import score_tasks
 from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
-from .claim import CLAIM_TARGETS, MARGIN, circuit_is_evidence, claim_rows, claim_tasks, does_with_margin, plot_claim
+from .claim import (CLAIM_SEEDS, CLAIM_TARGETS, MARGIN, circuit_is_evidence, claim_rows, claim_tasks, does_with_margin,
+                    plot_claim)
 from ..plots import pyplot, save
 
-MODELS = ("sparse", "dense_matched", "dense")
 KEPT_MODELS = 4  # models the demo's sparse run keeps for `evolve`: 4 x 22 MB on `small`
-DENSE_MODELS = ("dense_matched", "dense")
-COMPARISONS = {"dense_matched": "loss-matched dense (finished schedule)",
+BRACKET_TRIES = 3  # finished dense schedules tried beyond dense_matched to bracket the sparse loss
+COMPARISONS = {"dense_at_sparse_loss": "dense at the sparse model's loss (interpolated between finished schedules)",
                "dense": "dense on the same tokens (full schedule, lower loss)"}
 
 
@@ -83,12 +87,37 @@ def _train_stage(config_name: str, overrides: list[str], data_dir: Path, run_dir
     train_or_continue(load_config(config_name, overrides), data_dir, run_dir)
 
 
+def bracket_sparse_loss(train_dense, n_matched: int, sparse_val: float, val_loss) -> dict:
+    """Finished dense schedules whose validation losses bracket the sparse model's: `dense_matched`
+    (`n_matched` steps), then schedules halved (while every one tried ends below the sparse loss) or
+    doubled (while every one ends above), at most BRACKET_TRIES more. `train_dense(name, steps)` trains
+    one; `val_loss(name)` scores one. Returns {"models": {name: val loss} of the nearest on each side
+    (one model when none lands on the other side), "tried": every schedule's steps and loss}."""
+    tried = {"dense_matched": (n_matched, val_loss("dense_matched"))}
+    steps = n_matched
+    for _ in range(BRACKET_TRIES):
+        sides = {loss <= sparse_val for _, loss in tried.values()}
+        if len(sides) == 2:
+            break
+        steps = max(1, steps // 2) if sides == {True} else steps * 2
+        name = f"dense_steps{steps}"
+        train_dense(name, steps)
+        tried[name] = (steps, val_loss(name))
+    below = [m for m, (_, loss) in tried.items() if loss <= sparse_val]
+    above = [m for m, (_, loss) in tried.items() if loss > sparse_val]
+    chosen = ([max(below, key=lambda m: tried[m][1])] if below else []) + ([min(above, key=lambda m: tried[m][1])] if above else [])
+    if len(chosen) == 1:  # nothing on the other side: the nearest model alone stands for the dense model at the sparse loss
+        chosen = [min(tried, key=lambda m: abs(tried[m][1] - sparse_val))]
+    return {"models": {m: tried[m][1] for m in chosen}, "bracketed": bool(below and above),
+            "tried": {m: {"steps": steps, "val_loss": loss} for m, (steps, loss) in tried.items()}}
+
+
 def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto", max_tasks: int | None = None,
          target_loss: float = TARGET_LOSS, config: str = "small", overrides: list[str] | None = None,
          corpus: list[str] | None = None, control: bool = True, margin: float = MARGIN,
          dense_set: list[str] | None = None, suite: str = "paper",
-         claim_targets: tuple[float, ...] = CLAIM_TARGETS) -> dict:
-    """`dense_set`: overrides for both dense models, after the shared ones (another width, more steps)."""
+         claim_targets: tuple[float, ...] = CLAIM_TARGETS, claim_seeds: int = CLAIM_SEEDS) -> dict:
+    """`dense_set`: overrides for every dense model, after the shared ones (another width, more steps)."""
     from ..circuits import validate
     from ..circuits.prune import prune_or_reuse
     from ..viewer import view
@@ -101,7 +130,7 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
     dense_overrides = overrides + ["sparsity.l0_fraction=1.0", f"train.eval_interval={max(10, steps // 36)}"] + list(dense_set or [])
     load_config(config, dense_overrides)  # a bad --dense-set fails now, not after the sparse model has trained
     names = ["prepare corpus", "train sparse model", "train dense model", "train loss-matched dense model",
-             "evaluate tasks", "prune circuits", "attribution-patching baseline", "validate circuits",
+             "bracket the sparse loss", "evaluate tasks", "prune circuits", "attribution-patching baseline", "validate circuits",
              "label circuit nodes", "view circuits",
              "evolve the smallest circuit", "claim (a)", "report"]
     stages = Stages(names, minutes * 60)
@@ -115,15 +144,28 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
     sparse_val = _val_losses(out / "sparse")[-1][1]
     stages.run("train dense model", lambda: _train_stage(config, dense_overrides, data_dir, out / "dense"))
     n_matched = matched_steps(out / "dense", sparse_val)
-    models = list(MODELS)
+    val_losses: dict[str, float] = {}
+
+    def val_loss(model: str) -> float:  # the whole validation split, once per model
+        if model not in val_losses:
+            val_losses[model] = evaluate_run(Run.open(out / model))["val_loss"]
+        return val_losses[model]
+
+    def train_dense(name: str, n_steps: int) -> None:
+        _train_stage(config, dense_overrides + [f"train.steps={n_steps}"], data_dir, out / name)
+
+    bracket = None
     if n_matched is None:  # the dense model never reached the sparse model's loss: nothing to match
-        models.remove("dense_matched")
         print(f"the dense model never reached the sparse model's validation loss {sparse_val:.4f}:"
               " no loss-matched dense model", file=sys.stderr)
     else:
-        stages.run("train loss-matched dense model", lambda: _train_stage(
-            config, dense_overrides + [f"train.steps={n_matched}"], data_dir, out / "dense_matched"))
-
+        stages.run("train loss-matched dense model", lambda: train_dense("dense_matched", n_matched))
+        bracket = stages.run("bracket the sparse loss", lambda: bracket_sparse_loss(
+            train_dense, n_matched, val_loss("sparse"), val_loss))
+        print("dense models at the sparse loss " + f"{val_loss('sparse'):.4f}: " + ", ".join(
+            f"{m} ({t['steps']} steps) {t['val_loss']:.4f}" for m, t in bracket["tried"].items())
+            + ("" if bracket["bracketed"] else "; none on the other side: the nearest stands alone"), file=sys.stderr)
+    models = ["sparse", *(bracket["tried"] if bracket else []), "dense"]
     runs = {m: Run.open(out / m) for m in models}
     candidates = suite_tasks(suite) if tasks in ("auto", "all") else list(tasks)
     task_losses = stages.run("evaluate tasks", lambda: {
@@ -141,8 +183,8 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
           f" {', '.join(sparse_tasks) or 'none'}", file=sys.stderr)
     settings = PruneSettings(target_loss=target_loss)
 
-    def circuit_dir(model: str, task: str, target: float = target_loss) -> Path:
-        folder = model if target == target_loss else f"{model}-target{target:g}"
+    def circuit_dir(model: str, task: str, target: float = target_loss, seed: int = 0) -> Path:
+        folder = (model if target == target_loss else f"{model}-target{target:g}") + (f"-seed{seed}" if seed else "")
         return out / "circuits" / folder / Path(task).stem
 
     def prune_all():
@@ -171,7 +213,11 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
                 view(circuit_dir("sparse", task))
 
     def claim():
-        return claim_a(out, runs, losses, flagged, claim_targets, margin, circuit_dir, settings, prune_or_reuse)
+        baselines = {"dense": {"dense": val_loss("dense")}}
+        if bracket:
+            baselines = {"dense_at_sparse_loss": bracket["models"], **baselines}
+        return claim_a(runs, losses, flagged, claim_targets, margin, circuit_dir, settings, baselines, val_loss("sparse"),
+                       claim_seeds, control, out / "claim.png")
 
     stages.run("prune circuits", prune_all)
     stages.run("attribution-patching baseline", attribution_all)
@@ -182,37 +228,59 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
                                                                                    circuit_dir, settings))
     comparisons = stages.run("claim (a)", claim)
     summary = stages.run("report", lambda: write_report(out, runs, evolution, sparse_tasks, candidates, task_losses, losses, flagged,
-                                                        comparisons, circuit_dir, target_loss, margin, n_matched))
+                                                        comparisons, circuit_dir, target_loss, margin, n_matched,
+                                                        {m: val_loss(m) for m in runs}, bracket))
     summary["seconds_by_stage"] = stages.seconds
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     print(format_summary(summary))
     return summary
 
 
-def claim_a(out: Path, runs: dict[str, Run], losses: dict, flagged: dict, targets: tuple[float, ...], margin: float,
-            circuit_dir, settings, prune_or_reuse) -> dict[str, list[dict]]:
-    """Per dense baseline, per target: the tasks both models do with margin, their circuits (the main
-    sparse circuits reused at the main target, judged by `validate`; others by the figures every
-    circuit carries), and the edge ratios."""
+def claim_a(runs: dict[str, Run], losses: dict, flagged: dict, targets: tuple[float, ...], margin: float, circuit_dir,
+            settings: PruneSettings, baselines: dict[str, dict[str, float]], sparse_loss: float, seeds: int, control: bool,
+            plot_path: Path) -> dict[str, list[dict]]:
+    """Per baseline ({name: {dense model: validation loss}}), per target: the tasks every model does with
+    margin and the audit does not flag (choose records), each (model, task) pruned with `seeds` seeds,
+    the smallest circuit meeting the target on the choose records kept and validated as the main
+    circuits are (reported beside it; the test records never decide which tasks count)."""
+    from ..circuits import validate
+    from ..circuits.prune import prune_or_reuse
+
+    def seed_circuits(model: str, task: str, target: float) -> list[dict]:
+        found = []
+        for seed in range(seeds):
+            directory = circuit_dir(model, task, target, seed)
+            m = prune_or_reuse(runs[model], task, directory, dataclasses.replace(settings, target_loss=target, seed=seed),
+                               show_progress=False).metrics
+            found.append({"seed": seed, "edges": m["n_edges"], "nodes": m["n_nodes"], "directory": directory,
+                          "reached": m["loss_choose"] <= target, "metrics": m})
+        return found
+
+    def judged(circuit: dict, model: str, target: float) -> dict:
+        if read_validation(circuit["directory"]) is None:
+            validate(circuit["directory"], runs[model], control=control)
+        evidence, why = circuit_is_evidence(circuit["metrics"], target, read_validation(circuit["directory"]))
+        return {**circuit, "evidence": evidence, "why": why}
+
     comparisons = {}
-    for dense in (m for m in DENSE_MODELS if m in runs):
+    for name, baseline in baselines.items():
         per_target = []
         for target in sorted(targets):
-            chosen, excluded = claim_tasks({"sparse": losses["sparse"], dense: losses[dense]}, flagged, target, margin)
-            circuits: dict[str, dict] = {"sparse": {}, dense: {}}
-            for task in chosen:
-                for model in ("sparse", dense):
-                    directory = circuit_dir(model, task, target)
-                    circuit = prune_or_reuse(runs[model], task, directory, dataclasses.replace(settings, target_loss=target))
-                    validation = read_validation(directory)
-                    evidence, why = circuit_is_evidence(circuit.metrics, target, validation)
-                    circuits[model][Path(task).stem] = {"edges": circuit.metrics["n_edges"],
-                                                        "nodes": circuit.metrics["n_nodes"], "evidence": evidence, "why": why}
-            rows = claim_rows({"sparse": circuits["sparse"], "dense": circuits[dense]}, "sparse", "dense", target)
+            models = ["sparse", *baseline]
+            chosen, excluded = claim_tasks({m: losses[m] for m in models}, flagged, target, margin)
+            circuits = {m: {Path(t).stem: seed_circuits(m, t, target) for t in chosen} for m in models}
+            for m in models:  # validate each task's kept circuit (the smallest that meets the target)
+                for stem, found in circuits[m].items():
+                    reached = [c for c in found if c["reached"]]
+                    if reached:
+                        best = min(reached, key=lambda c: (c["edges"], c["seed"]))
+                        found[found.index(best)] = judged(best, m, target)
+            rows = claim_rows(circuits, "sparse", baseline, sparse_loss, target)
             rows["excluded"] = {**{Path(t).stem: why for t, why in excluded.items()}, **rows["excluded"]}
+            rows["baseline"] = baseline
             per_target.append(rows)
-        comparisons[dense] = per_target
-    plot_claim(out / "claim.png", {COMPARISONS[d]: rows for d, rows in comparisons.items()})
+        comparisons[name] = per_target
+    plot_claim(plot_path, {COMPARISONS[d]: rows for d, rows in comparisons.items()})
     return comparisons
 
 
@@ -262,7 +330,7 @@ def evolve_smallest(out: Path, run: Run, sparse_tasks: list[str], circuit_dir, s
 
 def write_report(out: Path, runs: dict[str, Run], evolution: dict, sparse_tasks: list[str], candidates: list[str], task_losses: dict, losses: dict,
                  flagged: dict, comparisons: dict, circuit_dir, target_loss: float, margin: float,
-                 n_matched: int | None) -> dict:
+                 n_matched: int | None, val_losses: dict[str, float], bracket: dict | None) -> dict:
     circuits = {}
     for task in sparse_tasks:
         directory = circuit_dir("sparse", task)
@@ -284,12 +352,13 @@ def write_report(out: Path, runs: dict[str, Run], evolution: dict, sparse_tasks:
             "audit_flagged": flagged.get(task, []),
             "page": str((directory / "circuit.html").relative_to(out)),
         }
-    models = {m: {"val_loss": evaluate_run(runs[m])["val_loss"], "run_dir": m,
+    models = {m: {"val_loss": val_losses[m], "run_dir": m,
                   "does_at_target": [t for t in candidates if losses[m].get(t) is not None and losses[m][t] <= target_loss],
                   "does_with_margin": [t for t in candidates if does_with_margin(losses[m].get(t), target_loss, margin)]}
               for m in losses}
     summary = {
         "target_loss": target_loss, "margin": margin, "models": models, "dense_matched_steps": n_matched,
+        "dense_at_sparse_loss": bracket,
         "circuits": circuits, "claim": comparisons, "evolution": evolution, "task_losses": task_losses,
         "no_circuits": None if circuits else (
             f"the sparse model does none of the {len(candidates)} tasks to loss <= {target_loss:g}: train it longer"
@@ -349,20 +418,44 @@ def _evidence_cell(x: dict) -> str:
     return "yes" if x["evidence"] else "NO: " + ", ".join(x["failed"])
 
 
+def _ratio_text(c: dict) -> str:
+    """'2.41 [1.60, 3.62], median 2.20, 1.49 to 2.90 leaving one task out'."""
+    text = f"{c['edges_ratio_geomean']:.2f}"
+    if c.get("edges_ratio_interval"):
+        text += f" [{c['edges_ratio_interval'][0]:.2f}, {c['edges_ratio_interval'][1]:.2f}]"
+    if c.get("edges_ratio_median") is not None:
+        text += f", median {c['edges_ratio_median']:.2f}"
+    loo = c.get("edges_ratio_leave_one_out")
+    if loo:
+        text += f", {loo['min']:.2f} to {loo['max']:.2f} leaving one task out"
+    return text
+
+
+def _seed_range(r: dict) -> str:
+    return "" if not r.get("ratio_over_seeds") else f" (seeds {r['ratio_over_seeds'][0]:.2f}-{r['ratio_over_seeds'][1]:.2f})"
+
+
 def claim_lines(summary: dict) -> list[str]:
-    """Claim (a) in words: per comparison and target, the count, the geometric means and the ratio."""
+    """Claim (a) in words: per comparison and target, the count, the geometric means and the ratio with
+    its 95% bootstrap interval over tasks, median and leave-one-out range."""
     lines = []
+    bracket = summary.get("dense_at_sparse_loss")
+    if bracket:
+        lines.append("dense models for the sparse loss: " + ", ".join(
+            f"{m} {t['val_loss']:.4f} ({t['steps']} steps)" for m, t in bracket["tried"].items())
+            + f"; bracketing: {', '.join(bracket['models'])}" + ("" if bracket["bracketed"] else " (not bracketed)"))
     for dense, per_target in summary["claim"].items():
         lines.append(f"claim (a) against the {COMPARISONS[dense]}:")
         for c in per_target:
             if c["count"]:
-                lines.append(f"  target {c['target_loss']:g}: {c['count']} tasks, edges geometric mean sparse"
-                             f" {c['edges_geomean']['sparse']:.1f}, dense {c['edges_geomean']['dense']:.1f}, dense / sparse"
-                             f" {c['edges_ratio_geomean']:.2f} ("
-                             + ", ".join(f"{t} {r['edges_ratio']:.2f}" for t, r in c["tasks"].items()) + ")")
+                lines.append(f"  target {c['target_loss']:g}: {c['count']} tasks, weight edges geometric mean sparse"
+                             f" {c['edges_geomean']['sparse']:.1f}, dense {c['edges_geomean']['dense']:.1f}, dense / sparse "
+                             + _ratio_text(c) + " ("
+                             + ", ".join(f"{t} {r['edges_ratio']:.2f}{_seed_range(r)}" for t, r in c["tasks"].items()) + ")"
+                             + (f"; not evidence on test: {', '.join(c['not_evidence'])}" if c.get("not_evidence") else ""))
             else:
-                lines.append(f"  target {c['target_loss']:g}: no task both models do with margin has an evidence circuit"
-                             f" in both ({len(c['excluded'])} left out)")
+                lines.append(f"  target {c['target_loss']:g}: no task every model does with margin has a circuit meeting"
+                             f" the target in each ({len(c['excluded'])} left out)")
     if not summary["claim"]:
         lines.append("claim (a): no dense baseline to compare with")
     return lines
@@ -394,16 +487,18 @@ def render_report(summary: dict) -> str:
     for dense, per_target in summary["claim"].items():
         body = ""
         for c in per_target:
-            tasks = "".join(f"<tr><td>{e(t)}</td><td class=num>{r['sparse_edges']}</td><td class=num>{r['dense_edges']}</td>"
-                            f"<td class=num>{r['edges_ratio']:.2f}</td><td class=num>{r['nodes_ratio']:.2f}</td></tr>"
+            tasks = "".join(f"<tr><td>{e(t)}</td><td class=num>{r['sparse_edges']}</td><td class=num>{r['dense_edges']:.0f}</td>"
+                            f"<td class=num>{r['edges_ratio']:.2f}{e(_seed_range(r))}</td><td class=num>{r['nodes_ratio']:.2f}</td>"
+                            f"<td>{e(', '.join(m for m, v in r['evidence'].items() if v['evidence'] is False) or 'all')}</td></tr>"
                             for t, r in c["tasks"].items())
             left = "".join(f"<li>{e(t)}: {e(why)}</li>" for t, why in c["excluded"].items())
-            head = (f"{c['count']} tasks; geometric-mean edges sparse {c['edges_geomean']['sparse']:.1f}, dense"
-                    f" {c['edges_geomean']['dense']:.1f}: dense / sparse <b>{c['edges_ratio_geomean']:.2f}</b>"
-                    if c["count"] else "no task both models do with margin has an evidence circuit in both: no ratio")
+            head = (f"{c['count']} tasks; geometric-mean weight edges sparse {c['edges_geomean']['sparse']:.1f}, dense"
+                    f" {c['edges_geomean']['dense']:.1f}: dense / sparse <b>{e(_ratio_text(c))}</b>"
+                    if c["count"] else "no task every model does with margin has a circuit meeting the target in each: no ratio")
             body += (f"<h4>target {c['target_loss']:g}</h4><p>{head}</p>"
-                     + (f"<table><tr><th>task</th><th>sparse edges</th><th>dense edges</th><th>edges dense / sparse</th>"
-                        f"<th>nodes dense / sparse</th></tr>{tasks}</table>" if tasks else "")
+                     + (f"<table><tr><th>task</th><th>sparse edges</th><th>dense edges</th><th>edges dense / sparse (range over"
+                        f" pruning seeds)</th><th>nodes dense / sparse</th><th>evidence on test records (not"
+                        f" evidence in)</th></tr>{tasks}</table>" if tasks else "")
                      + f"<details><summary>{len(c['excluded'])} tasks left out</summary><ul>{left}</ul></details>")
         claim_blocks.append(f"<h3>Against the {e(COMPARISONS[dense])}</h3>{body}")
     claim_html = "".join(claim_blocks) or "<p>No dense baseline to compare with.</p>"
@@ -419,14 +514,20 @@ th,td{{border:1px solid #ddd;padding:3px 8px}}td.num{{text-align:right;font-vari
 <th>with margin (&le; {summary['margin'] * summary['target_loss']:g})</th></tr>{model_rows}</table>
 <p>dense: the same shape on the same tokens with its full schedule (a stronger baseline). dense_matched:
 {'not trained (the dense model never reached the sparse loss)' if matched is None else
- f'a finished {matched}-step schedule, the steps the dense run took to reach the sparse loss'}.</p>
+ f'a finished {matched}-step schedule, the steps the dense run took to reach the sparse loss'};
+dense_steps<i>N</i>: finished schedules of N steps, trained until two bracket the sparse model's validation loss.</p>
 <h2>The sparse model's circuits (every task it does to the target; click a node count)</h2>
 {circuits}
 <h2>How a circuit formed over training</h2>
 {_evolution_html(summary["evolution"])}
 <h2>Claim (a): circuit edges, sparse against dense, at each target</h2>
-<p>Each target counts the tasks both models do with margin (full-model loss &le; {summary['margin']:g} x the target),
-leaving out tasks a degenerate cue answers and circuits that are not evidence.</p>
+<p>Edges are weight edges, nonzero weights between kept nodes, as the paper counts them. Each target counts the
+tasks every model compared does with margin (full-model loss &le; {summary['margin']:g} x the target on the choose
+records), leaving out tasks a degenerate cue answers; each circuit is the smallest of several pruning seeds that
+meets the target on the choose records. Against the dense model at the sparse loss, dense edges are interpolated in
+log edges between the two finished dense schedules whose validation losses bracket the sparse model's. The ratio
+is a geometric mean over tasks with a 95% bootstrap interval over tasks; whether each circuit is evidence is
+measured on the test records and reported, never used to choose tasks.</p>
 <img src="claim.png" alt="circuit edges against target loss">
 {claim_html}
 <h2>Task losses (choose records)</h2>
