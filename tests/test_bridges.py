@@ -248,3 +248,5 @@ def test_bridge_demo_second_task_is_one_the_sparse_model_can_be_pruned_on():
                         "d": {"loss": 0.0}}}
     assert choose_second_task(losses, "first", 0.15) == "b"  # a: the dense model does it worse; c: over the target
     assert choose_second_task(losses, "first", 0.04) is None
+    # a task whose pairs do not tokenise to one length cannot be steered: the next best is taken
+    assert choose_second_task(losses, "first", 0.15, steerable=lambda task: task != "b") == "a"

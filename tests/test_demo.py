@@ -11,22 +11,40 @@ from tests.conftest import write_idiom_corpus
 TINY = ["model.ctx_len=64", "train.steps=300", "train.batch_size=8", "optim.grad_clip=normalize", "optim.lr=0.01"]
 
 
+def write_unflagged_lambda_task(path, n_pairs=200):
+    """The fixture corpus's lambda-or-def contrast with the same 0 to 2 function definitions above both
+    prompts of a pair: no audit flags it (the fixture's own lambda task is flagged), so claim (a) has a task."""
+    import random
+
+    from sparsecircuits.tasks.builtin import FUNCS, NAMES
+
+    rng, records = random.Random(0), []
+    for _ in range(n_pairs):
+        f, x = rng.sample(NAMES + FUNCS, 2)
+        head = "".join(f"def {g}({y}):\n    return {y}\n" for g, y in (rng.sample(NAMES + FUNCS, 2) for _ in range(rng.randint(0, 2))))
+        records += [{"prompt": f"{head}{f} = lambda {x}", "correct": ":", "incorrect": "("},
+                    {"prompt": f"{head}def {x}", "correct": "(", "incorrect": ":"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
 def test_demo_on_tiny_models(tmp_path, task_run):
     _, task = task_run
     corpus = write_idiom_corpus(tmp_path / "corpus")
     out = tmp_path / "demo"
-    summary = demo(out, tasks=[str(task)], target_loss=0.68, config="tiny", overrides=TINY, corpus=[str(corpus)],
+    loop = write_unflagged_lambda_task(tmp_path / "shared.jsonl")
+    summary = demo(out, tasks=[str(task), str(loop)], target_loss=0.68, config="tiny", overrides=TINY, corpus=[str(corpus)],
                    control=False, margin=1.0, dense_set=["train.log_interval=7"], claim_targets=(0.68,), claim_seeds=2)
     assert (out / "report.html").is_file() and (out / "edges.png").stat().st_size > 1000
     assert (out / "claim.png").stat().st_size > 1000
     assert json.loads((out / "summary.json").read_text())["circuits"] == summary["circuits"]
-    assert set(summary["circuits"]) == {"lambda"}
+    assert set(summary["circuits"]) == {"lambda", "shared"}
     report = (out / "report.html").read_text()
     pages = re.findall(r"href='([^']+)'", report)
-    assert len(pages) == 2 and all((out / page).is_file() for page in pages)
+    assert len(pages) == 3 and all((out / page).is_file() for page in pages)
     # the smallest circuit, pruned again at each of the 4 models the sparse run kept
     evolution = summary["evolution"]
-    assert evolution["task"] == "lambda" and evolution["page"] in pages and (out / evolution["plot"]).is_file()
+    assert evolution["task"] in ("lambda", "shared") and evolution["page"] in pages and (out / evolution["plot"]).is_file()
     assert [r["step"] for r in evolution["checkpoints"]] == [75, 150, 225, 300]
     assert evolution["checkpoints"][-1]["reached"]
     circuit = json.loads((out / "circuits" / "sparse" / "lambda" / "circuit.json").read_text())
@@ -50,19 +68,24 @@ def test_demo_on_tiny_models(tmp_path, task_run):
         assert "dense_matched" in tried and set(bracket["models"]) <= set(tried) <= set(summary["models"])
         if bracket["bracketed"]:
             assert sorted(tried[m]["val_loss"] <= sparse_loss for m in bracket["models"]) == [False, True]
+    assert summary["claim"]["dense"][0]["count"] >= 1 and "lambda" in summary["claim"]["dense"][0]["excluded"]
     for dense, per_target in summary["claim"].items():
         assert [c["target_loss"] for c in per_target] == [0.68]
         for task, r in per_target[0]["tasks"].items():  # each side the smallest of its seeds that meets the target
             found = {m: [json.loads((out / "circuits" / f"{m}{s}" / task / "circuit.json").read_text())["metrics"]
                          for s in ("", "-seed1")] for m in ("sparse", dense)}
             best = {m: min(x["n_edges"] for x in found[m] if x["loss_choose"] <= 0.68) for m in found}
-            assert r["sparse_edges"] == best["sparse"] <= row["edges"]
+            assert r["sparse_edges"] == best["sparse"] <= summary["circuits"][task]["edges"]
             if dense == "dense":
                 assert r["dense_edges"] == best["dense"]
+            else:  # interpolated between the bracketing models' best circuits
+                low, high = sorted(min(x["n_edges"] for x in [json.loads((out / "circuits" / f"{m}{s}" / task / "circuit.json")
+                                   .read_text())["metrics"] for s in ("", "-seed1")] if x["reached"]) for m in per_target[0]["baseline"])
+                assert low * 0.999 <= r["dense_edges"] <= high * 1.001
     # A second call finds every stage done and changes nothing.
     before = (out / "circuits" / "sparse" / "lambda" / "circuit.json").stat().st_mtime
-    demo(out, tasks=[str(task)], target_loss=0.68, config="tiny", overrides=TINY, corpus=[str(corpus)], control=False,
-         margin=1.0, dense_set=["train.log_interval=7"], claim_targets=(0.68,), claim_seeds=2)
+    demo(out, tasks=[str(task), str(loop)], target_loss=0.68, config="tiny", overrides=TINY, corpus=[str(corpus)],
+         control=False, margin=1.0, dense_set=["train.log_interval=7"], claim_targets=(0.68,), claim_seeds=2)
     assert (out / "circuits" / "sparse" / "lambda" / "circuit.json").stat().st_mtime == before
 
 
@@ -122,6 +145,26 @@ def test_claim_a_interpolates_the_dense_size_between_models_that_bracket_the_spa
     circuits = {"sparse": {"a": seeds(10)}, "short": {"a": seeds(1000)}, "long": {"a": seeds(100)}}
     rows = claim_rows(circuits, "sparse", {"long": 3.0, "short": 3.2}, 3.15, 0.15)
     assert rows["tasks"]["a"]["dense_edges"] == pytest.approx(10 ** 2.75) and rows["count"] == 1
+
+
+def test_bracketing_halves_or_doubles_the_schedule_until_two_models_straddle_the_sparse_loss():
+    from sparsecircuits.experiments.demo import bracket_sparse_loss
+
+    loss_at = lambda steps: 3.0 + 400 / steps  # a finished schedule of more steps ends lower
+    trained = []
+    val = lambda name: loss_at(1000 if name == "dense_matched" else int(name.removeprefix("dense_steps")))
+    result = bracket_sparse_loss(lambda name, steps: trained.append(steps), 1000, 3.7, val)
+    assert trained == [500] and result["bracketed"]  # 1000 steps end at 3.4, below 3.7; 500 at 3.8, above
+    assert result["models"] == {"dense_matched": pytest.approx(3.4), "dense_steps500": pytest.approx(3.8)}
+    trained.clear()
+    result = bracket_sparse_loss(lambda name, steps: trained.append(steps), 1000, 4.0, val)
+    assert trained == [500, 250] and set(result["models"]) == {"dense_steps500", "dense_steps250"}  # 3.8 | 4.6
+    trained.clear()
+    result = bracket_sparse_loss(lambda name, steps: trained.append(steps), 1000, 3.3, val)
+    assert trained == [2000] and set(result["models"]) == {"dense_matched", "dense_steps2000"}
+    trained.clear()
+    never = bracket_sparse_loss(lambda name, steps: trained.append(steps), 1000, 2.0, val)  # always above
+    assert trained == [2000, 4000, 8000] and not never["bracketed"] and list(never["models"]) == ["dense_steps8000"]
 
 
 def test_ratio_statistics_give_an_interval_a_median_and_what_one_task_does():

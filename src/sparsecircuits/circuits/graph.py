@@ -8,8 +8,9 @@ unembedding. Residual edges carry the reading norm's gain as their weight.
 
 The headline size of a circuit, as the paper counts it, is its weight edges (kind "weight"): a
 nonzero weight between two kept nodes. The other kinds (residual identity links, q-k pairs, and the
-channel-level embed, unembed and position links) are the same in a sparse and a dense model for one
-node set, so they are reported beside the headline by kind (`edge_counts`), never in it.
+channel-level embed, unembed and position links) follow from the node set alone (the embed and
+unembed links from which channels the embedding and unembedding touch at all), nearly the same in a
+sparse and a dense model, so they are reported beside the headline by kind (`edge_counts`), never in it.
 
 The norm's scale (and LayerNorm's mean) is a statistic of the whole residual vector, not an
 edge, as in the paper. With a ReLU or AbsTopK on the residual stream the stream is not linear:

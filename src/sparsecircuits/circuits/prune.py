@@ -24,6 +24,7 @@ __all__ = ["TARGET_LOSS", "PruneSettings", "circuit_metrics", "circuit_record", 
            "write_circuit_dir"]
 
 RANDOM_CONTROLS = 8
+CIRCUIT_FORMAT = 2  # 2: n_edges counts weight edges only and metrics say whether the target was reached (1 counted every kind)
 
 
 def random_same_size(keep: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -71,7 +72,8 @@ def is_current(out: str | Path, run: Run | str | Path, task: str, settings: Prun
         return False
     try:
         data = json.loads(path.read_text())
-        return (data["model"]["weights_sha256"] == run.weights_sha256
+        return (data.get("format", 1) >= CIRCUIT_FORMAT  # older circuits are pruned again (their sizes were counted otherwise)
+                and data["model"]["weights_sha256"] == run.weights_sha256
                 and data.get("records_sha256") == records_sha256(task)
                 # through PruneSettings, so settings added since the circuit was made compare as their defaults
                 and PruneSettings(**data["settings"]) == settings and data.get("search_trials", 0) == 0)
@@ -125,7 +127,8 @@ def _prune(run: Run, task: str, out: Path, settings: PruneSettings, search_trial
             found = find_circuit(model, splits, means, settings, show_progress)
         keep, scale = found["keep"], found["logit_scale"]
         record = circuit_record(run, model, task, splits, settings, keep, scale, found["evaluator"], data_dir, out)
-    record["metrics"].update({"loss_choose": found["loss_choose"], "nodes_active_after_mask_training": found["active_after_training"],
+    record["metrics"].update({"loss_choose": found["loss_choose"], "reached": found["reached"],
+                              "nodes_active_after_mask_training": found["active_after_training"],
                               "csr_layers": len(csr_layers), "seconds": round(time.perf_counter() - start, 1),
                               "seconds_by_stage": {"load_and_means": round(means_seconds, 1), **found["seconds"]}})
     record["search_trials"] = search_trials
@@ -152,7 +155,7 @@ def circuit_record(run: Run, model: SparseGPT, task: str, splits: TaskSplits, se
     metrics.update({"n_nodes": len(nodes), "n_edges": weight_edge_count(edges), "n_edges_by_kind": edge_counts(edges),
                     "logit_scale": scale})
     return {
-        "format": 2,  # 2: n_edges counts weight edges only (1 counted every kind)
+        "format": CIRCUIT_FORMAT,
         "task": splits.name,
         "task_source": stored_task_source(task, out),
         "model": {"run_dir": str(run.path.resolve()), "name": run.path.name, "config_hash": run.config.hash(),

@@ -60,7 +60,7 @@ def cmd_tasks_eval(args: argparse.Namespace) -> None:
         if "error" in row:
             print(f"{row['task']:28s} {'-':>7s} {'-':>8s} {'-':>7s}  unavailable: {row['error']}")
         else:
-            flagged = ", ".join(row["audit_flagged"]) or "none above 70%"
+            flagged = ", ".join(row["audit_flagged"]) or "none"
             print(f"{row['task']:28s} {row['loss']:7.4f} {row['accuracy']:8.3f} {row['records']:7d}  {flagged}")
 
 
@@ -70,13 +70,15 @@ def register_tasks(sub) -> None:
     p = tasks_sub.add_parser("list", help="the built-in tasks and what each one tests")
     suite_argument(p)
     p.set_defaults(func=cmd_tasks_list)
-    p = tasks_sub.add_parser("audit", help="does a degenerate cue (last token, length, bigram table) answer a task, and what"
-                                           " simple mechanism does?",
+    p = tasks_sub.add_parser("audit", help="does a degenerate cue (last token, length, a token at a fixed position, bigram"
+                                           " table) answer a task, and what simple mechanism does?",
                              description="Held-out accuracy of predictors fitted on each task's train records. Degenerate "
-                                         "cues flag a task: the prompt's last token, its length and, with --run-dir, the "
-                                         "run's bigram table. Likely mechanisms are reported: a bag of the prompt's tokens, "
-                                         "a bag of its last line's tokens, its last two tokens. Exits 1 when a task is "
-                                         "flagged (a degenerate cue above 70%%).")
+                                         "cues flag a task: the prompt's last token or its length (above 70%%), a token at "
+                                         "one of the first or last four positions of the text before the last line, or two "
+                                         "adjacent ones (above 60%%, the position named), and with --run-dir the run's "
+                                         "bigram table (above 70%%). Likely mechanisms are reported: a bag of the prompt's "
+                                         "tokens, a bag of its last line's tokens, its last two tokens. Exits 1 when a task "
+                                         "is flagged.")
     p.add_argument("tasks", nargs="*", metavar="TASK", help="built-in tasks or JSONL files (default: every task of --suite)")
     suite_argument(p)
     p.add_argument("--run-dir", metavar="RUN_DIR", help="tokenise with this run's tokenizer and try its bigram table")

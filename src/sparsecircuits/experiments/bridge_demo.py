@@ -80,7 +80,8 @@ def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | N
     losses = json.loads((out / "tasks.json").read_text())
     tasks = {first_task: first_correct}
     if second_task == "auto":
-        second_task = choose_second_task(losses, first_task, target_loss)
+        second_task = choose_second_task(losses, first_task, target_loss,
+                                         steerable=lambda task: steerable(task, runs["dense"].tokenizer))
     if second_task is not None:
         tasks[second_task] = None
 
@@ -113,12 +114,25 @@ def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | N
     return summary
 
 
-def choose_second_task(losses: dict, first_task: str, target_loss: float) -> str | None:
+def steerable(task: str, tokenizer) -> bool:
+    """Whether enough of the task's pairs tokenise to one length for steering (`twin_batches`): a pair
+    whose prompts differ in length is not padded to match, so some tasks have too few."""
+    from ..bridges.steer import twin_batches
+    from ..errors import SparseCircuitsError
+
+    try:
+        return bool(twin_batches(task, tokenizer, "test", None))
+    except SparseCircuitsError:
+        return False
+
+
+def choose_second_task(losses: dict, first_task: str, target_loss: float, steerable=lambda task: True) -> str | None:
     """The task other than the first that both models do best (lowest worse-of-the-two loss), among
-    those the sparse model does within the target loss (a circuit can only be pruned from those);
-    None when there is none."""
+    those the sparse model does within the target loss (a circuit can only be pruned from those) and
+    `steerable` accepts; None when there is none."""
     loss = lambda model, task: losses[model][task].get("loss", float("inf"))
-    prunable = [t for t in losses["sparse"] if Path(t).stem != Path(first_task).stem and loss("sparse", t) <= target_loss]
+    prunable = [t for t in losses["sparse"] if Path(t).stem != Path(first_task).stem and loss("sparse", t) <= target_loss
+                and steerable(t)]
     if not prunable:
         print(f"no second task: the bridged sparse model does no other task within loss {target_loss}",
               file=sys.stderr)

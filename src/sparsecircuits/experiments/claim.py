@@ -1,5 +1,6 @@
-"""Claim (a) of the paper, drawn as its Fig. 2 draws it: circuit edges of a sparse and a dense model
-at a sweep of target losses, each target over the tasks both models do with margin.
+"""Claim (a) of the paper, drawn as its Fig. 2 draws it: circuit weight edges of a sparse model and a
+dense baseline (one dense model, or two whose losses bracket the sparse model's, interpolated) at a
+sweep of target losses, each target over the tasks every model compared does with margin.
 
 Each (model, task, target) is pruned with CLAIM_SEEDS seeds and the smallest circuit that meets the
 target on the choose records is kept; which tasks count is decided on the choose records only. Over
@@ -60,7 +61,7 @@ def flagged_by_audit(models: list, names: list[str]) -> dict[str, list[str]]:
 
     flagged = {}
     for name in names:  # tasks the models have already been scored on, so each one loads
-        cues = sorted({cue for model in models for cue in audit_task(name, model)["flagged"]})
+        cues = sorted({cue for model in models for cue in audit_task(name, model, "choose")["flagged"]})
         if cues:
             flagged[name] = cues
     return flagged
@@ -95,8 +96,10 @@ def best_circuit(circuits: list[dict]) -> dict | None:
 def interpolate_log(points: list[tuple[float, float]], at: float | None) -> float:
     """A size at validation loss `at`, linear in log size between two (validation loss, size) points
     (the bracketing dense models); with one point, its size."""
-    if len(points) == 1 or at is None:
+    if len(points) == 1:
         return float(points[0][1])
+    if at is None:
+        raise ValueError("two bracketing models need the loss to interpolate at")
     (loss_a, size_a), (loss_b, size_b) = points
     if loss_a == loss_b:
         return math.exp((math.log(max(size_a, 1)) + math.log(max(size_b, 1))) / 2)
@@ -141,9 +144,10 @@ def claim_rows(circuits: dict[str, dict[str, list[dict]]], sparse: str, baseline
         def dense_size(chosen: dict[str, dict], key: str) -> float:
             return interpolate_log([(baseline[m], chosen[m][key]) for m in baseline], sparse_loss)
         per_seed = []  # the ratio with every model's circuit from one pruning seed
-        for i, s in enumerate(sparse_seeds):
-            same_seed = {m: circuits[m][task][i] for m in baseline}
-            if s["reached"] and all(c["reached"] for c in same_seed.values()):
+        by_seed = {m: {c["seed"]: c for c in circuits[m][task]} for m in baseline}
+        for s in sparse_seeds:
+            same_seed = {m: by_seed[m].get(s["seed"]) for m in baseline}
+            if s["reached"] and all(c is not None and c["reached"] for c in same_seed.values()):
                 per_seed.append(dense_size(same_seed, "edges") / max(s["edges"], 1))
         dense_edges, dense_nodes = dense_size(best, "edges"), dense_size(best, "nodes")
         rows[task] = {"sparse_edges": best[sparse]["edges"], "dense_edges": dense_edges,
@@ -184,7 +188,7 @@ def plot_claim(path: Path, comparisons: dict[str, list[dict]]) -> None:
         for target, means, count in points:
             ax.annotate(f"{count} tasks", (means["dense"], target), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if not drawn:
-        ax.text(0.5, 0.5, "no task both models do with margin\nhas an evidence circuit in both",
+        ax.text(0.5, 0.5, "no task every model does with margin\nhas a circuit meeting the target in each",
                 ha="center", va="center", transform=ax.transAxes)
     else:
         ax.set_xscale("log")

@@ -1,5 +1,5 @@
-"""`sparsecircuits demo`: corpus -> a weight-sparse model and two dense baselines -> task circuits ->
-validation -> report.
+"""`sparsecircuits demo`: corpus -> a weight-sparse model and dense baselines -> task circuits ->
+validation -> claim (a) -> report.
 
 Every stage writes into DIR and is skipped when its output is already there, so an interrupted
 demo continues where it stopped. The models:
@@ -172,7 +172,8 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
         m: score_tasks(runs[m].model(), candidates, "choose") for m in models})
     atomic_write_text(out / "tasks.json", json.dumps(task_losses, indent=1))
     losses = {m: {t: row.get("loss") for t, row in task_losses[m].items()} for m in models}
-    flagged = {t: row.get("audit_flagged", []) for t, row in task_losses["sparse"].items()}
+    # a task the audit flags under any model's tokenisation or bigram table (choose records) is flagged
+    flagged = {t: sorted({cue for m in models for cue in task_losses[m][t].get("audit_flagged", [])}) for t in candidates}
     sparse_tasks = sorted((t for t in candidates if losses["sparse"].get(t) is not None
                            and losses["sparse"][t] <= target_loss), key=lambda t: losses["sparse"][t])
     if max_tasks and len(sparse_tasks) > max_tasks:
@@ -253,7 +254,7 @@ def claim_a(runs: dict[str, Run], losses: dict, flagged: dict, targets: tuple[fl
             m = prune_or_reuse(runs[model], task, directory, dataclasses.replace(settings, target_loss=target, seed=seed),
                                show_progress=False).metrics
             found.append({"seed": seed, "edges": m["n_edges"], "nodes": m["n_nodes"], "directory": directory,
-                          "reached": m["loss_choose"] <= target, "metrics": m})
+                          "reached": m["reached"], "metrics": m})
         return found
 
     def judged(circuit: dict, model: str, target: float) -> dict:
@@ -334,7 +335,7 @@ def write_report(out: Path, runs: dict[str, Run], evolution: dict, sparse_tasks:
     circuits = {}
     for task in sparse_tasks:
         directory = circuit_dir("sparse", task)
-        circuit = json.loads((directory / "circuit.json").read_text())
+        circuit = Circuit.load(directory).data
         validation = read_validation(directory)
         labels = read_labels(directory, runs["sparse"].weights_sha256)["nodes"]  # label_all wrote them for these weights
         circuits[Path(task).stem] = {

@@ -188,21 +188,23 @@ def _examples_of(task, tokenizer) -> list[Example]:
     return out
 
 
-def audit_task(name_or_path: str, model=None) -> dict:
-    """Held-out accuracy of each predictor; `flagged`: the degenerate cues above FLAG_ACCURACY;
-    `mechanisms`: the likely mechanisms above it. With `model`, prompts are tokenised (and checked) as
-    for pruning, and its bigram table is tried."""
+def audit_task(name_or_path: str, model=None, split: str = "test") -> dict:
+    """Accuracy on the `split` records of each predictor fitted on the train records; `flagged`: the
+    degenerate cues above FLAG_ACCURACY and the position predictors above POSITION_FLAG; `mechanisms`:
+    the likely mechanisms above FLAG_ACCURACY. With `model`, prompts are tokenised (and checked) as for
+    pruning, and its bigram table is tried. Pipelines that choose tasks by the audit score it on the
+    choose records, so the test records decide nothing."""
     if model is None:
         from tokenizers import pre_tokenizers
 
         pre = pre_tokenizers.ByteLevel(add_prefix_space=False)
         name, splits = task_records(name_or_path, warn=False)
-        train, test = (_examples(splits[split], lambda text: [piece for piece, _ in pre.pre_tokenize_str(text)])
-                       for split in ("train", "test"))
+        train, test = (_examples(splits[part], lambda text: [piece for piece, _ in pre.pre_tokenize_str(text)])
+                       for part in ("train", split))
     else:
         tokenized = load_task_splits(name_or_path, model.tokenizer, max_len=model.config.ctx_len, warn=False)
         name, train, test = (tokenized.name, _examples_of(tokenized.train, model.tokenizer),
-                             _examples_of(tokenized.test, model.tokenizer))
+                             _examples_of(tokenized[split], model.tokenizer))
     accuracy = {"last_token": lookup_predictor(train, test), "length": length_predictor(train, test)}
     bigram = getattr(model, "bigram", None) if model is not None else None
     if bigram is not None:
@@ -229,7 +231,7 @@ def score_tasks(model, names: list[str], split: str, warn: bool = False) -> dict
             table[name] = {"task": name, "error": str(err)}
             continue
         table[name] = {"task": task.name, **evaluate_task(model, task), "dropped": task.dropped,
-                       "audit_flagged": audit_task(name, model)["flagged"]}
+                       "audit_flagged": audit_task(name, model, split)["flagged"]}
     return table
 
 
