@@ -186,14 +186,14 @@ def plot_claim(path: Path, comparisons: dict[str, list[dict]]) -> None:
                         label=f"{model} ({label})")
                 drawn += 1
         for target, means, count in points:
-            ax.annotate(f"{count} tasks", (means["dense"], target), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(f"{count} task{'' if count == 1 else 's'}", (means["dense"], target), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if not drawn:
         ax.text(0.5, 0.5, "no task every model does with margin\nhas a circuit meeting the target in each",
                 ha="center", va="center", transform=ax.transAxes)
     else:
         ax.set_xscale("log")
         ax.legend(fontsize=7)
-    ax.set_xlabel("circuit edges (geometric mean over common tasks)")
+    ax.set_xlabel("weight edges (geometric mean over common tasks)")
     ax.set_ylabel("target task loss")
     ax.set_title("Claim (a): circuit size at each target")
     save(fig, path)
