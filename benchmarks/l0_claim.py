@@ -2,10 +2,10 @@
 baselines of a `demo` of the same shape, corpus and steps.
 
 For every L0 of the sweep: validation loss, tasks learned (done with margin, not flagged), weight
-edges of its circuits over the tasks every L0 and the demo's dense circuits share (geometric mean),
-and claim (a) at the sweep's target against each of the demo's baselines (the dense model at the
-sparse loss, the stronger dense model): the geometric mean over those tasks of dense edges / sparse
-edges, with its 95% bootstrap interval. Writes CSV and PNG.
+edges of its circuits over the tasks every L0 has a circuit for (geometric mean), and claim (a) at
+the demo's target against each of the demo's baselines (the dense model at the demo's sparse loss,
+the stronger dense model): the geometric mean of dense / sparse edges over the tasks every L0 and
+that baseline share, with its 95% bootstrap interval. Writes CSV and PNG.
 
     python benchmarks/l0_claim.py SWEEP_DIR DEMO_DIR --out docs/l0-claim-cpu
 
@@ -39,18 +39,21 @@ def main() -> None:
         at = [c for c in per_target if math.isclose(c["target_loss"], target)]
         if at:
             dense[baseline] = {t: r["dense_edges"] for t, r in at[0]["tasks"].items()}
-    common = set.intersection(*(set(r["edges"]) for r in rows), *(set(d) for d in dense.values()))
+    common = set.intersection(*(set(r["edges"]) for r in rows)) if rows else set()  # every L0 has a circuit
+    shared = {b: common & set(edges) for b, edges in dense.items()}  # ... and so has the baseline
     table = []
     for r in sorted(rows, key=lambda r: -r["l0_fraction_config"]):
         row = {"l0_fraction": r["l0_fraction_config"], "l0_nonzeros": r["l0_nonzeros"], "val_loss": round(r["val_loss"], 4),
                "tasks_learned": r["tasks_learned"], "common_tasks": len(common),
                "sparse_edges_geomean": geomean([r["edges"][t] for t in common]) if common else None}
         for baseline, edges in dense.items():
-            stats = ratio_statistics({t: edges[t] / max(r["edges"][t], 1) for t in common})
+            stats = ratio_statistics({t: edges[t] / max(r["edges"][t], 1) for t in shared[baseline]})
             row[f"ratio_{baseline}"] = stats["geomean"]
             row[f"ratio_{baseline}_interval"] = stats["interval"]
+            row[f"ratio_{baseline}_tasks"] = len(shared[baseline])
         table.append(row)
-    print(f"common tasks ({len(common)}): {', '.join(sorted(common)) or 'none'}")
+    print(f"tasks every L0 does ({len(common)}): {', '.join(sorted(common)) or 'none'}; shared with "
+          + "; ".join(f"{b}: {', '.join(sorted(t)) or 'none'}" for b, t in shared.items()))
     for row in table:
         ratios = "  ".join(f"{b} {row[f'ratio_{b}']:.2f} [{row[f'ratio_{b}_interval'][0]:.2f}, {row[f'ratio_{b}_interval'][1]:.2f}]"
                            for b in dense if row[f"ratio_{b}"] is not None)
@@ -70,8 +73,9 @@ def main() -> None:
     axes[1].set_ylabel(f"weight edges, geometric mean ({len(common)} tasks)")
     axes[1].set_yscale("log")
     for baseline in dense:
-        axes[2].plot(x, [row[f"ratio_{baseline}"] or float("nan") for row in table], "o-", label=baseline)
-    axes[2].set_ylabel(f"dense / sparse edges at {target:g}")
+        axes[2].plot(x, [row[f"ratio_{baseline}"] or float("nan") for row in table], "o-",
+                     label=f"{baseline} ({len(shared[baseline])} tasks)")
+    axes[2].set_ylabel(f"dense / sparse weight edges at {target:g}")
     axes[2].legend(fontsize=7)
     for ax in axes:
         ax.set_xscale("log", base=2)
