@@ -69,16 +69,21 @@ def _accuracy(predictions: list[float], examples: list[Example]) -> float:
     return score / max(len(examples), 1)
 
 
-def lookup_predictor(train: list[Example], test: list[Example], last: int = 1) -> float:
-    """A lookup table from the prompt's last `last` tokens (and the candidate pair) to the answer."""
+def _lookup_accuracy(train: list[Example], test: list[Example], key) -> float:
+    """Held-out accuracy of a lookup table from `key(example)` to the majority answer in train."""
     votes: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
     for e in train:
-        votes[(e.pair, tuple(e.tokens[-last:]))][e.label] += 1
+        votes[key(e)][e.label] += 1
     predictions = []
     for e in test:
-        no, yes = votes.get((e.pair, tuple(e.tokens[-last:])), (0, 0))
+        no, yes = votes.get(key(e), (0, 0))
         predictions.append(0.5 if yes == no else float(yes > no))
     return _accuracy(predictions, test)
+
+
+def lookup_predictor(train: list[Example], test: list[Example], last: int = 1) -> float:
+    """A lookup table from the prompt's last `last` tokens (and the candidate pair) to the answer."""
+    return _lookup_accuracy(train, test, lambda e: (e.pair, tuple(e.tokens[-last:])))
 
 
 def last_line(tokens: list[str]) -> list[str]:
@@ -116,15 +121,7 @@ def position_predictor(train: list[Example], test: list[Example], span: tuple[in
             context[-1] = context[-1][:context[-1].rindex(NEWLINE) + 1]
         n = len(context)
         return e.pair, tuple(context[i] if -n <= i < n else None for i in span)
-
-    votes: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
-    for e in train:
-        votes[key(e)][e.label] += 1
-    predictions = []
-    for e in test:
-        no, yes = votes.get(key(e), (0, 0))
-        predictions.append(0.5 if yes == no else float(yes > no))
-    return _accuracy(predictions, test)
+    return _lookup_accuracy(train, test, key)
 
 
 def length_predictor(train: list[Example], test: list[Example]) -> float:
