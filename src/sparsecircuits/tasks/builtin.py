@@ -8,8 +8,8 @@ ordinary Python; none of this text is written into any training corpus.
   degenerate cues are removed: the two prompts of a pair end in the same token (except `else_elif`,
   whose contrast is its last token; `tasks audit` flags it), and a pair whose prompts differ in length
   gets one random comment line above both, drawn once for the pair (`generate` checks that whatever
-  it adds is the same for both answers), so that neither a prompt's length nor any token at a fixed
-  position names its answer. Which tokens appear is left alone: for the quote, bracket and brace
+  it adds is the same for both answers), so that no token at a fixed position names its answer and
+  a prompt's length says little about it. Which tokens appear is left alone: for the quote, bracket and brace
   tasks that is the mechanism the paper found.
 - `hard`: harder forms of the same contrasts, to test how far a paper circuit generalises: each
   `<task>_hard` puts the other member's deciding line commented out above its own (or binds two
