@@ -45,7 +45,7 @@ from ..tasks import HARD_FORMS, suite_tasks
 from ..tasks.audit import score_tasks
 from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
-from .claim import (CLAIM_SEEDS, CLAIM_TARGETS, MARGIN, circuit_is_evidence, claim_rows, claim_tasks, does_with_margin,
+from .claim import (CLAIM_SEEDS, CLAIM_TARGETS, MARGIN, best_circuit, circuit_is_evidence, claim_rows, claim_tasks, does_with_margin,
                     plot_claim)
 from ..plots import pyplot, save
 
@@ -272,9 +272,8 @@ def claim_a(runs: dict[str, Run], losses: dict, flagged: dict, targets: tuple[fl
             circuits = {m: {Path(t).stem: seed_circuits(m, t, target) for t in chosen} for m in models}
             for m in models:  # validate each task's kept circuit (the smallest that meets the target)
                 for stem, found in circuits[m].items():
-                    reached = [c for c in found if c["reached"]]
-                    if reached:
-                        best = min(reached, key=lambda c: (c["edges"], c["seed"]))
+                    best = best_circuit(found)  # the one claim_rows keeps
+                    if best is not None:
                         found[found.index(best)] = judged(best, m, target)
             rows = claim_rows(circuits, "sparse", baseline, sparse_loss, target)
             rows["excluded"] = {**{Path(t).stem: why for t, why in excluded.items()}, **rows["excluded"]}
