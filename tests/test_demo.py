@@ -147,23 +147,32 @@ def test_claim_a_interpolates_the_dense_size_between_models_that_bracket_the_spa
     assert rows["tasks"]["a"]["dense_edges"] == pytest.approx(10 ** 2.75) and rows["count"] == 1
 
 
-def test_bracketing_halves_or_doubles_the_schedule_until_two_models_straddle_the_sparse_loss():
+def test_bracketing_halves_or_doubles_the_schedule_until_two_models_straddle_the_sparse_loss_then_bisects():
     from sparsecircuits.experiments.demo import bracket_sparse_loss
 
     loss_at = lambda steps: 3.0 + 400 / steps  # a finished schedule of more steps ends lower
     trained = []
     val = lambda name: loss_at(1000 if name == "dense_matched" else int(name.removeprefix("dense_steps")))
-    result = bracket_sparse_loss(lambda name, steps: trained.append(steps), 1000, 3.7, val)
-    assert trained == [500] and result["bracketed"]  # 1000 steps end at 3.4, below 3.7; 500 at 3.8, above
-    assert result["models"] == {"dense_matched": pytest.approx(3.4), "dense_steps500": pytest.approx(3.8)}
+    bracket = lambda sparse_val: bracket_sparse_loss(lambda name, steps: trained.append(steps), 1000, sparse_val, val)
+    # 1000 steps end at 3.4, below 3.7; 500 at 3.8, above; then sqrt(1000 x 500) = 707 ends at 3.566 (below,
+    # 0.13 from 3.7) and sqrt(707 x 500) = 595 at 3.672: the nearest on each side are 595 and 500
+    result = bracket(3.7)
+    assert trained == [500, 707, 595] and result["bracketed"]
+    assert result["models"] == {"dense_steps595": pytest.approx(loss_at(595)), "dense_steps500": pytest.approx(3.8)}
     trained.clear()
-    result = bracket_sparse_loss(lambda name, steps: trained.append(steps), 1000, 4.0, val)
-    assert trained == [500, 250] and set(result["models"]) == {"dense_steps500", "dense_steps250"}  # 3.8 | 4.6
+    result = bracket(4.0)
+    assert trained == [500, 250, 354] and set(result["models"]) == {"dense_steps500", "dense_steps354"}  # 3.8 | 4.13
     trained.clear()
-    result = bracket_sparse_loss(lambda name, steps: trained.append(steps), 1000, 3.3, val)
-    assert trained == [2000] and set(result["models"]) == {"dense_matched", "dense_steps2000"}
+    result = bracket(3.3)
+    assert trained == [2000, 1414, 1189] and set(result["models"]) == {"dense_steps1414", "dense_steps1189"}
     trained.clear()
-    never = bracket_sparse_loss(lambda name, steps: trained.append(steps), 1000, 2.0, val)  # always above
+    result = bracket(3.45)  # 1000 steps end 0.05 below; 841 (after 500 and 707) 0.026 above: close enough on both sides
+    assert trained == [500, 707, 841] and set(result["models"]) == {"dense_matched", "dense_steps841"}
+    trained.clear()
+    result = bracket(3.38)  # 1000 steps end 0.02 above, 2000 0.18 below, 1414 0.097 below, 1189 0.044 below
+    assert trained == [2000, 1414, 1189] and set(result["models"]) == {"dense_matched", "dense_steps1189"}
+    trained.clear()
+    never = bracket(2.0)  # always above
     assert trained == [2000, 4000, 8000] and not never["bracketed"] and list(never["models"]) == ["dense_steps8000"]
 
 

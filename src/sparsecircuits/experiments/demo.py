@@ -51,6 +51,7 @@ from ..plots import pyplot, save
 
 KEPT_MODELS = 4  # models the demo's sparse run keeps for `evolve`: 4 x 22 MB on `small`
 BRACKET_TRIES = 3  # finished dense schedules tried beyond dense_matched to bracket the sparse loss
+BRACKET_CLOSE = 0.05  # nats: a bracketing model this near the sparse loss needs no schedule between it and the other
 COMPARISONS = {"dense_at_sparse_loss": "dense at the sparse model's loss (interpolated between finished schedules)",
                "dense": "dense on the same tokens (full schedule, lower loss)"}
 
@@ -90,22 +91,36 @@ def _train_stage(config_name: str, overrides: list[str], data_dir: Path, run_dir
 def bracket_sparse_loss(train_dense, n_matched: int, sparse_val: float, val_loss) -> dict:
     """Finished dense schedules whose validation losses bracket the sparse model's: `dense_matched`
     (`n_matched` steps), then schedules halved (while every one tried ends below the sparse loss) or
-    doubled (while every one ends above), at most BRACKET_TRIES more. `train_dense(name, steps)` trains
-    one; `val_loss(name)` scores one. Returns {"models": {name: val loss} of the nearest on each side
+    doubled (while every one ends above) until two straddle it, then bisected (the geometric mean of
+    the nearest schedule on each side) while a side is more than BRACKET_CLOSE from the sparse loss;
+    at most BRACKET_TRIES schedules beyond dense_matched. `train_dense(name, steps)` trains one;
+    `val_loss(name)` scores one. Returns {"models": {name: val loss} of the nearest on each side
     (one model when none lands on the other side), "tried": every schedule's steps and loss}."""
     tried = {"dense_matched": (n_matched, val_loss("dense_matched"))}
-    steps = n_matched
+
+    def nearest() -> tuple[str | None, str | None]:  # the nearest schedule ending below, and above, the sparse loss
+        below = [m for m, (_, loss) in tried.items() if loss <= sparse_val]
+        above = [m for m, (_, loss) in tried.items() if loss > sparse_val]
+        return (max(below, key=lambda m: tried[m][1]) if below else None,
+                min(above, key=lambda m: tried[m][1]) if above else None)
+
     for _ in range(BRACKET_TRIES):
-        sides = {loss <= sparse_val for _, loss in tried.values()}
-        if len(sides) == 2:
+        below, above = nearest()
+        if below is None:
+            steps = max(tried[m][0] for m in tried) * 2
+        elif above is None:
+            steps = max(1, min(tried[m][0] for m in tried) // 2)
+        elif max(sparse_val - tried[below][1], tried[above][1] - sparse_val) > BRACKET_CLOSE:
+            steps = round((tried[below][0] * tried[above][0]) ** 0.5)  # a loss falls about linearly in log steps
+        else:
             break
-        steps = max(1, steps // 2) if sides == {True} else steps * 2
+        if any(steps == s for s, _ in tried.values()):
+            break  # the schedules on either side are a step apart
         name = f"dense_steps{steps}"
         train_dense(name, steps)
         tried[name] = (steps, val_loss(name))
-    below = [m for m, (_, loss) in tried.items() if loss <= sparse_val]
-    above = [m for m, (_, loss) in tried.items() if loss > sparse_val]
-    chosen = ([max(below, key=lambda m: tried[m][1])] if below else []) + ([min(above, key=lambda m: tried[m][1])] if above else [])
+    below, above = nearest()
+    chosen = [m for m in (below, above) if m]
     if len(chosen) == 1:  # nothing on the other side: the nearest model alone stands for the dense model at the sparse loss
         chosen = [min(tried, key=lambda m: abs(tried[m][1] - sparse_val))]
     return {"models": {m: tried[m][1] for m in chosen}, "bracketed": bool(below and above),
