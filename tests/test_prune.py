@@ -87,6 +87,37 @@ def test_prune_bad_input(capsys, task_run, trained_run, tmp_path, circuit_dir):
     fails(["validate", str(circuit_dir), "--run-dir", str(trained_run)], "pruned from other weights")
 
 
+def test_prune_refuses_an_unreachable_target_before_computing_node_means(task_run, tmp_path, monkeypatch):
+    from sparsecircuits.circuits import find
+    from sparsecircuits.circuits.prune import PruneSettings, prune
+    from sparsecircuits.rundir import Run
+
+    run, task = task_run
+    calls = []
+    monkeypatch.setattr(Run, "node_means", lambda *args, **kwargs: calls.append("means"))
+    monkeypatch.setattr(find, "train_mask", lambda *args, **kwargs: calls.append("mask"))
+    with pytest.raises(find.TargetUnreachable, match=r"lowest target it allows is 0\.\d{3} \(--target-loss\)"):
+        prune(run, str(task), tmp_path / "c", PruneSettings(target_loss=0.001), show_progress=False)
+    assert calls == [] and not (tmp_path / "c").exists()
+
+
+def test_prune_refuses_a_task_the_empty_circuit_already_does_before_training_a_mask(task_run, tmp_path, monkeypatch):
+    """Every prompt ends in `True`, whose next token the bigram path answers against a byte the corpus never holds."""
+    from sparsecircuits.circuits import find
+    from sparsecircuits.circuits.prune import PruneSettings, prune
+
+    run, _ = task_run
+    task = tmp_path / "bigram.jsonl"
+    records = [{"prompt": f"def f{i}(x):\n    {head} True", "correct": answer, "incorrect": "~"}
+               for i in range(100) for head, answer in (("while", ":"), ("return", "\n"))]
+    task.write_text("".join(json.dumps(r) + "\n" for r in records))
+    trained = []
+    monkeypatch.setattr(find, "train_mask", lambda *args, **kwargs: trained.append(1))
+    with pytest.raises(find.EmptyCircuitSuffices, match="nothing to prune; a target below"):
+        prune(run, str(task), tmp_path / "c", PruneSettings(target_loss=0.65), show_progress=False)
+    assert trained == [] and not (tmp_path / "c").exists()
+
+
 def test_search_keeps_the_smallest_circuit_that_meets_the_target(task_run, tmp_path):
     from sparsecircuits.circuits import Circuit
     from sparsecircuits.circuits.prune import PruneSettings, prune

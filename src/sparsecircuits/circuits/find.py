@@ -36,8 +36,47 @@ from .masks import NodeMask, ablation_hooks, keep_top_n
 TARGET_LOSS = 0.15  # the default task loss a circuit must reach (the paper's main figures)
 
 
-class TargetUnreachable(SparseCircuitsError):
+CHANCE_FRACTION = 0.9  # a full-model loss above this fraction of ln 2 (chance) means the model does not do the task
+
+
+class NoCircuitToFind(SparseCircuitsError):
+    """The task and target leave nothing to prune: said before any mask is trained."""
+
+
+class TargetUnreachable(NoCircuitToFind):
     """The full model itself misses the target: no circuit can reach it."""
+
+
+class EmptyCircuitSuffices(NoCircuitToFind):
+    """Every node ablated already meets the target: the bigram table and the node means answer the task."""
+
+
+def full_model_loss(model: SparseGPT, splits: TaskSplits) -> float:
+    """The full model's task loss on the choose records, where node counts are chosen."""
+    return float(task_loss(pair_logits(model, splits["choose"])))
+
+
+def require_reachable(full_loss: float, settings: PruneSettings, task: str) -> None:
+    """Raise TargetUnreachable, with the target the model does allow, when the full model misses the target."""
+    target = settings.target_loss
+    if full_loss <= target:
+        return
+    if full_loss >= CHANCE_FRACTION * math.log(2):
+        advice = (f"it is near chance ({math.log(2):.3f}): the model does not do this task; train longer or a larger"
+                  " config (`sparsecircuits tasks eval RUN` lists the tasks a model does)")
+    else:
+        advice = f"the lowest target it allows is {math.ceil(full_loss * 1000) / 1000:.3f} (--target-loss), or train longer"
+    raise TargetUnreachable(f"the full model's loss on task {task} is {full_loss:.4f} on the choose records, above the"
+                            f" target {target}: no circuit can reach it; {advice}")
+
+
+def require_something_to_prune(empty_loss: float, goal: float, settings: PruneSettings, task: str) -> None:
+    """Raise EmptyCircuitSuffices when the empty circuit already meets the goal the node count is chosen at."""
+    if empty_loss <= goal:
+        raise EmptyCircuitSuffices(
+            f"the empty circuit (every node ablated to its {settings.ablation}) already meets the target on task {task}:"
+            f" loss {empty_loss:.4f} on the choose records, so the bigram table answers it and there is nothing to prune;"
+            f" a target below {empty_loss / (goal / settings.target_loss):.4f} (--target-loss) leaves nodes to find")
 
 
 @dataclass
@@ -264,17 +303,18 @@ def find_circuit(model: SparseGPT, splits: TaskSplits, means: Mapping[str, torch
 
     Returns keep masks, the logit scale and the figures of the search. With require_target=False
     (the controls) a target the full model misses is allowed; when no count meets the goal, the
-    count with the lowest loss is returned with `reached: False`."""
+    count with the lowest loss is returned with `reached: False`. With it, a full model that misses
+    the target (TargetUnreachable) or an empty circuit that meets it (EmptyCircuitSuffices) raises
+    before the mask is trained."""
     evaluator = CircuitEvaluator(model, splits, means, settings.calibration_steps)
     total = sum(model.node_sites.values())
     full_loss = evaluator.loss(None, "choose")
     target = settings.target_loss
-    if require_target and full_loss > target:
-        raise TargetUnreachable(
-            f"the full model's loss on task {splits.name} is {full_loss:.4f}, above the target {target}:"
-            " no circuit can reach it; raise --target-loss or train a stronger model"
-        )
     goal = settings.goal if full_loss <= settings.goal or full_loss > target else target
+    if require_target:  # before the mask is trained: a run that cannot give a circuit says so at once
+        require_reachable(full_loss, settings, splits.name)
+        empty = {site: torch.zeros(width, dtype=torch.bool) for site, width in model.node_sites.items()}
+        require_something_to_prune(evaluator.loss(empty, "choose"), goal, settings, splits.name)
     started = time.perf_counter()
     if settings.method == "attribution":
         scores, k_final = attribution_scores(model, splits.train, means, settings.batch_pairs), None

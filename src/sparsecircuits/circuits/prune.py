@@ -16,7 +16,8 @@ from ..model.sparse_kernels import sparse_weight_kernels
 from ..rundir import Run, as_run
 from ..tasks.records import TaskSplits, task_accuracy, task_loss, task_loss_interval
 from .circuit import CIRCUIT_ENTRIES, CIRCUIT_FILE, Circuit, records_sha256, ablation_values, load_task_splits, nodes_of
-from .find import TARGET_LOSS, CircuitEvaluator, PruneSettings, find_circuit, settings_dict
+from .find import (TARGET_LOSS, CircuitEvaluator, PruneSettings, find_circuit, full_model_loss, require_reachable,
+                   settings_dict)
 from .graph import circuit_edges, edge_counts, weight_edge_count
 from .search import search_settings
 
@@ -119,6 +120,7 @@ def _prune(run: Run, task: str, out: Path, settings: PruneSettings, search_trial
     model = run.model()
     with sparse_weight_kernels(model, settings.csr_max_density) as csr_layers:
         splits = load_task_splits(model, task)
+        require_reachable(full_model_loss(model, splits), settings, splits.name)  # before the node means: seconds, not minutes
         means = ablation_values(model, run, settings.ablation, show_progress, data_dir)
         means_seconds = time.perf_counter() - start
         if search_trials > 0:

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from ..circuits.circuit import Circuit
+from ..circuits.find import NoCircuitToFind
 from ..circuits.labels import label_run, read_labels
 from ..circuits.prune import TARGET_LOSS, PruneSettings
 from ..circuits.validate import not_evidence_reasons, read_validation
@@ -204,8 +205,12 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
         return out / "circuits" / folder / Path(task).stem
 
     def prune_all():
-        for task in sparse_tasks:  # a circuit of other weights, records or settings is pruned again
-            prune_or_reuse(runs["sparse"], task, circuit_dir("sparse", task), settings)
+        for task in list(sparse_tasks):  # a circuit of other weights, records or settings is pruned again
+            try:
+                prune_or_reuse(runs["sparse"], task, circuit_dir("sparse", task), settings)
+            except NoCircuitToFind as err:  # the empty circuit already does it: no circuit to draw
+                print(f"no circuit for {Path(task).stem}: {err}", file=sys.stderr)
+                sparse_tasks.remove(task)
 
     attribution = dataclasses.replace(settings, method="attribution")
 
@@ -284,7 +289,15 @@ def claim_a(runs: dict[str, Run], losses: dict, flagged: dict, targets: tuple[fl
         for target in sorted(targets):
             models = ["sparse", *baseline]
             chosen, excluded = claim_tasks({m: losses[m] for m in models}, flagged, target, margin)
-            circuits = {m: {Path(t).stem: seed_circuits(m, t, target) for t in chosen} for m in models}
+            circuits = {m: {} for m in models}
+            for task in chosen:
+                try:
+                    found = {m: seed_circuits(m, task, target) for m in models}
+                except NoCircuitToFind as err:  # an empty circuit meets the target: no size to compare
+                    excluded[task] = str(err)
+                    continue
+                for m in models:
+                    circuits[m][Path(task).stem] = found[m]
             for m in models:  # validate each task's kept circuit (the smallest that meets the target)
                 for stem, found in circuits[m].items():
                     best = best_circuit(found)  # the one claim_rows keeps

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..circuits.circuit import Circuit, load_task_splits
-from ..circuits.find import TargetUnreachable
+from ..circuits.find import NoCircuitToFind
 from ..circuits.prune import PruneSettings, prune_or_reuse
 from ..circuits.validate import read_validation, validate
 from ..errors import SparseCircuitsError
@@ -46,7 +46,7 @@ def checkpoint_row(view: Run, task: str, circuit_dir: Path, settings: PruneSetti
     row = {"step": view.step, "val_loss": view.kept["val_loss"], "l0_fraction": nonzero / max(total, 1)}
     try:
         circuit = prune_or_reuse(view, task, circuit_dir, settings, show_progress)
-    except TargetUnreachable as err:  # the full model misses the target: no circuit can reach it
+    except NoCircuitToFind as err:  # the full model misses the target, or the empty circuit meets it
         loss = evaluate_task(model, load_task_splits(model, task).test)["loss"]
         return {**row, "task_loss": loss, "reached": False, "n_nodes": None, "n_edges": None, "loss_circuit": None,
                 "controls": None, "evidence": False, "why": str(err)}

@@ -96,6 +96,7 @@ def grid_runs(grid: dict, vocab_size: int) -> list[tuple[str, list[str]]]:
 
 
 def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: bool = True) -> list[dict]:
+    from ..circuits.find import NoCircuitToFind
     from ..circuits.prune import prune_or_reuse
 
     grid = read_grid(grid_path)
@@ -135,7 +136,11 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
                 print(f"{tag}: left out {Path(name).stem}: flagged by `tasks audit` ({cues})", file=sys.stderr)
                 continue
             circuit_dir = out / "circuits" / tag / Path(name).stem
-            circuit = prune_or_reuse(run, name, circuit_dir, PruneSettings(target_loss=target), show_progress)
+            try:
+                circuit = prune_or_reuse(run, name, circuit_dir, PruneSettings(target_loss=target), show_progress)
+            except NoCircuitToFind as err:
+                print(f"{tag}: left out {Path(name).stem}: {err}", file=sys.stderr)
+                continue
             edges[Path(name).stem] = circuit.metrics["n_edges"]
         row.update({"tasks_learned": len(edges), "edges_geomean": geomean(list(edges.values())) if edges else None,
                     "edges": edges, "flagged": {Path(n).stem: cues for n, cues in flagged.items()}})
