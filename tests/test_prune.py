@@ -66,6 +66,29 @@ def test_validate_writes_its_table(circuit_dir):
     assert big["per_node"] == [] and "per-node ablations skipped" in format_validation(big)
 
 
+def test_validate_trains_no_mask_on_the_real_labels_and_agrees_with_training_it_again(circuit_dir, tmp_path, monkeypatch):
+    """The same-footing control's real-label ranking is the one `prune` stored (same records, settings and
+    seed): validate trains masks only for the shuffled labels and the nonsense rule."""
+    import importlib
+    import shutil
+
+    from sparsecircuits.circuits import find
+
+    validate_module = importlib.import_module("sparsecircuits.circuits.validate")  # the package exports the function
+
+    trained, train_mask = [], find.train_mask
+    monkeypatch.setattr(find, "train_mask", lambda model, task, *args, **kwargs: trained.append(task.name)
+                        or train_mask(model, task, *args, **kwargs))
+    shutil.copytree(circuit_dir, tmp_path / "reused")
+    reused = validate(tmp_path / "reused", show_progress=False)
+    nonsense = reused["control_nonsense"].get("rule") is not None
+    assert sorted(trained) == sorted([f"{reused['task']} (shuffled labels)"] + [f"{reused['task']} (nonsense rule)"] * nonsense)
+    monkeypatch.setattr(validate_module, "stored_ranking", lambda *args: None)  # as before: the real mask trained again
+    shutil.copytree(circuit_dir, tmp_path / "again")
+    again = validate(tmp_path / "again", show_progress=False)
+    assert len(trained) == 2 * (2 + nonsense) - 1 and again["control_real_fitted"] == reused["control_real_fitted"]
+
+
 def test_prune_bad_input(capsys, task_run, trained_run, tmp_path, circuit_dir):
     run, task = task_run
 

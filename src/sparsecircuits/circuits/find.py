@@ -296,7 +296,8 @@ def smallest_passing(loss_at: Callable[[int], float], target: float, total: int,
 
 
 def find_circuit(model: SparseGPT, splits: TaskSplits, means: Mapping[str, torch.Tensor],
-                 settings: PruneSettings, show_progress: bool = True, require_target: bool = True) -> dict:
+                 settings: PruneSettings, show_progress: bool = True, require_target: bool = True,
+                 scores: Mapping[str, torch.Tensor] | None = None) -> dict:
     """Mask training, then the smallest node count in the ranking by τ whose loss on the choose
     records meets the goal (a margin under the target; the target itself when the full model is
     between the two).
@@ -305,7 +306,8 @@ def find_circuit(model: SparseGPT, splits: TaskSplits, means: Mapping[str, torch
     (the controls) a target the full model misses is allowed; when no count meets the goal, the
     count with the lowest loss is returned with `reached: False`. With it, a full model that misses
     the target (TargetUnreachable) or an empty circuit that meets it (EmptyCircuitSuffices) raises
-    before the mask is trained."""
+    before the mask is trained. `scores`: a ranking already learned on `splits.train` with these
+    settings (a circuit's scores.safetensors), used instead of training the mask again."""
     evaluator = CircuitEvaluator(model, splits, means, settings.calibration_steps)
     total = sum(model.node_sites.values())
     full_loss = evaluator.loss(None, "choose")
@@ -316,7 +318,9 @@ def find_circuit(model: SparseGPT, splits: TaskSplits, means: Mapping[str, torch
         empty = {site: torch.zeros(width, dtype=torch.bool) for site, width in model.node_sites.items()}
         require_something_to_prune(evaluator.loss(empty, "choose"), goal, settings, splits.name)
     started = time.perf_counter()
-    if settings.method == "attribution":
+    if scores is not None:
+        k_final = None
+    elif settings.method == "attribution":
         scores, k_final = attribution_scores(model, splits.train, means, settings.batch_pairs), None
     else:
         mask = train_mask(model, splits.train, means, settings, show_progress)

@@ -38,7 +38,7 @@ from ..schemas import read_json
 from ..tasks.nonsense import nonsense_rule
 from ..tasks.records import SPLITS, TaskSplits, TokenizedTask, task_loss, task_loss_interval, task_records, tokenize_records
 from ..io import atomic_write_text, check_writable, directory_lock
-from .circuit import Circuit, ablation_values, load_task_splits
+from .circuit import Circuit, ablation_values, load_task_splits, records_sha256
 from .graph import circuit_edges, weight_edge_count
 from .find import CircuitEvaluator, PruneSettings, find_circuit
 from .prune import circuit_metrics
@@ -64,8 +64,9 @@ def random_nodes_threshold(target: float) -> float:
     return target + (math.log(2) - target) / 2
 
 
-def _fitted(model, splits: TaskSplits, means, settings: PruneSettings, show_progress: bool) -> dict:
-    found = find_circuit(model, splits, means, settings, show_progress, require_target=False)
+def _fitted(model, splits: TaskSplits, means, settings: PruneSettings, show_progress: bool,
+            scores: dict[str, torch.Tensor] | None = None) -> dict:
+    found = find_circuit(model, splits, means, settings, show_progress, require_target=False, scores=scores)
     test_logits = found["evaluator"].logits(found["keep"], "test")
     return {"n_nodes": int(sum(k.sum() for k in found["keep"].values())),
             "n_edges": weight_edge_count(circuit_edges(model, found["keep"])),
@@ -76,17 +77,20 @@ def _fitted(model, splits: TaskSplits, means, settings: PruneSettings, show_prog
             "full_model_loss_fitted": found["full_loss"]}
 
 
-def fitting_controls(model, splits: TaskSplits, means, settings: PruneSettings, show_progress: bool = True) -> dict:
+def fitting_controls(model, splits: TaskSplits, means, settings: PruneSettings, show_progress: bool = True,
+                     scores: dict[str, torch.Tensor] | None = None) -> dict:
     """The task and its shuffled-label twin pruned on the same footing.
 
     Shuffled labels cannot be predicted on other records, only fitted, so both node counts are
     chosen on the records the mask was trained on (how small a set of nodes can fit the labels),
     and both losses on their test records are shown beside (the shuffled one expected near chance).
-    The scan of the ranking does not assume the full model reaches the target."""
+    The scan of the ranking does not assume the full model reaches the target. `scores`: the real
+    labels' ranking as `prune` learned it (the same training records and settings), so only the
+    shuffled labels train a mask."""
     shuffled = shuffled_labels(splits.train, seed=settings.seed)
     return {
         "control_real_fitted": _fitted(model, TaskSplits(splits.train, splits.train, splits.test), means, settings,
-                                       show_progress),
+                                       show_progress, scores),
         "control_shuffled": _fitted(model, TaskSplits(shuffled, shuffled, shuffled_labels(splits.test, seed=settings.seed + 1)),
                                     means, settings, show_progress),
     }
@@ -105,10 +109,10 @@ def nonsense_control(model, task_source: str, means, settings: PruneSettings, sh
 
 
 def pruning_controls(model, splits: TaskSplits, task_source: str, means, settings: PruneSettings,
-                     show_progress: bool = True) -> dict:
+                     show_progress: bool = True, scores: dict[str, torch.Tensor] | None = None) -> dict:
     """The three pruning controls' figures: real and shuffled labels on the same footing, and the
     nonsense rule pruned like the task."""
-    return {**fitting_controls(model, splits, means, settings, show_progress),
+    return {**fitting_controls(model, splits, means, settings, show_progress, scores),
             "control_nonsense": nonsense_control(model, task_source, means, settings, show_progress)}
 
 
@@ -156,6 +160,13 @@ def controls(result: dict) -> dict[str, dict]:
 VALIDATION_FILE = "validation.json"
 
 
+def stored_ranking(circuit: Circuit, task_source: str) -> dict[str, torch.Tensor] | None:
+    """The ranking `prune` learned, when it was learned on these very records (else the controls learn it again)."""
+    if circuit.data.get("records_sha256") != records_sha256(task_source):
+        return None
+    return circuit.scores() if (circuit.directory / "scores.safetensors").is_file() else None
+
+
 def read_validation(circuit_dir: str | Path) -> dict | None:
     """A circuit's validation.json (None before `validate` ran), checked before use."""
     path = Path(circuit_dir) / VALIDATION_FILE
@@ -197,7 +208,8 @@ def _validate(circuit: Circuit, run: Run, task_source: str, control: bool, show_
             "necessity_threshold": NECESSITY_THRESHOLD,
         }
         if control:
-            result.update(pruning_controls(model, splits, task_source, means, settings, show_progress))
+            result.update(pruning_controls(model, splits, task_source, means, settings, show_progress,
+                                           stored_ranking(circuit, task_source)))
         result["controls"] = controls(result)
         result["evidence"] = result["sufficient"] and result["necessary"] and all(
             c["passed"] for c in result["controls"].values())
