@@ -6,6 +6,7 @@ import re
 import pytest
 
 from sparsecircuits.experiments.demo import demo
+from sparsecircuits.experiments.report import render_report
 from tests.conftest import write_idiom_corpus
 
 TINY = ["model.ctx_len=64", "train.steps=300", "train.batch_size=8", "optim.grad_clip=normalize", "optim.lr=0.01"]
@@ -40,6 +41,7 @@ def test_demo_on_tiny_models(tmp_path, task_run):
     assert json.loads((out / "summary.json").read_text())["circuits"] == summary["circuits"]
     assert set(summary["circuits"]) == {"lambda", "shared"}
     report = (out / "report.html").read_text()
+    assert render_report(json.loads((out / "summary.json").read_text())) == report  # the report is the summary's
     pages = re.findall(r"href='([^']+)'", report)
     assert len(pages) == 3 and all((out / page).is_file() for page in pages)
     # the smallest circuit, pruned again at each of the 4 models the sparse run kept

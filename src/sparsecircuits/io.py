@@ -251,6 +251,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+class JsonCache:
+    """Values computed once per key and fingerprint (a model's weights' sha256, a file's digest), kept
+    in a JSON file so that a resumed pipeline reads them instead of computing them again."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            self.entries = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        except (OSError, json.JSONDecodeError):  # a damaged cache is computed again
+            self.entries = {}
+
+    def get(self, key: str, fingerprint: str, compute) -> Any:
+        entry = self.entries.get(key)
+        if not isinstance(entry, dict) or entry.get("fingerprint") != fingerprint:
+            self.entries[key] = entry = {"fingerprint": fingerprint, "value": compute()}
+            atomic_write_text(self.path, json.dumps(self.entries, indent=1))
+        return entry["value"]
+
+    def value(self, key: str) -> Any:
+        return self.entries[key]["value"]
+
+
 def atomic_write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
     """Rows as CSV with these columns (other keys of the rows are left out)."""
     buffer = io.StringIO()

@@ -26,6 +26,8 @@ MARGIN = 0.5
 # 0.15 may be our 0.075
 CLAIM_TARGETS = (0.075, 0.15, 0.3, 0.5)
 CLAIM_SEEDS = 3  # pruning seeds per (model, task, target); the smallest circuit that meets the target is kept
+COMPARISONS = {"dense_at_sparse_loss": "dense at the sparse model's loss (interpolated between finished schedules)",
+               "dense": "dense on the same tokens (full schedule, lower loss)"}
 
 
 def does_with_margin(loss: float | None, target: float, margin: float = MARGIN) -> bool:
