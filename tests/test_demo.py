@@ -149,6 +149,28 @@ def test_claim_a_interpolates_the_dense_size_between_models_that_bracket_the_spa
     assert rows["tasks"]["a"]["dense_edges"] == pytest.approx(10 ** 2.75) and rows["count"] == 1
 
 
+def test_the_demo_plans_its_whole_budget_and_cuts_what_does_not_fit(tmp_path, task_run, capsys):
+    """--minutes bounds the whole run: the plan's shares sum to the budget, the circuit stages are cut
+    (each cut said and listed) to what is left after training, the stages end within the budget
+    (uncut, this demo takes several times as long), and a resumed run keeps its plan."""
+    _, task = task_run
+    corpus = write_idiom_corpus(tmp_path / "corpus")
+    loop = write_unflagged_lambda_task(tmp_path / "shared.jsonl")
+    minutes = 1.5
+    run = lambda: demo(tmp_path / "demo", minutes=minutes, tasks=[str(task), str(loop)], target_loss=0.68, config="tiny",
+                       overrides=TINY, corpus=[str(corpus)], control=False, margin=1.0, claim_targets=(0.68, 0.6), claim_seeds=3)
+    summary = run()
+    err = capsys.readouterr().err
+    plan = summary["plan"]
+    assert sum(plan["shares"].values()) == pytest.approx(minutes * 60, abs=0.5)
+    assert summary["cuts"] and all(f"cut to fit --minutes {minutes:g}: {c}" in err for c in summary["cuts"])
+    assert "planned against actual" in err and sum(summary["seconds_by_stage"].values()) <= 1.2 * minutes * 60
+    assert plan["scope"]["steps"] == json.loads((tmp_path / "demo" / "sparse" / "config.json").read_text())["train"]["steps"]
+    again = run()
+    assert "resuming with the plan" in capsys.readouterr().err
+    assert again["plan"] == plan and again["cuts"] == summary["cuts"] and again["circuits"] == summary["circuits"]
+
+
 def test_bracketing_halves_or_doubles_the_schedule_until_two_models_straddle_the_sparse_loss_then_bisects():
     from sparsecircuits.experiments.demo import bracket_sparse_loss
 

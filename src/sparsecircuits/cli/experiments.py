@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..experiments.budget import DEMO_MINUTES
 from ..experiments.claim import CLAIM_SEEDS, CLAIM_TARGETS
 from .args import POSITIVE, TASK_LOSS, real, targets, suite_argument, prune_default
 
@@ -14,7 +15,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     tasks = args.tasks if args.tasks in ("auto", "all") else [t for t in args.tasks.split(",") if t]
     demo(args.out, minutes=args.minutes, tasks=tasks, max_tasks=args.max_tasks, target_loss=args.target_loss,
          config=args.config, overrides=args.set, corpus=args.corpus, control=not args.no_control, dense_set=args.dense_set,
-         suite=args.suite, claim_targets=args.claim_targets, claim_seeds=args.claim_seeds)
+         suite=args.suite, claim_targets=args.claim_targets, claim_seeds=args.claim_seeds, plan_only=args.plan)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -55,7 +56,11 @@ def register_demo(sub) -> None:
                                    "dense model, over the tasks every model does with margin; write DIR/report.html and "
                                    "DIR/summary.json. Resumable.")
     p.add_argument("--out", default="demo", metavar="DIR", help="output directory (default ./demo)")
-    p.add_argument("--minutes", type=real(0, 1e6, low_open=True), default=30.0, help="time budget; training steps scale with it (default 30)")
+    p.add_argument("--minutes", type=real(0, 1e6, low_open=True), default=DEMO_MINUTES,
+                   help="wall-time budget of the whole run on this machine: a plan shares it among the stages (training"
+                        " keeps the config's steps while they fit 75%% of it) and cuts, aloud, what does not fit"
+                        f" (default {DEMO_MINUTES:g}: the full report on 2 CPU cores)")
+    p.add_argument("--plan", action="store_true", help="time this machine, print the plan for --minutes and stop")
     p.add_argument("--tasks", default="auto", help="'auto' or 'all' (every task of --suite), or a comma list")
     p.add_argument("--max-tasks", type=POSITIVE, metavar="N",
                    help="circuits for only the N tasks the sparse model does best (default: every task it does)")

@@ -167,6 +167,9 @@ def _is_validation(doc: Document, val_fraction: float) -> bool:
     return int(doc.sha256[:8], 16) / 0xFFFFFFFF < val_fraction
 
 
+DEFAULT_VOCAB = 2048  # tokens of the byte-level BPE `prepare` trains
+
+
 def train_tokenizer(texts: list[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -212,7 +215,7 @@ def _write_tokens(path: Path, token_lists: list[list[int]], eot_id: int) -> int:
 def prepare(
     out: str | Path,
     corpus: list[str | Path] | None = None,
-    vocab_size: int = 2048,
+    vocab_size: int = DEFAULT_VOCAB,
     val_fraction: float = 0.02,
     force: bool = False,
     show_progress: bool = True,

@@ -38,13 +38,15 @@ from ..circuits.labels import label_run, read_labels
 from ..circuits.prune import TARGET_LOSS, PruneSettings
 from ..circuits.validate import not_evidence_reasons, read_validation
 from ..config import load_config
-from ..data.prepare import MANIFEST, prepare
+from ..data.prepare import DEFAULT_VOCAB, MANIFEST, prepare
 from ..io import JsonCache, atomic_write_text, output_folder
 from ..rundir import METRICS_FILE, Run, file_sha256, read_metrics
 from ..tasks import HARD_FORMS, suite_tasks
 from ..tasks.audit import score_tasks
 from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
+from .budget import (CLAIM_NOT_DRAWN, DEMO_MINUTES, GUESSED_CLAIM_TASKS, GUESSED_TASKS, PREPARE_SECONDS, Plan, Scope, fit_circuits, fit_claim, make_plan,
+                     time_this_machine)
 from .claim import (CLAIM_SEEDS, CLAIM_TARGETS, COMPARISONS, MARGIN, best_circuit, circuit_is_evidence, claim_rows,
                     claim_tasks, does_with_margin, plot_claim)
 from .report import format_summary, write_report
@@ -125,37 +127,55 @@ def bracket_sparse_loss(train_dense, n_matched: int, sparse_val: float, val_loss
             "tried": {m: {"steps": steps, "val_loss": loss} for m, (steps, loss) in tried.items()}}
 
 
-def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto", max_tasks: int | None = None,
+def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] = "auto", max_tasks: int | None = None,
          target_loss: float = TARGET_LOSS, config: str = "small", overrides: list[str] | None = None,
          corpus: list[str] | None = None, control: bool = True, margin: float = MARGIN,
          dense_set: list[str] | None = None, suite: str = "paper",
-         claim_targets: tuple[float, ...] = CLAIM_TARGETS, claim_seeds: int = CLAIM_SEEDS) -> dict:
-    """`dense_set`: overrides for every dense model, after the shared ones (another width, more steps)."""
+         claim_targets: tuple[float, ...] = CLAIM_TARGETS, claim_seeds: int = CLAIM_SEEDS, plan_only: bool = False) -> dict:
+    """`minutes` bounds the whole run (experiments/budget.py); `dense_set`: overrides for every dense
+    model, after the shared ones (another width, more steps); `plan_only`: print the plan and return it."""
     from ..circuits import validate
     from ..circuits.prune import prune_or_reuse
     from ..viewer import view
 
     out = output_folder(out)
     overrides = list(overrides or [])
-    base_steps = load_config(config, overrides).train.steps
-    steps = max(50, round(base_steps * minutes / 30.0))  # the default budget is sized for 30 minutes
-    overrides.append(f"train.steps={steps}")
-    dense_overrides = overrides + ["sparsity.l0_fraction=1.0", f"train.eval_interval={max(10, steps // 36)}"] + list(dense_set or [])
-    load_config(config, dense_overrides)  # a bad --dense-set fails now, not after the sparse model has trained
-    names = ["prepare corpus", "train sparse model", "train dense model", "train loss-matched dense model",
-             "bracket the sparse loss", "evaluate tasks", "prune circuits", "attribution-patching baseline", "validate circuits",
-             "label circuit nodes", "view circuits",
-             "evolve the smallest circuit", "claim (a)", "report"]
-    stages = Stages(names, minutes * 60)
+    config_steps = load_config(config, overrides).train.steps
+    dense_only = ["sparsity.l0_fraction=1.0"]
+    load_config(config, overrides + dense_only + list(dense_set or []))  # a bad --dense-set fails now, not after training
+    candidates = suite_tasks(suite) if tasks in ("auto", "all") else list(tasks)
     data_dir = out / "data"
+    settings = PruneSettings(target_loss=target_loss)
+
+    def make() -> Plan:  # a quick timing of this machine prices each stage
+        print("timing this machine for the plan ...", file=sys.stderr, flush=True)
+        vocab = json.loads((data_dir / MANIFEST).read_text())["vocab_size"] if (data_dir / MANIFEST).is_file() else DEFAULT_VOCAB
+        rates = time_this_machine(load_config(config, overrides), load_config(config, overrides + dense_only + list(dense_set or [])),
+                                  vocab)
+        n_tasks = min(GUESSED_TASKS, len(candidates), max_tasks or len(candidates))
+        wanted = Scope(steps=config_steps, tasks=n_tasks, evolve=True,
+                       claim_targets=sorted(claim_targets, key=lambda t: abs(t - target_loss)), claim_seeds=claim_seeds,
+                       claim_tasks=min(GUESSED_CLAIM_TASKS, n_tasks), claim_dense_models=3, control=control,
+                       candidates=len(candidates), models=5)
+        prepare_s = 0.0 if (data_dir / MANIFEST).is_file() else PREPARE_SECONDS
+        return make_plan(minutes * 60, rates, settings.steps, wanted, prepare_s)
+
+    plan = Plan.load_or_make(out, minutes * 60, make)
+    print(f"plan for --minutes {minutes:g} on this machine:\n" + plan.table(), file=sys.stderr)
+    if plan_only:
+        return {"plan": {"budget_s": plan.budget_s, "shares": plan.shares, "scope": dataclasses.asdict(plan.scope)},
+                "cuts": list(plan.cuts.values())}
+    steps = plan.scope.steps
+    overrides.append(f"train.steps={steps}")
+    dense_overrides = overrides + dense_only + [f"train.eval_interval={max(10, steps // 36)}"] + list(dense_set or [])
 
     if not (data_dir / MANIFEST).is_file():
-        stages.run("prepare corpus", lambda: prepare(data_dir, corpus=corpus, force=True))
+        plan.run("prepare corpus", lambda: prepare(data_dir, corpus=corpus, force=True))
     # the sparse model keeps KEPT_MODELS models along its training, for `evolve`
     kept = [f"train.keep_every={max(1, steps // KEPT_MODELS)}"]
-    stages.run("train sparse model", lambda: _train_stage(config, overrides + kept, data_dir, out / "sparse"))
+    plan.run("train sparse model", lambda: _train_stage(config, overrides + kept, data_dir, out / "sparse"))
     sparse_val = _val_losses(out / "sparse")[-1][1]
-    stages.run("train dense model", lambda: _train_stage(config, dense_overrides, data_dir, out / "dense"))
+    plan.run("train dense model", lambda: _train_stage(config, dense_overrides, data_dir, out / "dense"))
     n_matched = matched_steps(out / "dense", sparse_val)
     val_losses = JsonCache(out / "val_losses.json")
 
@@ -171,16 +191,15 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
         print(f"the dense model never reached the sparse model's validation loss {sparse_val:.4f}:"
               " no loss-matched dense model", file=sys.stderr)
     else:
-        stages.run("train loss-matched dense model", lambda: train_dense("dense_matched", n_matched))
-        bracket = stages.run("bracket the sparse loss", lambda: bracket_sparse_loss(
+        plan.run("train loss-matched dense model", lambda: train_dense("dense_matched", n_matched))
+        bracket = plan.run("bracket the sparse loss", lambda: bracket_sparse_loss(
             train_dense, n_matched, val_loss("sparse"), val_loss))
         print("dense models at the sparse loss " + f"{val_loss('sparse'):.4f}: " + ", ".join(
             f"{m} ({t['steps']} steps) {t['val_loss']:.4f}" for m, t in bracket["tried"].items())
             + ("" if bracket["bracketed"] else "; none on the other side: the nearest stands alone"), file=sys.stderr)
     models = ["sparse", *(bracket["tried"] if bracket else []), "dense"]
     runs = {m: Run.open(out / m) for m in models}
-    candidates = suite_tasks(suite) if tasks in ("auto", "all") else list(tasks)
-    task_losses = stages.run("evaluate tasks", lambda: {
+    task_losses = plan.run("evaluate tasks", lambda: {
         m: score_tasks(runs[m].model(), candidates, "choose") for m in models})
     atomic_write_text(out / "tasks.json", json.dumps(task_losses, indent=1))
     losses = {m: {t: row.get("loss") for t, row in task_losses[m].items()} for m in models}
@@ -194,7 +213,20 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
         sparse_tasks = sparse_tasks[:max_tasks]
     print(f"the sparse model does {len(sparse_tasks)} of {len(candidates)} tasks to loss <= {target_loss:g}:"
           f" {', '.join(sparse_tasks) or 'none'}", file=sys.stderr)
-    settings = PruneSettings(target_loss=target_loss)
+    baselines = {"dense": {"dense": val_loss("dense")}}
+    if bracket:
+        baselines = {"dense_at_sparse_loss": bracket["models"], **baselines}
+    dense_models = sorted({m for baseline in baselines.values() for m in baseline})
+
+    def counted():  # the circuit stages planned again with the tasks counted (once: a resumed run keeps it)
+        n_claim = max((len(claim_tasks({m: losses[m] for m in ["sparse", *dense_models]}, flagged, t, margin)[0])
+                       for t in plan.scope.claim_targets), default=0)
+        plan.wanted.tasks, plan.wanted.claim_tasks, plan.wanted.claim_dense_models = len(sparse_tasks), n_claim, len(dense_models)
+        fit_circuits(plan, plan.left() - plan.shares["report"])
+
+    plan.decide("tasks counted", counted)
+    if len(sparse_tasks) > plan.scope.tasks:
+        sparse_tasks = sparse_tasks[:plan.scope.tasks]
 
     def circuit_dir(model: str, task: str, target: float = target_loss, seed: int = 0) -> Path:
         folder = (model if target == target_loss else f"{model}-target{target:g}") + (f"-seed{seed}" if seed else "")
@@ -225,14 +257,16 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
                 view(circuit_dir("sparse", task))
 
     def claim():
-        baselines = {"dense": {"dense": val_loss("dense")}}
-        if bracket:
-            baselines = {"dense_at_sparse_loss": bracket["models"], **baselines}
-        return claim_a(runs, losses, flagged, claim_targets, margin, circuit_dir, settings, baselines, val_loss("sparse"),
-                       claim_seeds, control, out / "claim.png")
+        scope = plan.scope
+        return claim_a(runs, losses, flagged, tuple(scope.claim_targets), margin, circuit_dir, settings, baselines,
+                       val_loss("sparse"), scope.claim_seeds, control, out / "claim.png", scope.claim_tasks)
 
-    stages.run("prune circuits", prune_all)
-    stages.run("attribution-patching baseline", attribution_all)
+    def claim_fitted():  # claim (a) planned again with the time left and the pruning rate measured so far
+        plan.measured_prune_rate(len(sparse_tasks))
+        fit_claim(plan, plan.left() - plan.shares["report"])
+
+    plan.run("prune circuits", prune_all)
+    plan.run("attribution-patching baseline", attribution_all)
     hard_forms = JsonCache(out / "hard_forms.json")
 
     def validate_all():
@@ -244,30 +278,39 @@ def demo(out: str | Path, minutes: float = 30.0, tasks: str | list[str] = "auto"
             hard_forms.get(Path(task).stem, file_sha256(directory / CIRCUIT_FILE),
                            lambda: hard_form_losses(directory, task, runs["sparse"]))
 
-    stages.run("validate circuits", validate_all)
-    stages.run("label circuit nodes", label_all)
-    stages.run("view circuits", view_all)
-    evolution = stages.run("evolve the smallest circuit", lambda: evolve_smallest(out, runs["sparse"], sparse_tasks,
-                                                                                   circuit_dir, settings))
-    comparisons = stages.run("claim (a)", claim)
+    plan.run("validate circuits", validate_all)
+    plan.run("label circuit nodes", label_all)
+    plan.run("view circuits", view_all)
+    evolution = (plan.run("evolve the smallest circuit", lambda: evolve_smallest(out, runs["sparse"], sparse_tasks,
+                                                                                 circuit_dir, settings))
+                 if plan.scope.evolve else {"skipped": "left out to fit the time budget (--minutes)"})
+    plan.decide("claim (a) fitted", claim_fitted)
+    claim_cut = plan.cuts.get("claim") == CLAIM_NOT_DRAWN
+    comparisons = {} if claim_cut else plan.run("claim (a)", claim)
     summary = collect_summary(out, evolution, sparse_tasks, candidates, task_losses, losses, flagged, comparisons,
                               circuit_dir, target_loss, margin, n_matched, {m: val_loss(m) for m in runs}, bracket,
                               {Path(t).stem: hard_forms.value(Path(t).stem) for t in sparse_tasks},
                               runs["sparse"].weights_sha256)
-    stages.run("report", lambda: write_report(out, summary))
-    summary["seconds_by_stage"] = stages.seconds
+    summary["cuts"] = list(plan.cuts.values())
+    if claim_cut:
+        summary["claim_skipped"] = "left out to fit the time budget (--minutes)"
+    plan.run("report", lambda: write_report(out, summary))
+    summary["seconds_by_stage"] = plan.actual
+    summary["plan"] = {"budget_s": plan.budget_s, "shares": plan.shares, "scope": dataclasses.asdict(plan.scope)}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     print(format_summary(summary))
+    print(f"planned against actual (--minutes {minutes:g}):\n" + plan.table(), file=sys.stderr)
     return summary
 
 
 def claim_a(runs: dict[str, Run], losses: dict, flagged: dict, targets: tuple[float, ...], margin: float, circuit_dir,
             settings: PruneSettings, baselines: dict[str, dict[str, float]], sparse_loss: float, seeds: int, control: bool,
-            plot_path: Path) -> dict[str, list[dict]]:
+            plot_path: Path, max_tasks: int | None = None) -> dict[str, list[dict]]:
     """Per baseline ({name: {dense model: validation loss}}), per target: the tasks every model does with
-    margin and the audit does not flag (choose records), each (model, task) pruned with `seeds` seeds,
-    the smallest circuit meeting the target on the choose records kept and validated as the main
-    circuits are (reported beside it; the test records never decide which tasks count)."""
+    margin and the audit does not flag (choose records; at most `max_tasks`, those the sparse model
+    does best), each (model, task) pruned with `seeds` seeds, the smallest circuit meeting the target
+    on the choose records kept and validated as the main circuits are (reported beside it; the test
+    records never decide which tasks count)."""
     from ..circuits import validate
     from ..circuits.prune import prune_or_reuse
 
@@ -293,6 +336,10 @@ def claim_a(runs: dict[str, Run], losses: dict, flagged: dict, targets: tuple[fl
         for target in sorted(targets):
             models = ["sparse", *baseline]
             chosen, excluded = claim_tasks({m: losses[m] for m in models}, flagged, target, margin)
+            if max_tasks is not None and len(chosen) > max_tasks:  # the time budget's cut
+                chosen = sorted(chosen, key=lambda t: losses["sparse"][t])
+                excluded.update({t: "left out to fit the time budget (--minutes)" for t in chosen[max_tasks:]})
+                chosen = chosen[:max_tasks]
             circuits = {m: {} for m in models}
             for task in chosen:
                 try:
@@ -386,6 +433,7 @@ def collect_summary(out: Path, evolution: dict, sparse_tasks: list[str], candida
             "audit_flagged": flagged.get(task, []),
             "page": str((directory / "circuit.html").relative_to(out)),
         }
+    done = [t for t in candidates if losses["sparse"].get(t) is not None and losses["sparse"][t] <= target_loss]
     models = {m: {"val_loss": val_losses[m], "run_dir": m,
                   "does_at_target": [t for t in candidates if losses[m].get(t) is not None and losses[m][t] <= target_loss],
                   "does_with_margin": [t for t in candidates if does_with_margin(losses[m].get(t), target_loss, margin)]}
@@ -395,6 +443,8 @@ def collect_summary(out: Path, evolution: dict, sparse_tasks: list[str], candida
         "dense_at_sparse_loss": bracket,
         "circuits": circuits, "claim": comparisons, "evolution": evolution, "task_losses": task_losses,
         "no_circuits": None if circuits else (
+            f"the sparse model does {len(done)} of the {len(candidates)} tasks to loss <= {target_loss:g}, but the"
+            " time budget left none for their circuits: give more --minutes" if done else
             f"the sparse model does none of the {len(candidates)} tasks to loss <= {target_loss:g}: train it longer"
             " (--minutes), widen it (--set model.d_model=...) or raise --target-loss"),
     }

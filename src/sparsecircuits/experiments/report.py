@@ -100,7 +100,7 @@ def claim_lines(summary: dict) -> list[str]:
                 lines.append(f"  target {c['target_loss']:g}: no task every model does with margin has a circuit meeting"
                              f" the target in each ({len(c['excluded'])} left out)")
     if not summary["claim"]:
-        lines.append("claim (a): no dense baseline to compare with")
+        lines.append(f"claim (a): {summary.get('claim_skipped', 'no dense baseline to compare with')}")
     return lines
 
 
@@ -144,7 +144,7 @@ def render_report(summary: dict) -> str:
                         f" evidence in)</th></tr>{tasks}</table>" if tasks else "")
                      + f"<details><summary>{len(c['excluded'])} tasks left out</summary><ul>{left}</ul></details>")
         claim_blocks.append(f"<h3>Against the {e(COMPARISONS[dense])}</h3>{body}")
-    claim_html = "".join(claim_blocks) or "<p>No dense baseline to compare with.</p>"
+    claim_html = "".join(claim_blocks) or f"<p>Not drawn: {e(summary.get('claim_skipped', 'no dense baseline to compare with'))}.</p>"
     losses = "".join(f"<tr><td>{e(t)}</td>" + "".join(
         f"<td class=num>{_fmt(summary['task_losses'][m][t].get('loss'))}</td>" for m in models) + "</tr>"
         for t in summary["task_losses"]["sparse"])
@@ -159,6 +159,7 @@ th,td{{border:1px solid #ddd;padding:3px 8px}}td.num{{text-align:right;font-vari
 {'not trained (the dense model never reached the sparse loss)' if matched is None else
  f'a finished {matched}-step schedule, the steps the dense run took to reach the sparse loss'};
 dense_steps<i>N</i>: finished schedules of N steps, trained until two bracket the sparse model's validation loss.</p>
+{_cuts_html(summary)}
 <h2>The sparse model's circuits (every task it does to the target; click a node count)</h2>
 {circuits}
 <h2>How a circuit formed over training</h2>
@@ -176,6 +177,12 @@ measured on the test records and reported, never used to choose tasks.</p>
 <h2>Task losses (choose records)</h2>
 <table><tr><th>task</th>{''.join(f'<th>{e(m)}</th>' for m in models)}</tr>{losses}</table>
 </body></html>"""
+
+
+def _cuts_html(summary: dict) -> str:
+    cuts = summary.get("cuts") or []
+    return ("<p><b>Cut to fit the time budget (--minutes):</b></p><ul>" + "".join(f"<li>{html.escape(c)}</li>" for c in cuts)
+            + "</ul>") if cuts else ""
 
 
 def _evolution_html(evolution: dict) -> str:
@@ -211,4 +218,5 @@ def format_summary(summary: dict) -> str:
         lines.append(f"evolution of {evolution['task']} over steps " + ", ".join(
             f"{r['step']}: {r['n_nodes'] if r['reached'] else 'not reached'}" for r in evolution["checkpoints"])
             + f" nodes ({evolution['page']})")
+    lines += [f"cut to fit the time budget: {c}" for c in summary.get("cuts") or []]
     return "\n".join(lines + claim_lines(summary))

@@ -1,0 +1,346 @@
+"""`demo --minutes N`: N bounds the whole run, training included, on the machine it runs on.
+
+At the start a quick timing of this machine (a few training steps of the sparse and the dense
+model, a few mask-training steps) prices every stage, and the plan shares N among the stages:
+training keeps the config's steps while they fit TRAIN_SHARE of N (else it trains fewer), and the
+circuit stages get what is left, in order of priority: the sparse model's circuits (fewer tasks
+when they do not fit), the evolution of one circuit, then claim (a) (fewer pruning seeds, then
+fewer targets, then fewer tasks). Each cut is printed in one line and listed in the summary. A
+stage whose scope can shrink is planned again when it starts, with the time actually left and the
+rate measured so far, so an estimate that was off moves a cut, not the deadline. The plan is kept
+in DIR/plan.json, and a resumed run keeps it (with the time its earlier sessions spent).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..io import atomic_write_text
+
+PLAN_FILE = "plan.json"
+DEMO_MINUTES = 120.0  # the full report of the default config on 2 CPU cores (docs/performance.md)
+TRAIN_SHARE = 0.75  # at most, for training, of the budget less preparing, scoring the tasks and the report
+MIN_STEPS = 50
+# measured on a 2-core CPU (docs/performance.md): a run's steps cost this much more than the bare
+# step the probe times (evaluations, checkpoints, batches read from disk, weight sparsity annealed from dense)
+TRAIN_OVERHEAD = 1.25
+MATCHED_FRACTION = 0.6  # dense_matched's steps, of the dense run's
+BRACKET_FRACTION = 1.2  # the bracketing schedules' steps together, of the dense run's
+PRUNE_OVERHEAD = 1.3  # a prune's node-count search, calibration and controls, over its mask training
+VALIDATE_FRACTION = {True: 2.2, False: 0.3}  # a validation, of a prune: with and without the pruning controls
+EVAL_MASK_STEPS = 4  # scoring one task with one model, in mask steps
+GUESSED_TASKS = 6  # tasks the sparse model does, before they are counted (the default config's)
+GUESSED_CLAIM_TASKS = 4
+REPORT_SECONDS = 10.0
+PREPARE_SECONDS = 30.0  # the default corpus's preparation
+
+
+@dataclass
+class Rates:
+    """Seconds per unit of work on this machine."""
+    sparse_step: float
+    dense_step: float
+    mask_step_sparse: float
+    mask_step_dense: float
+
+
+def time_steps(config: Config, steps: int = 2) -> tuple[float, float]:
+    """(seconds per training step, seconds per mask step) of `config`'s model at its final weight
+    sparsity, each the mean of `steps` after one warm-up step."""
+    from ..circuits.find import PruneSettings, train_mask
+    from ..model.gpt import SparseGPT
+    from ..model.sparse_kernels import sparse_weight_kernels
+    from ..model.sparsity import apply_weight_topk, sparse_parameters
+    from ..tasks.records import TokenizedTask
+    from ..train.trainer import make_optimizer, training_step
+
+    generator = torch.Generator().manual_seed(0)
+    model = SparseGPT(config.model)
+    sparse = sparse_parameters(model, config.sparsity)
+    s = config.sparsity
+    apply_weight_topk(sparse, s.l0_fraction, s.min_nonzero_per_neuron, s.min_nonzero_on)
+    optimizer = make_optimizer(model, config.optim)
+    shape = (config.train.batch_size, config.model.ctx_len)
+    x, y = (torch.randint(0, config.model.vocab_size, shape, generator=generator) for _ in range(2))
+
+    def train_once():
+        training_step(model, optimizer, sparse, x, y, config.optim.lr, s.l0_fraction, config)
+        optimizer.zero_grad(set_to_none=True)
+
+    train_s = _seconds(train_once, steps)
+    prompt_tokens = min(40, config.model.ctx_len - 1)  # about a paper task's prompt
+    settings = PruneSettings()
+    n = 2 * settings.batch_pairs
+    task = TokenizedTask("probe", "train", torch.randint(0, config.model.vocab_size, (n, prompt_tokens),
+                                                         generator=generator).tolist(),
+                         torch.randint(0, config.model.vocab_size, (n,), generator=generator),
+                         torch.randint(0, config.model.vocab_size, (n,), generator=generator), 0, 0)
+    means = {site: torch.zeros(width) for site, width in model.node_sites.items()}
+    def mask_seconds(n: int) -> float:
+        start = time.perf_counter()
+        train_mask(model, task, means, PruneSettings(steps=n), show_progress=False)
+        return time.perf_counter() - start
+
+    with sparse_weight_kernels(model, settings.csr_max_density):
+        mask_seconds(1)  # warm-up
+        # a mask's setup (its optimizer, the hooks) is paid once per mask: the difference leaves one step
+        mask_s = max(mask_seconds(steps + 1) - mask_seconds(1), 0.0) / steps
+    return train_s, mask_s
+
+
+def _seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: allocations, kernel choice
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def time_this_machine(sparse_config: Config, dense_config: Config, vocab_size: int) -> Rates:
+    """`vocab_size`: the tokenizer's (a config leaves it to the data)."""
+    for config in (sparse_config, dense_config):
+        config.model.vocab_size = config.model.vocab_size or vocab_size
+    sparse_step, mask_sparse = time_steps(sparse_config)
+    dense_step, mask_dense = time_steps(dense_config)
+    return Rates(sparse_step, dense_step, mask_sparse, mask_dense)
+
+
+@dataclass
+class Scope:
+    """What the run does: training steps, the circuits' tasks, evolution, claim (a)'s targets, seeds and tasks."""
+    steps: int
+    tasks: int
+    evolve: bool
+    claim_targets: list[float]
+    claim_seeds: int
+    claim_tasks: int
+    claim_dense_models: int  # dense models claim (a) prunes (the bracketing pair and the stronger one)
+    control: bool
+    candidates: int
+    models: int  # models whose tasks are scored
+
+
+def prune_seconds(rates: Rates, mask_steps: int, dense: bool = False) -> float:
+    return mask_steps * (rates.mask_step_dense if dense else rates.mask_step_sparse) * PRUNE_OVERHEAD
+
+
+def estimates(scope: Scope, rates: Rates, mask_steps: int, prepare_s: float) -> dict[str, float]:
+    """Seconds per stage for this scope at these rates."""
+    train = scope.steps * TRAIN_OVERHEAD
+    prune_s, prune_dense = prune_seconds(rates, mask_steps), prune_seconds(rates, mask_steps, dense=True)
+    validate_s = VALIDATE_FRACTION[scope.control]
+    claim_circuits = scope.claim_seeds * (prune_s + scope.claim_dense_models * prune_dense)
+    claim_validations = validate_s * (prune_s + scope.claim_dense_models * prune_dense)
+    return {
+        "prepare corpus": prepare_s,
+        "train sparse model": train * rates.sparse_step,
+        "train dense model": train * rates.dense_step,
+        "train loss-matched dense model": MATCHED_FRACTION * train * rates.dense_step,
+        "bracket the sparse loss": BRACKET_FRACTION * train * rates.dense_step,
+        "evaluate tasks": scope.models * scope.candidates * EVAL_MASK_STEPS * rates.mask_step_sparse,
+        "prune circuits": scope.tasks * prune_s,
+        "attribution-patching baseline": scope.tasks * 0.1 * prune_s,
+        "validate circuits": scope.tasks * validate_s * prune_s,
+        "label circuit nodes": scope.tasks * 3.0,
+        "view circuits": scope.tasks * 1.0,
+        "evolve the smallest circuit": 4 * 1.25 * prune_s if scope.evolve and scope.tasks else 0.0,
+        "claim (a)": len(scope.claim_targets) * scope.claim_tasks * (claim_circuits + claim_validations),
+        "report": REPORT_SECONDS,
+    }
+
+
+STAGES = ("prepare corpus", "train sparse model", "train dense model", "train loss-matched dense model",
+          "bracket the sparse loss", "evaluate tasks", "prune circuits", "attribution-patching baseline", "validate circuits",
+          "label circuit nodes", "view circuits", "evolve the smallest circuit", "claim (a)", "report")
+TRAINING = ("train sparse model", "train dense model", "train loss-matched dense model", "bracket the sparse loss")
+CIRCUITS = ("prune circuits", "attribution-patching baseline", "validate circuits", "label circuit nodes", "view circuits")
+
+
+@dataclass
+class Plan:
+    """The budget's shares per stage (they sum to the budget), the scope asked for (`wanted`) and the
+    scope they buy, the cuts made (one line per area: training, circuits, evolution, claim (a)), and
+    the seconds each stage took."""
+    budget_s: float
+    rates: Rates
+    mask_steps: int
+    wanted: Scope
+    scope: Scope
+    shares: dict[str, float] = field(default_factory=dict)
+    cuts: dict[str, str] = field(default_factory=dict)
+    actual: dict[str, float] = field(default_factory=dict)
+    decided: list[str] = field(default_factory=list)  # the re-plans made, which a resumed run does not make again
+    path: Path | None = None
+    started: float = field(default_factory=time.perf_counter)
+    spent_before: float = 0.0  # seconds earlier sessions of a resumed run spent
+
+    # -- building and keeping the plan
+
+    @classmethod
+    def load_or_make(cls, out: Path, budget_s: float, make) -> "Plan":
+        """The plan in DIR/plan.json when its budget is this one (a resumed run keeps its plan); else `make()`."""
+        path = out / PLAN_FILE
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+                if math.isclose(data["budget_s"], budget_s):
+                    plan = cls(budget_s, Rates(**data["rates"]), data["mask_steps"], Scope(**data["wanted"]),
+                               Scope(**data["scope"]), data["shares"], data["cuts"], data["actual"], data["decided"], path)
+                    plan.spent_before = sum(plan.actual.values())
+                    print(f"resuming with the plan in {path} ({plan.spent_before / 60:.1f} min spent before)", file=sys.stderr)
+                    return plan
+            except (OSError, KeyError, TypeError, json.JSONDecodeError):
+                pass  # an unreadable or older plan is made again
+        started = time.perf_counter()
+        plan = make()
+        plan.started, plan.path = started, path  # the timing of the machine counts against the budget
+        plan.save()
+        return plan
+
+    def save(self) -> None:
+        if self.path is not None:
+            data = {"budget_s": self.budget_s, "rates": asdict(self.rates), "mask_steps": self.mask_steps,
+                    "wanted": asdict(self.wanted), "scope": asdict(self.scope), "shares": self.shares, "cuts": self.cuts,
+                    "actual": self.actual, "decided": self.decided}
+            atomic_write_text(self.path, json.dumps(data, indent=1))
+
+    def elapsed(self) -> float:
+        return self.spent_before + time.perf_counter() - self.started
+
+    def left(self) -> float:
+        return self.budget_s - self.elapsed()
+
+    def cost(self) -> dict[str, float]:
+        return estimates(self.scope, self.rates, self.mask_steps, self.shares.get("prepare corpus", 0.0))
+
+    def cut(self, area: str, line: str | None) -> None:
+        """Set (or, with None, clear) the cut of one area, and say it."""
+        if line is None:
+            self.cuts.pop(area, None)
+            return
+        if self.cuts.get(area) != line:
+            print(f"cut to fit --minutes {self.budget_s / 60:g}: {line}", file=sys.stderr)
+        self.cuts[area] = line
+
+    def share(self, names) -> None:
+        """Shares for `names` from the estimates; claim (a) takes what is left of the budget."""
+        cost = self.cost()
+        self.shares.update({n: round(cost[n], 1) for n in names})
+        others = sum(v for n, v in self.shares.items() if n != "claim (a)")
+        self.shares["claim (a)"] = round(max(self.budget_s - others, cost["claim (a)"] if "claim (a)" in names else 0.0), 1)
+
+    def decide(self, name: str, replan) -> None:
+        """Run `replan` (which changes the scope and shares) once in the life of the run."""
+        if name not in self.decided:
+            replan()
+            self.decided.append(name)
+            self.save()
+
+    def measured_prune_rate(self, tasks: int) -> None:
+        """Scale the mask-step rates by what the sparse circuits' pruning actually took against its estimate."""
+        planned = tasks * prune_seconds(self.rates, self.mask_steps)
+        took = self.actual.get("prune circuits")
+        if took and planned > 0:
+            factor = took / planned
+            self.rates.mask_step_sparse *= factor
+            self.rates.mask_step_dense *= factor
+
+    # -- running the stages
+
+    def run(self, name: str, fn):
+        names = list(self.shares)
+        print(f"[{names.index(name) + 1}/{len(names)}] {name}  (planned {self.shares[name] / 60:.1f} min; elapsed"
+              f" {self.elapsed() / 60:.1f} min, {max(0.0, self.left()) / 60:.1f} min of the budget left)",
+              file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        result = fn()
+        self.actual[name] = round(self.actual.get(name, 0.0) + time.perf_counter() - started, 1)
+        self.save()
+        return result
+
+    def table(self) -> str:
+        lines = [f"{'stage':34s} {'planned':>8s} {'actual':>8s}  (minutes)"]
+        for name, share in self.shares.items():
+            actual = self.actual.get(name)
+            lines.append(f"{name:34s} {share / 60:8.1f} {'-' if actual is None else f'{actual / 60:.1f}':>8s}")
+        total = sum(self.actual.values())
+        lines.append(f"{'total':34s} {self.budget_s / 60:8.1f} {total / 60:8.1f}")
+        return "\n".join(lines)
+
+
+def make_plan(budget_s: float, rates: Rates, mask_steps: int, wanted: Scope, prepare_s: float) -> Plan:
+    """Shares of `budget_s`: training at the wanted steps while it fits TRAIN_SHARE of the budget
+    (else fewer steps), the circuit stages at a guessed scope cut to fit, the rest to claim (a)."""
+    plan = Plan(budget_s, rates, mask_steps, wanted, replace(wanted), dict.fromkeys(STAGES, 0.0))
+    plan.shares["prepare corpus"] = prepare_s
+    cost = plan.cost()
+    training = sum(cost[n] for n in TRAINING)
+    room = budget_s - sum(cost[n] for n in ("prepare corpus", "evaluate tasks", "report"))
+    if training > TRAIN_SHARE * room:
+        plan.scope.steps = max(MIN_STEPS, int(wanted.steps * TRAIN_SHARE * room / training))
+        plan.cut("training", f"training {plan.scope.steps} steps instead of the config's {wanted.steps}, so that the four"
+                             f" models' training fits {TRAIN_SHARE:.0%} of the budget")
+    fixed = ("prepare corpus", *TRAINING, "evaluate tasks", "report")
+    plan.share(fixed)
+    if sum(plan.shares[n] for n in fixed) > budget_s:
+        print(f"warning: --minutes {budget_s / 60:g} is less than training {MIN_STEPS} steps and scoring the tasks take on"
+              " this machine: the run will overrun it", file=sys.stderr)
+    fit_circuits(plan, budget_s - sum(plan.shares[n] for n in fixed))
+    return plan
+
+
+def fit_circuits(plan: Plan, seconds: float) -> None:
+    """The circuit stages' scope, from the wanted one, cut to `seconds` by priority (the circuits,
+    then the evolution, then claim (a)), and their shares."""
+    wanted, scope = plan.wanted, plan.scope
+    for key in ("tasks", "evolve", "claim_targets", "claim_seeds", "claim_tasks", "claim_dense_models"):
+        setattr(scope, key, getattr(replace(wanted), key))
+    per_task = sum(estimates(replace(scope, tasks=1), plan.rates, plan.mask_steps, 0.0)[n] for n in CIRCUITS)
+    scope.tasks = max(0, min(wanted.tasks, int(0.7 * seconds // per_task))) if per_task > 0 else wanted.tasks
+    plan.cut("circuits", None if scope.tasks == wanted.tasks else
+             f"circuits for the {scope.tasks} tasks the sparse model does best, not all {wanted.tasks}")
+    cost = plan.cost()
+    left = seconds - sum(cost[n] for n in CIRCUITS)
+    scope.evolve = wanted.evolve and scope.tasks > 0 and cost["evolve the smallest circuit"] <= 0.5 * max(left, 0.0)
+    plan.cut("evolve", None if scope.evolve or not wanted.evolve else "no evolution of the smallest circuit over training")
+    fit_claim(plan, left - plan.cost()["evolve the smallest circuit"])
+    plan.share((*CIRCUITS, "evolve the smallest circuit", "claim (a)"))
+
+
+def fit_claim(plan: Plan, seconds: float) -> None:
+    """Claim (a)'s scope, from the wanted one, cut to `seconds`: fewer pruning seeds, then fewer
+    targets (the farthest from the circuits' own first), then fewer tasks; not drawn when one
+    circuit per model does not fit."""
+    wanted, scope = plan.wanted, plan.scope
+    scope.claim_seeds, scope.claim_targets, scope.claim_tasks = wanted.claim_seeds, list(wanted.claim_targets), wanted.claim_tasks
+
+    def over() -> bool:
+        return plan.cost()["claim (a)"] > seconds
+
+    while over() and scope.claim_seeds > 1:
+        scope.claim_seeds -= 1
+    while over() and len(scope.claim_targets) > 1:
+        scope.claim_targets.pop()
+    while over() and scope.claim_tasks > 0:
+        scope.claim_tasks -= 1
+    if scope.claim_tasks == 0 and wanted.claim_tasks > 0:
+        line = CLAIM_NOT_DRAWN
+    elif (scope.claim_seeds, scope.claim_targets, scope.claim_tasks) != (wanted.claim_seeds, wanted.claim_targets, wanted.claim_tasks):
+        line = (f"claim (a) with {scope.claim_seeds} pruning seeds (of {wanted.claim_seeds}), targets"
+                f" {', '.join(f'{t:g}' for t in scope.claim_targets)} (of {', '.join(f'{t:g}' for t in wanted.claim_targets)}),"
+                f" at most {scope.claim_tasks} tasks (of {wanted.claim_tasks})")
+    else:
+        line = None
+    plan.cut("claim", line)
+    plan.share(("claim (a)",))
+
+
+CLAIM_NOT_DRAWN = "claim (a) not drawn"
