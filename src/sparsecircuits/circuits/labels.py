@@ -39,7 +39,6 @@ from ..data.dataset import TokenData
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparsity import sparse_parameters
-from ..rundir import Run, as_run
 from ..schemas import problem
 
 DEFAULT_THRESHOLD = 0.6  # AUROC 0.8, or |r| 0.6
@@ -313,20 +312,23 @@ def read_nodes_arg(model: SparseGPT, names: Sequence[str] | None, circuit_dir: s
 LABELS_FILE = "labels.json"
 
 
-def label_run(run: Run | str | Path, node_names: Sequence[str] | None = None, circuit_dir: str | Path | None = None,
+def label_run(run, node_names: Sequence[str] | None = None, circuit_dir: str | Path | None = None,
               n_tokens: int = 16384, data_dir: str | Path | None = None, threshold: float = DEFAULT_THRESHOLD,
               out: str | Path | None = None, show_progress: bool = True, force: bool = False) -> tuple[dict, Path]:
-    """`sparsecircuits label`: label nodes of a run (or of a circuit of it) and write labels.json."""
+    """`sparsecircuits label`: label nodes of a run (a `Workbench`, a `Run` or its directory; or of a
+    circuit of it) and write labels.json."""
     import json
 
     from ..io import atomic_write_text, check_output_file
     from .circuit import Circuit
+    from .workbench import Workbench, circuit_workbench
 
-    run = Circuit.load(circuit_dir).open_run(run) if circuit_dir is not None else as_run(run)
+    bench = circuit_workbench(Circuit.load(circuit_dir), run) if circuit_dir is not None else Workbench.of(run)
+    run = bench.run
     default = Path(circuit_dir or run.path) / LABELS_FILE
     out = Path(out) if out else default
     check_output_file(out, force, default)
-    model = run.model()
+    model = bench.model
     result = label_nodes(model, run.data(data_dir), run.config.sparsity, read_nodes_arg(model, node_names, circuit_dir),
                          n_tokens, threshold=threshold, show_progress=show_progress)
     result["weights_sha256"] = run.weights_sha256

@@ -15,11 +15,12 @@ from ..model.gpt import SparseGPT
 from ..model.sparse_kernels import sparse_weight_kernels
 from ..rundir import Run, as_run
 from ..tasks.records import TaskSplits, task_accuracy, task_loss, task_loss_interval
-from .circuit import CIRCUIT_ENTRIES, CIRCUIT_FILE, Circuit, records_sha256, ablation_values, load_task_splits, nodes_of
+from .circuit import CIRCUIT_ENTRIES, CIRCUIT_FILE, Circuit, records_sha256, nodes_of
 from .find import (TARGET_LOSS, CircuitEvaluator, PruneSettings, find_circuit, full_model_loss, require_reachable,
                    settings_dict)
 from .graph import circuit_edges, edge_counts, weight_edge_count
 from .search import search_settings
+from .workbench import Workbench
 
 __all__ = ["TARGET_LOSS", "PruneSettings", "circuit_metrics", "circuit_record", "is_current", "prune", "prune_or_reuse",
            "write_circuit_dir"]
@@ -82,12 +83,11 @@ def is_current(out: str | Path, run: Run | str | Path, task: str, settings: Prun
         return False
 
 
-def prune_or_reuse(run: Run | str | Path, task: str, out: str | Path, settings: PruneSettings,
+def prune_or_reuse(run: Workbench | Run | str | Path, task: str, out: str | Path, settings: PruneSettings,
                    show_progress: bool = True) -> "Circuit":
     """The circuit in `out` when it was pruned from these weights, records and settings; else prune
     again into `out` (replacing what an earlier `prune` wrote there)."""
-    run = as_run(run)
-    if is_current(out, run, task, settings):
+    if is_current(out, Workbench.of(run).run, task, settings):
         return Circuit.load(out)
     return prune(run, task, out, settings, show_progress=show_progress, force=True)
 
@@ -98,30 +98,30 @@ def write_circuit_dir(out: Path, record: dict, scores: Mapping[str, torch.Tensor
         atomic_save_tensors(staging / "scores.safetensors", dict(scores))
 
 
-def prune(run: Run | str | Path, task: str, out: str | Path, settings: PruneSettings | None = None,
+def prune(run: Workbench | Run | str | Path, task: str, out: str | Path, settings: PruneSettings | None = None,
           search_trials: int = 0, show_progress: bool = True, force: bool = False,
           data_dir: str | Path | None = None) -> "Circuit":
-    """Find, measure and save the circuit of `task` in the model of `run` (a `Run` or its directory).
-    `data_dir` is the text mean ablation averages over (default: the run's own data; an imported
-    run has none)."""
+    """Find, measure and save the circuit of `task` in the model of `run` (a `Workbench`, a `Run` or
+    its directory). `data_dir` is the text mean ablation averages over (default: the run's own data;
+    an imported run has none)."""
     settings = settings or PruneSettings()
     settings.validate()
-    run, out = as_run(run), Path(out)
+    bench, out = Workbench.of(run), Path(out)
     check_output_dir(out, "prune", force, replaces=CIRCUIT_ENTRIES,
-                     inputs=[("the run", run.path), ("the task file", task if Path(task).is_file() else None),
+                     inputs=[("the run", bench.run.path), ("the task file", task if Path(task).is_file() else None),
                              ("--data", data_dir)])
     with directory_lock(out):
-        return _prune(run, task, out, settings, search_trials, show_progress, data_dir)
+        return _prune(bench, task, out, settings, search_trials, show_progress, data_dir)
 
 
-def _prune(run: Run, task: str, out: Path, settings: PruneSettings, search_trials: int, show_progress: bool,
+def _prune(bench: Workbench, task: str, out: Path, settings: PruneSettings, search_trials: int, show_progress: bool,
            data_dir: str | Path | None) -> "Circuit":
     start = time.perf_counter()
-    model = run.model()
+    run, model = bench.run, bench.model
     with sparse_weight_kernels(model, settings.csr_max_density) as csr_layers:
-        splits = load_task_splits(model, task)
+        splits = bench.splits(task)
         require_reachable(full_model_loss(model, splits), settings, splits.name)  # before the node means: seconds, not minutes
-        means = ablation_values(model, run, settings.ablation, show_progress, data_dir)
+        means = bench.means(settings.ablation, data_dir, show_progress)
         means_seconds = time.perf_counter() - start
         if search_trials > 0:
             settings, found = search_settings(model, splits, means, settings, search_trials, show_progress)

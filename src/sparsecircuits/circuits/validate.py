@@ -38,10 +38,11 @@ from ..schemas import read_json
 from ..tasks.nonsense import nonsense_rule
 from ..tasks.records import SPLITS, TaskSplits, TokenizedTask, task_loss, task_loss_interval, task_records, tokenize_records
 from ..io import atomic_write_text, check_writable, directory_lock
-from .circuit import Circuit, ablation_values, load_task_splits, records_sha256
+from .circuit import Circuit, records_sha256
 from .graph import circuit_edges, weight_edge_count
 from .find import CircuitEvaluator, PruneSettings, find_circuit
 from .prune import circuit_metrics
+from .workbench import Workbench, circuit_workbench
 
 MAX_PER_NODE = 1000  # circuits larger than this skip the per-node ablations
 NECESSITY_THRESHOLD = 0.5  # "near chance": ln 2 is 0.69
@@ -173,25 +174,26 @@ def read_validation(circuit_dir: str | Path) -> dict | None:
     return read_json(path, schemas.VALIDATION, "validate the circuit again") if path.is_file() else None
 
 
-def validate(circuit_dir: str | Path, run: Run | str | Path | None = None, control: bool = True,
+def validate(circuit_dir: str | Path, run: Workbench | Run | str | Path | None = None, control: bool = True,
              show_progress: bool = True, max_per_node: int = MAX_PER_NODE, task: str | Path | None = None) -> dict:
     """Sufficiency, necessity, random and shuffled-label controls, and each node's ablation effect
     (skipped above `max_per_node` nodes: such a circuit is not one to read node by node)."""
     circuit = Circuit.load(circuit_dir)
     check_writable(Path(circuit_dir) / VALIDATION_FILE, "CIRCUIT_DIR")
-    run = circuit.open_run(run)
+    bench = circuit_workbench(circuit, run)
     task_source = circuit.task_source(task)
     with directory_lock(Path(circuit_dir)):
-        return _validate(circuit, run, task_source, control, show_progress, max_per_node)
+        return _validate(circuit, bench, task_source, control, show_progress, max_per_node)
 
 
-def _validate(circuit: Circuit, run: Run, task_source: str, control: bool, show_progress: bool, max_per_node: int) -> dict:
+def _validate(circuit: Circuit, bench: Workbench, task_source: str, control: bool, show_progress: bool,
+              max_per_node: int) -> dict:
     circuit_dir = circuit.directory
     settings = PruneSettings(**circuit.data["settings"])
-    model = run.model()
+    model = bench.model
     with sparse_weight_kernels(model, settings.csr_max_density):
-        splits = load_task_splits(model, task_source)
-        means = ablation_values(model, run, circuit.data["ablation"], show_progress, circuit.means_data)
+        splits = bench.splits(task_source)
+        means = bench.means(circuit.data["ablation"], circuit.means_data, show_progress)
         evaluator = CircuitEvaluator(model, splits, means, settings.calibration_steps)
         keep = circuit.keep(model)
         scale = circuit.logit_scale

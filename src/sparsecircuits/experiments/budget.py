@@ -244,14 +244,14 @@ class Plan:
             self.decided.append(name)
             self.save()
 
-    def measured_prune_rate(self, tasks: int) -> None:
-        """Scale the mask-step rates by what the sparse circuits' pruning actually took against its estimate."""
-        planned = tasks * prune_seconds(self.rates, self.mask_steps)
-        took = self.actual.get("prune circuits")
-        if took and planned > 0:
-            factor = took / planned
-            self.rates.mask_step_sparse *= factor
-            self.rates.mask_step_dense *= factor
+    def measured(self, stage: str, planned: float, rates: tuple[str, ...]) -> None:
+        """Scale `rates` by what `stage` took against the `planned` seconds, so the stages after it are
+        priced at the rate this run shows (not when the stage ran in an earlier run without a plan)."""
+        took = self.actual.get(stage)
+        factor = took / planned if took and planned > 0 else 1.0
+        if 0.25 <= factor <= 4:
+            for name in rates:
+                setattr(self.rates, name, getattr(self.rates, name) * factor)
 
     # -- running the stages
 
@@ -286,7 +286,7 @@ def make_plan(budget_s: float, rates: Rates, mask_steps: int, wanted: Scope, pre
     room = budget_s - sum(cost[n] for n in ("prepare corpus", "evaluate tasks", "report"))
     if training > TRAIN_SHARE * room:
         plan.scope.steps = max(MIN_STEPS, int(wanted.steps * TRAIN_SHARE * room / training))
-        plan.cut("training", f"training {plan.scope.steps} steps instead of the config's {wanted.steps}, so that the four"
+        plan.cut("training", f"training {plan.scope.steps} steps instead of the config's {wanted.steps}, so that the"
                              f" models' training fits {TRAIN_SHARE:.0%} of the budget")
     fixed = ("prepare corpus", *TRAINING, "evaluate tasks", "report")
     plan.share(fixed)

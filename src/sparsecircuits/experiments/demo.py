@@ -37,6 +37,7 @@ from ..circuits.find import NoCircuitToFind
 from ..circuits.labels import label_run, read_labels
 from ..circuits.prune import TARGET_LOSS, PruneSettings
 from ..circuits.validate import not_evidence_reasons, read_validation
+from ..circuits.workbench import Workbench
 from ..config import load_config
 from ..data.prepare import DEFAULT_VOCAB, MANIFEST, prepare
 from ..io import JsonCache, atomic_write_text, output_folder
@@ -45,8 +46,8 @@ from ..tasks import HARD_FORMS, suite_tasks
 from ..tasks.audit import score_tasks
 from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
-from .budget import (CLAIM_NOT_DRAWN, DEMO_MINUTES, GUESSED_CLAIM_TASKS, GUESSED_TASKS, PREPARE_SECONDS, Plan, Scope, fit_circuits, fit_claim, make_plan,
-                     time_this_machine)
+from .budget import (CLAIM_NOT_DRAWN, DEMO_MINUTES, GUESSED_CLAIM_TASKS, GUESSED_TASKS, PREPARE_SECONDS, Plan, Scope, fit_circuits,
+                     fit_claim, make_plan, prune_seconds, time_this_machine)
 from .claim import (CLAIM_SEEDS, CLAIM_TARGETS, COMPARISONS, MARGIN, best_circuit, circuit_is_evidence, claim_rows,
                     claim_tasks, does_with_margin, plot_claim)
 from .report import format_summary, write_report
@@ -199,8 +200,11 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
             + ("" if bracket["bracketed"] else "; none on the other side: the nearest stands alone"), file=sys.stderr)
     models = ["sparse", *(bracket["tried"] if bracket else []), "dense"]
     runs = {m: Run.open(out / m) for m in models}
+    benches = {m: Workbench(runs[m]) for m in models}  # each model loaded once, each task tokenized once
+    scores = JsonCache(out / "task_scores.json")  # once per model's weights and task list: a resumed run reads them
     task_losses = plan.run("evaluate tasks", lambda: {
-        m: score_tasks(runs[m].model(), candidates, "choose") for m in models})
+        m: scores.get(m, f"{runs[m].weights_sha256} {' '.join(candidates)}",
+                      lambda: score_tasks(benches[m].model, candidates, "choose")) for m in models})
     atomic_write_text(out / "tasks.json", json.dumps(task_losses, indent=1))
     losses = {m: {t: row.get("loss") for t, row in task_losses[m].items()} for m in models}
     # a task the audit flags under any model's tokenisation or bigram table (choose records) is flagged
@@ -235,7 +239,7 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
     def prune_all():
         for task in list(sparse_tasks):  # a circuit of other weights, records or settings is pruned again
             try:
-                prune_or_reuse(runs["sparse"], task, circuit_dir("sparse", task), settings)
+                prune_or_reuse(benches["sparse"], task, circuit_dir("sparse", task), settings)
             except NoCircuitToFind as err:  # the empty circuit already does it: no circuit to draw
                 print(f"no circuit for {Path(task).stem}: {err}", file=sys.stderr)
                 sparse_tasks.remove(task)
@@ -244,25 +248,26 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
 
     def attribution_all():  # the fast baseline a learned circuit should beat, beside each circuit
         for task in sparse_tasks:
-            prune_or_reuse(runs["sparse"], task, circuit_dir("sparse-attribution", task), attribution, show_progress=False)
+            prune_or_reuse(benches["sparse"], task, circuit_dir("sparse-attribution", task), attribution, show_progress=False)
 
     def label_all():
         for task in sparse_tasks:
             if read_labels(circuit_dir("sparse", task), runs["sparse"].weights_sha256) is None:
-                label_run(runs["sparse"], circuit_dir=circuit_dir("sparse", task))
+                label_run(benches["sparse"], circuit_dir=circuit_dir("sparse", task))
 
     def view_all():
         for task in sparse_tasks:
             if not (circuit_dir("sparse", task) / "circuit.html").is_file():
-                view(circuit_dir("sparse", task))
+                view(circuit_dir("sparse", task), run=benches["sparse"])
 
     def claim():
         scope = plan.scope
-        return claim_a(runs, losses, flagged, tuple(scope.claim_targets), margin, circuit_dir, settings, baselines,
+        return claim_a(benches, losses, flagged, tuple(scope.claim_targets), margin, circuit_dir, settings, baselines,
                        val_loss("sparse"), scope.claim_seeds, control, out / "claim.png", scope.claim_tasks)
 
     def claim_fitted():  # claim (a) planned again with the time left and the pruning rate measured so far
-        plan.measured_prune_rate(len(sparse_tasks))
+        plan.measured("prune circuits", len(sparse_tasks) * prune_seconds(plan.rates, plan.mask_steps),
+                      ("mask_step_sparse", "mask_step_dense"))
         fit_claim(plan, plan.left() - plan.shares["report"])
 
     plan.run("prune circuits", prune_all)
@@ -273,10 +278,10 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
         for task in sparse_tasks:
             directory = circuit_dir("sparse", task)
             if read_validation(directory) is None:
-                validate(directory, runs["sparse"], control=control)
+                validate(directory, benches["sparse"], control=control)
             # the circuit's loss on the task's hard forms, once per circuit (circuit.json's digest)
             hard_forms.get(Path(task).stem, file_sha256(directory / CIRCUIT_FILE),
-                           lambda: hard_form_losses(directory, task, runs["sparse"]))
+                           lambda: hard_form_losses(directory, task, benches["sparse"]))
 
     plan.run("validate circuits", validate_all)
     plan.run("label circuit nodes", label_all)
@@ -303,7 +308,7 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
     return summary
 
 
-def claim_a(runs: dict[str, Run], losses: dict, flagged: dict, targets: tuple[float, ...], margin: float, circuit_dir,
+def claim_a(benches: dict[str, Workbench], losses: dict, flagged: dict, targets: tuple[float, ...], margin: float, circuit_dir,
             settings: PruneSettings, baselines: dict[str, dict[str, float]], sparse_loss: float, seeds: int, control: bool,
             plot_path: Path, max_tasks: int | None = None) -> dict[str, list[dict]]:
     """Per baseline ({name: {dense model: validation loss}}), per target: the tasks every model does with
@@ -318,7 +323,7 @@ def claim_a(runs: dict[str, Run], losses: dict, flagged: dict, targets: tuple[fl
         found = []
         for seed in range(seeds):
             directory = circuit_dir(model, task, target, seed)
-            m = prune_or_reuse(runs[model], task, directory, dataclasses.replace(settings, target_loss=target, seed=seed),
+            m = prune_or_reuse(benches[model], task, directory, dataclasses.replace(settings, target_loss=target, seed=seed),
                                show_progress=False).metrics
             found.append({"seed": seed, "edges": m["n_edges"], "nodes": m["n_nodes"], "directory": directory,
                           "reached": m["reached"], "metrics": m})
@@ -326,7 +331,7 @@ def claim_a(runs: dict[str, Run], losses: dict, flagged: dict, targets: tuple[fl
 
     def judged(circuit: dict, model: str, target: float) -> dict:
         if read_validation(circuit["directory"]) is None:
-            validate(circuit["directory"], runs[model], control=control)
+            validate(circuit["directory"], benches[model], control=control)
         evidence, why = circuit_is_evidence(circuit["metrics"], target, read_validation(circuit["directory"]))
         return {**circuit, "evidence": evidence, "why": why}
 
@@ -363,20 +368,18 @@ def claim_a(runs: dict[str, Run], losses: dict, flagged: dict, targets: tuple[fl
     return comparisons
 
 
-def hard_form_losses(circuit_dir: Path, task: str, run: Run) -> dict[str, dict]:
+def hard_form_losses(circuit_dir: Path, task: str, bench: Workbench) -> dict[str, dict]:
     """The circuit's and the full model's loss on each hard form of its task (test records)."""
-    from ..circuits.circuit import ablation_values, load_task_splits
     from ..errors import SparseCircuitsError
     from ..tasks.records import pair_logits, task_loss
 
     circuit = Circuit.load(circuit_dir)
-    run = circuit.open_run(run)
-    model = run.model()
-    means = ablation_values(model, run, circuit.data["ablation"], False, circuit.means_data)
+    bench = bench.for_circuit(circuit)
+    model, means = bench.model, bench.means(circuit.data["ablation"], circuit.means_data, False)
     out = {}
     for form in HARD_FORMS.get(Path(task).stem, []):
         try:
-            records = load_task_splits(model, form).test
+            records = bench.splits(form).test
         except SparseCircuitsError as err:
             out[form] = {"error": str(err)}
             continue

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..circuits.circuit import Circuit, ablation_values, load_task_splits
+from ..circuits.circuit import Circuit
 from ..circuits.explain import node_examples
 from ..circuits.find import CircuitEvaluator
 from ..circuits.validate import MAX_PER_NODE, read_validation
@@ -24,6 +24,7 @@ from ..errors import SparseCircuitsError
 from ..io import atomic_write_text, check_output_file, directory_lock
 from ..rundir import Run
 from ..circuits.labels import label_nodes, read_labels
+from ..circuits.workbench import Workbench, circuit_workbench
 
 ASSETS = Path(__file__).parent / "assets"
 N_EXAMPLES = 16
@@ -39,16 +40,16 @@ def _candidate_probs(model, task, hooks=None) -> torch.Tensor:
     return torch.stack([probs.gather(-1, correct[:, None])[:, 0], probs.gather(-1, incorrect[:, None])[:, 0]], -1)
 
 
-def circuit_page_data(circuit_dir: str | Path, run: Run | str | Path | None = None, n_tokens: int = 16384,
+def circuit_page_data(circuit_dir: str | Path, run: Workbench | Run | str | Path | None = None, n_tokens: int = 16384,
                       top: int = 6, show_progress: bool = True, task: str | Path | None = None) -> dict:
     """Everything the page shows: the circuit, validation, node examples and histograms, per-node
     ablation effects, and held-out examples with both models' probabilities."""
     circuit = Circuit.load(circuit_dir)
-    run = circuit.open_run(run)
-    model = run.model()
-    splits = load_task_splits(model, circuit.task_source(task))
+    bench = circuit_workbench(circuit, run)
+    run, model = bench.run, bench.model
+    splits = bench.splits(circuit.task_source(task))
     test = splits.test
-    means = ablation_values(model, run, circuit.data["ablation"], show_progress, circuit.means_data)
+    means = bench.means(circuit.data["ablation"], circuit.means_data, show_progress)
     keep = circuit.keep(model)
     validation = read_validation(circuit_dir)
     if validation is not None or len(circuit.nodes) > MAX_PER_NODE:
@@ -186,7 +187,7 @@ def render_markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def view(circuit_dir: str | Path, out: str | Path | None = None, run: Run | str | Path | None = None,
+def view(circuit_dir: str | Path, out: str | Path | None = None, run: Workbench | Run | str | Path | None = None,
          show_progress: bool = True, force: bool = False, task: str | Path | None = None) -> Path:
     """Write circuit.html (default inside CIRCUIT_DIR) and circuit.md beside it. Files elsewhere
     that exist already are replaced only with `force`."""

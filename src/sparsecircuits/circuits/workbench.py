@@ -1,0 +1,66 @@
+"""One run opened once: its model, and per task its splits, node means and evaluator.
+
+`prune`, `validate`, `view`, `label` and the demo take a `Workbench` wherever they take a run, so a
+pipeline that works on one model (the demo prunes, validates, labels and draws several tasks of it)
+loads the weights, tokenizes each task and reads the node means once. Given a run directory or a
+`Run` instead, each command opens its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..model.gpt import SparseGPT
+from ..rundir import Run, as_run
+from ..tasks.records import TaskSplits
+from .circuit import Circuit, ablation_values, load_task_splits
+from .find import CircuitEvaluator
+
+
+class Workbench:
+    def __init__(self, run: Run | str | Path):
+        self.run = as_run(run)
+        self._model: SparseGPT | None = None
+        self._splits: dict[str, TaskSplits] = {}
+        self._means: dict[tuple[str, str | None], dict[str, torch.Tensor]] = {}
+
+    @classmethod
+    def of(cls, run: "Workbench | Run | str | Path") -> "Workbench":
+        return run if isinstance(run, Workbench) else cls(run)
+
+    @property
+    def model(self) -> SparseGPT:
+        """The run's model, loaded on first use; callers share it and must not change its weights."""
+        if self._model is None:
+            self._model = self.run.model()
+        return self._model
+
+    def splits(self, task: str) -> TaskSplits:
+        if task not in self._splits:
+            self._splits[task] = load_task_splits(self.model, task)
+        return self._splits[task]
+
+    def means(self, ablation: str, data_dir: str | Path | None = None, show_progress: bool = True) -> dict[str, torch.Tensor]:
+        """What pruned nodes are frozen at (circuit.ablation_values), once per ablation and data."""
+        key = (ablation, str(Path(data_dir).resolve()) if data_dir is not None else None)
+        if key not in self._means:
+            self._means[key] = ablation_values(self.model, self.run, ablation, show_progress, data_dir)
+        return self._means[key]
+
+    def evaluator(self, task: str, ablation: str, data_dir: str | Path | None = None, calibration_steps: int = 16,
+                  show_progress: bool = True) -> CircuitEvaluator:
+        return CircuitEvaluator(self.model, self.splits(task), self.means(ablation, data_dir, show_progress),
+                                calibration_steps)
+
+    def for_circuit(self, circuit: Circuit) -> "Workbench":
+        """The workbench of the run `circuit` was pruned from: this one, or the kept checkpoint's when the
+        circuit came from one (checked to hold the very weights it was pruned from)."""
+        run = circuit.open_run(self.run)
+        return self if run is self.run else Workbench(run)
+
+
+def circuit_workbench(circuit: Circuit, run: "Workbench | Run | str | Path | None") -> Workbench:
+    """The workbench for a circuit: `run`'s (a workbench, a run, or its directory), or the circuit's own run."""
+    return Workbench.of(run).for_circuit(circuit) if run is not None else Workbench(circuit.open_run(None))
