@@ -6,6 +6,7 @@ import re
 import pytest
 
 from sparsecircuits.experiments.demo import demo
+from sparsecircuits.experiments.budget import NO_DENSE
 from sparsecircuits.experiments.report import render_report
 from tests.conftest import write_idiom_corpus
 
@@ -162,13 +163,45 @@ def test_the_demo_plans_its_whole_budget_and_cuts_what_does_not_fit(tmp_path, ta
     summary = run()
     err = capsys.readouterr().err
     plan = summary["plan"]
-    assert sum(plan["shares"].values()) == pytest.approx(minutes * 60, abs=0.5)
+    assert sum(plan["initial"].values()) == pytest.approx(minutes * 60, abs=0.5)  # as first planned
     assert summary["cuts"] and all(f"cut to fit --minutes {minutes:g}: {c}" in err for c in summary["cuts"])
     assert "planned against actual" in err and sum(summary["seconds_by_stage"].values()) <= 1.2 * minutes * 60
+    assert ("dense" in summary["models"]) == (NO_DENSE not in summary["cuts"])
     assert plan["scope"]["steps"] == json.loads((tmp_path / "demo" / "sparse" / "config.json").read_text())["train"]["steps"]
     again = run()
     assert "resuming with the plan" in capsys.readouterr().err
     assert again["plan"] == plan and again["cuts"] == summary["cuts"] and again["circuits"] == summary["circuits"]
+
+
+def test_the_plan_cuts_claim_seeds_then_targets_then_tasks_and_drops_the_dense_models_it_cannot_use():
+    """The planner on fixed rates (no timing): a generous budget cuts nothing and its shares sum to it;
+    tighter ones cut claim (a)'s seeds before its targets before its tasks; when not even one claim
+    circuit fits, no dense model trains and the sparse model keeps the config's steps."""
+    from dataclasses import replace
+
+    from sparsecircuits.experiments.budget import NO_DENSE, Rates, Scope, estimates, make_plan
+
+    rates = Rates(sparse_step=0.17, dense_step=0.15, mask_step_sparse=0.1, mask_step_dense=0.1)  # about `small` here
+    wanted = lambda: Scope(steps=3000, tasks=6, evolve=True, claim_targets=[0.15, 0.075, 0.3, 0.5], claim_seeds=3,
+                           claim_tasks=4, claim_dense_models=3, control=True, candidates=20, models=5)
+    full = make_plan(10 * 3600, rates, 300, wanted(), 30.0)
+    assert full.cuts == {} and sum(full.initial.values()) == pytest.approx(10 * 3600, abs=1)
+    others = sum(v for n, v in full.initial.items() if n != "claim (a)")
+
+    def budget_for(**claim) -> float:  # a budget that just holds claim (a) at this scope
+        return others + estimates(replace(full.scope, **claim), rates, 300, 30.0)["claim (a)"] + 1
+
+    two_seeds = make_plan(budget_for(claim_seeds=2), rates, 300, wanted(), 30.0)
+    assert (two_seeds.scope.claim_seeds, len(two_seeds.scope.claim_targets), two_seeds.scope.claim_tasks) == (2, 4, 4)
+    assert sum(two_seeds.initial.values()) == pytest.approx(two_seeds.budget_s, abs=1)
+    two_targets = make_plan(budget_for(claim_seeds=1, claim_targets=[0.15, 0.075]), rates, 300, wanted(), 30.0)
+    assert (two_targets.scope.claim_seeds, two_targets.scope.claim_targets, two_targets.scope.claim_tasks) == (1, [0.15, 0.075], 4)
+    two_tasks = make_plan(budget_for(claim_seeds=1, claim_targets=[0.15], claim_tasks=2), rates, 300, wanted(), 30.0)
+    assert (two_tasks.scope.claim_seeds, two_tasks.scope.claim_targets, two_tasks.scope.claim_tasks) == (1, [0.15], 2)
+    assert all(f"{p.scope.claim_seeds} pruning seeds (of 3)" in p.cuts["claim"] for p in (two_seeds, two_targets, two_tasks))
+    short = make_plan(45 * 60, rates, 300, wanted(), 30.0)
+    assert short.cuts["dense"] == NO_DENSE and not short.scope.dense and short.scope.steps == 3000
+    assert short.initial["train dense model"] == 0 and short.scope.tasks >= 3
 
 
 def test_bracketing_halves_or_doubles_the_schedule_until_two_models_straddle_the_sparse_loss_then_bisects():

@@ -29,6 +29,7 @@ PLAN_FILE = "plan.json"
 DEMO_MINUTES = 120.0  # the full report of the default config on 2 CPU cores (docs/performance.md)
 TRAIN_SHARE = 0.75  # at most, for training, of the budget less preparing, scoring the tasks and the report
 MIN_STEPS = 50
+CLAIM_SHARE = 0.3  # of the time after training, at least, left to evolution and claim (a) when the circuits are cut
 # measured on a 2-core CPU (docs/performance.md): a run's steps cost this much more than the bare
 # step the probe times (evaluations, checkpoints, batches read from disk, weight sparsity annealed from dense)
 TRAIN_OVERHEAD = 1.25
@@ -126,6 +127,7 @@ class Scope:
     control: bool
     candidates: int
     models: int  # models whose tasks are scored
+    dense: bool = True  # the dense baselines are trained (only claim (a) needs them)
 
 
 def prune_seconds(rates: Rates, mask_steps: int, dense: bool = False) -> float:
@@ -135,6 +137,7 @@ def prune_seconds(rates: Rates, mask_steps: int, dense: bool = False) -> float:
 def estimates(scope: Scope, rates: Rates, mask_steps: int, prepare_s: float) -> dict[str, float]:
     """Seconds per stage for this scope at these rates."""
     train = scope.steps * TRAIN_OVERHEAD
+    dense_train = train * rates.dense_step if scope.dense else 0.0
     prune_s, prune_dense = prune_seconds(rates, mask_steps), prune_seconds(rates, mask_steps, dense=True)
     validate_s = VALIDATE_FRACTION[scope.control]
     claim_circuits = scope.claim_seeds * (prune_s + scope.claim_dense_models * prune_dense)
@@ -142,17 +145,17 @@ def estimates(scope: Scope, rates: Rates, mask_steps: int, prepare_s: float) -> 
     return {
         "prepare corpus": prepare_s,
         "train sparse model": train * rates.sparse_step,
-        "train dense model": train * rates.dense_step,
-        "train loss-matched dense model": MATCHED_FRACTION * train * rates.dense_step,
-        "bracket the sparse loss": BRACKET_FRACTION * train * rates.dense_step,
-        "evaluate tasks": scope.models * scope.candidates * EVAL_MASK_STEPS * rates.mask_step_sparse,
+        "train dense model": dense_train,
+        "train loss-matched dense model": MATCHED_FRACTION * dense_train,
+        "bracket the sparse loss": BRACKET_FRACTION * dense_train,
+        "evaluate tasks": (scope.models if scope.dense else 1) * scope.candidates * EVAL_MASK_STEPS * rates.mask_step_sparse,
         "prune circuits": scope.tasks * prune_s,
         "attribution-patching baseline": scope.tasks * 0.1 * prune_s,
         "validate circuits": scope.tasks * validate_s * prune_s,
         "label circuit nodes": scope.tasks * 3.0,
         "view circuits": scope.tasks * 1.0,
         "evolve the smallest circuit": 4 * 1.25 * prune_s if scope.evolve and scope.tasks else 0.0,
-        "claim (a)": len(scope.claim_targets) * scope.claim_tasks * (claim_circuits + claim_validations),
+        "claim (a)": len(scope.claim_targets) * scope.claim_tasks * (claim_circuits + claim_validations) * scope.dense,
         "report": REPORT_SECONDS,
     }
 
@@ -178,9 +181,11 @@ class Plan:
     cuts: dict[str, str] = field(default_factory=dict)
     actual: dict[str, float] = field(default_factory=dict)
     decided: list[str] = field(default_factory=list)  # the re-plans made, which a resumed run does not make again
+    initial: dict[str, float] = field(default_factory=dict)  # the shares as first planned
     path: Path | None = None
     started: float = field(default_factory=time.perf_counter)
     spent_before: float = 0.0  # seconds earlier sessions of a resumed run spent
+    quiet: bool = False  # a plan only tried: its cuts are not said
 
     # -- building and keeping the plan
 
@@ -193,7 +198,8 @@ class Plan:
                 data = json.loads(path.read_text())
                 if math.isclose(data["budget_s"], budget_s):
                     plan = cls(budget_s, Rates(**data["rates"]), data["mask_steps"], Scope(**data["wanted"]),
-                               Scope(**data["scope"]), data["shares"], data["cuts"], data["actual"], data["decided"], path)
+                               Scope(**data["scope"]), data["shares"], data["cuts"], data["actual"], data["decided"],
+                               data["initial"], path)
                     plan.spent_before = sum(plan.actual.values())
                     print(f"resuming with the plan in {path} ({plan.spent_before / 60:.1f} min spent before)", file=sys.stderr)
                     return plan
@@ -209,7 +215,7 @@ class Plan:
         if self.path is not None:
             data = {"budget_s": self.budget_s, "rates": asdict(self.rates), "mask_steps": self.mask_steps,
                     "wanted": asdict(self.wanted), "scope": asdict(self.scope), "shares": self.shares, "cuts": self.cuts,
-                    "actual": self.actual, "decided": self.decided}
+                    "actual": self.actual, "decided": self.decided, "initial": self.initial}
             atomic_write_text(self.path, json.dumps(data, indent=1))
 
     def elapsed(self) -> float:
@@ -226,15 +232,16 @@ class Plan:
         if line is None:
             self.cuts.pop(area, None)
             return
-        if self.cuts.get(area) != line:
+        if self.cuts.get(area) != line and not self.quiet:
             print(f"cut to fit --minutes {self.budget_s / 60:g}: {line}", file=sys.stderr)
         self.cuts[area] = line
 
     def share(self, names) -> None:
-        """Shares for `names` from the estimates; claim (a) takes what is left of the budget."""
+        """Shares for `names` from the estimates; claim (a) takes what is left of the budget after the
+        other stages' shares (their actual time, for the stages done)."""
         cost = self.cost()
         self.shares.update({n: round(cost[n], 1) for n in names})
-        others = sum(v for n, v in self.shares.items() if n != "claim (a)")
+        others = sum(self.actual.get(n, v) for n, v in self.shares.items() if n != "claim (a)")
         self.shares["claim (a)"] = round(max(self.budget_s - others, cost["claim (a)"] if "claim (a)" in names else 0.0), 1)
 
     def decide(self, name: str, replan) -> None:
@@ -278,8 +285,22 @@ class Plan:
 
 def make_plan(budget_s: float, rates: Rates, mask_steps: int, wanted: Scope, prepare_s: float) -> Plan:
     """Shares of `budget_s`: training at the wanted steps while it fits TRAIN_SHARE of the budget
-    (else fewer steps), the circuit stages at a guessed scope cut to fit, the rest to claim (a)."""
-    plan = Plan(budget_s, rates, mask_steps, wanted, replace(wanted), dict.fromkeys(STAGES, 0.0))
+    (else fewer steps), the circuit stages at a guessed scope cut to fit, the rest to claim (a).
+    When claim (a) does not fit even with one seed, target and task, the dense baselines (which only
+    claim (a) needs) are not trained: the sparse model gets the training time."""
+    plan = _make_plan(budget_s, rates, mask_steps, wanted, prepare_s, quiet=True)
+    if wanted.dense and plan.cuts.get("claim") == CLAIM_NOT_DRAWN:
+        wanted = replace(wanted, dense=False)
+        print(f"cut to fit --minutes {budget_s / 60:g}: {NO_DENSE}", file=sys.stderr)
+    plan = _make_plan(budget_s, rates, mask_steps, wanted, prepare_s)
+    if not wanted.dense:
+        plan.cuts = {"dense": NO_DENSE, **plan.cuts}
+    plan.initial = dict(plan.shares)
+    return plan
+
+
+def _make_plan(budget_s: float, rates: Rates, mask_steps: int, wanted: Scope, prepare_s: float, quiet: bool = False) -> Plan:
+    plan = Plan(budget_s, rates, mask_steps, wanted, replace(wanted), dict.fromkeys(STAGES, 0.0), quiet=quiet)
     plan.shares["prepare corpus"] = prepare_s
     cost = plan.cost()
     training = sum(cost[n] for n in TRAINING)
@@ -290,7 +311,7 @@ def make_plan(budget_s: float, rates: Rates, mask_steps: int, wanted: Scope, pre
                              f" models' training fits {TRAIN_SHARE:.0%} of the budget")
     fixed = ("prepare corpus", *TRAINING, "evaluate tasks", "report")
     plan.share(fixed)
-    if sum(plan.shares[n] for n in fixed) > budget_s:
+    if sum(plan.shares[n] for n in fixed) > budget_s and not quiet:
         print(f"warning: --minutes {budget_s / 60:g} is less than training {MIN_STEPS} steps and scoring the tasks take on"
               " this machine: the run will overrun it", file=sys.stderr)
     fit_circuits(plan, budget_s - sum(plan.shares[n] for n in fixed))
@@ -304,7 +325,9 @@ def fit_circuits(plan: Plan, seconds: float) -> None:
     for key in ("tasks", "evolve", "claim_targets", "claim_seeds", "claim_tasks", "claim_dense_models"):
         setattr(scope, key, getattr(replace(wanted), key))
     per_task = sum(estimates(replace(scope, tasks=1), plan.rates, plan.mask_steps, 0.0)[n] for n in CIRCUITS)
-    scope.tasks = max(0, min(wanted.tasks, int(0.7 * seconds // per_task))) if per_task > 0 else wanted.tasks
+    # with claim (a) to draw, the circuits leave it CLAIM_SHARE of the time; without it they may take it all
+    room = seconds * (1 - CLAIM_SHARE if wanted.dense and wanted.claim_tasks else 1.0)
+    scope.tasks = max(0, min(wanted.tasks, int(room // per_task))) if per_task > 0 else wanted.tasks
     plan.cut("circuits", None if scope.tasks == wanted.tasks else
              f"circuits for the {scope.tasks} tasks the sparse model does best, not all {wanted.tasks}")
     cost = plan.cost()
@@ -321,6 +344,11 @@ def fit_claim(plan: Plan, seconds: float) -> None:
     circuit per model does not fit."""
     wanted, scope = plan.wanted, plan.scope
     scope.claim_seeds, scope.claim_targets, scope.claim_tasks = wanted.claim_seeds, list(wanted.claim_targets), wanted.claim_tasks
+    if not wanted.dense:  # no dense baseline to compare with
+        scope.claim_tasks = 0
+        plan.cut("claim", CLAIM_NOT_DRAWN)
+        plan.share(("claim (a)",))
+        return
 
     def over() -> bool:
         return plan.cost()["claim (a)"] > seconds
@@ -344,3 +372,4 @@ def fit_claim(plan: Plan, seconds: float) -> None:
 
 
 CLAIM_NOT_DRAWN = "claim (a) not drawn"
+NO_DENSE = "no dense models: claim (a), which alone needs them, does not fit, so the sparse model has the training time"

@@ -164,7 +164,8 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
     plan = Plan.load_or_make(out, minutes * 60, make)
     print(f"plan for --minutes {minutes:g} on this machine:\n" + plan.table(), file=sys.stderr)
     if plan_only:
-        return {"plan": {"budget_s": plan.budget_s, "shares": plan.shares, "scope": dataclasses.asdict(plan.scope)},
+        return {"plan": {"budget_s": plan.budget_s, "initial": plan.initial, "shares": plan.shares,
+                         "scope": dataclasses.asdict(plan.scope)},
                 "cuts": list(plan.cuts.values())}
     steps = plan.scope.steps
     overrides.append(f"train.steps={steps}")
@@ -176,8 +177,9 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
     kept = [f"train.keep_every={max(1, steps // KEPT_MODELS)}"]
     plan.run("train sparse model", lambda: _train_stage(config, overrides + kept, data_dir, out / "sparse"))
     sparse_val = _val_losses(out / "sparse")[-1][1]
-    plan.run("train dense model", lambda: _train_stage(config, dense_overrides, data_dir, out / "dense"))
-    n_matched = matched_steps(out / "dense", sparse_val)
+    if plan.scope.dense:
+        plan.run("train dense model", lambda: _train_stage(config, dense_overrides, data_dir, out / "dense"))
+    n_matched = matched_steps(out / "dense", sparse_val) if plan.scope.dense else None
     val_losses = JsonCache(out / "val_losses.json")
 
     def val_loss(model: str) -> float:  # the whole validation split, once per model's weights
@@ -188,7 +190,9 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
         _train_stage(config, dense_overrides + [f"train.steps={n_steps}"], data_dir, out / name)
 
     bracket = None
-    if n_matched is None:  # the dense model never reached the sparse model's loss: nothing to match
+    if not plan.scope.dense:
+        pass  # claim (a) does not fit the budget: no dense baselines (said in the plan)
+    elif n_matched is None:  # the dense model never reached the sparse model's loss: nothing to match
         print(f"the dense model never reached the sparse model's validation loss {sparse_val:.4f}:"
               " no loss-matched dense model", file=sys.stderr)
     else:
@@ -198,7 +202,7 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
         print("dense models at the sparse loss " + f"{val_loss('sparse'):.4f}: " + ", ".join(
             f"{m} ({t['steps']} steps) {t['val_loss']:.4f}" for m, t in bracket["tried"].items())
             + ("" if bracket["bracketed"] else "; none on the other side: the nearest stands alone"), file=sys.stderr)
-    models = ["sparse", *(bracket["tried"] if bracket else []), "dense"]
+    models = ["sparse", *(bracket["tried"] if bracket else []), *(["dense"] if plan.scope.dense else [])]
     runs = {m: Run.open(out / m) for m in models}
     benches = {m: Workbench(runs[m]) for m in models}  # each model loaded once, each task tokenized once
     scores = JsonCache(out / "task_scores.json")  # once per model's weights and task list: a resumed run reads them
@@ -217,7 +221,7 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
         sparse_tasks = sparse_tasks[:max_tasks]
     print(f"the sparse model does {len(sparse_tasks)} of {len(candidates)} tasks to loss <= {target_loss:g}:"
           f" {', '.join(sparse_tasks) or 'none'}", file=sys.stderr)
-    baselines = {"dense": {"dense": val_loss("dense")}}
+    baselines = {"dense": {"dense": val_loss("dense")}} if plan.scope.dense else {}
     if bracket:
         baselines = {"dense_at_sparse_loss": bracket["models"], **baselines}
     dense_models = sorted({m for baseline in baselines.values() for m in baseline})
@@ -301,7 +305,8 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
         summary["claim_skipped"] = "left out to fit the time budget (--minutes)"
     plan.run("report", lambda: write_report(out, summary))
     summary["seconds_by_stage"] = plan.actual
-    summary["plan"] = {"budget_s": plan.budget_s, "shares": plan.shares, "scope": dataclasses.asdict(plan.scope)}
+    summary["plan"] = {"budget_s": plan.budget_s, "initial": plan.initial, "shares": plan.shares,
+                       "scope": dataclasses.asdict(plan.scope)}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     print(format_summary(summary))
     print(f"planned against actual (--minutes {minutes:g}):\n" + plan.table(), file=sys.stderr)

@@ -155,10 +155,7 @@ th,td{{border:1px solid #ddd;padding:3px 8px}}td.num{{text-align:right;font-vari
 <h1>Weight-sparse model, its circuits, and dense baselines</h1>
 <table><tr><th>model</th><th>validation loss</th><th>tasks done to {summary['target_loss']:g}</th>
 <th>with margin (&le; {summary['margin'] * summary['target_loss']:g})</th></tr>{model_rows}</table>
-<p>dense: the same shape on the same tokens with its full schedule (a stronger baseline). dense_matched:
-{'not trained (the dense model never reached the sparse loss)' if matched is None else
- f'a finished {matched}-step schedule, the steps the dense run took to reach the sparse loss'};
-dense_steps<i>N</i>: finished schedules of N steps, trained until two bracket the sparse model's validation loss.</p>
+{_dense_html(models, matched)}
 {_cuts_html(summary)}
 <h2>The sparse model's circuits (every task it does to the target; click a node count)</h2>
 {circuits}
@@ -177,6 +174,16 @@ measured on the test records and reported, never used to choose tasks.</p>
 <h2>Task losses (choose records)</h2>
 <table><tr><th>task</th>{''.join(f'<th>{e(m)}</th>' for m in models)}</tr>{losses}</table>
 </body></html>"""
+
+
+def _dense_html(models: dict, matched: int | None) -> str:
+    if "dense" not in models:
+        return "<p>No dense models were trained: claim (a), which alone needs them, did not fit the time budget.</p>"
+    return ("<p>dense: the same shape on the same tokens with its full schedule (a stronger baseline). dense_matched: "
+            + ("not trained (the dense model never reached the sparse loss)" if matched is None else
+               f"a finished {matched}-step schedule, the steps the dense run took to reach the sparse loss")
+            + "; dense_steps<i>N</i>: finished schedules of N steps, trained until two bracket the sparse model's"
+            " validation loss.</p>")
 
 
 def _cuts_html(summary: dict) -> str:
