@@ -312,6 +312,8 @@ def test_sweep_reuses_runs_and_draws_the_frontier(tmp_path, task_run, capsys):
     rows = (tmp_path / "sweep" / "frontier.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("run,d_model,l0_fraction")
     assert (tmp_path / "sweep" / "frontier.png").stat().st_size > 1000
+    frontier = json.loads((tmp_path / "sweep" / "frontier.json").read_text())
+    assert all(set(r["seconds_by_stage"]) == {"train", "evaluate tasks", "prune"} for r in frontier)
     stamp = (tmp_path / "sweep" / "runs" / "d_model-32_l0_fraction-0.5" / "model.safetensors").stat().st_mtime
     main(["sweep", "--grid", str(grid), "--out", str(tmp_path / "sweep"), "--data", str(data)])
     assert (tmp_path / "sweep" / "runs" / "d_model-32_l0_fraction-0.5" / "model.safetensors").stat().st_mtime == stamp

@@ -38,6 +38,8 @@ BRACKET_FRACTION = 1.2  # the bracketing schedules' steps together, of the dense
 PRUNE_OVERHEAD = 1.3  # a prune's node-count search, calibration and controls, over its mask training
 VALIDATE_FRACTION = {True: 2.2, False: 0.3}  # a validation, of a prune: with and without the pruning controls
 EVAL_MASK_STEPS = 4  # scoring one task with one model, in mask steps
+ATTRIBUTION_FRACTION = 0.1  # an attribution-patching circuit, of a prune
+LABEL_SECONDS, VIEW_SECONDS = 3.0, 1.0  # per circuit (the default demo labelled six in 19.5 s)
 GUESSED_TASKS = 6  # tasks the sparse model does, before they are counted (the default config's)
 GUESSED_CLAIM_TASKS = 4
 REPORT_SECONDS = 10.0
@@ -85,6 +87,7 @@ def time_steps(config: Config, steps: int = 2) -> tuple[float, float]:
                          torch.randint(0, config.model.vocab_size, (n,), generator=generator),
                          torch.randint(0, config.model.vocab_size, (n,), generator=generator), 0, 0)
     means = {site: torch.zeros(width) for site, width in model.node_sites.items()}
+
     def mask_seconds(n: int) -> float:
         start = time.perf_counter()
         train_mask(model, task, means, PruneSettings(steps=n), show_progress=False)
@@ -150,11 +153,12 @@ def estimates(scope: Scope, rates: Rates, mask_steps: int, prepare_s: float) -> 
         "bracket the sparse loss": BRACKET_FRACTION * dense_train,
         "evaluate tasks": (scope.models if scope.dense else 1) * scope.candidates * EVAL_MASK_STEPS * rates.mask_step_sparse,
         "prune circuits": scope.tasks * prune_s,
-        "attribution-patching baseline": scope.tasks * 0.1 * prune_s,
+        "attribution-patching baseline": scope.tasks * ATTRIBUTION_FRACTION * prune_s,
         "validate circuits": scope.tasks * validate_s * prune_s,
-        "label circuit nodes": scope.tasks * 3.0,
-        "view circuits": scope.tasks * 1.0,
-        "evolve the smallest circuit": 4 * 1.25 * prune_s if scope.evolve and scope.tasks else 0.0,
+        "label circuit nodes": scope.tasks * LABEL_SECONDS,
+        "view circuits": scope.tasks * VIEW_SECONDS,
+        # a prune and a validation without the pruning controls at each of the 4 models the sparse run keeps
+        "evolve the smallest circuit": 4 * (1 + VALIDATE_FRACTION[False]) * prune_s if scope.evolve and scope.tasks else 0.0,
         "claim (a)": len(scope.claim_targets) * scope.claim_tasks * (claim_circuits + claim_validations) * scope.dense,
         "report": REPORT_SECONDS,
     }

@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -114,7 +115,10 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
     for index, (tag, overrides) in enumerate(runs, 1):
         run_dir = out / "runs" / tag
         print(f"[sweep {index}/{len(runs)}] {tag}", file=sys.stderr, flush=True)
+        started = time.perf_counter()
         train_or_continue(load_config(base, overrides), data_dir, run_dir, show_progress=show_progress)
+        seconds = {"train": round(time.perf_counter() - started, 1)}  # near 0 for a run trained before
+        started = time.perf_counter()
         run = Run.open(run_dir)
         model, config = run.model(), run.config
         evaluation = evaluate_run(run)  # nonzeros counted from the trained weights, not from the config
@@ -130,6 +134,8 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
             if does_with_margin(loss, target):  # the demo's and compare's rule
                 done.append(name)
         flagged = flagged_by_audit([model], done)  # left out, as in the demo's claim (a)
+        seconds["evaluate tasks"] = round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
         for name in done:
             if name in flagged:
                 cues = ", ".join(flagged[name])
@@ -142,7 +148,8 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
                 print(f"{tag}: left out {Path(name).stem}: {err}", file=sys.stderr)
                 continue
             edges[Path(name).stem] = circuit.metrics["n_edges"]
-        row.update({"tasks_learned": len(edges), "edges_geomean": geomean(list(edges.values())) if edges else None,
+        seconds["prune"] = round(time.perf_counter() - started, 1)
+        row.update({"seconds_by_stage": seconds, "tasks_learned": len(edges), "edges_geomean": geomean(list(edges.values())) if edges else None,
                     "edges": edges, "flagged": {Path(n).stem: cues for n, cues in flagged.items()}})
         rows.append(row)
     _common_geomean(rows)
