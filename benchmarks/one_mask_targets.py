@@ -7,7 +7,7 @@ choose the node count for the other target on the choose records, exactly as `pr
 pruned for that target, per case and as the best of the seeds (what claim (a) keeps), with the
 geometric-mean ratio and how many are within 10%.
 
-    python benchmarks/one_mask_targets.py DEMO [--targets 0.15,0.075] [--csv docs/one-mask-targets.csv]
+    python benchmarks/one_mask_targets.py DEMO [--targets 0.15,0.075] [--seeds 3] [--models sparse,dense] [--csv FILE]
 """
 
 from __future__ import annotations
@@ -38,11 +38,12 @@ def main() -> None:
     parser.add_argument("demo", type=Path)
     parser.add_argument("--targets", default="0.15,0.075", help="two targets the demo pruned at")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--models", help="a comma list of the demo's models (default: every one pruned at both targets)")
     parser.add_argument("--csv", type=Path)
     args = parser.parse_args()
     targets = [float(t) for t in args.targets.split(",")]
     circuits = args.demo / "circuits"
-    models = sorted({p.name.split("-")[0] for p in circuits.iterdir() if p.is_dir()} - {"sparse-attribution"})
+    models = args.models.split(",") if args.models else sorted({p.name.split("-")[0] for p in circuits.iterdir() if p.is_dir()})
     rows = []
     for model in models:
         run = Run.open(args.demo / model)

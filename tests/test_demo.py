@@ -199,9 +199,9 @@ def test_the_plan_cuts_claim_seeds_then_targets_then_tasks_and_drops_the_dense_m
     two_tasks = make_plan(budget_for(claim_seeds=1, claim_targets=[0.15], claim_tasks=2), rates, 300, wanted(), 30.0)
     assert (two_tasks.scope.claim_seeds, two_tasks.scope.claim_targets, two_tasks.scope.claim_tasks) == (1, [0.15], 2)
     assert all(f"{p.scope.claim_seeds} pruning seeds (of 3)" in p.cuts["claim"] for p in (two_seeds, two_targets, two_tasks))
-    short = make_plan(45 * 60, rates, 300, wanted(), 30.0)
+    short = make_plan(20 * 60, rates, 300, wanted(), 30.0)
     assert short.cuts["dense"] == NO_DENSE and not short.scope.dense and short.scope.steps == 3000
-    assert short.initial["train dense model"] == 0 and short.scope.tasks >= 3
+    assert short.initial["train dense model"] == 0 and short.scope.tasks >= 1
 
 
 def test_bracketing_halves_or_doubles_the_schedule_until_two_models_straddle_the_sparse_loss_then_bisects():

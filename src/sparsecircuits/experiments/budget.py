@@ -30,18 +30,23 @@ DEMO_MINUTES = 120.0  # the full report of the default config on 2 CPU cores (do
 TRAIN_SHARE = 0.75  # at most, for training, of the budget less preparing, scoring the tasks and the report
 MIN_STEPS = 50
 CLAIM_SHARE = 0.3  # of the time after training, at least, left to evolution and claim (a) when the circuits are cut
-# measured on a 2-core CPU (docs/performance.md): a run's steps cost this much more than the bare
-# step the probe times (evaluations, checkpoints, batches read from disk, weight sparsity annealed from dense)
-TRAIN_OVERHEAD = 1.25
-MATCHED_FRACTION = 0.6  # dense_matched's steps, of the dense run's
-BRACKET_FRACTION = 1.2  # the bracketing schedules' steps together, of the dense run's
-PRUNE_OVERHEAD = 1.3  # a prune's node-count search, calibration and controls, over its mask training
+# measured on a 2-core CPU (docs/performance.md): a run's step against the bare step the probe times
+# (cheaper while the weights anneal from dense; evaluations, checkpoints and batches from disk add)
+TRAIN_OVERHEAD = 0.9
+MATCHED_FRACTION = 0.65  # dense_matched's steps, of the dense run's (0.58 and 0.66 over three training seeds)
+BRACKET_FRACTION = 1.4  # the bracketing schedules' steps together, of the dense run's (1.2 and 1.4)
+PROBE_TOKENS = 40  # the probe's prompts; a mask step costs about in proportion to the batch's widest prompt
+# a prune over its mask steps at the probe's rate for its task's prompt width: a real mask step costs
+# 1.47x the probe's (measured, quote task, 7 tokens) and the node-count search and metrics 14% more
+PRUNE_OVERHEAD = 1.7
 VALIDATE_FRACTION = {True: 2.2, False: 0.3}  # a validation, of a prune: with and without the pruning controls
-EVAL_MASK_STEPS = 4  # scoring one task with one model, in mask steps
+EVAL_MASK_STEPS = 1  # scoring one task with one model, in mask steps (20 tasks on 5 models took 33 s)
 ATTRIBUTION_FRACTION = 0.1  # an attribution-patching circuit, of a prune
 LABEL_SECONDS, VIEW_SECONDS = 3.0, 1.0  # per circuit (the default demo labelled six in 19.5 s)
 GUESSED_TASKS = 6  # tasks the sparse model does, before they are counted (the default config's)
 GUESSED_CLAIM_TASKS = 4
+GUESSED_TOKENS = 24  # their widest prompts, before they are counted (the default config's six: 7 to 46)
+GUESSED_CLAIM_TOKENS = 10  # claim (a)'s, the tasks every model does: short prompts (7 to 10 in the default demo)
 REPORT_SECONDS = 10.0
 PREPARE_SECONDS = 30.0  # the default corpus's preparation
 
@@ -79,7 +84,7 @@ def time_steps(config: Config, steps: int = 2) -> tuple[float, float]:
         optimizer.zero_grad(set_to_none=True)
 
     train_s = _seconds(train_once, steps)
-    prompt_tokens = min(40, config.model.ctx_len - 1)  # about a paper task's prompt
+    prompt_tokens = min(PROBE_TOKENS, config.model.ctx_len - 1)
     settings = PruneSettings()
     n = 2 * settings.batch_pairs
     task = TokenizedTask("probe", "train", torch.randint(0, config.model.vocab_size, (n, prompt_tokens),
@@ -131,20 +136,28 @@ class Scope:
     candidates: int
     models: int  # models whose tasks are scored
     dense: bool = True  # the dense baselines are trained (only claim (a) needs them)
+    task_tokens: list[int] = field(default_factory=list)  # the widest prompt of each task, once counted
+    claim_tokens: list[int] = field(default_factory=list)  # the same for claim (a)'s tasks
 
 
-def prune_seconds(rates: Rates, mask_steps: int, dense: bool = False) -> float:
-    return mask_steps * (rates.mask_step_dense if dense else rates.mask_step_sparse) * PRUNE_OVERHEAD
+def prune_seconds(rates: Rates, mask_steps: int, dense: bool = False, tokens: float = PROBE_TOKENS) -> float:
+    """One prune of a task whose widest prompt is `tokens` long."""
+    return mask_steps * (rates.mask_step_dense if dense else rates.mask_step_sparse) * PRUNE_OVERHEAD * tokens / PROBE_TOKENS
 
 
 def estimates(scope: Scope, rates: Rates, mask_steps: int, prepare_s: float) -> dict[str, float]:
     """Seconds per stage for this scope at these rates."""
     train = scope.steps * TRAIN_OVERHEAD
     dense_train = train * rates.dense_step if scope.dense else 0.0
-    prune_s, prune_dense = prune_seconds(rates, mask_steps), prune_seconds(rates, mask_steps, dense=True)
+    widths = (scope.task_tokens or [GUESSED_TOKENS] * scope.tasks)[:scope.tasks]
+    prunes = sum(prune_seconds(rates, mask_steps, tokens=w) for w in widths)  # the circuits' tasks, in order
+    prune_s = prunes / len(widths) if widths else prune_seconds(rates, mask_steps)  # one, of a mean width
     validate_s = VALIDATE_FRACTION[scope.control]
-    claim_circuits = scope.claim_seeds * (prune_s + scope.claim_dense_models * prune_dense)
-    claim_validations = validate_s * (prune_s + scope.claim_dense_models * prune_dense)
+    # claim (a): per target and task, every model pruned with each seed, the kept circuits validated
+    claim_widths = (scope.claim_tokens or [GUESSED_CLAIM_TOKENS] * scope.claim_tasks)[:scope.claim_tasks]
+    per_target = sum((scope.claim_seeds + validate_s) * (prune_seconds(rates, mask_steps, tokens=w) + scope.claim_dense_models
+                                                         * prune_seconds(rates, mask_steps, dense=True, tokens=w))
+                     for w in claim_widths)
     return {
         "prepare corpus": prepare_s,
         "train sparse model": train * rates.sparse_step,
@@ -152,14 +165,14 @@ def estimates(scope: Scope, rates: Rates, mask_steps: int, prepare_s: float) -> 
         "train loss-matched dense model": MATCHED_FRACTION * dense_train,
         "bracket the sparse loss": BRACKET_FRACTION * dense_train,
         "evaluate tasks": (scope.models if scope.dense else 1) * scope.candidates * EVAL_MASK_STEPS * rates.mask_step_sparse,
-        "prune circuits": scope.tasks * prune_s,
-        "attribution-patching baseline": scope.tasks * ATTRIBUTION_FRACTION * prune_s,
-        "validate circuits": scope.tasks * validate_s * prune_s,
+        "prune circuits": prunes,
+        "attribution-patching baseline": ATTRIBUTION_FRACTION * prunes,
+        "validate circuits": validate_s * prunes,
         "label circuit nodes": scope.tasks * LABEL_SECONDS,
         "view circuits": scope.tasks * VIEW_SECONDS,
         # a prune and a validation without the pruning controls at each of the 4 models the sparse run keeps
         "evolve the smallest circuit": 4 * (1 + VALIDATE_FRACTION[False]) * prune_s if scope.evolve and scope.tasks else 0.0,
-        "claim (a)": len(scope.claim_targets) * scope.claim_tasks * (claim_circuits + claim_validations) * scope.dense,
+        "claim (a)": len(scope.claim_targets) * per_target * scope.dense,
         "report": REPORT_SECONDS,
     }
 
@@ -290,12 +303,14 @@ class Plan:
 def make_plan(budget_s: float, rates: Rates, mask_steps: int, wanted: Scope, prepare_s: float) -> Plan:
     """Shares of `budget_s`: training at the wanted steps while it fits TRAIN_SHARE of the budget
     (else fewer steps), the circuit stages at a guessed scope cut to fit, the rest to claim (a).
-    When claim (a) does not fit even with one seed, target and task, the dense baselines (which only
-    claim (a) needs) are not trained: the sparse model gets the training time."""
-    plan = _make_plan(budget_s, rates, mask_steps, wanted, prepare_s, quiet=True)
-    if wanted.dense and plan.cuts.get("claim") == CLAIM_NOT_DRAWN:
-        wanted = replace(wanted, dense=False)
-        print(f"cut to fit --minutes {budget_s / 60:g}: {NO_DENSE}", file=sys.stderr)
+    The dense baselines, which only claim (a) needs, train only when all of them fit at the wanted
+    steps and claim (a) still fits with one seed, target and task: else the sparse model alone
+    trains, at the wanted steps where they fit (the models are never trained shorter for them)."""
+    if wanted.dense:
+        plan = _make_plan(budget_s, rates, mask_steps, wanted, prepare_s, quiet=True)
+        if "training" in plan.cuts or plan.cuts.get("claim") == CLAIM_NOT_DRAWN:
+            wanted = replace(wanted, dense=False)
+            print(f"cut to fit --minutes {budget_s / 60:g}: {NO_DENSE}", file=sys.stderr)
     plan = _make_plan(budget_s, rates, mask_steps, wanted, prepare_s)
     if not wanted.dense:
         plan.cuts = {"dense": NO_DENSE, **plan.cuts}
@@ -328,10 +343,13 @@ def fit_circuits(plan: Plan, seconds: float) -> None:
     wanted, scope = plan.wanted, plan.scope
     for key in ("tasks", "evolve", "claim_targets", "claim_seeds", "claim_tasks", "claim_dense_models"):
         setattr(scope, key, getattr(replace(wanted), key))
-    per_task = sum(estimates(replace(scope, tasks=1), plan.rates, plan.mask_steps, 0.0)[n] for n in CIRCUITS)
     # with claim (a) to draw, the circuits leave it CLAIM_SHARE of the time; without it they may take it all
     room = seconds * (1 - CLAIM_SHARE if wanted.dense and wanted.claim_tasks else 1.0)
-    scope.tasks = max(0, min(wanted.tasks, int(room // per_task))) if per_task > 0 else wanted.tasks
+
+    def circuits_cost(n: int) -> float:  # the first n tasks' circuits, pruned, validated, labelled and drawn
+        return sum(estimates(replace(scope, tasks=n), plan.rates, plan.mask_steps, 0.0)[name] for name in CIRCUITS)
+
+    scope.tasks = max((n for n in range(wanted.tasks + 1) if circuits_cost(n) <= room), default=0)
     plan.cut("circuits", None if scope.tasks == wanted.tasks else
              f"circuits for the {scope.tasks} tasks the sparse model does best, not all {wanted.tasks}")
     cost = plan.cost()
@@ -376,4 +394,5 @@ def fit_claim(plan: Plan, seconds: float) -> None:
 
 
 CLAIM_NOT_DRAWN = "claim (a) not drawn"
-NO_DENSE = "no dense models: claim (a), which alone needs them, does not fit, so the sparse model has the training time"
+NO_DENSE = ("no dense models: they and claim (a), which alone needs them, do not fit at the config's steps, so the sparse"
+            " model has the training time")

@@ -47,7 +47,7 @@ from ..tasks.audit import score_tasks
 from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
 from .budget import (CLAIM_NOT_DRAWN, DEMO_MINUTES, GUESSED_CLAIM_TASKS, GUESSED_TASKS, PREPARE_SECONDS, Plan, Scope, fit_circuits,
-                     fit_claim, make_plan, prune_seconds, time_this_machine)
+                     fit_claim, make_plan, time_this_machine)
 from .claim import (CLAIM_SEEDS, CLAIM_TARGETS, COMPARISONS, MARGIN, best_circuit, circuit_is_evidence, claim_rows,
                     claim_tasks, does_with_margin, plot_claim)
 from .report import format_summary, write_report
@@ -227,9 +227,13 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
     dense_models = sorted({m for baseline in baselines.values() for m in baseline})
 
     def counted():  # the circuit stages planned again with the tasks counted (once: a resumed run keeps it)
-        n_claim = max((len(claim_tasks({m: losses[m] for m in ["sparse", *dense_models]}, flagged, t, margin)[0])
-                       for t in plan.scope.claim_targets), default=0)
-        plan.wanted.tasks, plan.wanted.claim_tasks, plan.wanted.claim_dense_models = len(sparse_tasks), n_claim, len(dense_models)
+        chosen = [claim_tasks({m: losses[m] for m in ["sparse", *dense_models]}, flagged, t, margin)[0]
+                  for t in plan.wanted.claim_targets]
+        claimed = sorted(set().union(*chosen), key=lambda t: losses["sparse"][t]) if chosen else []
+        width = lambda t: max(map(len, benches["sparse"].splits(t).train.prompts))  # a mask step's cost goes with it
+        wanted = plan.wanted
+        wanted.tasks, wanted.claim_tasks, wanted.claim_dense_models = len(sparse_tasks), max(map(len, chosen), default=0), len(dense_models)
+        wanted.task_tokens, wanted.claim_tokens = [width(t) for t in sparse_tasks], [width(t) for t in claimed]
         fit_circuits(plan, plan.left() - plan.shares["report"])
 
     plan.decide("tasks counted", counted)
@@ -270,8 +274,7 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
                        val_loss("sparse"), scope.claim_seeds, control, out / "claim.png", scope.claim_tasks)
 
     def claim_fitted():  # claim (a) planned again with the time left and the pruning rate measured so far
-        plan.measured("prune circuits", len(sparse_tasks) * prune_seconds(plan.rates, plan.mask_steps),
-                      ("mask_step_sparse", "mask_step_dense"))
+        plan.measured("prune circuits", plan.cost()["prune circuits"], ("mask_step_sparse", "mask_step_dense"))
         fit_claim(plan, plan.left() - plan.shares["report"])
 
     plan.run("prune circuits", prune_all)
