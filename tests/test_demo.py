@@ -181,7 +181,7 @@ def test_the_plan_cuts_claim_seeds_then_targets_then_tasks_and_drops_the_dense_m
 
     from sparsecircuits.experiments.budget import NO_DENSE, Rates, Scope, estimates, make_plan
 
-    rates = Rates(sparse_step=0.17, dense_step=0.15, mask_step_sparse=0.1, mask_step_dense=0.1)  # about `small` here
+    rates = Rates(sparse_step=0.2, dense_step=0.17, mask_step_sparse=0.3, mask_step_dense=0.3)  # `small` on this machine
     wanted = lambda: Scope(steps=3000, tasks=6, evolve=True, claim_targets=[0.15, 0.075, 0.3, 0.5], claim_seeds=3,
                            claim_tasks=4, claim_dense_models=3, control=True, candidates=20, models=5)
     full = make_plan(10 * 3600, rates, 300, wanted(), 30.0)

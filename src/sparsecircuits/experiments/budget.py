@@ -27,7 +27,7 @@ from ..io import atomic_write_text
 
 PLAN_FILE = "plan.json"
 DEMO_MINUTES = 120.0  # the full report of the default config on 2 CPU cores (docs/performance.md)
-TRAIN_SHARE = 0.75  # at most, for training, of the budget less preparing, scoring the tasks and the report
+TRAIN_SHARE = 0.6  # at most, for training, of the budget less preparing, scoring the tasks and the report
 MIN_STEPS = 50
 CLAIM_SHARE = 0.3  # of the time after training, at least, left to evolution and claim (a) when the circuits are cut
 # measured on a 2-core CPU (docs/performance.md): a run's step against the bare step the probe times
@@ -341,8 +341,9 @@ def fit_circuits(plan: Plan, seconds: float) -> None:
     """The circuit stages' scope, from the wanted one, cut to `seconds` by priority (the circuits,
     then the evolution, then claim (a)), and their shares."""
     wanted, scope = plan.wanted, plan.scope
-    for key in ("tasks", "evolve", "claim_targets", "claim_seeds", "claim_tasks", "claim_dense_models"):
-        setattr(scope, key, getattr(replace(wanted), key))
+    for key, value in asdict(wanted).items():  # all but the training steps, decided before any model trained
+        if key != "steps":
+            setattr(scope, key, value)
     # with claim (a) to draw, the circuits leave it CLAIM_SHARE of the time; without it they may take it all
     room = seconds * (1 - CLAIM_SHARE if wanted.dense and wanted.claim_tasks else 1.0)
 
@@ -351,7 +352,7 @@ def fit_circuits(plan: Plan, seconds: float) -> None:
 
     scope.tasks = max((n for n in range(wanted.tasks + 1) if circuits_cost(n) <= room), default=0)
     plan.cut("circuits", None if scope.tasks == wanted.tasks else
-             f"circuits for the {scope.tasks} tasks the sparse model does best, not all {wanted.tasks}")
+             f"circuits for {scope.tasks} of the {wanted.tasks} tasks the sparse model does, those of the shortest prompts")
     cost = plan.cost()
     left = seconds - sum(cost[n] for n in CIRCUITS)
     scope.evolve = wanted.evolve and scope.tasks > 0 and cost["evolve the smallest circuit"] <= 0.5 * max(left, 0.0)

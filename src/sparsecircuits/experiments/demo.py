@@ -230,15 +230,18 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
         chosen = [claim_tasks({m: losses[m] for m in ["sparse", *dense_models]}, flagged, t, margin)[0]
                   for t in plan.wanted.claim_targets]
         claimed = sorted(set().union(*chosen), key=lambda t: losses["sparse"][t]) if chosen else []
-        width = lambda t: max(map(len, benches["sparse"].splits(t).train.prompts))  # a mask step's cost goes with it
         wanted = plan.wanted
         wanted.tasks, wanted.claim_tasks, wanted.claim_dense_models = len(sparse_tasks), max(map(len, chosen), default=0), len(dense_models)
-        wanted.task_tokens, wanted.claim_tokens = [width(t) for t in sparse_tasks], [width(t) for t in claimed]
+        wanted.task_tokens, wanted.claim_tokens = [width(t) for t in cheapest], [width(t) for t in claimed]
         fit_circuits(plan, plan.left() - plan.shares["report"])
 
+    width = lambda t: max(map(len, benches["sparse"].splits(t).train.prompts))  # a mask step's cost goes with it
+    # when the budget cuts the circuits, those of the shortest prompts are drawn: the most circuits it buys
+    cheapest = sorted(sparse_tasks, key=width)
     plan.decide("tasks counted", counted)
     if len(sparse_tasks) > plan.scope.tasks:
-        sparse_tasks = sparse_tasks[:plan.scope.tasks]
+        drawn = set(cheapest[:plan.scope.tasks])
+        sparse_tasks = [t for t in sparse_tasks if t in drawn]
 
     def circuit_dir(model: str, task: str, target: float = target_loss, seed: int = 0) -> Path:
         folder = (model if target == target_loss else f"{model}-target{target:g}") + (f"-seed{seed}" if seed else "")
