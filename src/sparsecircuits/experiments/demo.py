@@ -226,18 +226,20 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
         baselines = {"dense_at_sparse_loss": bracket["models"], **baselines}
     dense_models = sorted({m for baseline in baselines.values() for m in baseline})
 
+    width = lambda t: max(map(len, benches["sparse"].splits(t).train.prompts))  # a mask step's cost goes with it
+    # when the budget cuts the circuits, those of the shortest prompts are drawn: the most circuits it buys
+    cheapest = sorted(sparse_tasks, key=width)
+
     def counted():  # the circuit stages planned again with the tasks counted (once: a resumed run keeps it)
         chosen = [claim_tasks({m: losses[m] for m in ["sparse", *dense_models]}, flagged, t, margin)[0]
                   for t in plan.wanted.claim_targets]
         claimed = sorted(set().union(*chosen), key=lambda t: losses["sparse"][t]) if chosen else []
         wanted = plan.wanted
-        wanted.tasks, wanted.claim_tasks, wanted.claim_dense_models = len(sparse_tasks), max(map(len, chosen), default=0), len(dense_models)
-        wanted.task_tokens, wanted.claim_tokens = [width(t) for t in cheapest], [width(t) for t in claimed]
+        wanted.tasks, wanted.task_tokens = len(sparse_tasks), [width(t) for t in cheapest]
+        wanted.claim_tasks, wanted.claim_tokens = max(map(len, chosen), default=0), [width(t) for t in claimed]
+        wanted.claim_dense_models = len(dense_models)
         fit_circuits(plan, plan.left() - plan.shares["report"])
 
-    width = lambda t: max(map(len, benches["sparse"].splits(t).train.prompts))  # a mask step's cost goes with it
-    # when the budget cuts the circuits, those of the shortest prompts are drawn: the most circuits it buys
-    cheapest = sorted(sparse_tasks, key=width)
     plan.decide("tasks counted", counted)
     if len(sparse_tasks) > plan.scope.tasks:
         drawn = set(cheapest[:plan.scope.tasks])
