@@ -312,7 +312,7 @@ def read_nodes_arg(model: SparseGPT, names: Sequence[str] | None, circuit_dir: s
 LABELS_FILE = "labels.json"
 
 
-def label_run(run, node_names: Sequence[str] | None = None, circuit_dir: str | Path | None = None,
+def label_run(run: "Workbench | Run | str | Path", node_names: Sequence[str] | None = None, circuit_dir: str | Path | None = None,
               n_tokens: int = 16384, data_dir: str | Path | None = None, threshold: float = DEFAULT_THRESHOLD,
               out: str | Path | None = None, show_progress: bool = True, force: bool = False) -> tuple[dict, Path]:
     """`sparsecircuits label`: label nodes of a run (a `Workbench`, a `Run` or its directory; or of a
