@@ -59,7 +59,7 @@ def register_demo(sub) -> None:
     p.add_argument("--minutes", type=real(0, 1e6, low_open=True), default=DEMO_MINUTES,
                    help="wall-time budget of the whole run on this machine: a plan shares it among the stages (training"
                         " keeps the config's steps while they fit 50%% of it) and cuts, aloud, what does not fit"
-                        f" (default {DEMO_MINUTES:g}: the full report on 2 CPU cores)")
+                        f" (default {DEMO_MINUTES:g}: every stage on 2 CPU cores, claim (a) cut to what fits)")
     p.add_argument("--plan", action="store_true", help="time this machine, print the plan for --minutes and stop")
     p.add_argument("--tasks", default="auto", help="'auto' or 'all' (every task of --suite), or a comma list")
     p.add_argument("--max-tasks", type=POSITIVE, metavar="N",

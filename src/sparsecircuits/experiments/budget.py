@@ -26,7 +26,7 @@ from ..config import Config
 from ..io import atomic_write_text
 
 PLAN_FILE = "plan.json"
-DEMO_MINUTES = 120.0  # the full report of the default config on 2 CPU cores (docs/performance.md)
+DEMO_MINUTES = 120.0  # every stage of the default config on 2 CPU cores, claim (a) cut to what fits (docs/performance.md)
 TRAIN_SHARE = 0.5  # at most, for training, of the budget less preparing, scoring the tasks and the report
 MIN_STEPS = 50
 CLAIM_SHARE = 0.3  # of the time after training, at least, left to evolution and claim (a) when the circuits are cut
