@@ -1,4 +1,4 @@
-"""One run opened once: its model, and per task its splits, node means and evaluator.
+"""One run opened once: its model, its node means, and each task's splits.
 
 `prune`, `validate`, `view`, `label` and the demo take a `Workbench` wherever they take a run, so a
 pipeline that works on one model (the demo prunes, validates, labels and draws several tasks of it)
@@ -16,7 +16,6 @@ from ..model.gpt import SparseGPT
 from ..rundir import Run, as_run
 from ..tasks.records import TaskSplits
 from .circuit import Circuit, ablation_values, load_task_splits
-from .find import CircuitEvaluator
 
 
 class Workbench:
@@ -48,11 +47,6 @@ class Workbench:
         if key not in self._means:
             self._means[key] = ablation_values(self.model, self.run, ablation, show_progress, data_dir)
         return self._means[key]
-
-    def evaluator(self, task: str, ablation: str, data_dir: str | Path | None = None, calibration_steps: int = 16,
-                  show_progress: bool = True) -> CircuitEvaluator:
-        return CircuitEvaluator(self.model, self.splits(task), self.means(ablation, data_dir, show_progress),
-                                calibration_steps)
 
     def for_circuit(self, circuit: Circuit) -> "Workbench":
         """The workbench of the run `circuit` was pruned from: this one, or the kept checkpoint's when the

@@ -384,7 +384,8 @@ def fit_claim(plan: Plan, seconds: float) -> None:
         scope.claim_tasks -= 1
     if scope.claim_tasks == 0 and wanted.claim_tasks > 0:
         line = CLAIM_NOT_DRAWN
-    elif (scope.claim_seeds, scope.claim_targets, scope.claim_tasks) != (wanted.claim_seeds, wanted.claim_targets, wanted.claim_tasks):
+    elif (scope.claim_seeds, scope.claim_targets, scope.claim_tasks) != (wanted.claim_seeds, wanted.claim_targets,
+                                                                          wanted.claim_tasks):
         line = (f"claim (a) with {scope.claim_seeds} pruning seeds (of {wanted.claim_seeds}), targets"
                 f" {', '.join(f'{t:g}' for t in scope.claim_targets)} (of {', '.join(f'{t:g}' for t in wanted.claim_targets)}),"
                 f" at most {scope.claim_tasks} tasks (of {wanted.claim_tasks})")

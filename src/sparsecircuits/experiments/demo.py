@@ -39,6 +39,7 @@ from ..circuits.prune import TARGET_LOSS, PruneSettings
 from ..circuits.validate import not_evidence_reasons, read_validation
 from ..circuits.workbench import Workbench
 from ..config import load_config
+from ..data.dataset import TokenData
 from ..data.prepare import DEFAULT_VOCAB, MANIFEST, prepare
 from ..io import JsonCache, atomic_write_text, output_folder
 from ..rundir import METRICS_FILE, Run, file_sha256, read_metrics
@@ -46,8 +47,8 @@ from ..tasks import HARD_FORMS, suite_tasks
 from ..tasks.audit import score_tasks
 from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
-from .budget import (CLAIM_NOT_DRAWN, DEMO_MINUTES, GUESSED_CLAIM_TASKS, GUESSED_TASKS, PREPARE_SECONDS, Plan, Scope, fit_circuits,
-                     fit_claim, make_plan, time_this_machine)
+from .budget import (CLAIM_NOT_DRAWN, DEMO_MINUTES, GUESSED_CLAIM_TASKS, GUESSED_TASKS, PREPARE_SECONDS, Plan, Scope,
+                     fit_circuits, fit_claim, make_plan, time_this_machine)
 from .claim import (CLAIM_SEEDS, CLAIM_TARGETS, COMPARISONS, MARGIN, best_circuit, circuit_is_evidence, claim_rows,
                     claim_tasks, does_with_margin, plot_claim)
 from .report import format_summary, write_report
@@ -142,17 +143,16 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
     out = output_folder(out)
     overrides = list(overrides or [])
     config_steps = load_config(config, overrides).train.steps
-    dense_only = ["sparsity.l0_fraction=1.0"]
-    load_config(config, overrides + dense_only + list(dense_set or []))  # a bad --dense-set fails now, not after training
+    dense_only, dense_set = ["sparsity.l0_fraction=1.0"], list(dense_set or [])
+    load_config(config, overrides + dense_only + dense_set)  # a bad --dense-set fails now, not after training
     candidates = suite_tasks(suite) if tasks in ("auto", "all") else list(tasks)
     data_dir = out / "data"
     settings = PruneSettings(target_loss=target_loss)
 
     def make() -> Plan:  # a quick timing of this machine prices each stage
         print("timing this machine for the plan ...", file=sys.stderr, flush=True)
-        vocab = json.loads((data_dir / MANIFEST).read_text())["vocab_size"] if (data_dir / MANIFEST).is_file() else DEFAULT_VOCAB
-        rates = time_this_machine(load_config(config, overrides), load_config(config, overrides + dense_only + list(dense_set or [])),
-                                  vocab)
+        vocab = TokenData(data_dir).vocab_size if (data_dir / MANIFEST).is_file() else DEFAULT_VOCAB
+        rates = time_this_machine(load_config(config, overrides), load_config(config, overrides + dense_only + dense_set), vocab)
         n_tasks = min(GUESSED_TASKS, len(candidates), max_tasks or len(candidates))
         wanted = Scope(steps=config_steps, tasks=n_tasks, evolve=True,
                        claim_targets=sorted(claim_targets, key=lambda t: abs(t - target_loss)), claim_seeds=claim_seeds,
@@ -169,7 +169,7 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
                 "cuts": list(plan.cuts.values())}
     steps = plan.scope.steps
     overrides.append(f"train.steps={steps}")
-    dense_overrides = overrides + dense_only + [f"train.eval_interval={max(10, steps // 36)}"] + list(dense_set or [])
+    dense_overrides = overrides + dense_only + [f"train.eval_interval={max(10, steps // 36)}"] + dense_set
 
     if not (data_dir / MANIFEST).is_file():
         plan.run("prepare corpus", lambda: prepare(data_dir, corpus=corpus, force=True))
@@ -189,13 +189,11 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
     def train_dense(name: str, n_steps: int) -> None:
         _train_stage(config, dense_overrides + [f"train.steps={n_steps}"], data_dir, out / name)
 
-    bracket = None
-    if not plan.scope.dense:
-        pass  # claim (a) does not fit the budget: no dense baselines (said in the plan)
-    elif n_matched is None:  # the dense model never reached the sparse model's loss: nothing to match
+    bracket = None  # without dense models (claim (a) does not fit the budget, said in the plan) none is matched
+    if plan.scope.dense and n_matched is None:  # the dense model never reached the sparse model's loss: nothing to match
         print(f"the dense model never reached the sparse model's validation loss {sparse_val:.4f}:"
               " no loss-matched dense model", file=sys.stderr)
-    else:
+    elif plan.scope.dense:
         plan.run("train loss-matched dense model", lambda: train_dense("dense_matched", n_matched))
         bracket = plan.run("bracket the sparse loss", lambda: bracket_sparse_loss(
             train_dense, n_matched, val_loss("sparse"), val_loss))
@@ -449,11 +447,11 @@ def collect_summary(out: Path, evolution: dict, sparse_tasks: list[str], candida
             "audit_flagged": flagged.get(task, []),
             "page": str((directory / "circuit.html").relative_to(out)),
         }
-    done = [t for t in candidates if losses["sparse"].get(t) is not None and losses["sparse"][t] <= target_loss]
     models = {m: {"val_loss": val_losses[m], "run_dir": m,
                   "does_at_target": [t for t in candidates if losses[m].get(t) is not None and losses[m][t] <= target_loss],
                   "does_with_margin": [t for t in candidates if does_with_margin(losses[m].get(t), target_loss, margin)]}
               for m in losses}
+    done = models["sparse"]["does_at_target"]
     return {
         "target_loss": target_loss, "margin": margin, "models": models, "dense_matched_steps": n_matched,
         "dense_at_sparse_loss": bracket,

@@ -149,7 +149,8 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
                 continue
             edges[Path(name).stem] = circuit.metrics["n_edges"]
         seconds["prune"] = round(time.perf_counter() - started, 1)
-        row.update({"seconds_by_stage": seconds, "tasks_learned": len(edges), "edges_geomean": geomean(list(edges.values())) if edges else None,
+        row.update({"seconds_by_stage": seconds, "tasks_learned": len(edges),
+                    "edges_geomean": geomean(list(edges.values())) if edges else None,
                     "edges": edges, "flagged": {Path(n).stem: cues for n, cues in flagged.items()}})
         rows.append(row)
     _common_geomean(rows)
