@@ -12,11 +12,13 @@ ordinary Python; none of this text is written into any training corpus.
   a prompt's length says little about it. Which tokens appear is left alone: for the quote, bracket and brace
   tasks that is the mechanism the paper found.
 - `hard`: harder forms of the same contrasts, to test how far a paper circuit generalises: each
-  `<task>_hard` puts the other member's deciding line commented out above its own (or binds two
-  variables, or opens one of two files, or adds a line that evens out how often each candidate name
-  or loop keyword appears), and three of the paper's adversarial checks: an unmatched
-  bracket in a comment, a long list diluting the depth signal, and a string of the other quote kind
-  earlier in the file. `HARD_FORMS` maps each paper task to its hard forms.
+  `<task>_hard` puts both members' deciding lines commented out above the line being written (or binds
+  two variables, or opens one of two files, or adds a line that names both candidates or holds a loop
+  of either kind), and three of the paper's adversarial checks: an unmatched bracket in a comment, a
+  long list diluting the depth signal, and a closed string earlier in the file. Whatever a hard form
+  adds is drawn once for the pair, so the text before the last line is the same for both answers
+  (except `set_or_string_hard`, whose contrast is which variable got which initialisation).
+  `HARD_FORMS` maps each paper task to its hard forms.
 """
 
 from __future__ import annotations
@@ -62,34 +64,39 @@ def _pair(make: Callable[[bool], tuple[str, str, str]]) -> Pair:
     return _record(*make(True)), _record(*make(False))
 
 
-def _commented_twin(head: str, make: Callable[[bool], tuple[str, str, str]]) -> Pair:
-    """Like `_pair` for tasks decided within the last line: each prompt holds both members' last lines,
-    the other member's commented out above its own, so the two prompts hold the same tokens and only
-    which line is code decides (a comment ends at its line; the nearer line is still the one to read).
-    `head` ends with a newline and the indent of the last line, which must be indented, so that a line
-    splits into the same pre-tokens after that indent as after "# "."""
+def _commented_twin(rng: random.Random, head: str, make: Callable[[bool], tuple[str, str, str]]) -> Pair:
+    """Like `_pair` for tasks decided within the last line: both members' last lines, commented out, sit
+    above the line being written in an order drawn once for the pair, so both answers' tokens are in
+    every prompt and only which line is code decides (a comment ends at its line; the nearest line is
+    the one to read). The comments are the same text for both answers: a twin holding only the other
+    member's line would name the answer by its position. `head` ends with a newline and the indent of
+    the last line, which must be indented, so that a line splits into the same pre-tokens after that
+    indent as after "# "."""
     indent = head.rsplit("\n", 1)[1]
+    lines = [make(True)[0], make(False)[0]]
+    rng.shuffle(lines)
+    comments = "".join(f"# {line}\n{indent}" for line in lines)
 
     def build(bit: bool) -> Record:
         line, correct, incorrect = make(bit)
-        return _record(f"{head}# {make(not bit)[0]}\n{indent}{line}", correct, incorrect)
+        return _record(f"{head}{comments}{line}", correct, incorrect)
     return build(True), build(False)
 
 
 def single_double_quote_hard(rng: random.Random) -> Pair:
     func, word = rng.choice(FUNCS), rng.choice(WORDS)
     var = rng.choice(NAMES)
-    return _commented_twin(_function_head(rng, var), lambda single: (
+    return _commented_twin(rng, _function_head(rng, var), lambda single: (
         f"{var} = {func}({chr(39) if single else chr(34)}{word}", "')" if single else '")', '")' if single else "')"))
 
 
 def final_kwarg_hard(rng: random.Random) -> Pair:
-    """Two defs, one keyword argument: in the def being written or in the one above it."""
+    """A def with or without a keyword argument (drawn once for the pair) above the def being written:
+    only the def being written decides."""
     f, g = rng.sample(FUNCS, 2)
     a, b, c, d, e = _names(rng, 5)
-    return _pair(lambda kw: (f"def {f}({a}, {b}{'' if kw else '=None'}):\n    return {a}\n\n"
-                             f"def {g}({c}, {d}{'=None' if kw else ''}, {e}",
-                             "=" if kw else "):", "):" if kw else "="))
+    above = f"def {f}({a}, {b}{rng.choice(['', '=None'])}):\n    return {a}\n\n"
+    return _pair(lambda kw: (f"{above}def {g}({c}, {d}{'=None' if kw else ''}, {e}", "=" if kw else "):", "):" if kw else "="))
 
 
 def _set_or_string_hard(rng: random.Random, var: str) -> Pair:
@@ -126,14 +133,14 @@ def _init_start(rng: random.Random, n_args: tuple[int, int], least_stored: int) 
 
 
 def class_init_hard(rng: random.Random) -> Pair:
-    """Copy the attribute's name when the wrong name is the one just copied on the line above, and the
-    right one was named once more (an `assert`) in between: copying the previous line's name fails."""
+    """Copy the attribute's name when the line above names both candidates (an `assert`, its order
+    drawn once for the pair): copying the previous line's last name is right half the time."""
     start, first, second = _init_start(rng, (4, 4), 0)
+    named = rng.sample([first, second], 2)
 
     def make(pick_first: bool) -> tuple[str, str, str]:
         this, other = (first, second) if pick_first else (second, first)
-        return (f"{start}        self.{other} = {other}\n        assert {this}\n        self.{this} =",
-                f" {this}", f" {other}")
+        return f"{start}        assert {named[0]} is not {named[1]}\n        self.{this} =", f" {this}", f" {other}"
     return _pair(make)
 
 
@@ -141,92 +148,94 @@ def with_as_hard(rng: random.Random) -> Pair:
     var, path = _names(rng, 2)
     head = _function_head(rng, var, path)
     mode = rng.choice(["", ", 'rb'", ", 'w'", ", encoding='utf-8'"])
-    return _commented_twin(head, lambda in_with: (
+    return _commented_twin(rng, head, lambda in_with: (
         f"with open({path}{mode})" if in_with else f"{var} = open({path}{mode})",
         " as" if in_with else "\n", "\n" if in_with else " as"))
 
 
 def bracket_brace_hard(rng: random.Random) -> Pair:
     var, a, b = _names(rng, 3)
-    return _commented_twin(_function_head(rng, var, a, b), lambda is_dict: (
+    return _commented_twin(rng, _function_head(rng, var, a, b), lambda is_dict: (
         f"{var} = {{{a}: 1, {b}" if is_dict else f"{var} = [{a}, {b}", ":" if is_dict else ",", "," if is_dict else ":"))
 
 
 def with_open_hard(rng: random.Random) -> Pair:
-    """Both files are the function's arguments and both are used: the one opened decides."""
+    """Both files are the function's arguments and one of them (drawn once for the pair) is used before
+    the `with`: the one opened decides."""
     reading = rng.choice(["input", "source", "config", "data", "template", "settings"])
     writing = rng.choice(["output", "report", "log", "result", "backup", "export"])
     suffix = rng.choice(["path", "file", "name", "filename"])
     src, dst = f"{reading}_{suffix}", f"{writing}_{suffix}"
     func, check = rng.sample(FUNCS, 2)
     args = [src, dst] if rng.random() < 0.5 else [dst, src]
-    head = f"def {func}({', '.join(args)}):\n    "
-    return _pair(lambda read: (f"{head}{check}({dst if read else src})\n    with open({src if read else dst}, '",
-                               "r" if read else "w", "w" if read else "r"))
+    head = f"def {func}({', '.join(args)}):\n    {check}({rng.choice(args)})\n    "
+    return _pair(lambda read: (f"{head}with open({src if read else dst}, '", "r" if read else "w", "w" if read else "r"))
 
 
 def bracket_counting_hard(rng: random.Random) -> Pair:
     var = rng.choice(NAMES)
     contrast = _bracket_contrast(var, _digits(rng, 1, 2), _digits(rng, 2, 3))  # the items are drawn before the head
-    return _commented_twin(_function_head(rng, var), contrast)
+    return _commented_twin(rng, _function_head(rng, var), contrast)
 
 
 def for_while_hard(rng: random.Random) -> Pair:
-    """A for loop inside a while loop or the other way round: the innermost header decides."""
+    """The loop being written inside a for or a while loop (drawn once for the pair): the innermost
+    header decides."""
     a, b, c, d = _names(rng, 4)
-    head = _function_head(rng, a, b, c, d)
-    return _pair(lambda is_for: (f"{head}while {a} in {b}:\n        for {c}" if is_for else f"{head}for {a} in {b}:\n        while {c}",
-                                 " in" if is_for else ":", ":" if is_for else " in"))
+    head = _function_head(rng, a, b, c, d) + rng.choice([f"for {a} in {b}:", f"while {a} in {b}:"]) + "\n        "
+    return _pair(lambda is_for: (f"{head}{'for' if is_for else 'while'} {c}", " in" if is_for else ":", ":" if is_for else " in"))
 
 
 def else_elif_hard(rng: random.Random) -> Pair:
     var = rng.choice(NAMES)
     value = rng.randint(0, 9)
     head = f"def {rng.choice(FUNCS)}({var}):\n    if {var} > {value}:\n        return {var}\n    "
-    return _commented_twin(head, lambda is_else: (
+    return _commented_twin(rng, head, lambda is_else: (
         "else" if is_else else "elif", ":" if is_else else f" {var}", f" {var}" if is_else else ":"))
 
 
 def fstring_brace_hard(rng: random.Random) -> Pair:
-    """An f-string and a plain string with braces in every prompt: the open one's prefix decides."""
+    """A closed string with braces above, an f-string or not (drawn once for the pair): the open one's
+    prefix decides."""
     first, second, third = rng.sample(PLAIN_WORDS, 3)
     var = rng.choice(NAMES)
-    return _pair(lambda is_f: (f"print({'' if is_f else 'f'}'{third} {{{var}}}')\nprint({'f' if is_f else ''}'{first} {second}",
-                               " {" if is_f else "'", "'" if is_f else " {"))
+    above = f"print({rng.choice(['', 'f'])}'{third} {{{var}}}')\n"
+    return _pair(lambda is_f: (f"{above}print({'f' if is_f else ''}'{first} {second}", " {" if is_f else "'", "'" if is_f else " {"))
 
 
 def if_ternary_hard(rng: random.Random) -> Pair:
     a, b, c = _names(rng, 3)
     head = _function_head(rng, a, b, c)
-    return _commented_twin(head, lambda ternary: (
+    return _commented_twin(rng, head, lambda ternary: (
         f"{a} = {b} if {c}" if ternary else f"if {c}", " else" if ternary else ":", ":" if ternary else " else"))
 
 
 def var_swap_hard(rng: random.Random) -> Pair:
-    """x, y = y, x after a line that uses the other name twice: each name occurs as often in one prompt
-    as in the other, and the name after the last ` =` is the wrong one."""
+    """x, y = y, x after a line that uses one of the two names twice (which one drawn once for the
+    pair): the name repeated above is the answer half the time."""
     x, y = _names(rng, 2)
-    return (_record(f"{y} = {x} + {x}\n{x}, {y} = {y},", f" {x}", f" {y}"),
-            _record(f"{x} = {y} + {y}\n{y}, {x} = {x},", f" {y}", f" {x}"))
+    used, other = rng.sample([x, y], 2)
+    above = f"{other} = {used} + {used}\n"
+    return (_record(f"{above}{x}, {y} = {y},", f" {x}", f" {y}"),
+            _record(f"{above}{y}, {x} = {x},", f" {y}", f" {x}"))
 
 
 def indent_for_hard(rng: random.Random) -> Pair:
-    """The body of a for loop is indented one level deeper than its header: 8 spaces after a header
-    in a function body, 12 after one nested in another loop (what real code writes). Both prompts
-    hold the same lines; only where the loop header sits differs."""
+    """The body of a for loop is indented one level deeper than its header, after a line indented
+    deeper than either header (the same lines for both answers): copying the previous line's indent,
+    or adding a level to it, is wrong for one of the two."""
     var, seq, outer, items, total = _names(rng, 5)
-    head = f"def {rng.choice(FUNCS)}({items}):\n"
-    return _pair(lambda nested: (
-        f"{head}    {total} = 0\n    for {outer} in {items}:\n        for {var} in {seq}:" if nested
-        else f"{head}    for {outer} in {items}:\n        {total} = 0\n    for {var} in {seq}:",
-        "\n" + " " * 11 if nested else "\n" + " " * 7, "\n" + " " * 7 if nested else "\n" + " " * 11))
+    head = (f"def {rng.choice(FUNCS)}({items}):\n    {total} = 0\n    for {outer} in {items}:\n"
+            f"        if {outer}:\n            {total} += 1\n")
+    return _pair(lambda nested: (f"{head}{'        ' if nested else '    '}for {var} in {seq}:",
+                                 "\n" + " " * 11 if nested else "\n" + " " * 7, "\n" + " " * 7 if nested else "\n" + " " * 11))
 
 
 def lambda_func_hard(rng: random.Random) -> Pair:
     """A helper defined inside a function, by a lambda or a def. Names come from one pool, so the last
     token (the lambda's argument or the def's name) says nothing."""
     f, g, x = rng.sample(NAMES + FUNCS, 3)
-    return _commented_twin(_function_head(rng, f, g, x), lambda is_lambda: (
+    return _commented_twin(rng, _function_head(rng, f, g, x), lambda is_lambda: (
         f"{f} = lambda {x}" if is_lambda else f"def {g}", ":" if is_lambda else "(", "(" if is_lambda else ":"))
 
 
@@ -234,16 +243,15 @@ def if_equals_hard(rng: random.Random) -> Pair:
     a, b = _names(rng, 2)
     func = rng.choice(FUNCS)
     head = f"def {func}({a}, {b}):\n    "
-    return _commented_twin(head, lambda in_if: (f"if {a}" if in_if else a, " ==" if in_if else " =", " =" if in_if else " =="))
+    return _commented_twin(rng, head, lambda in_if: (f"if {a}" if in_if else a, " ==" if in_if else " =", " =" if in_if else " =="))
 
 
 def enumerate_range_hard(rng: random.Random) -> Pair:
-    """The second name is a loop variable or was unpacked on the line above."""
+    """A line above unpacks two names or binds one (drawn once for the pair): the loop's own names decide."""
     # " enumerate" is several tokens in small vocabularies; zip is the two-variable loop that stays one.
     i, item, a, b = _names(rng, 4)
-    head = _function_head(rng, i, item, a, b)
-    return _pair(lambda two: (f"{head}{a} = {b}\n    for {i}, {item} in" if two
-                              else f"{head}{a}, {item} = {b}\n    for {i} in",
+    head = _function_head(rng, i, item, a, b) + rng.choice([f"{a}, {item} = {b}", f"{a} = {b}"]) + "\n    "
+    return _pair(lambda two: (f"{head}for {i}, {item} in" if two else f"{head}for {i} in",
                               " zip" if two else " range", " range" if two else " zip"))
 
 
@@ -251,7 +259,7 @@ def var_if_hard(rng: random.Random) -> Pair:
     var = rng.choice(NAMES)
     head = _function_head(rng, var)
     value = rng.choice(["True", "False", "None"])
-    return _commented_twin(head, lambda in_if: (
+    return _commented_twin(rng, head, lambda in_if: (
         f"if {var} == {value}" if in_if else f"{var} = {value}", ":" if in_if else "\n", "\n" if in_if else ":"))
 
 
@@ -259,7 +267,7 @@ def while_return_true_hard(rng: random.Random) -> Pair:
     func = rng.choice(FUNCS)
     var = rng.choice(NAMES)
     head = f"def {func}({var}):\n    "
-    return _commented_twin(head, lambda is_while: (
+    return _commented_twin(rng, head, lambda is_while: (
         "while True" if is_while else "return True", ":" if is_while else "\n", "\n" if is_while else ":"))
 
 
@@ -453,14 +461,12 @@ def bracket_counting_long(rng: random.Random) -> Pair:
 
 
 def single_double_quote_other_quote(rng: random.Random) -> Pair:
-    """A closed string of the other quote kind earlier in the file."""
+    """A closed string earlier in the file, of a quote kind drawn once for the pair: the other kind for
+    one of its prompts. A string always of the other kind would name the answer by its quote."""
     var, other, func, word, earlier = rng.choice(NAMES), rng.choice(NAMES), rng.choice(FUNCS), *rng.sample(PLAIN_WORDS, 2)
-
-    def make(single: bool) -> tuple[str, str, str]:
-        quote, before = (chr(39), chr(34)) if single else (chr(34), chr(39))
-        return (f"{other} = {before}{earlier}{before}\n{var} = {func}({quote}{word}",
-                "')" if single else '")', '")' if single else "')")
-    return _pair(make)
+    before = rng.choice([chr(39), chr(34)])
+    return _pair(lambda single: (f"{other} = {before}{earlier}{before}\n{var} = {func}({chr(39) if single else chr(34)}{word}",
+                                 "')" if single else '")', '")' if single else "')"))
 
 
 PAPER = (single_double_quote, final_kwarg, set_or_string, set_or_string_fixedvarname, class_init, with_as,
@@ -514,29 +520,29 @@ DESCRIPTIONS = {
     "enumerate_range": "zip with two loop variables, range with one",
     "var_if": "':' after if x == True, newline after x = True",
     "while_return_true": "':' after while True, newline after return True",
-    "single_double_quote_hard": "single_double_quote with the other line commented out above",
-    "final_kwarg_hard": "final_kwarg with a keyword argument in the def above or in the one being written",
+    "single_double_quote_hard": "single_double_quote with both lines commented out above",
+    "final_kwarg_hard": "final_kwarg below a def with or without a keyword argument",
     "set_or_string_hard": "two variables, one set() and one \"\": .add vs += for the one in the loop",
     "set_or_string_fixedvarname_hard": "set_or_string_hard with the variable always named current",
-    "class_init_hard": "class_init with the wrong name stored on the line above and the right one asserted",
-    "with_as_hard": "with_as with the other line commented out above",
-    "bracket_brace_hard": "bracket_brace with the other line commented out above",
-    "with_open_hard": "with_open with both files the function's arguments, one used before",
-    "bracket_counting_hard": "bracket_counting with the other line commented out above",
-    "for_while_hard": "for_while inside a loop of the other kind",
-    "else_elif_hard": "else_elif with the other line commented out above",
-    "fstring_brace_hard": "fstring_brace with one string of each kind per prompt",
-    "if_ternary_hard": "if_ternary with the other line commented out above",
-    "var_swap_hard": "var_swap after a line y = x + x (both names equally frequent)",
-    "indent_for_hard": "indent_for with both prompts holding the same lines, only the header's place differing",
-    "lambda_func_hard": "lambda_func with the other line commented out above",
-    "if_equals_hard": "if_equals with the other line commented out above",
-    "enumerate_range_hard": "enumerate_range with the other name unpacked above",
-    "var_if_hard": "var_if with the other line commented out above",
-    "while_return_true_hard": "while_return_true with the other line commented out above",
+    "class_init_hard": "class_init below a line that names both candidates",
+    "with_as_hard": "with_as with both lines commented out above",
+    "bracket_brace_hard": "bracket_brace with both lines commented out above",
+    "with_open_hard": "with_open with both files the function's arguments, either used before",
+    "bracket_counting_hard": "bracket_counting with both lines commented out above",
+    "for_while_hard": "for_while inside a for or a while loop",
+    "else_elif_hard": "else_elif with both lines commented out above",
+    "fstring_brace_hard": "fstring_brace below a closed string with braces, an f-string or not",
+    "if_ternary_hard": "if_ternary with both lines commented out above",
+    "var_swap_hard": "var_swap below a line that uses one of the names twice",
+    "indent_for_hard": "indent_for after a line indented deeper than either header",
+    "lambda_func_hard": "lambda_func with both lines commented out above",
+    "if_equals_hard": "if_equals with both lines commented out above",
+    "enumerate_range_hard": "enumerate_range below a line that unpacks two names or binds one",
+    "var_if_hard": "var_if with both lines commented out above",
+    "while_return_true_hard": "while_return_true with both lines commented out above",
     "bracket_counting_comment": "bracket_counting after an unmatched [ in a comment (paper 3.2.2)",
     "bracket_counting_long": "bracket_counting in a list of 12 to 20 items (a diluted depth signal)",
-    "single_double_quote_other_quote": "single_double_quote after a string of the other quote kind",
+    "single_double_quote_other_quote": "single_double_quote after a closed string of either quote kind",
 }
 
 
