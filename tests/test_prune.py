@@ -266,3 +266,30 @@ def test_attribution_patching_prunes_a_circuit_that_is_validated_like_any_other(
         main(["prune", str(run), "--task", str(task), "--out", str(tmp_path / "b"), "--method", "attribution",
               "--search", "2"])
     assert "drop them with --method attribution" in capsys.readouterr().err
+
+
+def test_batches_grouped_by_prompt_width_give_the_same_logits_with_less_padding(task_run, monkeypatch):
+    from sparsecircuits.tasks import records
+    from sparsecircuits.tasks.records import TokenizedTask
+
+    widths = [5] * 100 + [40] * 10 + [6] * 20
+    task = TokenizedTask("t", "test", [[1] * w for w in widths], torch.zeros(len(widths), dtype=torch.long),
+                         torch.ones(len(widths), dtype=torch.long), 0, 0)
+    groups = task.width_groups()
+    assert sorted(i for g in groups for i in g) == list(range(len(widths)))
+    assert [sorted({widths[i] for i in g}) for g in groups] == [[5, 6], [40]]  # the few wide prompts apart
+    padded = sum(len(g) * max(widths[i] for i in g) for g in groups)
+    assert padded < 0.3 * len(widths) * max(widths)
+    assert task.width_groups([0, 1, 2]) == [[0, 1, 2]] and task.width_groups([]) == []
+
+    run, task_path = task_run
+    from sparsecircuits.rundir import as_run
+
+    model = as_run(run).model()
+    real = load_task(str(task_path), model.tokenizer, "test")
+    real.prompts = [p[-(1 + i % 5) * 3:] or p for i, p in enumerate(real.prompts)]  # widths 3 to 15
+    grouped = pair_logits(model, real)
+    assert len(real.width_groups()) > 1
+    monkeypatch.setattr(records, "MAX_GROUPS", 1)
+    assert len(real.width_groups()) == 1
+    assert torch.allclose(grouped, pair_logits(model, real), atol=1e-5)

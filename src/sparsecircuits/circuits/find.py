@@ -223,9 +223,9 @@ def train_mask(model: SparseGPT, task: TokenizedTask, means: Mapping[str, torch.
     with model.hooks({site: masked for site in model.node_sites}):
         for step in bar:
             indices = torch.randperm(len(task), generator=generator)[:batch_size]
-            tokens, last, correct, incorrect = task.batch(indices)
             gates.update(mask.gates())
-            logits = candidate_logits(model(tokens.to(device), at=last), correct, incorrect)
+            logits = torch.cat([candidate_logits(model(tokens.to(device), at=last), correct, incorrect)
+                                for tokens, last, correct, incorrect in map(task.batch, task.width_groups(indices))])
             loss = task_loss(logits)
             active = mask.active_count(gates)
             (loss + penalty.k * active).backward()

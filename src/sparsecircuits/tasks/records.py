@@ -6,6 +6,8 @@ candidate tokens; the loss is the cross-entropy of the correct one, averaged ove
 
 from __future__ import annotations
 
+import math
+
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -96,6 +98,12 @@ def task_records(name_or_path: str, warn: bool = True) -> tuple[str, dict[str, l
     return path.stem, splits
 
 
+# A pass's fixed cost in padded token positions, and the most groups a batch is split into by width
+# (TokenizedTask.width_groups; measured by benchmarks/prune_time.py).
+GROUP_COST = 256
+MAX_GROUPS = 4
+
+
 @dataclass
 class TokenizedTask:
     """A task's records as token ids, ready for batches. Prompts are right-padded; the loss reads
@@ -112,6 +120,37 @@ class TokenizedTask:
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def width_groups(self, indices: torch.Tensor | list[int] | None = None) -> list[list[int]]:
+        """`indices` (default: all) in groups of similar prompt width, each to be one batch: a batch
+        costs about its rows times its widest prompt, so a batch of prompts 7 to 45 tokens wide spends
+        much of its time on padding. The groups minimise the padded positions plus `GROUP_COST` per
+        group (a pass's fixed cost), at most `MAX_GROUPS` of them."""
+        indices = range(len(self.prompts)) if indices is None else [int(i) for i in indices]
+        by_width: dict[int, list[int]] = {}
+        for i in indices:
+            by_width.setdefault(len(self.prompts[i]), []).append(i)
+        widths = sorted(by_width)
+        counts = [len(by_width[w]) for w in widths]
+        # best[g][j]: the least cost of the first j widths in g groups, and where its last group starts
+        best = [[(0.0, 0)] + [(math.inf, 0)] * len(widths)]
+        for g in range(1, MAX_GROUPS + 1):
+            row = [(math.inf, 0)] * (len(widths) + 1)
+            for j in range(1, len(widths) + 1):
+                rows = 0
+                for i in range(j, 0, -1):  # the last group holds widths i-1 .. j-1
+                    rows += counts[i - 1]
+                    cost = best[g - 1][i - 1][0] + rows * widths[j - 1] + GROUP_COST
+                    if cost < row[j][0]:
+                        row[j] = (cost, i - 1)
+            best.append(row)
+        g = min(range(1, MAX_GROUPS + 1), key=lambda g: best[g][len(widths)][0]) if widths else 0
+        groups, j = [], len(widths)
+        while g > 0:
+            i = best[g][j][1]
+            groups.append([k for w in widths[i:j] for k in by_width[w]])
+            g, j = g - 1, i
+        return groups[::-1]
 
     def batch(self, indices: torch.Tensor | list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tokens (B, L), last positions (B,), correct ids (B,), incorrect ids (B,))."""
@@ -228,12 +267,15 @@ def task_accuracy(pair_logits: torch.Tensor) -> float:
 def pair_logits(model, task: TokenizedTask, hooks: Mapping | None = None, batch_size: int = 256) -> torch.Tensor:
     """(N, 2) candidate logits of every record, under optional hooks."""
     device = next(model.parameters()).device
-    out = []
+    out, order = [], []
     with model.hooks(hooks or {}):
-        for start in range(0, len(task), batch_size):
-            tokens, last, correct, incorrect = task.batch(range(start, min(start + batch_size, len(task))))
-            out.append(candidate_logits(model(tokens.to(device), at=last), correct, incorrect))
-    return torch.cat(out)
+        for group in task.width_groups():
+            for start in range(0, len(group), batch_size):
+                rows = group[start:start + batch_size]
+                tokens, last, correct, incorrect = task.batch(rows)
+                out.append(candidate_logits(model(tokens.to(device), at=last), correct, incorrect))
+                order += rows
+    return torch.cat(out)[torch.tensor(order).argsort()]
 
 
 def evaluate_task(model, task: TokenizedTask) -> dict[str, float]:
