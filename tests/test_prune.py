@@ -293,3 +293,20 @@ def test_batches_grouped_by_prompt_width_give_the_same_logits_with_less_padding(
     monkeypatch.setattr(records, "MAX_GROUPS", 1)
     assert len(real.width_groups()) == 1
     assert torch.allclose(grouped, pair_logits(model, real), atol=1e-5)
+
+
+def test_prune_with_edges_keeps_both_circuits_and_the_edge_circuit_within_the_node_circuit(task_run, tmp_path, capsys):
+    run, task = task_run
+    out = tmp_path / "edges"
+    main(["prune", str(run), "--task", str(task), "--out", str(out), "--steps", "40", "--target-loss", "0.6", "--edges"])
+    printed = capsys.readouterr().out
+    circuit = Circuit.load(out)
+    node, edge = circuit.data, circuit.data["edge_circuit"]
+    key = lambda e: (e["src"]["site"], e["src"]["index"], e["dst"]["site"], e["dst"]["index"])
+    weights = lambda c: {key(e) for e in c["edges"] if e["kind"] == "weight"}
+    assert weights(edge) <= weights(node) and edge["metrics"]["n_edges"] == len(weights(edge))
+    assert edge["metrics"]["weight_edges_before"] == node["metrics"]["n_edges"]
+    assert {(n["site"], n["index"]) for n in edge["nodes"]} <= {(n["site"], n["index"]) for n in node["nodes"]}
+    assert edge["metrics"]["loss_choose"] <= 0.6 or not edge["metrics"]["reached"]
+    assert f"edge circuit: {edge['metrics']['n_nodes']} nodes, {edge['metrics']['n_edges']} weight edges" in printed
+    assert circuit.data["settings"]["edges"] is True

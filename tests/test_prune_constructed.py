@@ -180,3 +180,44 @@ def test_attribution_ranks_the_task_path_above_the_meaningless_one(wired):
     kept = node_set(found["keep"])
     assert found["reached"] and TASK_NODES <= kept and not kept & (NONSENSE_NODES - TASK_NODES)
     assert "attribution" in found["seconds"] and found["active_after_training"] is None
+
+
+def test_edge_pruning_removes_a_weight_between_needed_nodes_that_node_pruning_must_keep(wired):
+    """A weight from the "k" neuron to the wrong answer's channel (post_act 0 -> resid_delta 2) joins two
+    nodes the task needs: node pruning keeps it, edge pruning removes it and keeps the four task weights."""
+    from sparsecircuits.circuits.edges import find_edge_circuit
+    from sparsecircuits.circuits.graph import circuit_edges
+
+    _, _, splits, zeros = wired
+    model = wired_model()
+    with torch.no_grad():
+        model.blocks[0].proj.weight[2, 0] = 0.5
+    settings = PruneSettings(target_loss=0.15, steps=150, calibration_steps=4, ablation="zero")
+    found = find_circuit(model, splits, zeros, settings, show_progress=False)
+    assert node_set(found["keep"]) == TASK_NODES
+    weight = lambda edges: {(e["src"]["site"], e["src"]["index"], e["dst"]["site"], e["dst"]["index"])
+                            for e in edges if e["kind"] == "weight"}
+    extra = ("0.mlp.post_act", 0, "0.mlp.resid_delta", 2)
+    assert extra in weight(circuit_edges(model, found["keep"]))
+    edge = find_edge_circuit(model, splits, zeros, found["keep"], settings, show_progress=False)
+    assert edge["reached"] and edge["loss_choose"] <= settings.goal and edge["loss"] <= settings.target_loss
+    assert weight(edge["edges"]) == {("0.mlp.act_in", 0, "0.mlp.post_act", 0), ("0.mlp.act_in", 0, "0.mlp.post_act", 1),
+                                     ("0.mlp.post_act", 0, "0.mlp.resid_delta", 1),
+                                     ("0.mlp.post_act", 1, "0.mlp.resid_delta", 2)}, edge["edges"]
+    assert node_set(edge["keep"]) == TASK_NODES
+    assert torch.equal(model.blocks[0].proj.weight[2, 0], torch.tensor(0.5))  # the weights are restored
+
+
+def test_nodes_on_no_path_from_input_to_answer_are_removed_with_their_edges(wired):
+    from sparsecircuits.circuits.edges import EdgeSet, on_paths
+
+    model = wired_model()
+    keep = {site: torch.zeros(width, dtype=torch.bool) for site, width in model.node_sites.items()}
+    for site, i in TASK_NODES | {("0.mlp.act_in", 3), ("0.mlp.post_act", 2)}:
+        keep[site][i] = True
+    edge_set = EdgeSet(model, keep)
+    extra = {("0.mlp.act_in", 3), ("0.mlp.post_act", 2)}
+    assert node_set(on_paths(model, keep, edge_set, edge_set.candidates)) == TASK_NODES | extra
+    kept = {name: c.clone() for name, c in edge_set.candidates.items()}
+    kept["blocks.0.proj"][1, 2] = False  # the length neuron's only kept output removed: it reaches no answer
+    assert node_set(on_paths(model, keep, edge_set, kept)) == TASK_NODES  # and the input that fed only it goes too

@@ -47,10 +47,11 @@ CHECKPOINT_STATE = {"step": COUNT, "param_groups": [OBJECT], "optimizer_scalars"
 KEPT_MODEL = {"step": COUNT, "val_loss": NUMBER, "l0_fraction": NUMBER, "weights_sha256": STRING,
               "config_hash": STRING, "run_id": STRING_OR_NULL}
 NODE = {"site": STRING, "index": COUNT}
+EDGE = {"src": NODE, "dst": NODE, "kind": STRING, "weight": NUMBER}
 CIRCUIT = {"task": STRING, "task_source": STRING, "target_loss": NUMBER, "ablation": STRING,
            "model": {"run_dir": STRING, "weights_sha256": STRING, "step": Optional(COUNT)},
-           "nodes": [NODE], "edges": [{"src": NODE, "dst": NODE, "kind": STRING, "weight": NUMBER}], "metrics": OBJECT,
-           "settings": OBJECT}
+           "nodes": [NODE], "edges": [EDGE], "metrics": OBJECT, "settings": OBJECT,
+           "edge_circuit": Optional({"nodes": [NODE], "edges": [EDGE], "metrics": OBJECT})}
 # The authors' GPTConfig: its optional widths (the required sizes and every key's name are checked on import).
 _WIDTH = Optional(Kind("a whole number >= 1 or null", lambda v: v is None or (_int(v) and v >= 1)))
 OPENAI_CONFIG = {"d_head": _WIDTH, "d_mlp": _WIDTH, "n_mlp": _WIDTH}

@@ -108,10 +108,14 @@ class PruneSettings:
     # "mask": rank nodes by a learned mask; "attribution": by attribution patching, the first-order
     # estimate of how much ablating each node raises the loss (one forward and backward per batch)
     method: str = "mask"
+    # after the nodes, prune the weight edges between them (circuits/edges.py) and keep both circuits
+    edges: bool = False
 
     def validate(self) -> None:
         if self.method not in ("mask", "attribution"):
             raise SparseCircuitsError(f"--method must be 'mask' or 'attribution', not '{self.method}'")
+        if self.edges and self.method != "mask":
+            raise SparseCircuitsError("--edges learns a mask over the circuit's edges: use it with --method mask")
         if self.penalty not in ("adaptive", "fixed"):
             raise SparseCircuitsError(f"penalty must be 'adaptive' or 'fixed', not '{self.penalty}'")
         if not 0 <= self.choose_margin < 1:
@@ -205,44 +209,60 @@ def train_mask(model: SparseGPT, task: TokenizedTask, means: Mapping[str, torch.
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(settings.seed)
     mask = NodeMask(model.node_sites, settings.init_mean, settings.init_std, settings.temperature, generator).to(device)
-    optimizer = torch.optim.AdamW(mask.parameters(), lr=settings.lr, betas=(0.9, settings.beta2),
-                                  weight_decay=settings.weight_decay)
-    warmup = max(1, round(settings.warmup_fraction * settings.steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (settings.steps - step) / max(1, settings.steps - warmup))))
-    model.requires_grad_(False)
     gates: dict[str, torch.Tensor] = {}
 
     def masked(x: torch.Tensor, site: str) -> torch.Tensor:
         gate = gates[site]
         return x * gate + means[site] * (1 - gate)
 
+    def final_logits(tokens: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        return model(tokens, at=last)
+
+    def active() -> torch.Tensor:
+        gates.update(mask.gates())
+        return mask.active_count(gates)
+
+    with model.hooks({site: masked for site in model.node_sites}):
+        learn_mask(model, task, mask, active, final_logits, settings, generator, show_progress)
+    return mask
+
+
+def learn_mask(model: SparseGPT, task: TokenizedTask, mask: torch.nn.Module, active: Callable[[], torch.Tensor],
+               final_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], settings: PruneSettings,
+               generator: torch.Generator, show_progress: bool) -> None:
+    """The mask training loop shared by nodes and edges: each step `active()` sets the gates from τ and
+    returns how many are on, `final_logits(tokens, last)` runs the model under them; the loss is the task
+    loss plus k times the active count, with the adaptive k, AdamW, RMS clip and τ clamped to [-1, 1]."""
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW(mask.parameters(), lr=settings.lr, betas=(0.9, settings.beta2),
+                                  weight_decay=settings.weight_decay)
+    warmup = max(1, round(settings.warmup_fraction * settings.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (settings.steps - step) / max(1, settings.steps - warmup))))
+    model.requires_grad_(False)
     penalty = AdaptivePenalty(settings)
     batch_size = min(len(task), 2 * settings.batch_pairs)
     bar = tqdm(range(settings.steps), desc=f"mask {task.name}", unit="step", disable=not show_progress, file=sys.stderr)
-    with model.hooks({site: masked for site in model.node_sites}):
-        for step in bar:
-            indices = torch.randperm(len(task), generator=generator)[:batch_size]
-            gates.update(mask.gates())
-            logits = torch.cat([candidate_logits(model(tokens.to(device), at=last), correct, incorrect)
-                                for tokens, last, correct, incorrect in map(task.batch, task.width_groups(indices))])
-            loss = task_loss(logits)
-            active = mask.active_count(gates)
-            (loss + penalty.k * active).backward()
-            params = list(mask.parameters())
-            rms = torch.sqrt(sum(p.grad.pow(2).sum() for p in params) / sum(p.numel() for p in params))
-            if rms > 1.0:  # RMS gradient clip
-                for p in params:
-                    p.grad.div_(rms)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            mask.clamp_()
-            penalty.update(loss.item(), settling=step >= (1 - penalty.SETTLE_FRACTION) * settings.steps)
-            if step % 10 == 0 or step == settings.steps - 1:
-                bar.set_postfix(task_loss=f"{loss.item():.3f}", active=int(active.item()), k=f"{penalty.k:.1e}")
+    for step in bar:
+        indices = torch.randperm(len(task), generator=generator)[:batch_size]
+        n_active = active()
+        logits = torch.cat([candidate_logits(final_logits(tokens.to(device), last), correct, incorrect)
+                            for tokens, last, correct, incorrect in map(task.batch, task.width_groups(indices))])
+        loss = task_loss(logits)
+        (loss + penalty.k * n_active).backward()
+        params = list(mask.parameters())
+        rms = torch.sqrt(sum(p.grad.pow(2).sum() for p in params) / sum(p.numel() for p in params))
+        if rms > 1.0:  # RMS gradient clip
+            for p in params:
+                p.grad.div_(rms)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        mask.clamp_()
+        penalty.update(loss.item(), settling=step >= (1 - penalty.SETTLE_FRACTION) * settings.steps)
+        if step % 10 == 0 or step == settings.steps - 1:
+            bar.set_postfix(task_loss=f"{loss.item():.3f}", active=int(n_active.item()), k=f"{penalty.k:.1e}")
     mask.k_final = penalty.k
-    return mask
 
 
 def attribution_scores(model: SparseGPT, task: TokenizedTask, means: Mapping[str, torch.Tensor],

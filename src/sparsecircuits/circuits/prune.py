@@ -18,7 +18,8 @@ from ..tasks.records import TaskSplits, task_accuracy, task_loss, task_loss_inte
 from .circuit import CIRCUIT_ENTRIES, CIRCUIT_FILE, Circuit, records_sha256, nodes_of
 from .find import (TARGET_LOSS, CircuitEvaluator, PruneSettings, find_circuit, full_model_loss, require_reachable,
                    settings_dict)
-from .graph import circuit_edges, edge_counts, weight_edge_count
+from .edges import find_edge_circuit
+from .graph import HEADLINE_KIND, circuit_edges, edge_counts, weight_edge_count
 from .search import search_settings
 from .workbench import Workbench
 
@@ -134,8 +135,24 @@ def _prune(bench: Workbench, task: str, out: Path, settings: PruneSettings, sear
                               "csr_layers": len(csr_layers), "seconds": round(time.perf_counter() - start, 1),
                               "seconds_by_stage": {"load_and_means": round(means_seconds, 1), **found["seconds"]}})
     record["search_trials"] = search_trials
+    if settings.edges:  # the node circuit fixed, with dense kernels: edge masks change the weights
+        record["edge_circuit"] = edge_circuit_record(model, splits, means, keep, settings, show_progress)
     write_circuit_dir(out, record, found["scores"])
     return Circuit.load(out)
+
+
+def edge_circuit_record(model: SparseGPT, splits: TaskSplits, means: Mapping[str, torch.Tensor],
+                        keep: Mapping[str, torch.Tensor], settings: PruneSettings, show_progress: bool) -> dict:
+    """circuit.json's `edge_circuit`: the nodes and weight edges edge pruning keeps (with the residual,
+    q-k and embedding links of those nodes), its losses on the choose and test records (uncalibrated,
+    as the node circuit's `loss_circuit`) and its sizes."""
+    found = find_edge_circuit(model, splits, means, keep, settings, show_progress)
+    edges = found["edges"] + [e for e in circuit_edges(model, found["keep"]) if e["kind"] != HEADLINE_KIND]
+    return {"nodes": nodes_of(found["keep"]), "edges": edges,
+            "metrics": {"n_nodes": int(sum(k.sum() for k in found["keep"].values())), "n_edges": len(found["edges"]),
+                        "n_edges_by_kind": edge_counts(edges), "weight_edges_before": found["candidates"],
+                        "loss_circuit": found["loss"], "loss_choose": found["loss_choose"], "reached": found["reached"],
+                        "nodes_dropped": found["dropped_nodes"], "seconds": found["seconds"]}}
 
 
 def stored_task_source(task: str, out: Path) -> str:

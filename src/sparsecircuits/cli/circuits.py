@@ -17,7 +17,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     fixed = {} if args.k_coef is None else {"penalty": "fixed", "k_coef": args.k_coef}
     settings = PruneSettings(target_loss=args.target_loss, ablation=args.ablation, steps=args.steps, lr=args.lr,
                              seed=args.seed, choose_margin=args.choose_margin, csr_max_density=args.csr_max_density,
-                             method=args.method, **fixed)
+                             method=args.method, edges=args.edges, **fixed)
     if args.method == "attribution" and (args.search or args.k_coef is not None):
         raise SparseCircuitsError("--search and --k-coef tune the learned mask: drop them with --method attribution")
     circuit = prune(args.run_dir, resolve_task(args.task, args.suite), args.out, settings, search_trials=args.search,
@@ -26,6 +26,11 @@ def cmd_prune(args: argparse.Namespace) -> None:
     print(f"{circuit.task}: {m['n_nodes']} nodes, {m['n_edges']} weight edges; task loss: full model {m['loss_full_model']:.4f},"
           f" circuit {m['loss_circuit']:.4f}, circuit ablated {m['loss_circuit_ablated']:.4f},"
           f" random same size {m['loss_random_same_size']:.4f}; wrote {args.out}/circuit.json ({m['seconds']:.0f} s)")
+    if "edge_circuit" in circuit.data:
+        e = circuit.data["edge_circuit"]["metrics"]
+        print(f"edge circuit: {e['n_nodes']} nodes, {e['n_edges']} weight edges (of {e['weight_edges_before']});"
+              f" task loss {e['loss_circuit']:.4f} (test), {e['loss_choose']:.4f} (choose)"
+              + ("" if e["reached"] else "; no edge count met the target"))
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -97,6 +102,10 @@ def register_prune(sub) -> None:
                         " node raises the task loss, one forward and backward per batch, no training; the node count"
                         " is chosen the same way")
     p.add_argument("--search", type=NON_NEGATIVE, default=0, metavar="N", help="run N Optuna trials over the pruning hyperparameters")
+    p.add_argument("--edges", action="store_true",
+                   help="after the nodes, learn a mask over the weight edges between them (a removed edge carries its"
+                        " source node's mean) to the same target with the fewest edges, drop the nodes left on no path"
+                        " from input to answer, and keep both circuits in circuit.json")
     p.add_argument("--steps", type=POSITIVE, default=prune_default("steps"), help="mask training steps")
     p.add_argument("--k-coef", type=real(0, 1e3), metavar="K",
                    help="a fixed penalty per active node (default: a penalty that adapts until the mask just meets the"
