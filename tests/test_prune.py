@@ -310,3 +310,14 @@ def test_prune_with_edges_keeps_both_circuits_and_the_edge_circuit_within_the_no
     assert edge["metrics"]["loss_choose"] <= 0.6 or not edge["metrics"]["reached"]
     assert f"edge circuit: {edge['metrics']['n_nodes']} nodes, {edge['metrics']['n_edges']} weight edges" in printed
     assert circuit.data["settings"]["edges"] is True
+
+
+def test_cleanup_writes_its_checks_beside_the_circuit_and_names_droppable_nodes(circuit_dir, capsys):
+    main(["cleanup", str(circuit_dir)])
+    printed = capsys.readouterr().out
+    result = json.loads((circuit_dir / "cleanup.json").read_text())
+    circuit = Circuit.load(circuit_dir)
+    assert len(result["nodes"]) == len(circuit.nodes) and abs(result["loss_circuit"] - circuit.metrics["loss_circuit"]) < 1e-4
+    assert {n["site"] + str(n["index"]) for n in result["droppable"]} == {
+        n["site"] + str(n["index"]) for n in result["nodes"] if n["cost_dropped"] < result["drop_threshold"]}
+    assert "nodes whose removal costs less than" in printed and "wrote" in printed

@@ -221,3 +221,34 @@ def test_nodes_on_no_path_from_input_to_answer_are_removed_with_their_edges(wire
     kept = {name: c.clone() for name, c in edge_set.candidates.items()}
     kept["blocks.0.proj"][1, 2] = False  # the length neuron's only kept output removed: it reaches no answer
     assert node_set(on_paths(model, keep, edge_set, kept)) == TASK_NODES  # and the input that fed only it goes too
+
+
+def test_a_two_level_step_splits_values_where_the_squared_error_is_least():
+    from sparsecircuits.circuits.cleanup import two_level_step
+
+    threshold, low, high = two_level_step(torch.tensor([0.0, 0.0, 1.0, 1.0, 5.0, 5.0]))
+    assert 1.0 < threshold < 5.0 and abs(low - 0.5) < 1e-9 and abs(high - 5.0) < 1e-9
+    assert two_level_step(torch.tensor([2.0, 2.0]))[1:] == (2.0, 2.0)
+
+
+def test_cleanup_finds_the_constant_query_the_binary_nodes_and_the_node_the_circuit_does_without(wired):
+    from sparsecircuits.circuits.cleanup import DROP_THRESHOLD, cleanup_checks, format_cleanup
+
+    _, _, splits, zeros = wired
+    model = wired_model()
+    with torch.no_grad():  # head 0 of the one layer: a query fixed by its bias, a key that reads the task channel
+        model.blocks[0].q_proj.bias[0] = 1.0
+        model.blocks[0].k_proj.weight[0, 0] = 1.0
+    keep = {site: torch.zeros(width, dtype=torch.bool) for site, width in model.node_sites.items()}
+    for site, i in TASK_NODES | {("0.attn.q", 0), ("0.attn.k", 0), ("0.mlp.act_in", 3)}:
+        keep[site][i] = True
+    result = cleanup_checks(model, splits, zeros, keep, show_progress=False)
+    assert [(h["layer"], h["head"]) for h in result["heads"]] == [(0, 0)]
+    assert abs(result["heads"][0]["cost_constant_q"]) < 1e-6  # constant by construction
+    costs = {(n["site"], n["index"]): n for n in result["nodes"]}
+    assert costs[("0.mlp.act_in", 3)]["cost_dropped"] < DROP_THRESHOLD  # read by no kept neuron
+    assert all(costs[node]["cost_dropped"] > DROP_THRESHOLD for node in TASK_NODES)
+    assert ("0.mlp.act_in", 3) in {(n["site"], n["index"]) for n in result["droppable"]}
+    # the task channel takes three values (-k, 0 for fillers, +k): a step costs little, dropping it much
+    assert abs(costs[("0.mlp.act_in", 0)]["cost_binarised"]) < 0.01 < costs[("0.mlp.act_in", 0)]["cost_dropped"]
+    assert "query constant +0.00000" in format_cleanup(result)

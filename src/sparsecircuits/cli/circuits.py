@@ -1,4 +1,4 @@
-"""`sparsecircuits` subcommands. Circuits: prune, validate, view, explain, label."""
+"""`sparsecircuits` subcommands. Circuits: prune, validate, cleanup, view, explain, label."""
 
 from __future__ import annotations
 
@@ -40,6 +40,13 @@ def cmd_validate(args: argparse.Namespace) -> None:
     print(format_validation(result))
     if not result["evidence"]:
         sys.exit(EXIT_VALIDATION_FAILED)
+
+
+def cmd_cleanup(args: argparse.Namespace) -> None:
+    from ..circuits.cleanup import cleanup, format_cleanup
+
+    print(format_cleanup(cleanup(args.circuit_dir, args.run_dir, task=args.task)))
+    print(f"wrote {args.circuit_dir}/cleanup.json")
 
 
 def cmd_view(args: argparse.Namespace) -> None:
@@ -133,6 +140,18 @@ def register_validate(sub) -> None:
     p.set_defaults(func=cmd_validate)
 
 
+def register_cleanup(sub) -> None:
+    p = sub.add_parser("cleanup", help="what a circuit does without: constant queries and keys, binary nodes, droppable nodes",
+                       description="Each check changes one thing in the circuit and reports its cost in task loss on the"
+                                   " test records: each head's query (then key) replaced by its mean over the task's"
+                                   " training records, each node replaced by a two-level step fitted on them, each node"
+                                   " dropped alone. Writes CIRCUIT_DIR/cleanup.json and prints a summary.")
+    p.add_argument("circuit_dir", metavar="CIRCUIT_DIR")
+    p.add_argument("--run-dir", metavar="RUN_DIR", help="the model's run directory, if it moved")
+    p.add_argument("--task", metavar="FILE", help="the circuit's task file, if it moved (the same records)")
+    p.set_defaults(func=cmd_cleanup)
+
+
 def register_view(sub) -> None:
     p = sub.add_parser("view", help="write a circuit's interactive HTML page and Markdown summary",
                        description="One self-contained HTML file (works offline) and circuit.md beside it.")
@@ -190,5 +209,5 @@ def register_label(sub) -> None:
 
 
 # each top-level command and the function that adds it to the parser
-COMMANDS = {"prune": register_prune, "validate": register_validate, "view": register_view, "evolve": register_evolve,
-            "explain": register_explain, "label": register_label}
+COMMANDS = {"prune": register_prune, "validate": register_validate, "cleanup": register_cleanup, "view": register_view,
+            "evolve": register_evolve, "explain": register_explain, "label": register_label}
