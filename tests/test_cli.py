@@ -1,6 +1,7 @@
 """Every bad input gives one line saying what is wrong, exit status 2, and no half-written output."""
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -165,3 +166,52 @@ def test_ctrl_c_in_a_resumable_command_exits_130_with_a_message_not_a_traceback(
         main(["sweep", "--grid", "cpu-frontier", "--out", str(tmp_path / "grid"), "--data", str(data_dir)])
     assert info.value.code == 130
     assert "run the same command again to continue" in capsys.readouterr().err
+
+
+def _help_text(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_texts_say_what_the_commands_do(capsys):
+    """No literal '%%'; --no-control names both controls; sweep lists every built-in grid; bridge names its demo;
+    steer's --node auto is described as steer picks it."""
+    from sparsecircuits.cli import ORDER
+    from sparsecircuits.config import builtin_grids
+
+    for argv in [[c] for c in ORDER] + [["tasks", "audit"], ["tasks", "list"], ["bridge", "demo"], ["bridge", "train"]]:
+        assert "%%" not in _help_text(capsys, argv), argv
+    assert "both pruning controls" in _help_text(capsys, ["validate"])
+    sweep_help = re.sub(r"-\n\s+", "-", _help_text(capsys, ["sweep"]))  # argparse wraps after a hyphen
+    assert "cpu-frontier" in builtin_grids() and all(g in sweep_help for g in builtin_grids())
+    assert "demo" in _help_text(capsys, ["bridge"])
+    assert "moves the sparse model's own log-odds" in " ".join(_help_text(capsys, ["steer"]).split())
+
+
+def test_version_and_a_closed_pipe_and_a_fast_start(capsys):
+    from sparsecircuits import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"sparsecircuits {__version__}"
+    command = [sys.executable, "-m", "sparsecircuits"]
+    reader_gone = subprocess.Popen([*command, "configs", "tiny"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader_gone.stdout.close()  # `configs tiny | head`: the reader leaves before the first write
+    assert reader_gone.wait(timeout=60) == 0 and reader_gone.stderr.read() == b""
+    # listing tasks and --help load no torch (they took 19 s and 2 s)
+    for argv in (["--help"], ["tasks", "list"]):
+        code = ("import sys, runpy; sys.argv = ['sparsecircuits', *%r]\ntry:\n    runpy.run_module('sparsecircuits', run_name='__main__')\n"
+                "except SystemExit:\n    pass\nprint('torch' in sys.modules, file=sys.stderr)") % (argv,)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert done.stderr.strip().splitlines()[-1] == "False", (argv, done.stderr)
+
+
+def test_every_command_is_a_function_at_the_package_root():
+    import sparsecircuits
+
+    for name in ("prepare", "train", "prune", "validate", "cleanup", "view", "label", "explain", "evolve", "compare",
+                 "sweep", "demo", "Run", "SparseGPT", "Circuit", "PruneSettings"):
+        assert callable(getattr(sparsecircuits, name)), name
+        assert name in sparsecircuits.__all__ and name in dir(sparsecircuits)

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from sparsecircuits.circuits import Circuit, validate
+from sparsecircuits.circuits import Circuit
+from sparsecircuits.circuits.validate import validate
 from sparsecircuits.circuits.validate import format_validation
 from sparsecircuits.circuits.graph import circuit_edges
 from sparsecircuits.cli import main

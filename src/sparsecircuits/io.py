@@ -20,13 +20,13 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    import torch
 
 from .errors import SparseCircuitsError
 
@@ -283,6 +283,9 @@ def atomic_write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors import SafetensorError  # torch and safetensors load with the first tensor, not with the CLI
+    from safetensors.torch import save_file
+
     path = Path(path)
     clean_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
@@ -299,6 +302,9 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     if not Path(path).is_file():
         raise SparseCircuitsError(f"{path} not found")
     try:

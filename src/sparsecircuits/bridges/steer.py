@@ -260,7 +260,8 @@ def plot(result: dict, path: Path) -> None:
 def run_steer(run: Run | str | Path, node: str, task: str, strengths=None, split: str = "test",
               circuit: str | Path | None = None, out: str | Path | None = None, seed: int = 0,
               limit: int | None = None, correct: str | None = None) -> dict:
-    """`node` "auto": the circuit's sublayer-input node that differs most between twins (`pick_node`)."""
+    """`node` "auto": the circuit's sublayer-input node that, patched to its twin's value, moves the sparse
+    model's own log-odds furthest toward the twin's answer (`pick_node`)."""
     from ..circuits.circuit import Circuit
 
     run = as_run(run)

@@ -1,7 +1,16 @@
-from .circuit import Circuit
-from .find import PruneSettings
-from .validate import validate
+"""Circuits: pruning, validation, clean-up checks, labels. `Circuit` and `PruneSettings` load on first
+use (the CLI's argument defaults read `settings` without torch); the functions are in their modules
+(`circuits.prune.prune`, `circuits.validate.validate`) and at the package root (`sparsecircuits.validate`)."""
 
-# `prune` (the function) is `sparsecircuits.prune` or `sparsecircuits.circuits.prune.prune`:
-# bound here, its name would hide the module `circuits.prune`.
-__all__ = ["Circuit", "PruneSettings", "validate"]
+import importlib
+
+_LAZY = {"Circuit": "circuit", "PruneSettings": "settings"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'sparsecircuits.circuits' has no attribute '{name}'")
+
+
+__all__ = ["Circuit", "PruneSettings"]

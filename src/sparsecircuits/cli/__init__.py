@@ -4,8 +4,10 @@ beside their handlers; `args` holds what they share."""
 
 from __future__ import annotations
 
+import os
 import sys
 
+from .. import __version__
 from ..errors import SparseCircuitsError
 from ..io import disk_error
 from . import bridges, circuits, experiments, interop, tasks, training
@@ -23,6 +25,7 @@ ORDER = ["prepare", "train", "bridge", "steer", "eval", "sample", "tasks", "prun
 def build_parser() -> Parser:
     parser = Parser(prog="sparsecircuits", description=(
         "Train weight-sparse transformers and find the circuits behind their predictions."))
+    parser.add_argument("--version", action="version", version=f"sparsecircuits {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in ORDER:
         COMMANDS[name](sub)
@@ -36,6 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     except SparseCircuitsError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except BrokenPipeError:  # `sparsecircuits configs tiny | head`: the reader left; nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        sys.exit(0)
     except OSError as err:  # a disk that filled up, a file that vanished: say which, without a traceback
         if err.filename:
             message = str(disk_error(err, err.filename, writing=False))

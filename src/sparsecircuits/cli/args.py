@@ -76,7 +76,7 @@ def force_argument(parser: argparse.ArgumentParser, folder: str, command: str) -
 
 
 def prune_default(name: str):
-    from ..circuits.prune import PruneSettings
+    from ..circuits.settings import PruneSettings
 
     return getattr(PruneSettings(), name)
 

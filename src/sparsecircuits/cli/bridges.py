@@ -98,12 +98,13 @@ def register_steer(sub) -> None:
                        description="For each task record and its twin, add the sparse node's counterfactual change,"
                                    " carried through the bridge, to the dense model's read at that site, and report the"
                                    " dense model's log-odds (correct - incorrect) against strength, beside a random"
-                                   " direction of the same norm and a random node outside the circuit, with 95%% bootstrap"
+                                   " direction of the same norm and a random node outside the circuit, with 95% bootstrap"
                                    " intervals. Writes steer.json and steer.png.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run made by `bridge train`")
     p.add_argument("--node", required=True, metavar="SITE:INDEX",
                    help="a sublayer input node, e.g. 1.attn.act_in:12, or 'auto': the --circuit's sublayer-input node"
-                        " whose value differs most between twins (on the choose split)")
+                        " that, patched alone to its twin's value, moves the sparse model's own log-odds furthest toward"
+                        " the twin's answer (on the choose split)")
     p.add_argument("--task", required=True, metavar="NAME_OR_FILE", help="a built-in task or a JSONL file of twin records")
     p.add_argument("--strengths", type=_strengths, metavar="S,S,...",
                    help="strengths in [0, 1], rising from 0 (default 0,0.1,...,1)")

@@ -135,7 +135,8 @@ def register_validate(sub) -> None:
                                    " evidence (sufficient, necessary, every control passed); 1: it is not; 2: bad input.")
     p.add_argument("circuit_dir", metavar="CIRCUIT_DIR")
     p.add_argument("--run-dir", metavar="RUN_DIR", help="the model's run directory, if it moved")
-    p.add_argument("--no-control", action="store_true", help="skip the shuffled-label pruning control")
+    p.add_argument("--no-control", action="store_true",
+                   help="skip both pruning controls (the masks trained on shuffled labels and on a nonsense rule)")
     p.add_argument("--task", metavar="FILE", help="the circuit's task file, if it moved (the same records)")
     p.set_defaults(func=cmd_validate)
 

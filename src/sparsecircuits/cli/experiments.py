@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import builtin_grids
 from ..experiments.budget import DEMO_MINUTES
 from ..experiments.claim import CLAIM_SEEDS, CLAIM_TARGETS
 from .args import POSITIVE, TASK_LOSS, real, targets, suite_argument, prune_default
@@ -58,7 +59,7 @@ def register_demo(sub) -> None:
     p.add_argument("--out", default="demo", metavar="DIR", help="output directory (default ./demo)")
     p.add_argument("--minutes", type=real(0, 1e6, low_open=True), default=DEMO_MINUTES,
                    help="wall-time budget of the whole run on this machine: a plan shares it among the stages (training"
-                        " keeps the config's steps while they fit 50%% of it) and cuts, aloud, what does not fit"
+                        " keeps the config's steps while they fit half of it) and cuts, aloud, what does not fit"
                         f" (default {DEMO_MINUTES:g}: every stage on 2 CPU cores, claim (a) cut to what fits)")
     p.add_argument("--plan", action="store_true", help="time this machine, print the plan for --minutes and stop")
     p.add_argument("--tasks", default="auto", help="'auto' or 'all' (every task of --suite), or a comma list")
@@ -97,7 +98,7 @@ def register_compare(sub) -> None:
 def register_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="train a grid of models, prune their tasks, plot the capability-interpretability frontier",
                        description="Finished runs and circuits under DIR are reused, so a sweep can be stopped and continued.")
-    p.add_argument("--grid", required=True, metavar="GRID", help="a grid TOML file, or a built-in grid: cpu-overnight, gpu")
+    p.add_argument("--grid", required=True, metavar="GRID", help="a grid TOML file, or a built-in grid: " + ", ".join(builtin_grids()))
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--data", metavar="DATA_DIR", help="prepared data (default: the default corpus, prepared and cached)")
     p.set_defaults(func=cmd_sweep)

@@ -12,11 +12,11 @@ from .args import NON_NEGATIVE, suite_argument, EXIT_VALIDATION_FAILED
 
 def cmd_tasks_list(args: argparse.Namespace) -> None:
     from ..tasks import DESCRIPTIONS, suite_tasks
-    from ..tasks.audit import audit_task
+    from ..tasks.builtin import FLAGGED
 
     for name in suite_tasks(args.suite):
         description = DESCRIPTIONS[name]
-        flagged = audit_task(name)["flagged"]
+        flagged = FLAGGED.get(name, [])
         print(f"{name:28s} {description}" + (f"  [FLAGGED by `tasks audit`: {', '.join(flagged)}]" if flagged else ""))
 
 
@@ -73,10 +73,10 @@ def register_tasks(sub) -> None:
     p = tasks_sub.add_parser("audit", help="does a degenerate cue (last token, length, a token at a fixed position, bigram"
                                            " table) answer a task, and what simple mechanism does?",
                              description="Held-out accuracy of predictors fitted on each task's train records. Degenerate "
-                                         "cues flag a task: the prompt's last token or its length (above 70%%), a token at "
+                                         "cues flag a task: the prompt's last token or its length (above 70%), a token at "
                                          "one of the first or last four positions of the text before the last line, or two "
-                                         "adjacent ones (above 60%%, the position named), and with --run-dir the run's "
-                                         "bigram table (above 70%%). Likely mechanisms are reported: a bag of the prompt's "
+                                         "adjacent ones (above 60%, the position named), and with --run-dir the run's "
+                                         "bigram table (above 70%). Likely mechanisms are reported: a bag of the prompt's "
                                          "tokens, a bag of its last line's tokens, its last two tokens. Exits 1 when a task "
                                          "is flagged.")
     p.add_argument("tasks", nargs="*", metavar="TASK", help="built-in tasks or JSONL files (default: every task of --suite)")

@@ -20,8 +20,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import torch
-
 from ..config import Config
 from ..io import atomic_write_text
 
@@ -63,6 +61,8 @@ class Rates:
 def time_steps(config: Config, steps: int = 2) -> tuple[float, float]:
     """(seconds per training step, seconds per mask step) of `config`'s model at its final weight
     sparsity, each the mean of `steps` after one warm-up step."""
+    import torch
+
     from ..circuits.find import PruneSettings, train_mask
     from ..model.gpt import SparseGPT
     from ..model.sparse_kernels import sparse_weight_kernels

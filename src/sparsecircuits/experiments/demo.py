@@ -136,7 +136,7 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
          claim_targets: tuple[float, ...] = CLAIM_TARGETS, claim_seeds: int = CLAIM_SEEDS, plan_only: bool = False) -> dict:
     """`minutes` bounds the whole run (experiments/budget.py); `dense_set`: overrides for every dense
     model, after the shared ones (another width, more steps); `plan_only`: print the plan and return it."""
-    from ..circuits import validate
+    from ..circuits.validate import validate
     from ..circuits.prune import prune_or_reuse
     from ..viewer import view
 
@@ -327,7 +327,7 @@ def claim_a(benches: dict[str, Workbench], losses: dict, flagged: dict, targets:
     does best), each (model, task) pruned with `seeds` seeds, the smallest circuit meeting the target
     on the choose records kept and validated as the main circuits are (reported beside it; the test
     records never decide which tasks count)."""
-    from ..circuits import validate
+    from ..circuits.validate import validate
     from ..circuits.prune import prune_or_reuse
 
     def seed_circuits(model: str, task: str, target: float) -> list[dict]:

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ..circuits.prune import TARGET_LOSS, PruneSettings
-from ..config import _read_toml, load_config
+from ..config import GRID_DIR, _read_toml, builtin_grids, load_config
 from ..errors import SparseCircuitsError
 from ..data.dataset import TokenData
 from ..io import atomic_write_csv, atomic_write_text, output_folder
@@ -46,7 +46,6 @@ from ..plots import pyplot, save
 
 GRID_KEYS = {"d_model": "model.d_model", "l0_fraction": "sparsity.l0_fraction", "keep_fraction": "model.keep_fraction",
              "l0_nonzeros": "sparsity.l0_fraction"}
-GRID_DIR = Path(__file__).parent.parent / "configs" / "grids"
 
 
 def read_grid(name_or_path: str) -> dict:
@@ -54,7 +53,7 @@ def read_grid(name_or_path: str) -> dict:
     if not path.is_file() and (GRID_DIR / f"{name_or_path}.toml").is_file():
         path = GRID_DIR / f"{name_or_path}.toml"
     if not path.is_file():
-        builtin = ", ".join(sorted(p.stem for p in GRID_DIR.glob("*.toml")))
+        builtin = ", ".join(builtin_grids())
         raise SparseCircuitsError(f"grid not found: {name_or_path} (give a TOML file or one of {builtin})")
     grid = _read_toml(str(path))
     unknown = set(grid) - {"config", "set", "target_loss", "tasks", "grid"}

@@ -15,9 +15,8 @@ import warnings
 import torch
 from torch import nn
 
-# Measured with `python benchmarks/sparse_kernels.py`: at or below this fraction of nonzero weights,
-# CSR forward + input gradient beat dense for most shapes of the small and reference configs.
-CSR_MAX_DENSITY = 1 / 32
+from ..config import CSR_MAX_DENSITY
+
 
 
 class _CSRMatmul(torch.autograd.Function):
