@@ -181,3 +181,52 @@ def test_view_bad_input(capsys, tmp_path, circuit_dir):
     with pytest.raises(SystemExit):
         main(["view", str(moved)])
     assert "is not there any more" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed: `apt-get install chromium` (Debian) to run the browser test")
+def test_a_sixty_node_circuit_fits_the_page_with_whole_labels_and_a_toggle_to_its_edge_circuit(circuit_dir, tmp_path):
+    """1400x900, 60 nodes: no sideways scroll, only sites with nodes get a column, every label whole in its
+    node's tooltip, integers printed as integers, and the edge circuit one click away."""
+    import torch
+
+    from sparsecircuits.circuits.circuit import Circuit, nodes_of
+    from sparsecircuits.circuits.graph import circuit_edges, edge_counts, weight_edge_count
+
+    big = tmp_path / "big"
+    shutil.copytree(circuit_dir, big)
+    data = json.loads((big / "circuit.json").read_text())
+    model = Circuit.load(circuit_dir).load_model()
+    keep = {site: torch.zeros(width, dtype=torch.bool) for site, width in model.node_sites.items()}
+    sites = [s for s in keep if not s.endswith(("attn.q", "attn.k"))]  # q and k left out: their columns must go
+    for i in range(60):
+        keep[sites[i % len(sites)]][i // len(sites)] = True
+    edges = circuit_edges(model, keep)
+    data.update(nodes=nodes_of(keep), edges=edges)
+    data["metrics"].update(n_nodes=60, n_edges=weight_edge_count(edges), n_edges_by_kind=edge_counts(edges))
+    few = nodes_of(keep)[:7]
+    data["edge_circuit"] = {"nodes": few, "edges": [], "metrics": {"n_nodes": 7, "n_edges": 0}}
+    (big / "circuit.json").write_text(json.dumps(data))
+    for name in ("validation.json", "labels.json", "circuit.html", "circuit.md"):
+        (big / name).unlink(missing_ok=True)
+    page = view(big, show_progress=False)
+    page_data = circuit_page_data(big, show_progress=False)
+    labelled = {name: n["labels"][0]["concept"] for name, n in page_data["labels"].items() if n["labels"]}
+    errors = []
+    with browser_page(errors) as browser:
+        browser.goto(page.as_uri())
+        assert browser.locator("circle.node").count() == 60
+        assert browser.evaluate("document.documentElement.scrollWidth") <= 1400
+        wrap = browser.locator("#graph-wrap")
+        assert wrap.evaluate("e => e.scrollWidth <= e.clientWidth"), "the graph scrolls sideways"
+        columns = browser.locator("text.column-label").evaluate_all("els => els.map(e => e.textContent)")
+        assert not any(c.endswith((".q", ".k")) for c in columns), columns
+        for name, concept in labelled.items():
+            title = browser.locator(f"circle.node[data-node='{name}'] title").text_content()
+            assert concept in title, (name, title)
+        assert "60 nodes" in browser.locator("#summary").inner_text()
+        assert "60.0000" not in browser.locator("#tables").inner_text()  # n_nodes: an integer
+        assert "| n_nodes | 60 |" in page.with_suffix(".md").read_text()
+        browser.locator("#circuit-toggle").click()
+        browser.wait_for_function("document.querySelectorAll('circle.node').length === 7")
+        assert "edge circuit: 7 nodes" in browser.locator("#summary").inner_text()
+    assert errors == []

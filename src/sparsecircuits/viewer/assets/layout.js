@@ -6,7 +6,7 @@ const CircuitLayout = (() => {
   const KINDS = ["attn.act_in", "attn.q", "attn.k", "attn.v", "attn.resid_delta", "mlp.act_in", "mlp.post_act", "mlp.resid_delta"];
   const RESIDUAL_KINDS = new Set(["attn.act_in", "attn.resid_delta", "mlp.act_in", "mlp.resid_delta"]);
   const TERMINALS = new Set(["embed", "position", "unembed"]);
-  const ROW = 18, COL = 74, TOP = 46, LEFT = 60;
+  const ROW = 18, COL = 64, TOP = 46, LEFT = 60;
 
   const el = (tag, attrs, parent, ns) => {
     const node = ns ? document.createElementNS(SVG, tag) : document.createElement(tag);
@@ -29,7 +29,8 @@ const CircuitLayout = (() => {
     const layers = [...new Set(nodes.map((n) => layerOf(n.site)))].sort((a, b) => a - b);
     const hasPositions = edges.some((e) => e.src.site === "position");
     const columns = hasPositions ? ["embed", "position"] : ["embed"];
-    for (const layer of layers) for (const kind of KINDS) columns.push(`${layer}.${kind}`);
+    const used = new Set(nodes.map((n) => n.site));  // a site with no kept node gets no column
+    for (const layer of layers) for (const kind of KINDS) if (used.has(`${layer}.${kind}`)) columns.push(`${layer}.${kind}`);
     columns.push("unembed");
     const colX = new Map(columns.map((c, i) => [c, LEFT + i * COL]));
     const lanes = new Set();

@@ -3,7 +3,12 @@
 (function () {
   const data = JSON.parse(document.getElementById("circuit-data").textContent);
   const { KINDS, TERMINALS, el, nodeName, kindOf, layerOf } = CircuitLayout;
-  const fmt = (x, digits = 4) => (typeof x === "number" ? x.toFixed(digits) : String(x));
+  const fmt = (x, digits = 4) => (typeof x !== "number" ? String(x) : Number.isInteger(x) ? String(x) : x.toFixed(digits));
+  // `#edges` shows the edge circuit (prune --edges) in place of the node circuit; the toggle reloads
+  const edgeCircuit = data.circuit.edge_circuit;
+  const showEdges = location.hash === "#edges" && Boolean(edgeCircuit);
+  if (showEdges) { data.nodes = edgeCircuit.nodes; data.edges = edgeCircuit.edges; }
+  window.addEventListener("hashchange", () => location.reload());
   const L = CircuitLayout.layout(data.nodes, data.edges, data.d_model);
   const { layers, position, terminalPos, posOf } = L;
   const svg = document.getElementById("graph");
@@ -49,8 +54,9 @@
     }, svg, true);
     const label = bestLabel(name);
     el("title", { text: label ? `${name}: ${label}` : name }, circle, true);
-    if (label && data.nodes.length <= 300) {
-      el("text", { class: "node-label", x: p.x + 8, y: p.y + 3, text: label.split(" ")[0].slice(0, 14) }, svg, true);
+    if (label && data.nodes.length <= 300) {  // the whole label is the node's tooltip
+      const concept = label.split(" ")[0];
+      el("text", { class: "node-label", x: p.x + 8, y: p.y + 3, text: concept.length > 16 ? concept.slice(0, 15) + "…" : concept }, svg, true);
     }
     circle.addEventListener("click", () => select(name));
     circle.addEventListener("focus", () => select(name));
@@ -74,7 +80,14 @@
     }
   };
   addFilter("layers", "layer", layers);
-  addFilter("sites", "kind", KINDS);
+  addFilter("sites", "kind", KINDS.filter((k) => data.nodes.some((n) => kindOf(n.site) === k)));
+  if (edgeCircuit) {
+    const em = edgeCircuit.metrics, toggle = el("fieldset", {}, filters);
+    el("legend", { text: "circuit" }, toggle);
+    el("a", { id: "circuit-toggle", href: showEdges ? "#" : "#edges",
+      text: showEdges ? `show the node circuit (${data.circuit.metrics.n_nodes} nodes, ${data.circuit.metrics.n_edges} weight edges)`
+        : `show the edge circuit (${em.n_nodes} nodes, ${em.n_edges} weight edges)` }, toggle);
+  }
   function applyFilters() {
     const visible = new Set();
     for (const [name, circle] of nodeElements) {
@@ -189,12 +202,12 @@
       }
     }
   }
-  const m = data.circuit.metrics;
+  const m = showEdges ? { ...data.circuit.metrics, ...edgeCircuit.metrics } : data.circuit.metrics;
   // the headline counts weight edges, as the paper does; the other kinds are listed beside it
   const byKind = m.n_edges_by_kind || {};
   const otherKinds = Object.entries(byKind).filter(([k, n]) => k !== "weight" && n > 0).map(([k, n]) => `${n} ${k}`);
   const allEdges = Object.values(byKind).reduce((a, b) => a + b, 0) || m.n_edges;
-  document.getElementById("summary").textContent =
+  document.getElementById("summary").textContent = (showEdges ? "edge circuit: " : "") +
     `${m.n_nodes} nodes, ${m.n_edges} weight edges` + (otherKinds.length ? ` (besides: ${otherKinds.join(", ")})` : "") +
     `; task loss ${fmt(m.loss_full_model)} (full model), ` +
     `${fmt(m.loss_circuit)} (circuit), ${fmt(m.loss_circuit_ablated)} (circuit ablated); target ${data.circuit.target_loss}, ` +
