@@ -33,7 +33,7 @@ CLAIM_SHARE = 0.3  # of the time after training, at least, left to evolution and
 TRAIN_OVERHEAD = 0.9
 MATCHED_FRACTION = 0.65  # dense_matched's steps, of the dense run's (0.58 and 0.66 over three training seeds)
 BRACKET_FRACTION = 1.4  # the bracketing schedules' steps together, of the dense run's (1.2 and 1.4)
-PROBE_TOKENS = 40  # the probe's prompts; a mask step costs about in proportion to the batch's widest prompt
+PROBE_TOKENS = 40  # the probe's prompts; a mask step costs about in proportion to the positions its batches pad to
 # a prune over its mask steps at the probe's rate for its task's prompt width: a real mask step costs
 # 1.47x the probe's (measured, quote task, 7 tokens) and the node-count search and metrics 14% more
 PRUNE_OVERHEAD = 1.7
@@ -136,8 +136,8 @@ class Scope:
     candidates: int
     models: int  # models whose tasks are scored
     dense: bool = True  # the dense baselines are trained (only claim (a) needs them)
-    task_tokens: list[int] = field(default_factory=list)  # the widest prompt of each task, once counted
-    claim_tokens: list[int] = field(default_factory=list)  # the same for claim (a)'s tasks
+    task_tokens: list[float] = field(default_factory=list)  # each task's padded width (TokenizedTask.padded_width), once counted
+    claim_tokens: list[float] = field(default_factory=list)  # the same for claim (a)'s tasks
 
 
 def prune_seconds(rates: Rates, mask_steps: int, dense: bool = False, tokens: float = PROBE_TOKENS) -> float:

@@ -224,7 +224,7 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
         baselines = {"dense_at_sparse_loss": bracket["models"], **baselines}
     dense_models = sorted({m for baseline in baselines.values() for m in baseline})
 
-    width = lambda t: max(map(len, benches["sparse"].splits(t).train.prompts))  # a mask step's cost goes with it
+    width = lambda t: benches["sparse"].splits(t).train.padded_width()  # a mask step's cost goes with it
     # when the budget cuts the circuits, those of the shortest prompts are drawn: the most circuits it buys
     cheapest = sorted(sparse_tasks, key=width)
 

@@ -152,6 +152,12 @@ class TokenizedTask:
             g, j = g - 1, i
         return groups[::-1]
 
+    def padded_width(self) -> float:
+        """Positions a pass over these records computes per record, batches grouped by width: what a
+        mask step costs in proportion to."""
+        groups = self.width_groups()
+        return sum(len(g) * max(len(self.prompts[i]) for i in g) for g in groups) / max(1, len(self.prompts))
+
     def batch(self, indices: torch.Tensor | list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tokens (B, L), last positions (B,), correct ids (B,), incorrect ids (B,))."""
         if indices is None:
