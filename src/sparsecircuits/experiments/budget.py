@@ -43,8 +43,8 @@ ATTRIBUTION_FRACTION = 0.1  # an attribution-patching circuit, of a prune
 LABEL_SECONDS, VIEW_SECONDS = 3.0, 1.0  # per circuit (the default demo labelled six in 19.5 s)
 GUESSED_TASKS = 6  # tasks the sparse model does, before they are counted (the default config's)
 GUESSED_CLAIM_TASKS = 4
-GUESSED_TOKENS = 24  # their widest prompts, before they are counted (the default config's six: 7 to 46)
-GUESSED_CLAIM_TOKENS = 10  # claim (a)'s, the tasks every model does: short prompts (7 to 10 in the default demo)
+GUESSED_TOKENS = 20  # their padded widths, before they are counted (the default config's seven: 6 to 31)
+GUESSED_CLAIM_TOKENS = 8  # claim (a)'s, the tasks every model does: short prompts (6 to 9 in the default demo)
 REPORT_SECONDS = 10.0
 PREPARE_SECONDS = 30.0  # the default corpus's preparation
 
@@ -141,7 +141,7 @@ class Scope:
 
 
 def prune_seconds(rates: Rates, mask_steps: int, dense: bool = False, tokens: float = PROBE_TOKENS) -> float:
-    """One prune of a task whose widest prompt is `tokens` long."""
+    """One prune of a task whose padded width (`TokenizedTask.padded_width`) is `tokens`."""
     return mask_steps * (rates.mask_step_dense if dense else rates.mask_step_sparse) * PRUNE_OVERHEAD * tokens / PROBE_TOKENS
 
 
