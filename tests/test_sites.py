@@ -51,3 +51,43 @@ def test_nnsight_traces_and_intervenes_at_a_site_with_the_same_numbers(model):
     torch.testing.assert_close(seen, cache["1.mlp.post_act"], rtol=0, atol=0)
     with model.hooks({"0.attn.v": lambda x, site: x * 0}):
         torch.testing.assert_close(patched, model(tokens), rtol=0, atol=0)
+
+
+def test_transformerlens_habits_text_in_and_out(task_run):
+    """to_tokens/to_string round trips (str, list, 1-d, 2-d), to_str_tokens, model("text") with each
+    return_type, generate on text, run_with_hooks against model.hooks, names_filter, and a bad hook's message."""
+    import pytest
+    import torch
+
+    from sparsecircuits.model.gpt import SparseGPT
+
+    run, _ = task_run
+    model = SparseGPT.from_pretrained(run)
+    text = "def f(x):\n    return x"
+    tokens = model.to_tokens(text)
+    assert tokens.shape[0] == 1 and model.to_string(tokens[0]) == text and model.to_string(tokens) == [text]
+    pair = model.to_tokens([text, "x = 1"])
+    assert pair.shape[0] == 2 and model.to_string(pair)[0] == text
+    assert "".join(model.to_str_tokens(text)) == text and len(model.to_str_tokens(text)) == tokens.shape[1]
+    assert model.to_tokens(text, prepend_eot=True).shape[1] == tokens.shape[1] + 1
+    logits = model(text)
+    assert torch.equal(logits, model(tokens)) and torch.equal(logits, model(tokens[0]))
+    loss = model(text, return_type="loss")
+    both_logits, both_loss = model(text, return_type="both")
+    assert torch.equal(both_logits, logits) and float(loss) == float(both_loss) > 0
+    assert abs(float(loss) - float(model.loss(tokens[:, :-1], tokens[:, 1:]))) < 1e-5
+    out = model.generate(text, max_new_tokens=3, temperature=0)
+    assert isinstance(out, str) and out.startswith(text)
+
+    zero = lambda x, site: x * 0
+    with model.hooks({"0.mlp.post_act": zero}):
+        expected = model(tokens)
+    assert torch.equal(model.run_with_hooks(tokens, fwd_hooks=[("0.mlp.post_act", zero)]), expected)
+    by_predicate = model.run_with_hooks(tokens, fwd_hooks=[(lambda name: name == "0.mlp.post_act", zero)])
+    assert torch.equal(by_predicate, expected)
+    _, cache = model.run_with_cache(text, names_filter=lambda name: name.endswith("attn.q"))
+    assert set(cache) == {s for s in model.site_names if s.endswith("attn.q")}
+    with pytest.raises(TypeError, match=r"at site '0.attn.q' returned .*shape"):
+        model.run_with_hooks(tokens, fwd_hooks=[("0.attn.q", lambda x, site: x.shape)])
+    with pytest.raises(TypeError, match=r"at site '0.attn.q' returned a tensor of shape \(3,\)"):
+        model.run_with_hooks(tokens, fwd_hooks=[("0.attn.q", lambda x, site: torch.zeros(3))])

@@ -262,16 +262,45 @@ class SparseGPT(nn.Module):
         return self.hook_points.site_names
 
     def hooks(self, hooks: Mapping[str, Hook | list[Hook]]):
-        """Context manager: run the model with these hooks at these sites."""
+        """Context manager: run the model with these hooks at these sites.
+
+        The hook contract: `fn(x, site)` gets the activation `x` at the site (after the site's AbsTopK)
+        and the site's name; returning None leaves `x` as it is (recording), returning a tensor of `x`'s
+        shape puts it in `x`'s place (patching, ablation). Anything else is an error naming the site."""
         return self.hook_points.active(hooks)
 
-    def run_with_cache(self, tokens: torch.Tensor, sites: Iterable[str] | None = None, detach: bool = True,
-                       backward: Callable[[torch.Tensor], torch.Tensor] | None = None, at: torch.Tensor | None = None):
-        """Logits and a dict of the activations at `sites` (default: every site). With `backward`, a
-        function of the logits that returns a scalar (a loss, a logit difference), also the gradient
-        of that scalar with respect to each site's activation, through every later path (TransformerLens's
-        backward hooks): (logits, cache, grads). The weights' own gradients are left untouched."""
-        names = list(sites if sites is not None else self.site_names)
+    def _names(self, names_filter) -> list[str]:
+        """Site names from a name, a list of names, or a predicate on names (TransformerLens's names_filter)."""
+        if names_filter is None:
+            return list(self.site_names)
+        if isinstance(names_filter, str):
+            names_filter = [names_filter]
+        if callable(names_filter):
+            return [site for site in self.site_names if names_filter(site)]
+        return list(names_filter)
+
+    def run_with_hooks(self, tokens, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], Hook]] = (),
+                       return_type: str = "logits"):
+        """`model(tokens, return_type=...)` with `fwd_hooks`, a list of (site name or a predicate on site
+        names, hook) as in TransformerLens; each hook follows `hooks`' contract (`fn(x, site)`)."""
+        hooks: dict[str, list[Hook]] = {}
+        for names, fn in fwd_hooks:
+            for site in self._names(names):
+                hooks.setdefault(site, []).append(fn)
+        with self.hooks(hooks):
+            return self(tokens, return_type=return_type)
+
+    def run_with_cache(self, tokens, sites: Iterable[str] | None = None, detach: bool = True,
+                       backward: Callable[[torch.Tensor], torch.Tensor] | None = None, at: torch.Tensor | None = None,
+                       names_filter=None):
+        """Logits and a dict of the activations at `sites` (default: every site; or `names_filter`, a
+        name, a list or a predicate on names, as in TransformerLens). `tokens`: ids or text. With
+        `backward`, a function of the logits that returns a scalar (a loss, a logit difference), also
+        the gradient of that scalar with respect to each site's activation, through every later path
+        (TransformerLens's backward hooks): (logits, cache, grads). The weights' own gradients are left
+        untouched."""
+        tokens = self._as_tokens(tokens)
+        names = list(sites) if sites is not None else self._names(names_filter)
         cache: dict[str, torch.Tensor] = {}
         if backward is None:
             recorder = record_into(cache, detach)
@@ -299,10 +328,12 @@ class SparseGPT(nn.Module):
         return [(site, part) for block in self.blocks
                 for site, part in ((f"{block.layer}.resid_in", block.attention), (f"{block.layer}.resid_mid", block.feed_forward))]
 
-    def forward(self, tokens: torch.Tensor, at: torch.Tensor | None = None, start: str | None = None,
-                residual: torch.Tensor | None = None, stop: str | None = None) -> torch.Tensor:
+    def forward(self, tokens, at: torch.Tensor | None = None, start: str | None = None,
+                residual: torch.Tensor | None = None, stop: str | None = None, return_type: str = "logits"):
         """Logits (B, T, vocab); with `at` (B,) positions, only the logits there, (B, vocab): tasks
-        read one position per prompt, and the unembedding is the largest matmul.
+        read one position per prompt, and the unembedding is the largest matmul. `tokens`: ids (B, T)
+        or (T,), or text (a string or a list of strings, through `to_tokens`). `return_type`: "logits",
+        "loss" (the mean next-token cross-entropy over the sequence) or "both" (logits, loss).
 
         Part of the pass: `start` (a residual site such as "1.resid_mid") begins there with `residual`
         in place of the stream the earlier parts would have made; `stop` returns the residual arriving
@@ -310,6 +341,13 @@ class SparseGPT(nn.Module):
         up to `stop` (its own excluded), so a pass stopped at a site and one started there with what it
         returned fire every hook once and compose to the whole pass.
         `tokens` are still needed: positions come from their length, the bigram table from them."""
+        if return_type not in ("logits", "loss", "both"):
+            raise ValueError(f"return_type must be 'logits', 'loss' or 'both', not {return_type!r}")
+        tokens = self._as_tokens(tokens)
+        if return_type != "logits":
+            logits = self(tokens, at=at, start=start, residual=residual, stop=stop)
+            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+            return loss if return_type == "loss" else (logits, loss)
         T = tokens.shape[1]
         if T > self.config.ctx_len:
             raise ValueError(f"sequence of {T} tokens is longer than the model's context ({self.config.ctx_len})")
@@ -352,12 +390,19 @@ class SparseGPT(nn.Module):
         return logits
 
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of `targets` (B, T) under the logits of `tokens` (B, T): the training loss."""
         logits = self(tokens)
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
 
     @torch.no_grad()
-    def generate(self, tokens: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(self, tokens, max_new_tokens: int = 10, temperature: float = 1.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None):
+        """Continue `tokens` (ids (B, T) or (T,), or text) by `max_new_tokens` sampled tokens (greedy at
+        temperature 0; `top_k` keeps the k likeliest). Returns the ids with their continuation, or the
+        text with its continuation when given text."""
+        if isinstance(tokens, str):
+            return self.to_string(self.generate(self.to_tokens(tokens), max_new_tokens, temperature, top_k, generator)[0])
+        tokens = self._as_tokens(tokens)
         for _ in range(max_new_tokens):
             logits = self(tokens[:, -self.config.ctx_len :])[:, -1].float()
             if temperature <= 0:
@@ -377,15 +422,47 @@ class SparseGPT(nn.Module):
             raise SparseCircuitsError("this model has no tokenizer: load it from a run (`SparseGPT.from_pretrained(RUN_DIR)`)")
         return self.tokenizer
 
-    def to_tokens(self, text: str) -> torch.Tensor:
-        """`text` as a (1, n) tensor of token ids on the model's device."""
-        ids = self._require_tokenizer().encode(text).ids
-        return torch.tensor([ids], dtype=torch.long, device=self.wte.weight.device)
+    def to_tokens(self, text: str | list[str], prepend_eot: bool = False) -> torch.Tensor:
+        """Text as token ids on the model's device: a string as (1, n), a list of strings as (B, n), the
+        shorter right-padded with the end-of-text token. Nothing is prepended unless `prepend_eot`
+        (the corpus separates documents with it; TransformerLens's prepend_bos)."""
+        tokenizer = self._require_tokenizer()
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError("to_tokens takes a string or a non-empty list of strings")
+        eot = tokenizer.token_to_id("<|endoftext|>")
+        lists = [([eot] if prepend_eot and eot is not None else []) + tokenizer.encode(t).ids for t in texts]
+        width = max(map(len, lists))
+        pad = eot if eot is not None else 0
+        return torch.tensor([ids + [pad] * (width - len(ids)) for ids in lists], dtype=torch.long,
+                            device=self.wte.weight.device)
 
-    def to_string(self, tokens: torch.Tensor | Iterable[int]) -> str:
-        """Token ids (a 1-d tensor or a list) as text."""
+    def to_string(self, tokens: torch.Tensor | Iterable[int] | Iterable[Iterable[int]]) -> str | list[str]:
+        """Token ids as text: a 1-d tensor or list of ids as one string, a 2-d tensor or a list of lists
+        as one string per row."""
         ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
-        return self._require_tokenizer().decode(ids, skip_special_tokens=False)
+        if ids and isinstance(ids[0], (list, tuple)) or (isinstance(tokens, torch.Tensor) and tokens.dim() == 2):
+            return [self.to_string(row) for row in ids]
+        return self._require_tokenizer().decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def to_str_tokens(self, tokens, prepend_eot: bool = False) -> list[str]:
+        """Each token of `tokens` (text, or the ids of one sequence) as its own string."""
+        if isinstance(tokens, str):
+            tokens = self.to_tokens(tokens, prepend_eot)
+        ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
+        if ids and isinstance(ids[0], list):
+            if len(ids) != 1:
+                raise ValueError("to_str_tokens takes one sequence: give one row")
+            ids = ids[0]
+        return [self.to_string([i]) for i in ids]
+
+    def _as_tokens(self, tokens) -> torch.Tensor:
+        """Ids (B, T) from ids (B, T) or (T,) or text."""
+        if isinstance(tokens, str) or (isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str)):
+            return self.to_tokens(tokens)
+        if isinstance(tokens, torch.Tensor) and tokens.dim() == 1:
+            return tokens[None]
+        return tokens
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -43,6 +43,10 @@ class SiteHooks:
         for fn in self._hooks.get(site, ()):
             out = fn(x, site)
             if out is not None:
+                if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+                    what = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else repr(out)[:80]
+                    raise TypeError(f"the hook {getattr(fn, '__name__', fn)!s} at site '{site}' returned {what}: a hook returns"
+                                    f" None (to leave the activation) or a tensor of its shape {tuple(x.shape)}")
                 x = out
         return x
 
