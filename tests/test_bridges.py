@@ -250,3 +250,17 @@ def test_bridge_demo_second_task_is_one_the_sparse_model_can_be_pruned_on():
     assert choose_second_task(losses, "first", 0.04) is None
     # a task whose pairs do not tokenise to one length cannot be steered: the next best is taken
     assert choose_second_task(losses, "first", 0.15, steerable=lambda task: task != "b") == "a"
+
+
+def test_steer_headline_gives_a_ratio_and_a_shape_only_for_an_effect_whose_interval_excludes_zero():
+    from sparsecircuits.bridges.steer import steer_headline
+
+    curve = lambda shift, interval: {"mean_shift": [0.0, shift], "shift_interval": [(0.0, 0.0), interval]}
+    result = {"task": "t", "records": 10, "node": "0.attn.act_in:1", "strengths": [0, 1], "control_node": "0.attn.act_in:2",
+              "curves": {"node": curve(0.0003, (-0.0002, 0.0009)), "random_direction": curve(0.00004, (-0.001, 0.001)),
+                         "random_node": curve(0.0, (0, 0)), "sparse_model": curve(0.1, (0.05, 0.15))},
+              "shift_ratio_to_random_direction": 8.1, "monotonic": True, "effect": False}
+    null = steer_headline(result)
+    assert "no effect" in null and "ratio" not in null and "monotonic" not in null
+    result.update(effect=True)
+    assert "ratio to the random direction 8.1; monotonic" in steer_headline(result)

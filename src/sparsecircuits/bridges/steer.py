@@ -194,7 +194,24 @@ def steer_task(sparse: SparseGPT, dense: SparseGPT, bridges: Bridges, node: tupl
     result["shift_ratio_to_random_direction"] = abs(node_shift) / max(abs(control_shift), 1e-12)
     steps = np.diff(result["curves"]["node"]["mean_shift"])
     result["monotonic"] = bool(np.all(steps <= 0) or np.all(steps >= 0))
+    low, high = result["curves"]["node"]["shift_interval"][-1]
+    result["effect"] = bool(low > 0 or high < 0)  # the interval at full strength excludes zero
     return result
+
+
+def steer_headline(result: dict) -> str:
+    """One line: the shift with its interval and the controls; a ratio to the random direction and the
+    curve's shape only for an effect whose interval excludes zero (of no effect, both mean nothing)."""
+    curve, control = result["curves"]["node"], result["curves"]["random_direction"]
+    low, high = curve["shift_interval"][-1]
+    verdict = (f"ratio to the random direction {result['shift_ratio_to_random_direction']:.1f};"
+               f" {'monotonic' if result['monotonic'] else 'not monotonic'}" if result["effect"]
+               else "no effect: the interval holds zero")
+    return (f"{result['task']}: {result['records']} prompts; steering {result['node']} at strength {result['strengths'][-1]:g}"
+            f" moves the dense model's log-odds by {curve['mean_shift'][-1]:+.3f} [{low:+.3f}, {high:+.3f}];"
+            f" random direction {control['mean_shift'][-1]:+.3f}, random node {result['control_node']}"
+            f" {result['curves']['random_node']['mean_shift'][-1]:+.3f}; the sparse model itself"
+            f" {result['curves']['sparse_model']['mean_shift'][-1]:+.3f}; {verdict}")
 
 
 def patch_node(index: int, delta: torch.Tensor, strength: float):
@@ -283,13 +300,6 @@ def run_steer(run: Run | str | Path, node: str, task: str, strengths=None, split
     out = output_folder(Path(out) if out else run.path / "steer" / f"{Path(task).stem}-{node.replace(':', '-')}")
     atomic_write_text(out / "steer.json", json.dumps(result, indent=1))
     plot(result, out / "steer.png")
-    curve, control = result["curves"]["node"], result["curves"]["random_direction"]
-    low, high = curve["shift_interval"][-1]
-    print(f"{result['task']}: {result['records']} prompts; steering {result['node']} at strength {result['strengths'][-1]:g}"
-          f" moves the dense model's log-odds by {curve['mean_shift'][-1]:+.3f} [{low:+.3f}, {high:+.3f}];"
-          f" random direction {control['mean_shift'][-1]:+.3f}, random node {result['control_node']}"
-          f" {result['curves']['random_node']['mean_shift'][-1]:+.3f}; the sparse model itself"
-          f" {result['curves']['sparse_model']['mean_shift'][-1]:+.3f}; ratio to the random direction"
-          f" {result['shift_ratio_to_random_direction']:.1f}; {'monotonic' if result['monotonic'] else 'not monotonic'}")
+    print(steer_headline(result))
     print(f"wrote {out / 'steer.json'} and {out / 'steer.png'}", file=sys.stderr)
     return result

@@ -104,7 +104,7 @@ def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | N
                "bridge_eval": bridge_eval["sites"],
                "tasks": {task: {"loss_sparse": losses["sparse"][task].get("loss"), "loss_dense": losses["dense"][task].get("loss"),
                                 **{k: steering[task][k] for k in ("node", "control_node", "records", "correct",
-                                                                  "shift_ratio_to_random_direction", "monotonic")},
+                                                                  "shift_ratio_to_random_direction", "monotonic", "effect")},
                                 "shift_at_full_strength": {name: {"mean": c["mean_shift"][-1], "interval": c["shift_interval"][-1]}
                                                            for name, c in steering[task]["curves"].items()},
                                 "plot": str(out / "steer" / folder(task) / "steer.png")} for task in tasks},
@@ -149,6 +149,7 @@ def format_summary(summary: dict) -> str:
                      f" at s=1 shifts the dense log-odds {node['mean']:+.3f} [{low:+.3f}, {high:+.3f}] over {row['records']}"
                      f" prompts; random direction {shifts['random_direction']['mean']:+.3f}, random node"
                      f" {shifts['random_node']['mean']:+.3f}; the sparse model itself {shifts['sparse_model']['mean']:+.3f};"
-                     f" ratio {row['shift_ratio_to_random_direction']:.1f};"
-                     f" {'monotonic' if row['monotonic'] else 'not monotonic'}")
+                     + (f" ratio {row['shift_ratio_to_random_direction']:.1f};"
+                        f" {'monotonic' if row['monotonic'] else 'not monotonic'}" if row.get("effect", True)
+                        else " no effect: the interval holds zero"))
     return "\n".join(lines)
