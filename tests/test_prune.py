@@ -310,6 +310,9 @@ def test_prune_with_edges_keeps_both_circuits_and_the_edge_circuit_within_the_no
     assert {(n["site"], n["index"]) for n in edge["nodes"]} <= {(n["site"], n["index"]) for n in node["nodes"]}
     assert edge["metrics"]["loss_choose"] <= 0.6 or not edge["metrics"]["reached"]
     assert f"edge circuit: {edge['metrics']['n_nodes']} nodes, {edge['metrics']['n_edges']} weight edges" in printed
+    m = node["metrics"]  # the random draws (each with a fitted logit scale) beside the calibrated circuit
+    assert (f"with fitted logit scales: circuit {m['loss_circuit_calibrated']:.4f}, random same size"
+            f" {m['loss_random_same_size']:.4f}") in printed
     assert circuit.data["settings"]["edges"] is True
 
 

@@ -23,9 +23,11 @@ def cmd_prune(args: argparse.Namespace) -> None:
     circuit = prune(args.run_dir, resolve_task(args.task, args.suite), args.out, settings, search_trials=args.search,
                     force=args.force, data_dir=args.data)
     m = circuit.metrics
+    # the random draws each get a fitted logit scale: they stand beside the circuit's calibrated loss
     print(f"{circuit.task}: {m['n_nodes']} nodes, {m['n_edges']} weight edges; task loss: full model {m['loss_full_model']:.4f},"
-          f" circuit {m['loss_circuit']:.4f}, circuit ablated {m['loss_circuit_ablated']:.4f},"
-          f" random same size {m['loss_random_same_size']:.4f}; wrote {args.out}/circuit.json ({m['seconds']:.0f} s)")
+          f" circuit {m['loss_circuit']:.4f}, circuit ablated {m['loss_circuit_ablated']:.4f}; with fitted logit scales:"
+          f" circuit {m['loss_circuit_calibrated']:.4f}, random same size {m['loss_random_same_size']:.4f};"
+          f" wrote {args.out}/circuit.json ({m['seconds']:.0f} s)")
     if "edge_circuit" in circuit.data:
         e = circuit.data["edge_circuit"]["metrics"]
         print(f"edge circuit: {e['n_nodes']} nodes, {e['n_edges']} weight edges (of {e['weight_edges_before']});"
