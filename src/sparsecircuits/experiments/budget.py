@@ -34,10 +34,10 @@ TRAIN_OVERHEAD = 0.9
 MATCHED_FRACTION = 0.65  # dense_matched's steps, of the dense run's (0.58 and 0.66 over three training seeds)
 BRACKET_FRACTION = 1.4  # the bracketing schedules' steps together, of the dense run's (1.2 and 1.4)
 PROBE_TOKENS = 40  # the probe's prompts; a mask step costs about in proportion to the positions its batches pad to
-# a prune over its mask steps at the probe's rate for its task's prompt width: a real mask step costs
-# 1.47x the probe's (measured, quote task, 7 tokens) and the node-count search and metrics 14% more
-PRUNE_OVERHEAD = 1.7
-VALIDATE_FRACTION = {True: 2.2, False: 0.3}  # a validation, of a prune: with and without the pruning controls
+# a prune over its mask steps at the probe's rate for its task's padded width (measured with the batches
+# grouped by width, `demo --minutes 15` at L0 1/16: 2 prunes 0.7 min against 1.1 planned at 1.7)
+PRUNE_OVERHEAD = 1.2
+VALIDATE_FRACTION = {True: 2.6, False: 0.4}  # a validation, of a prune: with and without the pruning controls
 EVAL_MASK_STEPS = 1  # scoring one task with one model, in mask steps (20 tasks on 5 models took 33 s)
 ATTRIBUTION_FRACTION = 0.1  # an attribution-patching circuit, of a prune
 LABEL_SECONDS, VIEW_SECONDS = 3.0, 1.0  # per circuit (the default demo labelled six in 19.5 s)
