@@ -39,3 +39,14 @@ def test_nothing_in_the_package_cites_a_file_outside_the_repository():
         if path.suffix in (".py", ".toml", ".js", ".html"):
             text = path.read_text()
             assert "METHOD.md" not in text, path
+
+
+def test_the_api_reference_is_current_and_covers_every_public_name():
+    import sparsecircuits
+    from sparsecircuits.api_reference import reference
+
+    text = reference()
+    assert (ROOT / "docs" / "api.md").read_text() == text, "regenerate: python -m sparsecircuits.api_reference > docs/api.md"
+    for name in sparsecircuits.__all__:
+        assert f"## `{name}`" in text, name
+    assert "(no docstring)" not in text

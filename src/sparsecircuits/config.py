@@ -353,6 +353,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config:
+    """A built-in config by name (`tiny`, `small`, `paper-1x`) or a TOML file, with `key=value` overrides
+    (e.g. "train.steps=100"), checked: an unknown key or a bad value is an error naming it."""
     data = apply_overrides(_read_toml(name_or_path), overrides or [])
     return Config.from_dict(data, origin=f"config '{name_or_path}'")
 

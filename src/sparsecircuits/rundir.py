@@ -148,6 +148,7 @@ class Run:
 
     @classmethod
     def open(cls, path: str | Path) -> "Run":
+        """The run directory at `path` (config.json and run.json read and checked), opened once."""
         path = Path(path)
         if not path.is_dir():
             raise SparseCircuitsError(f"run directory not found: {path}")

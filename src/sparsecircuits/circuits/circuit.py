@@ -71,6 +71,7 @@ class Circuit:
 
     @classmethod
     def load(cls, directory: str | Path) -> "Circuit":
+        """The circuit directory `directory` (its circuit.json, checked)."""
         directory = Path(directory)
         path = directory / CIRCUIT_FILE
         if not path.is_file():
@@ -129,9 +130,11 @@ class Circuit:
         return self.open_run(run).model()
 
     def keep(self, model: SparseGPT) -> dict[str, torch.Tensor]:
+        """{site: bool vector of the kept nodes} for `model`."""
         return keep_from_nodes(model, self.nodes)
 
     def scores(self) -> dict[str, torch.Tensor]:
+        """Every node's learned τ (scores.safetensors), by site."""
         return load_tensors(self.directory / "scores.safetensors")
 
     @contextmanager

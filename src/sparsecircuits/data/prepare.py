@@ -187,6 +187,7 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 
 def load_tokenizer(path: str | Path):
+    """The HF `tokenizers` tokenizer in a tokenizer.json file (a data or run folder's)."""
     from tokenizers import Tokenizer
 
     path = Path(path)

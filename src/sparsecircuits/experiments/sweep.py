@@ -96,6 +96,8 @@ def grid_runs(grid: dict, vocab_size: int) -> list[tuple[str, list[str]]]:
 
 
 def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: bool = True) -> list[dict]:
+    """Train every model of a grid (a TOML file or a built-in grid's name) on `data_dir`, prune the tasks
+    each does, and write the capability-interpretability frontier (`sparsecircuits sweep`); returns its rows."""
     from ..circuits.find import NoCircuitToFind
     from ..circuits.prune import prune_or_reuse
 

@@ -202,6 +202,10 @@ class Block(nn.Module):
 
 
 class SparseGPT(nn.Module):
+    """The transformer of `config` (weight-sparse or dense by its training, AbsTopK activations, named
+    sites everywhere an activation can be read or replaced). `SparseGPT.from_pretrained(RUN_DIR)` loads a
+    trained run with its tokenizer; text helpers, hooks and caches follow TransformerLens's names."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         if config.vocab_size <= 0:
