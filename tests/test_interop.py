@@ -3,6 +3,7 @@ tokenizer against tiktoken, and every bad input refused by name with nothing wri
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -259,3 +260,86 @@ def test_a_published_circuit_imports_with_the_same_nodes_and_edges(circuit_dir, 
         from sparsecircuits.interop.openai import import_openai_circuit
         import_openai_circuit(tmp_path / "other.pt", run, str(task), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+class _Store:
+    """A loopback HTTP server serving a folder like the authors' store, honouring Range requests; it can
+    cut one file short once (a dropped connection) and counts the requests per path."""
+
+    def __init__(self, root: Path):
+        import http.server
+        import threading
+
+        store = self
+        self.root, self.cut_once, self.requests = root, set(), {}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                path = store.root / self.path.lstrip("/")
+                store.requests.setdefault(self.path, []).append(self.headers.get("Range"))
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:]
+                if self.path in store.cut_once:  # announce the whole file, send half, hang up
+                    store.cut_once.discard(self.path)
+                    body = body[: len(body) // 2]
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_released_model_by_name_downloads_resumes_and_refuses_a_damaged_cache(tmp_path, monkeypatch, capsys):
+    from tokenizers import Tokenizer
+
+    from sparsecircuits.interop.datagym import tokenizer_from_datagym
+
+    tokenizer_folder = _datagym_folder(tmp_path)
+    vocab = tokenizer_from_datagym(tokenizer_folder).get_vocab_size()
+    root = tmp_path / "store"
+    shutil.copytree(_released_folder(tmp_path, vocab), root / "models" / "csp_tiny")
+    (root / "tinypython").mkdir()
+    for name in ("vocab.bpe", "encoder.json"):
+        shutil.copy(tokenizer_folder / name, root / "tinypython" / name)
+    store = _Store(root)
+    monkeypatch.setenv("SPARSECIRCUITS_OPENAI_STORE", store.url)
+    monkeypatch.setenv("SPARSECIRCUITS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+
+    weights = "/models/csp_tiny/final_model.pt"
+    store.cut_once.add(weights)
+    with pytest.raises(SystemExit):  # the connection drops half way: nothing written, the part kept
+        main(["import-openai", "csp_tiny", "--out", "run"])
+    assert "run the command again to resume" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    main(["import-openai", "csp_tiny", "--out", "run"])
+    assert store.requests[weights][-1] is not None and store.requests[weights][-1] != "bytes=0-"  # resumed
+    info = json.loads((tmp_path / "run" / "run.json").read_text())["imported_from"]["downloaded"]
+    cached = tmp_path / "cache" / "openai" / "models" / "csp_tiny" / "final_model.pt"
+    assert info["name"] == "csp_tiny" and cached.read_bytes() == (root / weights.lstrip("/")).read_bytes()
+    assert info["files_sha256"]["models/csp_tiny/final_model.pt"] == hashlib.sha256(cached.read_bytes()).hexdigest()
+    assert Tokenizer.from_file(str(tmp_path / "run" / "tokenizer.json")).get_vocab_size() == vocab
+
+    main(["import-openai", "csp_tiny", "--out", "again", "--offline"])  # the cache alone
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    with pytest.raises(SystemExit):
+        main(["import-openai", "csp_tiny", "--out", "third"])
+    assert "is damaged" in capsys.readouterr().err and not (tmp_path / "third").exists()
+    with pytest.raises(SystemExit):
+        main(["import-openai", "csp_nope", "--out", "fourth"])
+    assert "does not exist (HTTP 404)" in capsys.readouterr().err
+    monkeypatch.setenv("SPARSECIRCUITS_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(SystemExit):
+        main(["import-openai", "csp_tiny", "--out", "fifth", "--offline"])
+    assert "--offline forbids downloading" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from .args import force_argument, TASK_LOSS, prune_default
 def cmd_import_openai(args: argparse.Namespace) -> None:
     from ..interop.openai import import_openai
 
-    out = import_openai(args.model_dir, args.out, args.tokenizer, args.data, args.force)
+    out = import_openai(args.model_dir, args.out, args.tokenizer, args.data, args.force, offline=args.offline)
     data = f"its data: {args.data}" if args.data else "give prune and eval --data DATA_DIR prepared with its tokenizer"
     print(f"wrote {out}: a run directory every command accepts ({data})")
 
@@ -36,12 +36,17 @@ def cmd_export_openai(args: argparse.Namespace) -> None:
 def register_import_openai(sub) -> None:
     p = sub.add_parser("import-openai", help="a model released by the paper's authors as a run directory",
                        description="Reads MODEL_DIR/beeg_config.json and final_model.pt (weights only, never arbitrary"
-                                   " pickled objects) and writes a run directory every other command accepts.")
-    p.add_argument("model_dir", metavar="MODEL_DIR")
+                                   " pickled objects), or downloads a released model by name, and writes a run"
+                                   " directory every other command accepts.")
+    p.add_argument("model_dir", metavar="MODEL_DIR_OR_NAME",
+                   help="a folder with the released files, or a released model's name (csp_yolo1, csp_sweep1_...):"
+                        " downloaded with its tokenizer from the authors' public store into ~/.cache/sparsecircuits"
+                        " (SPARSECIRCUITS_CACHE), resuming a partial download; each file's sha256 goes into run.json")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--offline", action="store_true", help="with a name: use the cache only, never the network")
     p.add_argument("--tokenizer", metavar="DIR_OR_FILE",
                    help="the model's tokenizer: a folder with vocab.bpe + encoder.json (e.g. tinypython_2k), or a"
-                        " tokenizer.json (default: look in MODEL_DIR)")
+                        " tokenizer.json (default: look in MODEL_DIR, or the released tokenizer with a name)")
     p.add_argument("--data", metavar="DATA_DIR", help="prepared data tokenised with this tokenizer, for mean ablation")
     force_argument(p, "RUN_DIR", "import-openai")
     p.set_defaults(func=cmd_import_openai)

@@ -291,17 +291,29 @@ def _tokenizer_for_import(model_dir: Path, tokenizer_path: str | Path | None, to
 
 
 def import_openai(model_dir: str | Path, out: str | Path, tokenizer_path: str | Path | None = None,
-                  data_dir: str | Path | None = None, force: bool = False) -> Path:
-    """A released model folder as one of our run directories (written whole, or not at all)."""
+                  data_dir: str | Path | None = None, force: bool = False, offline: bool = False,
+                  show_progress: bool = True) -> Path:
+    """A released model folder, or a released model's name (`csp_yolo1`: downloaded with its tokenizer
+    into the cache, `interop/download.py`, or read from it with `offline`), as one of our run
+    directories (written whole, or not at all)."""
     from ..config import Config
     from ..data.dataset import TokenData
     from ..io import atomic_save_tensors, atomic_write_text, check_output_dir, staged_directory
     from ..model.gpt import SparseGPT
     from ..rundir import CONFIG_FILE as RUN_CONFIG, MODEL_FILE, RUN_INFO_FILE, TOKENIZER_FILE, file_sha256, load_state_into, run_info
+    from .download import fetch_released_model, is_model_name, store_url
 
+    source, by_name = None, is_model_name(str(model_dir))
+    # --out is checked before anything is downloaded
+    check_output_dir(Path(out), "import-openai", force, replaces=RUN_ENTRIES,
+                     inputs=[("MODEL_DIR", None if by_name else model_dir), ("--tokenizer", tokenizer_path),
+                             ("--data", data_dir)])
+    if by_name:
+        name = str(model_dir)
+        model_dir, tokenizer_dir, digests = fetch_released_model(name, offline, show_progress)
+        tokenizer_path = tokenizer_path if tokenizer_path is not None else tokenizer_dir
+        source = {"name": name, "store": store_url(), "files_sha256": digests}
     model_dir, out = Path(model_dir), Path(out)
-    check_output_dir(out, "import-openai", force, replaces=RUN_ENTRIES,
-                     inputs=[("MODEL_DIR", model_dir), ("--tokenizer", tokenizer_path), ("--data", data_dir)])
     model_config, state, beeg = read_openai_model(model_dir)
     config = Config(model=model_config)
     config.validate()
@@ -322,7 +334,7 @@ def import_openai(model_dir: str | Path, out: str | Path, tokenizer_path: str | 
             out, data.directory if data is not None else None, tokenizer_sha, config,
             imported_from={"format": "openai/circuit_sparsity", "path": str(model_dir.resolve()),
                            "final_model_sha256": file_sha256(model_dir / WEIGHTS_FILE),
-                           "tokenizer_name": beeg.get("tokenizer_name")}))
+                           "tokenizer_name": beeg.get("tokenizer_name"), **({"downloaded": source} if source else {})}))
         atomic_save_tensors(staging / MODEL_FILE, state, metadata={"config_hash": config.hash()})
     return out
 
