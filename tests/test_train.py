@@ -222,3 +222,35 @@ print(plain, faults())
     plain, kept = map(int, subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                                           check=True).stdout.split())
     assert plain >= 20 * 32 and kept * 10 < plain  # 64 MiB is 16,384 pages of 4 KiB (32 huge pages)
+
+
+def test_train_logs_to_tensorboard_when_asked_and_says_what_to_install_when_it_cannot(data_dir, tmp_path, monkeypatch):
+    import builtins
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from sparsecircuits.config import load_config
+    from sparsecircuits.errors import SparseCircuitsError
+    from sparsecircuits.train.trainer import train
+    from tests.conftest import TINY_OVERRIDES
+
+    config = load_config("tiny", TINY_OVERRIDES + ["train.tensorboard=true"])
+    run = train(config, data_dir, tmp_path / "run", show_progress=False)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train_loss", "val_loss", "lr", "l0_fraction"} <= set(tags) and any(t.startswith("nonzeros/") for t in tags)
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e.step for e in events.Scalars("val_loss")] == [r["step"] for r in logged if "val_loss" in r]
+
+    real_import = builtins.__import__
+
+    def without_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_tensorboard)
+    with pytest.raises(SparseCircuitsError, match=r"pip install 'sparsecircuits\[tensorboard\]'"):
+        train(config, data_dir, tmp_path / "other", show_progress=False)
+    assert not (tmp_path / "other").exists()  # refused before the run directory is written

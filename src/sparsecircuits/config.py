@@ -146,6 +146,7 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu" or "cuda"
     cpu_bf16: bool = False  # bf16 autocast for training steps on CPU too (as on CUDA): fast with AMX, not fp32 numerics
     compile: bool = False  # the training loss through torch.compile (fused pointwise work; a minute's compile first)
+    tensorboard: bool = False  # also write the metrics as TensorBoard events in RUN_DIR/tensorboard (optional extra)
     keep_freed_memory: bool = True  # glibc keeps freed memory for reuse: no fresh pages faulted in every step
 
 

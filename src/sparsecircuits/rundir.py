@@ -49,7 +49,8 @@ KEPT_INFO = "checkpoint.json"
 
 # What a run folder holds (what `train --force` may replace): its files, and what commands write into it.
 RUN_ENTRIES = frozenset({CONFIG_FILE, RUN_INFO_FILE, TOKENIZER_FILE, METRICS_FILE, CHECKPOINT, MODEL_FILE, MEANS_FILE,
-                         KEPT_DIR, "bridges.safetensors", "bridge_eval.json", "bridge_eval.png", "steer", "labels.json"})
+                         KEPT_DIR, "bridges.safetensors", "bridge_eval.json", "bridge_eval.png", "steer", "labels.json",
+                         "tensorboard"})
 
 
 def kept_dir(run_dir: Path, step: int) -> Path:

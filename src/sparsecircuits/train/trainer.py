@@ -189,6 +189,22 @@ def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: boo
     atomic_write_text(run_dir / CONFIG_FILE, config_json)
 
 
+def summary_writer_class():
+    """TensorBoard's SummaryWriter (train.tensorboard = true), or an error saying which package to
+    install; `train` asks before the run directory is written."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise SparseCircuitsError("train.tensorboard = true needs the tensorboard package: pip install"
+                                  " 'sparsecircuits[tensorboard]' (or tensorboard), or set it false") from None
+    return SummaryWriter
+
+
+def tensorboard_writer(run_dir: Path):
+    """A SummaryWriter into RUN_DIR/tensorboard."""
+    return summary_writer_class()(log_dir=str(run_dir / "tensorboard"))
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop records written after the checkpoint so the log reads as one run."""
     if path.is_file():
@@ -255,6 +271,8 @@ def train(config: Config | None, data_dir: str | Path | None, run_dir: str | Pat
     data.check_context(model_cfg.ctx_len)
     if dense_run is not None:  # refused before the run directory is written
         check_bridgeable(dense_run.config.model, model_cfg)
+    if train_cfg.tensorboard:
+        summary_writer_class()
     if init_from is not None:
         init_from = _checked_init_run(init_from, model_cfg, data, resume)
     if train_cfg.batch_size % group.world_size:
@@ -310,10 +328,17 @@ class Trainer:
             "val", model_cfg.ctx_len, train_cfg.eval_batches * train_cfg.batch_size * model_cfg.ctx_len)
         self.tokens_per_step = train_cfg.batch_size * model_cfg.ctx_len
         self.metrics = open(run_dir / METRICS_FILE if group.is_main else os.devnull, "a")
+        self.tensorboard = tensorboard_writer(run_dir) if train_cfg.tensorboard and group.is_main else None
 
     def log(self, record: dict) -> None:
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
+        if self.tensorboard is not None:  # every number of the record, nested ones under their group's name
+            for key, value in record.items():
+                for name, number in (value.items() if isinstance(value, dict) else [(None, value)]):
+                    if isinstance(number, (int, float)) and not isinstance(number, bool) and key not in ("step", "tokens"):
+                        self.tensorboard.add_scalar(f"{key}/{name}" if name else key, number, record["step"])
+            self.tensorboard.flush()
 
     def diverged(self, step: int, why: str) -> TrainingDiverged:
         kept = (f"the checkpoint of step {self.last_checkpoint} in {self.run_dir / CHECKPOINT} is kept"
@@ -380,7 +405,7 @@ class Trainer:
                    dynamic_ncols=True, file=sys.stderr)
         self.model.train()
         last_time, last_step = time.perf_counter(), self.step
-        with interrupted, bar, self.metrics:
+        with interrupted, bar, self.metrics, self.tensorboard or contextlib.nullcontext():
             while self.step < train_cfg.steps:
                 loss, grad_rms, lr, l0 = self.train_step()
                 step = self.step
