@@ -53,6 +53,9 @@ def test_demo_on_tiny_models(tmp_path, task_run):
     circuit = json.loads((out / "circuits" / "sparse" / "lambda" / "circuit.json").read_text())
     row = summary["circuits"]["lambda"]
     assert row["nodes"] == circuit["metrics"]["n_nodes"] and row["edges"] == circuit["metrics"]["n_edges"]
+    # each circuit's edges pruned too, unless the plan said that would cost circuits
+    assert (row["edge_circuit"] is None) == any("no edge pruning" in line for line in summary["cuts"])
+    assert row["edge_circuit"] is None or row["edge_circuit"]["n_edges"] <= row["edges"]
     assert f">{row['nodes']}</a>" in report
     assert set(row["controls"]) == {"random_nodes", "empty_circuit"}  # control=False: no pruning controls
     baseline = json.loads((out / "circuits" / "sparse-attribution" / "lambda" / "circuit.json").read_text())
@@ -76,7 +79,7 @@ def test_demo_on_tiny_models(tmp_path, task_run):
         assert [c["target_loss"] for c in per_target] == [0.68]
         for task, r in per_target[0]["tasks"].items():  # each side the smallest of its seeds that meets the target
             found = {m: [json.loads((out / "circuits" / f"{m}{s}" / task / "circuit.json").read_text())["metrics"]
-                         for s in ("", "-seed1")] for m in ("sparse", dense)}
+                         for s in ("", "-seed1")] for m in ("sparse", *(["dense"] if dense == "dense" else []))}
             best = {m: min(x["n_edges"] for x in found[m] if x["loss_choose"] <= 0.68) for m in found}
             assert r["sparse_edges"] == best["sparse"] <= summary["circuits"][task]["edges"]
             if dense == "dense":

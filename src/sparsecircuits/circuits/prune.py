@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -78,8 +79,10 @@ def is_current(out: str | Path, run: Run | str | Path, task: str, settings: Prun
         return (data.get("format", 1) >= CIRCUIT_FORMAT  # older circuits are pruned again (their sizes were counted otherwise)
                 and data["model"]["weights_sha256"] == run.weights_sha256
                 and data.get("records_sha256") == records_sha256(task)
-                # through PruneSettings, so settings added since the circuit was made compare as their defaults
-                and PruneSettings(**data["settings"]) == settings and data.get("search_trials", 0) == 0)
+                # through PruneSettings, so settings added since the circuit was made compare as their defaults;
+                # a circuit with its edge circuit serves a request for the node circuit alone
+                and replace(PruneSettings(**data["settings"]), edges=settings.edges and "edge_circuit" in data) == settings
+                and data.get("search_trials", 0) == 0)
     except (json.JSONDecodeError, KeyError, TypeError):
         return False
 

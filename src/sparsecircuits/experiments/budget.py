@@ -40,6 +40,7 @@ PRUNE_OVERHEAD = 1.2
 VALIDATE_FRACTION = {True: 2.6, False: 0.4}  # a validation, of a prune: with and without the pruning controls
 EVAL_MASK_STEPS = 1  # scoring one task with one model, in mask steps (20 tasks on 5 models took 33 s)
 ATTRIBUTION_FRACTION = 0.1  # an attribution-patching circuit, of a prune
+EDGE_FRACTION = 1.0  # edge pruning after the nodes, of a prune (a mask of as many steps, measured alike)
 LABEL_SECONDS, VIEW_SECONDS = 3.0, 1.0  # per circuit (the default demo labelled six in 19.5 s)
 GUESSED_TASKS = 6  # tasks the sparse model does, before they are counted (the default config's)
 GUESSED_CLAIM_TASKS = 4
@@ -136,6 +137,7 @@ class Scope:
     candidates: int
     models: int  # models whose tasks are scored
     dense: bool = True  # the dense baselines are trained (only claim (a) needs them)
+    edges: bool = True  # each circuit's edges pruned after its nodes (`prune --edges`)
     task_tokens: list[float] = field(default_factory=list)  # each task's padded width (TokenizedTask.padded_width), once counted
     claim_tokens: list[float] = field(default_factory=list)  # the same for claim (a)'s tasks
 
@@ -165,7 +167,7 @@ def estimates(scope: Scope, rates: Rates, mask_steps: int, prepare_s: float) -> 
         "train loss-matched dense model": MATCHED_FRACTION * dense_train,
         "bracket the sparse loss": BRACKET_FRACTION * dense_train,
         "evaluate tasks": (scope.models if scope.dense else 1) * scope.candidates * EVAL_MASK_STEPS * rates.mask_step_sparse,
-        "prune circuits": prunes,
+        "prune circuits": prunes * (1 + EDGE_FRACTION * scope.edges),
         "attribution-patching baseline": ATTRIBUTION_FRACTION * prunes,
         "validate circuits": validate_s * prunes,
         "label circuit nodes": scope.tasks * LABEL_SECONDS,
@@ -350,7 +352,18 @@ def fit_circuits(plan: Plan, seconds: float) -> None:
     def circuits_cost(n: int) -> float:  # the first n tasks' circuits, pruned, validated, labelled and drawn
         return sum(estimates(replace(scope, tasks=n), plan.rates, plan.mask_steps, 0.0)[name] for name in CIRCUITS)
 
-    scope.tasks = max((n for n in range(wanted.tasks + 1) if circuits_cost(n) <= room), default=0)
+    def most_circuits() -> int:
+        return max((n for n in range(wanted.tasks + 1) if circuits_cost(n) <= room), default=0)
+
+    scope.tasks = most_circuits()
+    if scope.edges:  # edge circuits are drawn when they cost no circuit
+        scope.edges = False
+        if most_circuits() > scope.tasks:
+            scope.tasks = most_circuits()
+            plan.cut("edges", "no edge pruning after the nodes: it would cost circuits")
+        else:
+            scope.edges = True
+            plan.cut("edges", None)
     plan.cut("circuits", None if scope.tasks == wanted.tasks else
              f"circuits for {scope.tasks} of the {wanted.tasks} tasks the sparse model does, those of the shortest prompts")
     cost = plan.cost()

@@ -248,9 +248,10 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
         return out / "circuits" / folder / Path(task).stem
 
     def prune_all():
+        circuit_settings = dataclasses.replace(settings, edges=plan.scope.edges)  # the circuits drawn: edges too
         for task in list(sparse_tasks):  # a circuit of other weights, records or settings is pruned again
             try:
-                prune_or_reuse(benches["sparse"], task, circuit_dir("sparse", task), settings)
+                prune_or_reuse(benches["sparse"], task, circuit_dir("sparse", task), circuit_settings)
             except NoCircuitToFind as err:  # the empty circuit already does it: no circuit to draw
                 print(f"no circuit for {Path(task).stem}: {err}", file=sys.stderr)
                 sparse_tasks.remove(task)
@@ -435,6 +436,8 @@ def collect_summary(out: Path, evolution: dict, sparse_tasks: list[str], candida
         circuits[Path(task).stem] = {
             "task_loss": losses["sparse"][task],
             "nodes": circuit["metrics"]["n_nodes"], "edges": circuit["metrics"]["n_edges"],
+            "edge_circuit": ({k: circuit["edge_circuit"]["metrics"][k] for k in ("n_nodes", "n_edges", "loss_circuit", "reached")}
+                             if "edge_circuit" in circuit else None),
             "loss_circuit": validation["loss_circuit"], "loss_circuit_interval": validation.get("loss_circuit_interval"),
             "loss_circuit_ablated": validation["loss_circuit_ablated"],
             "controls": {name: {k: c[k] for k in ("passed", "why")} for name, c in validation["controls"].items()},

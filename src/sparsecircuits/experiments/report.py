@@ -57,6 +57,14 @@ def _attribution_cell(x: dict) -> str:
     return f"{a['nodes']} / {a['edges']} ({_fmt(a['loss_circuit'], 3)}, {a['seconds']:.0f} s)"
 
 
+def _edge_cell(x: dict) -> str:
+    """'20 / 22 (0.104)': the circuit `prune --edges` kept, or '-' when edges were not pruned."""
+    edge = x.get("edge_circuit")
+    if not edge:
+        return "-"
+    return f"{edge['n_nodes']} / {edge['n_edges']} ({_fmt(edge['loss_circuit'], 3)})" + ("" if edge["reached"] else " missed")
+
+
 def _evidence_cell(x: dict) -> str:
     return "yes" if x["evidence"] else "NO: " + ", ".join(x["failed"])
 
@@ -117,12 +125,13 @@ def render_report(summary: dict) -> str:
             + (f" ({x['loss_circuit_interval'][0]:.3f}-{x['loss_circuit_interval'][1]:.3f})" if x["loss_circuit_interval"] else "")
             + f"</td><td class=num>{_fmt(x['loss_circuit_ablated'])}</td><td>{e(_controls_cell(x))}</td>"
             f"<td>{e(_evidence_cell(x))}</td><td class=num>{_labelled_cell(x)}</td><td>{e(_hard_cell(x))}</td>"
-            f"<td>{e(', '.join(x['audit_flagged']) or 'none')}</td><td class=num>{_attribution_cell(x)}</td></tr>"
+            f"<td>{e(', '.join(x['audit_flagged']) or 'none')}</td><td class=num>{_attribution_cell(x)}</td>"
+            f"<td class=num>{_edge_cell(x)}</td></tr>"
             for t, x in summary["circuits"].items())
         circuits = (f"<table><tr><th>task</th><th>full-model loss</th><th>nodes</th><th>edges</th><th>circuit loss (95% interval)"
                     f"</th><th>circuit ablated</th><th>controls</th><th>evidence</th><th>nodes labelled (above shuffled"
                     f" baseline)</th><th>circuit loss on the hard forms</th><th>degenerate cue</th><th>attribution patching:"
-                    f" nodes / edges (loss, seconds)</th></tr>{rows}</table>"
+                    f" nodes / edges (loss, seconds)</th><th>edge circuit: nodes / weight edges (test loss)</th></tr>{rows}</table>"
                     "<img src='edges.png' alt='circuit edges per task'>")
     else:
         circuits = f"<p><b>No circuit:</b> {e(summary['no_circuits'])}.</p>"
@@ -217,7 +226,8 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{'task':26s} {'loss':>7s} {'nodes':>6s} {'edges':>6s} {'circuit':>8s}  evidence; controls; hard forms")
     for task, x in summary["circuits"].items():
         lines.append(f"{task:26s} {x['task_loss']:7.4f} {x['nodes']:6d} {x['edges']:6d} {_fmt(x['loss_circuit']):>8s}"
-                     f"  {_evidence_cell(x)}; {_controls_cell(x)}; {_hard_cell(x)}")
+                     f"  {_evidence_cell(x)}; {_controls_cell(x)}; {_hard_cell(x)}"
+                     + (f"; edge circuit {_edge_cell(x)}" if x.get("edge_circuit") else ""))
     evolution = summary["evolution"]
     if "skipped" in evolution:
         lines.append(f"evolution: not drawn ({evolution['skipped']})")
