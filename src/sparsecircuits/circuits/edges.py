@@ -232,8 +232,9 @@ def find_edge_circuit(model: SparseGPT, splits: TaskSplits, means: Mapping[str, 
         nodes = on_paths(model, keep, edge_set, kept, from_input) if from_input is not None else dict(keep)
         on = {name: m & nodes[edge_set.sites[name][1]][:, None] & nodes[edge_set.sites[name][0]][None, :]
               for name, m in kept.items()}
-        if from_input is None or loss_with(nodes, on, "choose") <= (cache[n_edges] if not reached else settings.goal):
+        loss_choose = loss_with(nodes, on, "choose")
+        if from_input is None or loss_choose <= (cache[n_edges] if not reached else settings.goal):
             break
     return {"keep": nodes, "edges": edge_set.edges(on), "kept": on, "edge_set": edge_set, "reached": reached,
-            "candidates": len(edge_set), "dropped_nodes": dropped, "loss_choose": loss_with(nodes, on, "choose"),
+            "candidates": len(edge_set), "dropped_nodes": dropped, "loss_choose": loss_choose,
             "loss": loss_with(nodes, on, "test"), "seconds": round(time.perf_counter() - started, 1)}

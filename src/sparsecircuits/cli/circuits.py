@@ -131,15 +131,20 @@ def register_prune(sub) -> None:
     p.set_defaults(func=cmd_prune)
 
 
+def moved_arguments(p) -> None:
+    """--run-dir and --task: where a circuit's run and task file are now, if they moved."""
+    p.add_argument("--run-dir", metavar="RUN_DIR", help="the model's run directory, if it moved")
+    p.add_argument("--task", metavar="FILE", help="the circuit's task file, if it moved (the same records)")
+
+
 def register_validate(sub) -> None:
     p = sub.add_parser("validate", help="check a circuit's sufficiency, necessity and controls",
                        description="Writes CIRCUIT_DIR/validation.json and prints a table. Exit status 0: the circuit is"
                                    " evidence (sufficient, necessary, every control passed); 1: it is not; 2: bad input.")
     p.add_argument("circuit_dir", metavar="CIRCUIT_DIR")
-    p.add_argument("--run-dir", metavar="RUN_DIR", help="the model's run directory, if it moved")
+    moved_arguments(p)
     p.add_argument("--no-control", action="store_true",
                    help="skip both pruning controls (the masks trained on shuffled labels and on a nonsense rule)")
-    p.add_argument("--task", metavar="FILE", help="the circuit's task file, if it moved (the same records)")
     p.set_defaults(func=cmd_validate)
 
 
@@ -150,8 +155,7 @@ def register_cleanup(sub) -> None:
                                    " training records, each node replaced by a two-level step fitted on them, each node"
                                    " dropped alone. Writes CIRCUIT_DIR/cleanup.json and prints a summary.")
     p.add_argument("circuit_dir", metavar="CIRCUIT_DIR")
-    p.add_argument("--run-dir", metavar="RUN_DIR", help="the model's run directory, if it moved")
-    p.add_argument("--task", metavar="FILE", help="the circuit's task file, if it moved (the same records)")
+    moved_arguments(p)
     p.set_defaults(func=cmd_cleanup)
 
 
@@ -160,9 +164,8 @@ def register_view(sub) -> None:
                        description="One self-contained HTML file (works offline) and circuit.md beside it.")
     p.add_argument("circuit_dir", metavar="CIRCUIT_DIR")
     p.add_argument("--out", metavar="HTML", help="where to write the page (default CIRCUIT_DIR/circuit.html)")
-    p.add_argument("--run-dir", metavar="RUN_DIR", help="the model's run directory, if it moved")
+    moved_arguments(p)
     p.add_argument("--force", action="store_true", help="replace HTML and its .md twin if they exist")
-    p.add_argument("--task", metavar="FILE", help="the circuit's task file, if it moved (the same records)")
     p.set_defaults(func=cmd_view)
 
 
