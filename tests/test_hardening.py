@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from sparsecircuits.cli import main
 from sparsecircuits.errors import SparseCircuitsError
 from sparsecircuits.io import MARKER, directory_lock
+from sparsecircuits.rundir import read_run_config, write_model
 from tests.conftest import TINY_OVERRIDES
 from tests.test_cli import TINY_SET, fails
 
@@ -240,7 +241,7 @@ def test_a_circuit_is_tied_to_its_weights(capsys, tmp_path, task_run, circuit_di
     shutil.copytree(task_run[0], twin)
     tensors = load_file(twin / "model.safetensors")
     tensors["lm_head.bias"][0] += 1.0
-    save_file(tensors, twin / "model.safetensors")
+    write_model(twin, tensors, read_run_config(twin))  # a run of its own: its run.json records these weights
     circuit = tmp_path / "circuit"
     shutil.copytree(circuit_dir, circuit)
     before = {p.name: p.read_bytes() for p in circuit.iterdir()}

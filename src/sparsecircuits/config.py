@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .errors import SparseCircuitsError
+from .schemas import PARSE_ERRORS
 
 # model/sparse_kernels.py: measured with `python benchmarks/sparse_kernels.py`: at or below this fraction of nonzero weights,
 # CSR forward + input gradient beat dense for most shapes of the small and reference configs.
@@ -176,6 +178,11 @@ class Config:
         blob = json.dumps({"model": dataclasses.asdict(self.model), "sparsity": dataclasses.asdict(self.sparsity)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def settings_hash(self) -> str:
+        """A hash of every setting (the checkpoint records it: a run resumes only with the config it
+        was trained with)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "config") -> "Config":
         sections = {f.name: f.type for f in dataclasses.fields(cls)}
@@ -309,8 +316,8 @@ def _read_toml(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
         raise SparseCircuitsError(f"config {path} extends itself")
     try:
         data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise SparseCircuitsError(f"config {path} is not valid TOML: {err}") from None
+    except (UnicodeDecodeError, *PARSE_ERRORS) as err:  # TOMLDecodeError is a ValueError
+        raise SparseCircuitsError(f"config {path} is not valid TOML: {str(err)[:160]}") from None
     parent = data.pop("extends", None)
     if parent is None:
         return data
@@ -335,17 +342,25 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    except PARSE_ERRORS:  # a number beyond what Python reads, or nesting deeper than its stack
+        raise SparseCircuitsError(f"bad --set '{text[:60]}': its value cannot be read (too large or nested too deep)") from None
     return path, value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`--set` values over a config's table, in order (a later one wins); a key set both to one value
+    and to one per site kind is refused."""
     for text in overrides:
         path, value = parse_override(text)
         section = data.setdefault(path[0], {})
         if not isinstance(section, dict):
             raise SparseCircuitsError(f"bad --set '{text}': '{path[0]}' is not a section")
         if path[1] in ("site_keep_fraction", "residual_keep_fraction") and len(path) > 2:  # a kind may hold a dot
-            section.setdefault(path[1], {})[".".join(path[2:])] = value
+            kinds = section.setdefault(path[1], {})
+            if not isinstance(kinds, dict):
+                raise SparseCircuitsError(f"bad --set '{text}': {path[0]}.{path[1]} is set to one value, not to one per"
+                                          f" site kind: set either {path[0]}.{path[1]}.KIND or nothing")
+            kinds[".".join(path[2:])] = value
         elif len(path) == 2:
             section[path[1]] = value
         else:
@@ -356,7 +371,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config:
     """A built-in config by name (`tiny`, `small`, `paper-1x`) or a TOML file, with `key=value` overrides
     (e.g. "train.steps=100"), checked: an unknown key or a bad value is an error naming it."""
-    data = apply_overrides(_read_toml(name_or_path), overrides or [])
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"load_config's name_or_path must be a config name or a TOML file's path, not {type(name_or_path).__name__}")
+    if overrides is not None and (isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides)):
+        raise TypeError("load_config's overrides must be a list of 'section.key=value' strings, e.g. ['train.steps=100']")
+    data = apply_overrides(_read_toml(str(name_or_path)), list(overrides or []))
     return Config.from_dict(data, origin=f"config '{name_or_path}'")
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import errno
+import glob
+import hashlib
 import io
 import json
 import os
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     import torch
 
 from .errors import SparseCircuitsError
+from .schemas import PARSE_ERRORS
 
 
 def _umask() -> int:
@@ -47,8 +50,17 @@ def publish(path: Path, final: Path) -> None:
 MARKER = ".sparsecircuits.json"
 
 
+def _short(name: str) -> str:
+    """A file's name as part of its temporaries' and lock's names: a name over 200 bytes is cut and
+    given a digest of the whole, so that those names stay within the file system's 255 bytes."""
+    raw = name.encode(errors="surrogateescape")
+    if len(raw) <= 200:
+        return name
+    return f"{raw[:180].decode(errors='ignore')}-{hashlib.sha256(raw).hexdigest()[:16]}"
+
+
 def _temp_prefix(final: Path) -> str:
-    return f".{final.name}.tmp-{os.getpid()}-"
+    return f".{_short(final.name)}.tmp-{os.getpid()}-"
 
 
 _TEMPORARY_PART = re.compile(r"^\.(.+)\.tmp-\d+-")
@@ -58,6 +70,14 @@ def user_path(path: str | Path) -> Path:
     """The path a user knows for one inside a staging folder or temporary file (`.NAME.tmp-PID-...` -> NAME)."""
     parts = [(_TEMPORARY_PART.match(part).group(1) if _TEMPORARY_PART.match(part) else part) for part in Path(path).parts]
     return Path(*parts)
+
+
+def human_bytes(n: int) -> str:
+    """A size as people read it: 512 bytes, 12.3 kB, 4.5 MB, 1.2 GB."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} byte{'' if n == 1 else 's'}"
 
 
 def disk_error(err: BaseException, path: str | Path, needed: int | None = None, writing: bool = True) -> SparseCircuitsError:
@@ -74,7 +94,7 @@ def disk_error(err: BaseException, path: str | Path, needed: int | None = None, 
         if folder.exists():
             free = shutil.disk_usage(folder).free
             break
-    sizes = ", ".join(([f"it needs {needed / 1e6:.1f} MB"] if needed else []) + ([f"{free / 1e6:.1f} MB are free"] if free is not None else []))
+    sizes = ", ".join(([f"it needs {human_bytes(needed)}"] if needed else []) + ([f"{human_bytes(free)} free"] if free is not None else []))
     return SparseCircuitsError(f"no space left on the device holding {shown}" + (f" ({sizes})" if sizes else "")
                                + ": free space or write elsewhere, then run the command again")
 
@@ -110,9 +130,10 @@ def clean_stale_temporaries(final: Path) -> list[Path]:
     removed = []
     if not final.parent.is_dir():
         return removed
-    for path in final.parent.glob(f".{final.name}.tmp-*-*"):
-        pid = path.name[len(f".{final.name}.tmp-"):].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
+    prefix = f".{_short(final.name)}.tmp-"
+    for path in final.parent.glob(f"{glob.escape(prefix)}*-*"):
+        pid = path.name[len(prefix):].split("-", 1)[0]
+        if not (pid.isascii() and pid.isdigit()) or int(pid) == os.getpid() or _process_alive(int(pid)):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -161,7 +182,7 @@ def made_by(directory: Path) -> str | None:
     """The command named by a folder's marker file, or None."""
     try:
         return json.loads((Path(directory) / MARKER).read_text()).get("made_by")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, AttributeError, *PARSE_ERRORS):
         return None
 
 
@@ -196,6 +217,9 @@ def check_output_dir(out: Path, command: str, force: bool, what: str = "--out", 
     that is, holds or lies inside one of `inputs`."""
     out = Path(out)
     check_not_an_input(out, inputs, what)
+    if out.is_symlink():
+        raise SparseCircuitsError(f"{what} {out} is a symbolic link (to {os.readlink(out)}): give the folder itself,"
+                                  f" {out.resolve()}, or choose another {what}")
     _check_folder_target(out, what)
     if not out.exists() or not any(out.iterdir()):
         return
@@ -259,7 +283,7 @@ class JsonCache:
         self.path = Path(path)
         try:
             self.entries = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        except (OSError, json.JSONDecodeError):  # a damaged cache is computed again
+        except (OSError, *PARSE_ERRORS):  # a damaged cache is computed again
             self.entries = {}
 
     def get(self, key: str, fingerprint: str, compute) -> Any:
@@ -338,6 +362,10 @@ def staged_directory(final: Path, command: str | None = None) -> Iterator[Path]:
         raise
 
 
+def lock_name(name: str) -> str:
+    return f".{_short(name)}.lock"
+
+
 _held_locks: dict[str, Any] = {}  # lock path -> its open file, for the outermost holder in this process
 
 
@@ -349,9 +377,10 @@ def directory_lock(directory: Path) -> Iterator[None]:
     process id: a second writer fails at once with a message naming that process, and the kernel
     frees the lock of a process that dies, so a stale lock never blocks anyone."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    path = directory.parent / f".{directory.name}.lock"
-    key = str(path.resolve())
+    real = directory.resolve()  # a symlink and the folder it points to are one folder: one lock
+    real.parent.mkdir(parents=True, exist_ok=True)
+    path = real.parent / lock_name(real.name)
+    key = str(path)
     if key in _held_locks:  # one process may nest its own locks: the outermost one releases
         yield
         return
@@ -398,6 +427,6 @@ def iter_jsonl(path: Path, text: str) -> Iterator[tuple[int, Any]]:
             continue
         try:
             value = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise SparseCircuitsError(f"{path}:{line_no}: bad JSON ({err.msg})") from None
+        except PARSE_ERRORS as err:
+            raise SparseCircuitsError(f"{path}:{line_no}: bad JSON ({getattr(err, 'msg', None) or type(err).__name__})") from None
         yield line_no, value

@@ -32,7 +32,7 @@ import torch
 
 from .config import Config
 from . import schemas
-from .errors import SparseCircuitsError
+from .errors import SparseCircuitsError, path_argument
 from .model.gpt import SparseGPT
 from .schemas import read_json
 
@@ -78,12 +78,29 @@ def run_info(final_run_dir: Path, data_dir: str | Path | None, tokenizer_sha256:
     }, indent=1)
 
 
+def write_model(run_dir: Path, tensors: dict[str, torch.Tensor], config: Config) -> str:
+    """RUN_DIR/model.safetensors, its sha256 and dtype recorded in run.json first (`weights`): a run
+    whose weights file exists always says what the file must hold, and every load checks it."""
+    from safetensors.torch import save
+
+    from .io import atomic_write_bytes, atomic_write_text
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"config_hash": config.hash()})
+    digest = hashlib.sha256(data).hexdigest()
+    info = json.loads((Path(run_dir) / RUN_INFO_FILE).read_text())
+    info["weights"] = {"sha256": digest, "dtype": ",".join(sorted({str(v.dtype).removeprefix("torch.") for v in tensors.values()}))}
+    atomic_write_text(Path(run_dir) / RUN_INFO_FILE, json.dumps(info, indent=1))
+    atomic_write_bytes(Path(run_dir) / MODEL_FILE, data)
+    return digest
+
+
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     """run.json: the data directory and the tokenizer hash recorded when the run was made."""
     path = Path(run_dir) / RUN_INFO_FILE
     fix = "it records which tokenizer the run was trained with, so the run cannot be checked; train it again"
-    if not path.is_file():
-        raise SparseCircuitsError(f"{path} is missing: {fix}")
+    found = schemas.file_problem(path)
+    if found:
+        raise SparseCircuitsError(f"{path} {found}: {fix}")
     return read_json(path, schemas.RUN_INFO, fix)
 
 
@@ -97,7 +114,7 @@ def read_metrics(path: Path) -> list[dict]:
             record = json.loads(line)
             if not isinstance(record, dict) or not isinstance(record.get("step"), int):
                 raise ValueError
-        except ValueError:
+        except schemas.PARSE_ERRORS:
             if number == len(lines):
                 print(f"warning: {path}: its last line is incomplete (a write that was cut off): dropped",
                       file=sys.stderr)
@@ -121,7 +138,8 @@ def read_run_config(run_dir: str | Path) -> Config:
 
 
 def load_state_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
-    """Strict loading: a missing, unexpected or misshapen tensor is an error naming it."""
+    """Strict loading: a missing, unexpected, misshapen or mistyped tensor, or one holding NaN or
+    infinity, is an error naming it."""
     expected = {k: v.shape for k, v in model.state_dict().items()}
     found = {k: v.shape for k, v in tensors.items()}
     if expected != found:
@@ -131,6 +149,14 @@ def load_state_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], so
         detail = (f"missing {missing[0]}" if missing else f"unexpected {extra[0]}" if extra
                   else f"{wrong[0]} has shape {tuple(found[wrong[0]])}, the config says {tuple(expected[wrong[0]])}")
         raise SparseCircuitsError(f"{source} does not fit the model its config describes ({detail}): it comes from another model")
+    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+    for name, tensor in tensors.items():
+        if tensor.dtype != dtypes[name]:
+            raise SparseCircuitsError(f"{source}: {name} is {str(tensor.dtype).removeprefix('torch.')}, the model's weights are"
+                                      f" {str(dtypes[name]).removeprefix('torch.')}: the file is not this model's weights")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SparseCircuitsError(f"{source}: {name} holds NaN or infinite values: the weights are damaged; train the"
+                                      " run again, or resume it from a checkpoint written before they were")
     model.load_state_dict(tensors)
 
 
@@ -150,7 +176,7 @@ class Run:
     @classmethod
     def open(cls, path: str | Path) -> "Run":
         """The run directory at `path` (config.json and run.json read and checked), opened once."""
-        path = Path(path)
+        path = path_argument(path, "Run.open's path")
         if not path.is_dir():
             raise SparseCircuitsError(f"run directory not found: {path}")
         return cls(path, read_run_config(path), read_run_info(path))
@@ -162,7 +188,7 @@ class Run:
         """The steps of the models kept during training (train.keep_every), in order."""
         steps = []
         for folder in (self.path / KEPT_DIR).glob("step_*"):
-            if folder.name[5:].isdigit() and (folder / KEPT_INFO).is_file() and (folder / MODEL_FILE).is_file():
+            if schemas.is_index(folder.name[5:]) and (folder / KEPT_INFO).is_file() and (folder / MODEL_FILE).is_file():
                 steps.append(int(folder.name[5:]))
         return sorted(steps)
 
@@ -175,10 +201,14 @@ class Run:
             raise SparseCircuitsError(f"{self.path} kept no model at step {step} (kept steps: {kept}): train with"
                                       " --set train.keep_every=N to keep models during training")
         kept_info = read_json(folder / KEPT_INFO, schemas.KEPT_MODEL, f"delete {folder}")
-        recorded = (kept_info["run_id"], kept_info["config_hash"], kept_info["weights_sha256"], kept_info["step"])
-        if recorded[:2] != (self.info.get("run_id"), self.config.hash()) or recorded[3] != step:
-            raise SparseCircuitsError(f"{folder} was kept by another run than {self.path}: delete it")
-        if file_sha256(folder / MODEL_FILE) != recorded[2]:
+        if kept_info["step"] != step:
+            raise SparseCircuitsError(f"{folder / KEPT_INFO} says step {kept_info['step']}, but its folder is step {step}:"
+                                      f" the file was edited or moved; delete {folder}")
+        for key, ours in (("run_id", self.info.get("run_id")), ("config_hash", self.config.hash())):
+            if kept_info[key] != ours:
+                raise SparseCircuitsError(f"{folder} was kept by another run than {self.path} (its {KEPT_INFO} {key} is"
+                                          f" {kept_info[key]}, the run's is {ours}): delete it")
+        if file_sha256(folder / MODEL_FILE) != kept_info["weights_sha256"]:
             raise SparseCircuitsError(f"{folder}/{MODEL_FILE} holds other weights than the ones kept at step {step}"
                                       f" (its sha256 differs from {KEPT_INFO}'s): delete {folder}")
         return Run(self.path, self.config, self.info, step, kept_info)
@@ -209,15 +239,24 @@ class Run:
 
     @cached_property
     def weights_sha256(self) -> str:
-        """Identifies the trained weights: circuits, labels and caches are tied to it."""
+        """Identifies the trained weights: circuits, labels and caches are tied to it. Checked against
+        the digest the run recorded when it wrote them (run.json, or a kept model's checkpoint.json)."""
         self._check_trained()
-        return file_sha256(self.model_file)
+        recorded = self.kept["weights_sha256"] if self.kept else (self.info.get("weights") or {}).get("sha256")
+        record = f"{self.weights_dir / KEPT_INFO}" if self.kept else f"{self.path / RUN_INFO_FILE}"
+        if recorded is None:
+            raise SparseCircuitsError(f"{record} records no digest of {self.model_file} (an older sparsecircuits wrote the"
+                                      " run), so its weights cannot be checked: train the run again")
+        if file_sha256(self.model_file) != recorded:
+            raise SparseCircuitsError(f"{self.model_file} is not the file the run wrote (its sha256 differs from the one in"
+                                      f" {record}): it was changed or damaged; train the run again or restore the file")
+        return recorded
 
     def model(self, device: str | torch.device = "cpu") -> SparseGPT:
         """The trained model, checked against the config and the tokenizer; `model.tokenizer` is the run's."""
         from .io import load_tensors
 
-        self._check_trained()
+        self.weights_sha256  # the file is the one the run wrote
         tokenizer = self.tokenizer
         model = SparseGPT(self.config.model)
         load_state_into(model, load_tensors(self.model_file), self.model_file)

@@ -7,8 +7,10 @@ lack; other keys are allowed), or a one-element list (every item of a list).
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,17 +40,27 @@ POSITIVE = Kind("a whole number >= 1", lambda v: _int(v) and v >= 1)
 NUMBER = Kind("a finite number", _number)
 NUMBER_OR_NULL = Kind("a finite number or null", lambda v: v is None or _number(v))
 BOOLEAN = Kind("true or false", lambda v: isinstance(v, bool))
+TASK_LOSS = Kind("a number between 0 and ln 2", lambda v: _number(v) and 0 < v < math.log(2))
+
+
+def one_of(*values: str) -> Kind:
+    return Kind(" or ".join(map(json.dumps, values)), lambda v: v in values)
+
+
 OBJECT = Kind("an object", lambda v: isinstance(v, dict))
 
 RUN_INFO = {"tokenizer_sha256": STRING, "data": Optional(STRING_OR_NULL), "data_relative": Optional(STRING_OR_NULL),
-            "config_hash": Optional(STRING), "run_id": Optional(STRING_OR_NULL)}
-MANIFEST = {"vocab_size": POSITIVE, "eot_id": COUNT, "tokenizer_sha256": STRING, "tokens": {"train": COUNT, "val": COUNT}}
-CHECKPOINT_STATE = {"step": COUNT, "param_groups": [OBJECT], "optimizer_scalars": OBJECT}
+            "config_hash": Optional(STRING), "run_id": Optional(STRING_OR_NULL),
+            "weights": Optional({"sha256": STRING, "dtype": STRING})}
+TOKEN_COUNT = Kind("a whole number from 1 to 65536 (tokens are stored as uint16)", lambda v: _int(v) and 1 <= v <= 65536)
+MANIFEST = {"vocab_size": TOKEN_COUNT, "eot_id": COUNT, "tokenizer_sha256": STRING, "tokens": {"train": COUNT, "val": COUNT}}
+CHECKPOINT_STATE = {"step": COUNT, "param_groups": [OBJECT], "optimizer_scalars": OBJECT, "config_hash": Optional(STRING),
+                    "settings_hash": Optional(STRING), "run_id": Optional(STRING_OR_NULL), "model_sha256": Optional(STRING)}
 KEPT_MODEL = {"step": COUNT, "val_loss": NUMBER, "l0_fraction": NUMBER, "weights_sha256": STRING,
               "config_hash": STRING, "run_id": STRING_OR_NULL}
 NODE = {"site": STRING, "index": COUNT}
 EDGE = {"src": NODE, "dst": NODE, "kind": STRING, "weight": NUMBER}
-CIRCUIT = {"task": STRING, "task_source": STRING, "target_loss": NUMBER, "ablation": STRING,
+CIRCUIT = {"task": STRING, "task_source": STRING, "target_loss": TASK_LOSS, "ablation": one_of("mean", "zero"),
            "model": {"run_dir": STRING, "weights_sha256": STRING, "step": Optional(COUNT)},
            "nodes": [NODE], "edges": [EDGE], "metrics": OBJECT, "settings": OBJECT,
            "edge_circuit": Optional({"nodes": [NODE], "edges": [EDGE], "metrics": OBJECT})}
@@ -59,6 +71,11 @@ VALIDATION = {"sufficient": BOOLEAN, "necessary": BOOLEAN, "evidence": BOOLEAN, 
               "loss_circuit_ablated": NUMBER, "n_edges": COUNT, "controls": OBJECT}
 LABELS = {"weights_sha256": STRING, "threshold": NUMBER, "tokens_read": COUNT,
           "nodes": [{"site": STRING, "index": COUNT, "labels": [OBJECT]}]}
+
+
+def is_index(text: str) -> bool:
+    """`text` is a whole number written in ASCII digits (str.isdigit also passes '²', which int() refuses)."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
 
 
 def problem(value: Any, schema: Any, where: str = "") -> str | None:
@@ -95,10 +112,37 @@ def check(value: Any, schema: Any, path: str | Path, fix: str) -> Any:
     return value
 
 
+def file_problem(path: str | Path) -> str | None:
+    """What stops `path` from being read as a file ("is missing", "is a folder, not a file", "is a
+    symbolic link loop", ...), or None. A pipe is refused here, before a read would wait on it."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "is a symbolic link to nothing" if path.is_symlink() else "is missing"
+    except OSError as err:
+        return "is a symbolic link loop" if err.errno == errno.ELOOP else f"cannot be read ({err.strerror})"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a pipe, socket or device)"
+    return None
+
+
+# What every parser of a user's file catches besides its own error: nesting deeper than Python's
+# stack (RecursionError) and numbers beyond what a float or an int conversion holds.
+PARSE_ERRORS = (ValueError, RecursionError, OverflowError, MemoryError)
+
+
 def read_json(path: str | Path, schema: Any, fix: str) -> Any:
     """The JSON file at `path`, checked against `schema`; `fix` says what to do when it is damaged."""
+    found = file_problem(path)
+    if found:
+        raise SparseCircuitsError(f"{path} {found}: {fix}")
     try:
         value = json.loads(Path(path).read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise SparseCircuitsError(f"{path} is not valid JSON (damaged or cut short): {fix}") from None
+    except (UnicodeDecodeError, *PARSE_ERRORS):
+        raise SparseCircuitsError(f"{path} is not valid JSON (damaged, cut short or nested too deep): {fix}") from None
+    except OSError as err:
+        raise SparseCircuitsError(f"{path} cannot be read ({err.strerror}): {fix}") from None
     return check(value, schema, path, fix)

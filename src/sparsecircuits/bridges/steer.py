@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SparseCircuitsError
+from ..schemas import is_index
 from ..io import atomic_write_text, output_folder
 from ..model.gpt import Norm, SparseGPT
 from ..rundir import Run, as_run
@@ -40,7 +41,7 @@ def parse_node(text: str, model: SparseGPT) -> tuple[str, int]:
     """'1.attn.act_in:12' -> ('1.attn.act_in', 12), checked against the model."""
     site, _, index = text.rpartition(":")
     layer, _, kind = site.partition(".")
-    if kind not in READ_SITES or not layer.isdigit() or not index.isdigit():
+    if kind not in READ_SITES or not is_index(layer) or not is_index(index):
         raise SparseCircuitsError(f"bad --node '{text}': give the input of a sublayer as SITE:INDEX, e.g. 1.attn.act_in:12"
                                   " or 0.mlp.act_in:40 (the bridges map the residual those sites read)")
     if int(layer) >= model.config.n_layer or int(index) >= model.config.d_model:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .. import schemas
-from ..errors import SparseCircuitsError
+from ..errors import SparseCircuitsError, path_argument
 from ..io import load_tensors
 from ..model.gpt import SparseGPT
 from ..rundir import Run, as_run
@@ -26,6 +26,7 @@ from ..schemas import read_json
 from ..tasks.records import TaskSplits, task_records
 from ..tasks.records import load_task_splits as _load_task_splits
 from .graph import edge_counts, weight_edge_count
+from .settings import PruneSettings
 from .masks import ablation_hooks
 
 CIRCUIT_FILE = "circuit.json"
@@ -72,11 +73,12 @@ class Circuit:
     @classmethod
     def load(cls, directory: str | Path) -> "Circuit":
         """The circuit directory `directory` (its circuit.json, checked)."""
-        directory = Path(directory)
+        directory = path_argument(directory, "Circuit.load's directory")
         path = directory / CIRCUIT_FILE
         if not path.is_file():
             raise SparseCircuitsError(f"{directory} holds no circuit ({CIRCUIT_FILE} is missing): make one with `sparsecircuits prune`")
         data = read_json(path, schemas.CIRCUIT, "prune the task again")
+        PruneSettings.from_record(data["settings"], str(path))
         if data.get("format", 1) < 2:  # format 1 counted every kind of edge in n_edges: count as the paper does
             data["metrics"].update(n_edges=weight_edge_count(data["edges"]), n_edges_by_kind=edge_counts(data["edges"]))
         return cls(directory, data)

@@ -16,13 +16,14 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import TokenData
 from ..errors import SparseCircuitsError
+from ..schemas import is_index
 from ..model.gpt import SparseGPT
 
 
 def parse_node(name: str, model: SparseGPT) -> tuple[str, int]:
     """'0.mlp.post_act:12' -> ('0.mlp.post_act', 12), checked against the model."""
     site, _, index = name.rpartition(":")
-    if not site or not index.isdigit():
+    if not site or not is_index(index):
         raise SparseCircuitsError(f"bad node '{name}': write it as SITE:INDEX, e.g. 0.mlp.post_act:12")
     widths = model.site_widths
     if site not in widths:

@@ -39,7 +39,7 @@ from ..data.dataset import TokenData
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparsity import sparse_parameters
-from ..schemas import problem
+from ..schemas import PARSE_ERRORS, problem
 
 DEFAULT_THRESHOLD = 0.6  # AUROC 0.8, or |r| 0.6
 NODE_CHUNK = 512  # nodes scored at once (bounds the memory of the rank tensors)
@@ -244,8 +244,9 @@ def label_nodes(model: SparseGPT, data: TokenData, sparsity: SparsityConfig, nod
     if nodes is None:
         nodes = [(site, i) for site, width in model.node_sites.items() for i in range(width)]
     nodes = list(nodes)
-    if not nodes:
-        raise SparseCircuitsError("no nodes to label")
+    if not nodes:  # a circuit of no nodes (the task needs none): nothing to read, nothing to label
+        return {"tokens_read": 0, "threshold": threshold,
+                "concepts": {c.name: {"kind": c.kind, "tokens_known": 0} for c in concepts}, "nodes": []}
     table = concept_table(data, model.tokenizer, model.config.ctx_len, n_tokens, concepts, show_progress)
     scores = score_nodes(node_activations(model, table.inputs, nodes), table)
     chance = None
@@ -344,7 +345,7 @@ def read_labels(directory: str | Path, weights_sha256: str) -> dict | None:
     path = Path(directory) / LABELS_FILE
     try:
         result = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, *PARSE_ERRORS):
         return None
     # a damaged file is a stale cache: labelled again
     return result if problem(result, schemas.LABELS) is None and result["weights_sha256"] == weights_sha256 else None

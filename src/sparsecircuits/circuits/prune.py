@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 
 from ..io import atomic_save_tensors, check_output_dir, directory_lock, staged_directory
+from ..errors import SparseCircuitsError
+from ..schemas import PARSE_ERRORS
 from ..model.gpt import SparseGPT
 from ..model.sparse_kernels import sparse_weight_kernels
 from ..rundir import Run, as_run
@@ -81,9 +83,9 @@ def is_current(out: str | Path, run: Run | str | Path, task: str, settings: Prun
                 and data.get("records_sha256") == records_sha256(task)
                 # through PruneSettings, so settings added since the circuit was made compare as their defaults;
                 # a circuit with its edge circuit serves a request for the node circuit alone
-                and replace(PruneSettings(**data["settings"]), edges=settings.edges and "edge_circuit" in data) == settings
+                and replace(PruneSettings.from_record(data["settings"], str(path)), edges=settings.edges and "edge_circuit" in data) == settings
                 and data.get("search_trials", 0) == 0)
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (KeyError, TypeError, AttributeError, SparseCircuitsError, *PARSE_ERRORS):  # damaged, or made otherwise: pruned again
         return False
 
 

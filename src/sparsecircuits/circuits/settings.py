@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -42,6 +43,27 @@ class PruneSettings:
     method: str = "mask"
     # after the nodes, prune the weight edges between them (circuits/edges.py) and keep both circuits
     edges: bool = False
+
+    @classmethod
+    def from_record(cls, recorded: dict, where: str) -> "PruneSettings":
+        """The settings a circuit.json records, checked: an unknown key, a value of the wrong type or
+        out of range is an error naming `where`."""
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(recorded) - set(fields))
+        if unknown:
+            raise SparseCircuitsError(f"{where}: settings.{unknown[0]} is not a pruning setting: prune the task again")
+        for key, value in recorded.items():
+            kind = {"float": (int, float), "int": int, "str": str, "bool": bool}[fields[key]]
+            if not isinstance(value, kind) or (kind != bool and isinstance(value, bool)) or (
+                    isinstance(value, float) and not math.isfinite(value)):
+                raise SparseCircuitsError(f"{where}: settings.{key} must be {fields[key]}, not {str(value)[:40]}:"
+                                          " prune the task again")
+        settings = cls(**recorded)
+        try:
+            settings.validate()
+        except SparseCircuitsError as err:
+            raise SparseCircuitsError(f"{where}: {err}: prune the task again") from None
+        return settings
 
     def validate(self) -> None:
         if self.method not in ("mask", "attribution"):

@@ -189,7 +189,7 @@ def validate(circuit_dir: str | Path, run: Workbench | Run | str | Path | None =
 def _validate(circuit: Circuit, bench: Workbench, task_source: str, control: bool, show_progress: bool,
               max_per_node: int) -> dict:
     circuit_dir = circuit.directory
-    settings = PruneSettings(**circuit.data["settings"])
+    settings = PruneSettings.from_record(circuit.data["settings"], str(circuit.directory / "circuit.json"))
     model = bench.model
     with sparse_weight_kernels(model, settings.csr_max_density):
         splits = bench.splits(task_source)

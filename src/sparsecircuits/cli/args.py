@@ -18,14 +18,24 @@ class Parser(argparse.ArgumentParser):
         sys.exit(EXIT_BAD_INPUT)
 
 
-def integer(low: int):
+def shown(text: str, limit: int = 24) -> str:
+    """A user's value as quoted in a message: cut to `limit` characters."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+LARGEST = 2**63 - 1  # seeds and counts fit a signed 64-bit integer (torch's and numpy's seeds)
+
+
+def integer(low: int, high: int = LARGEST):
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        digits = text.strip().lstrip("+-")
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 40:
+            raise argparse.ArgumentTypeError(f"'{shown(text)}' is not a whole number from {low} to {high}")
+        value = int(text)
         if value < low:
             raise argparse.ArgumentTypeError(f"{value} is too small: give a whole number >= {low}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{value} is too large: give a whole number <= {high}")
         return value
     return parse
 
@@ -36,9 +46,9 @@ def real(low: float = -math.inf, high: float = math.inf, low_open: bool = False,
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+            raise argparse.ArgumentTypeError(f"'{shown(text)}' is not a number") from None
         if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+            raise argparse.ArgumentTypeError(f"{shown(text)} is not a finite number")
         if value < low or value > high or (low_open and value == low) or (high_open and value == high):
             interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
             raise argparse.ArgumentTypeError(f"{value:g} is out of range: give a number in {interval}")
@@ -59,8 +69,8 @@ def targets(text: str) -> tuple[float, ...]:
 
 def step_list(text: str) -> list[int]:
     items = [t.strip() for t in text.split(",")]
-    if not all(item.isdigit() for item in items):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma list of training steps, e.g. 500,1000,1500")
+    if not all(item.isascii() and item.isdigit() and len(item) <= 12 for item in items):
+        raise argparse.ArgumentTypeError(f"'{shown(text)}' is not a comma list of training steps, e.g. 500,1000,1500")
     return [int(item) for item in items]
 
 

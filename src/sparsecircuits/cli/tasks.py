@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from ..errors import SparseCircuitsError
@@ -51,6 +52,10 @@ def cmd_tasks_eval(args: argparse.Namespace) -> None:
     table = score_tasks(model, names, args.split, warn=len(names) == 1)
     if len(names) == 1 and "error" in table[names[0]]:
         raise SparseCircuitsError(table[names[0]]["error"])
+    overflowed = [row["task"] for row in table.values() if "loss" in row and not math.isfinite(row["loss"])]
+    if overflowed:
+        raise SparseCircuitsError(f"{args.run_dir}: the task loss of {overflowed[0]} is not finite (the model's activations"
+                                  " overflow): the weights are unusable; train the run again")
     rows = list(table.values())
     if args.json:
         print(json.dumps(rows, indent=1))

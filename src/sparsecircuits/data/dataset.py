@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .. import schemas
-from ..errors import SparseCircuitsError
+from ..errors import SparseCircuitsError, path_argument
 from ..schemas import read_json
 from .prepare import DEFAULT_SIMPLE_SHARE, MANIFEST, default_corpus_root, load_tokenizer, prepare
 
@@ -20,13 +20,16 @@ class TokenData:
     at step n reads exactly the batches an uninterrupted run would have."""
 
     def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
+        self.directory = path_argument(directory, "TokenData's directory")
         manifest_path = self.directory / MANIFEST
         if not manifest_path.is_file():
             raise SparseCircuitsError(
                 f"{self.directory} is not a prepared data directory (no {MANIFEST}): run `sparsecircuits prepare --out {self.directory}`"
             )
         self.manifest = read_json(manifest_path, schemas.MANIFEST, "prepare the data again")
+        if self.manifest["eot_id"] >= self.manifest["vocab_size"]:
+            raise SparseCircuitsError(f"{manifest_path}: eot_id {self.manifest['eot_id']} is not a token of its vocabulary"
+                                      f" of {self.manifest['vocab_size']}: prepare the data again")
         self.tokenizer_path = self.directory / "tokenizer.json"
         digest = hashlib.sha256(self.tokenizer_path.read_bytes()).hexdigest() if self.tokenizer_path.is_file() else None
         if digest != self.manifest.get("tokenizer_sha256"):

@@ -23,6 +23,7 @@ sparser), which is how the paper compares widths "at fixed L0".
 from __future__ import annotations
 
 import itertools
+import math
 import json
 import sys
 import time
@@ -64,6 +65,11 @@ def read_grid(name_or_path: str) -> dict:
     if bad or "d_model" not in axes or ("l0_fraction" in axes) == ("l0_nonzeros" in axes):
         raise SparseCircuitsError(f"{path}: [grid] needs a d_model list and one of l0_fraction or l0_nonzeros"
                                   f" (and optionally keep_fraction); unknown: {', '.join(sorted(bad)) or 'none'}")
+    for name, values in axes.items():
+        if (not isinstance(values, list) or not values
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in values)):
+            raise SparseCircuitsError(f"{path}: [grid] {name} must be a non-empty list of positive numbers, e.g."
+                                      f" {name} = [{'128' if name in ('d_model', 'l0_nonzeros') else '0.125, 0.0625'}]")
     return grid
 
 

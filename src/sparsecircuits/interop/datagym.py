@@ -15,6 +15,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from ..errors import SparseCircuitsError
+from ..schemas import PARSE_ERRORS
 
 # The authors' tinypython pre-tokenizer (their `tiktoken_ext/tinypython.py`).
 TINYPYTHON_PATTERN = r"""[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -28,8 +29,8 @@ def _read(folder: Path) -> tuple[dict[str, int], list[str]]:
             raise SparseCircuitsError(f"{folder} is not a data-gym tokenizer folder: {name} is missing")
     try:
         encoder = json.loads(paths["encoder.json"].read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SparseCircuitsError(f"{paths['encoder.json']} is not valid JSON ({err})") from None
+    except (UnicodeDecodeError, *PARSE_ERRORS) as err:
+        raise SparseCircuitsError(f"{paths['encoder.json']} is not valid JSON ({str(err)[:120]})") from None
     if not isinstance(encoder, dict) or not all(isinstance(v, int) for v in encoder.values()):
         raise SparseCircuitsError(f"{paths['encoder.json']} must map token strings to integer ids")
     lines = paths["vocab.bpe"].read_text(encoding="utf-8").split("\n")

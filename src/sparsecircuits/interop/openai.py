@@ -147,10 +147,13 @@ def load_weights_only(path: Path, what: str):
     never arbitrary objects, so loading cannot run code."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SparseCircuitsError(f"{path} is not a weights-only PyTorch {what} ({first[:200]}): it cannot be"
-                                  " loaded safely; nothing was imported") from None
+    except pickle.UnpicklingError:  # torch's own message suggests loading it unsafely: never repeated here
+        raise SparseCircuitsError(f"{path} holds Python objects besides tensors, which loading would run as code: it is"
+                                  f" refused and nothing was imported; ask for the {what} saved as tensors only") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as err:
+        first = next((line for line in str(err).strip().splitlines() if line and "weights_only" not in line), type(err).__name__)
+        raise SparseCircuitsError(f"{path} is not a PyTorch {what} that can be read ({first[:160]}): it is damaged or"
+                                  " of another kind; nothing was imported") from None
 
 
 def load_openai_state(path: Path) -> dict[str, torch.Tensor]:
@@ -298,9 +301,9 @@ def import_openai(model_dir: str | Path, out: str | Path, tokenizer_path: str | 
     directories (written whole, or not at all)."""
     from ..config import Config
     from ..data.dataset import TokenData
-    from ..io import atomic_save_tensors, atomic_write_text, check_output_dir, staged_directory
+    from ..io import atomic_write_text, check_output_dir, staged_directory
     from ..model.gpt import SparseGPT
-    from ..rundir import CONFIG_FILE as RUN_CONFIG, MODEL_FILE, RUN_INFO_FILE, TOKENIZER_FILE, file_sha256, load_state_into, run_info
+    from ..rundir import CONFIG_FILE as RUN_CONFIG, RUN_INFO_FILE, TOKENIZER_FILE, file_sha256, load_state_into, run_info, write_model
     from .download import fetch_released_model, is_model_name, store_url
 
     source, by_name = None, is_model_name(str(model_dir))
@@ -335,7 +338,7 @@ def import_openai(model_dir: str | Path, out: str | Path, tokenizer_path: str | 
             imported_from={"format": "openai/circuit_sparsity", "path": str(model_dir.resolve()),
                            "final_model_sha256": file_sha256(model_dir / WEIGHTS_FILE),
                            "tokenizer_name": beeg.get("tokenizer_name"), **({"downloaded": source} if source else {})}))
-        atomic_save_tensors(staging / MODEL_FILE, state, metadata={"config_hash": config.hash()})
+        write_model(staging, state, config)
     return out
 
 

@@ -277,11 +277,20 @@ class SparseGPT(nn.Module):
         """Site names from a name, a list of names, or a predicate on names (TransformerLens's names_filter)."""
         if names_filter is None:
             return list(self.site_names)
-        if isinstance(names_filter, str):
+        if isinstance(names_filter, str):  # one name, not its characters
             names_filter = [names_filter]
         if callable(names_filter):
             return [site for site in self.site_names if names_filter(site)]
-        return list(names_filter)
+        try:
+            names = list(names_filter)
+        except TypeError:
+            raise TypeError(f"sites must be a site name, a list of names or a predicate on names, not"
+                            f" {type(names_filter).__name__}") from None
+        unknown = [name for name in names if name not in self.site_names]
+        if unknown:
+            raise ValueError(f"unknown site {unknown[0]!r}: sites look like 0.attn.q, 0.mlp.post_act, 0.resid_in, final_resid"
+                             " (`model.site_names` lists them)")
+        return names
 
     def run_with_hooks(self, tokens, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], Hook]] = (),
                        return_type: str = "logits"):
@@ -304,7 +313,7 @@ class SparseGPT(nn.Module):
         (TransformerLens's backward hooks): (logits, cache, grads). The weights' own gradients are left
         untouched."""
         tokens = self._as_tokens(tokens)
-        names = list(sites) if sites is not None else self._names(names_filter)
+        names = self._names(sites if sites is not None else names_filter)
         cache: dict[str, torch.Tensor] = {}
         if backward is None:
             recorder = record_into(cache, detach)
@@ -447,7 +456,11 @@ class SparseGPT(nn.Module):
         ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
         if ids and isinstance(ids[0], (list, tuple)) or (isinstance(tokens, torch.Tensor) and tokens.dim() == 2):
             return [self.to_string(row) for row in ids]
-        return self._require_tokenizer().decode([int(i) for i in ids], skip_special_tokens=False)
+        vocab = self._require_tokenizer().get_vocab_size()
+        for i in ids:
+            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < vocab:
+                raise ValueError(f"to_string: {i!r} is not a token id of this model's tokenizer (whole numbers 0 to {vocab - 1})")
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
 
     def to_str_tokens(self, tokens, prepend_eot: bool = False) -> list[str]:
         """Each token of `tokens` (text, or the ids of one sequence) as its own string."""
@@ -461,12 +474,34 @@ class SparseGPT(nn.Module):
         return [self.to_string([i]) for i in ids]
 
     def _as_tokens(self, tokens) -> torch.Tensor:
-        """Ids (B, T) from ids (B, T) or (T,) or text."""
+        """Ids (B, T) from ids (B, T) or (T,) (a tensor or lists of ints) or text, checked: whole
+        numbers, at least one token, every id in the vocabulary."""
         if isinstance(tokens, str) or (isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str)):
             return self.to_tokens(tokens)
-        if isinstance(tokens, torch.Tensor) and tokens.dim() == 1:
-            return tokens[None]
-        return tokens
+        if isinstance(tokens, (list, tuple)):
+            rows = tokens if tokens and isinstance(tokens[0], (list, tuple)) else [tokens]
+            if not all(isinstance(row, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in row)
+                       for row in rows) or len({len(row) for row in rows}) > 1:
+                raise TypeError("tokens must be text, or token ids: a tensor or a list (of equal lists) of whole numbers")
+            try:
+                tokens = torch.tensor(tokens, dtype=torch.long, device=self.wte.weight.device)
+            except (RuntimeError, OverflowError):
+                raise ValueError("token ids must be whole numbers from 0 to the vocabulary's size") from None
+        if not isinstance(tokens, torch.Tensor):
+            raise TypeError(f"tokens must be text or a tensor of token ids, not {type(tokens).__name__}")
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            raise TypeError(f"tokens must be token ids of an integer dtype (torch.long), not {tokens.dtype}")
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        if tokens.dim() != 2 or tokens.numel() == 0:
+            raise ValueError(f"tokens must have shape (T,) or (B, T) with B, T >= 1, not {tuple(tokens.shape)}")
+        if torch.compiler.is_compiling():  # a compiled training step feeds its own batches: no graph break
+            return tokens
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= self.config.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"token id {bad} is not in the model's vocabulary (ids 0 to {self.config.vocab_size - 1})")
+        return tokens.long()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -47,6 +47,21 @@ def builtin_records(name: str) -> dict[str, list[dict]]:
     return {"train": train, "choose": held_out[:cut], "test": held_out[cut:]}
 
 
+def record_problem(record) -> str | None:
+    """What is wrong with one task record ({prompt, correct, incorrect}, each text), or None."""
+    if not isinstance(record, dict):
+        return f"a record must be an object with {', '.join(FIELDS)}, not {type(record).__name__}"
+    missing = [f for f in FIELDS if not isinstance(record.get(f), str)]
+    if missing:
+        return f"missing or non-string field '{missing[0]}' (need {', '.join(FIELDS)})"
+    for field in FIELDS:
+        try:
+            record[field].encode("utf-8")
+        except UnicodeEncodeError as err:
+            return f"field '{field}' holds a lone surrogate (character {err.start}), which is not text: write the character itself"
+    return None
+
+
 def read_jsonl_records(path: Path) -> list[dict]:
     if not path.is_file():
         raise SparseCircuitsError(f"task file not found: {path}")
@@ -59,9 +74,9 @@ def read_jsonl_records(path: Path) -> list[dict]:
     for line_no, record in iter_jsonl(path, text):
         if not isinstance(record, dict):
             raise SparseCircuitsError(f"{path}:{line_no}: each line must be a JSON object with {', '.join(FIELDS)}")
-        missing = [f for f in FIELDS if not isinstance(record.get(f), str)]
-        if missing:
-            raise SparseCircuitsError(f"{path}:{line_no}: missing or non-string field '{missing[0]}' (need {', '.join(FIELDS)})")
+        found = record_problem(record)
+        if found:
+            raise SparseCircuitsError(f"{path}:{line_no}: {found}")
         if record["correct"] == record["incorrect"]:
             raise SparseCircuitsError(f"{path}:{line_no}: 'correct' and 'incorrect' are the same ({record['correct']!r}):"
                                       " the two candidate completions must differ")
@@ -177,7 +192,10 @@ def tokenize_records(name: str, split: str, records: list[dict], tokenizer, max_
     (at least `min_records` of them)."""
     prompts, correct, incorrect = [], [], []
     dropped = 0
-    for record in records:
+    for number, record in enumerate(records):
+        found = record_problem(record)
+        if found:
+            raise ValueError(f"task {name} ({split}), record {number}: {found}")
         ids = tokenizer.encode(record["prompt"]).ids
         candidates = []
         for completion in (record["correct"], record["incorrect"]):

@@ -44,6 +44,9 @@ def evaluate_run(run: Run | str | Path, data_dir: str | Path | None = None, max_
     ctx = model.config.ctx_len
     inputs, targets = data.eval_windows("val", ctx, max_tokens)
     result = evaluate(model, inputs, targets, batch_size=16, device=torch.device(device))
+    if not math.isfinite(result["val_loss"]):  # finite weights can still overflow: never a nan reported as a result
+        raise SparseCircuitsError(f"{run.path}: the validation loss is {result['val_loss']} (the model's activations overflow"
+                                  " on this text): the weights are unusable; train the run again")
     result.update(ngram_baselines(data, inputs.numel()))
     result["val_tokens"] = int(inputs.numel())
     nonzero, total = count_nonzeros(sparse_parameters(model, run.config.sparsity))

@@ -19,12 +19,14 @@ from tqdm.auto import tqdm
 from ..config import Config, OptimConfig
 from ..data.dataset import TokenData
 from ..errors import SparseCircuitsError
+from ..schemas import read_json
 from ..model.gpt import SparseGPT
 from ..model.sparsity import apply_weight_topk, check_sparsity_budget, l0_fraction_at, sparse_parameters
 from ..io import atomic_save_tensors, atomic_write_text, check_output_dir, directory_lock, staged_directory, write_marker
 from ..bridges.bridge import BRIDGES_FILE, BridgedObjective, bridged_dense_run, check_bridgeable, dense_run_record
 from ..rundir import (CHECKPOINT, CONFIG_FILE, KEPT_INFO, METRICS_FILE, MODEL_FILE, RUN_ENTRIES, RUN_INFO_FILE, TOKENIZER_FILE, Run,
-                      file_sha256, kept_dir, read_metrics, read_run_config, run_info)
+                      file_sha256, kept_dir, read_metrics, read_run_config, read_run_info, run_info,
+                      write_model)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Distributed
 from .runtime import StopOnInterrupt, TrainingInterrupted, check_memory, keep_freed_memory
@@ -166,11 +168,11 @@ def _prepare_run_dir(config: Config, data: TokenData, run_dir: Path, resume: boo
         if not saved.is_file():
             raise SparseCircuitsError(f"cannot resume: {run_dir} is not a run directory (no config.json)")
         # read through Config so keys added since the run started compare as their defaults
-        if Config.from_dict(json.loads(saved.read_text()), origin=str(saved)).to_dict() != config.to_dict():
+        if Config.from_dict(read_json(saved, {}, "start the run again with --force"), origin=str(saved)).to_dict() != config.to_dict():
             raise SparseCircuitsError(
                 f"cannot resume {run_dir} with a different config: drop --config/--set to use the run's own, or train into a new --out"
             )
-        recorded = json.loads((run_dir / RUN_INFO_FILE).read_text())
+        recorded = read_run_info(run_dir)
         if recorded["tokenizer_sha256"] != data.manifest["tokenizer_sha256"]:
             raise SparseCircuitsError(f"cannot resume {run_dir} on different data: its tokenizer differs from {data.directory}'s")
         return
@@ -205,10 +207,16 @@ def tensorboard_writer(run_dir: Path):
     return summary_writer_class()(log_dir=str(run_dir / "tensorboard"))
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop records written after the checkpoint so the log reads as one run."""
+def _truncate_metrics(path: Path, step: int, run_id: str | None) -> None:
+    """On resume, drop records written after the checkpoint so the log reads as one run (checked to
+    be this run's log: its first record names the run)."""
     if path.is_file():
-        kept = [record for record in read_metrics(path) if record["step"] <= step]
+        records = read_metrics(path)
+        logged = next((record["run_id"] for record in records if "run_id" in record), run_id)
+        if logged != run_id:
+            raise SparseCircuitsError(f"cannot resume {path.parent}: {path.name} is the log of another run (run id {logged},"
+                                      f" run.json says {run_id}): the folder mixes two runs; start it again with --force")
+        kept = [record for record in records if record["step"] <= step]
         atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
@@ -317,9 +325,11 @@ class Trainer:
         self.optimizer = make_optimizer(self.trained, config.optim)
         self.sparse = sparse_parameters(self.model, config.sparsity)
         self.step, self.last_checkpoint = 0, None
+        self.run_id = read_run_info(run_dir).get("run_id")
         if resume:
-            self.step = self.last_checkpoint = load_checkpoint(run_dir, self.model, self.optimizer, self.extra)["step"]
-            _truncate_metrics(run_dir / METRICS_FILE, self.step)
+            self.step = self.last_checkpoint = load_checkpoint(run_dir, self.model, self.optimizer, self.extra,
+                                                               config, self.run_id)["step"]
+            _truncate_metrics(run_dir / METRICS_FILE, self.step, self.run_id)
             if group.is_main:  # models kept after the checkpoint are trained again, as the metrics are
                 for step in Run.open(run_dir).kept_steps():
                     if step > self.step:
@@ -329,6 +339,8 @@ class Trainer:
         self.tokens_per_step = train_cfg.batch_size * model_cfg.ctx_len
         self.metrics = open(run_dir / METRICS_FILE if group.is_main else os.devnull, "a")
         self.tensorboard = tensorboard_writer(run_dir) if train_cfg.tensorboard and group.is_main else None
+        if not resume:  # the log names its run, so a log from another run is not continued
+            self.log({"step": 0, "run_id": self.run_id})
 
     def log(self, record: dict) -> None:
         self.metrics.write(json.dumps(record) + "\n")
@@ -374,14 +386,15 @@ class Trainer:
         if not all(bool(torch.isfinite(p).all()) for p in self.trained.parameters()):
             raise self.diverged(self.step, "a weight became non-finite")
         if self.group.is_main:
-            save_checkpoint(self.run_dir, self.model, self.optimizer, {"step": self.step, "config_hash": self.config.hash()},
-                            self.extra)
+            save_checkpoint(self.run_dir, self.model, self.optimizer,
+                            {"step": self.step, "config_hash": self.config.hash(),
+                             "settings_hash": self.config.settings_hash(), "run_id": self.run_id}, self.extra)
         self.last_checkpoint = self.step
 
     def keep(self, record: dict) -> None:
         """The model at this step in checkpoints/step_NNNNNN/, with its step, validation loss, L0,
         digest and the run's id (`Run.at_step` checks them)."""
-        run_id = json.loads((self.run_dir / RUN_INFO_FILE).read_text()).get("run_id")
+        run_id = self.run_id
         with staged_directory(kept_dir(self.run_dir, self.step)) as staging:
             atomic_save_tensors(staging / MODEL_FILE, self.model.state_dict(), metadata={"config_hash": self.config.hash()})
             info = {"step": self.step, "val_loss": record["val_loss"], "l0_fraction": record["l0_fraction"],
@@ -393,7 +406,7 @@ class Trainer:
         if self.group.is_main:
             for file_name, module in self.extra.items():  # bridges first: model.safetensors marks the run finished
                 atomic_save_tensors(self.run_dir / file_name, module.state_dict(), metadata={"sites": json.dumps(module.sites)})
-            atomic_save_tensors(self.run_dir / MODEL_FILE, self.model.state_dict(), metadata={"config_hash": self.config.hash()})
+            write_model(self.run_dir, self.model.state_dict(), self.config)
         self.group.barrier()
 
     def run(self, show_progress: bool, stop_after: int | None = None, stop_at_val_loss: float | None = None) -> Path:

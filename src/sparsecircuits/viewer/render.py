@@ -135,12 +135,31 @@ def label_text(node: dict | None) -> str:
     return f"{best['concept']}{sign} {best['strength']:.2f}{flag}"
 
 
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+!|~-])")
+
+
+def md_text(text: str) -> str:
+    """A string as plain Markdown text in a table cell: HTML's special characters as entities (no
+    tag a renderer could run), Markdown's punctuation escaped, line breaks as spaces."""
+    text = html.escape(str(text), quote=False).replace("\r", " ").replace("\n", " ")
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", text)
+
+
+def md_code(text: str) -> str:
+    """A string as a Markdown code span that its own backticks cannot close: the fence is one
+    backtick longer than the longest run inside (CommonMark); a table's pipes escaped; line breaks as spaces."""
+    text = str(text).replace("\r", " ").replace("\n", " ").replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def render_markdown(data: dict) -> str:
     c, m = data["circuit"], data["circuit"]["metrics"]
-    lines = [f"# Circuit for `{c['task']}`", "",
-             f"Model `{c['model']['name']}` (config {c['model']['config_hash']}), target loss {c['target_loss']},"
-             f" {c['ablation']} ablation.", "", "## Metrics", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in m.items() if not isinstance(v, dict)]
+    lines = [f"# Circuit for {md_code(c['task'])}", "",
+             f"Model {md_code(c['model']['name'])} (config {md_text(c['model']['config_hash'])}), target loss {c['target_loss']},"
+             f" {md_text(c['ablation'])} ablation.", "", "## Metrics", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {md_text(k)} | {v:.4f} |" if isinstance(v, float) else f"| {md_text(k)} | {md_text(str(v))} |" for k, v in m.items() if not isinstance(v, dict)]
     v = data["validation"]
     if v:
         lines += ["", "## Validation", "", "| check | task loss | verdict |", "|---|---|---|",
@@ -159,7 +178,7 @@ def render_markdown(data: dict) -> str:
                 lines.append(f"| {name} | {s['n_nodes']} | {s['n_edges']} | {'reached' if s['reached_target'] else 'missed'}"
                              f" | {s['loss_fitted']:.4f} | {s['loss_test']:.4f} |")
         lines += ["", "| control | verdict | why |", "|---|---|---|"]
-        lines += [f"| {name} | {'pass' if c['passed'] else 'FAIL'} | {c['why']} |" for name, c in v.get("controls", {}).items()]
+        lines += [f"| {md_text(name)} | {'pass' if c['passed'] else 'FAIL'} | {md_text(c['why'])} |" for name, c in v.get("controls", {}).items()]
         lines += [] if "evidence" not in v else ["", f"**{'Evidence' if v['evidence'] else 'Not evidence'}**: sufficient, necessary and every control"
                       f" run {'passed' if v['evidence'] else 'did not all pass'}."]
     labelled = [n for n in data["labels"].values() if n["labels"]]
@@ -172,16 +191,16 @@ def render_markdown(data: dict) -> str:
         effect = data["node_ablation"].get(name, {}).get("loss_full_model_without_node")
         top = data["node_info"].get(name, {}).get("top") or []
         token = top[0]["tokens"][top[0]["focus"]] if top else ""
-        label = label_text(data["labels"].get(name))
-        lines.append(f"| `{name}` | {label} | {effect:.4f} | `{json.dumps(token)[1:-1]}` |" if effect is not None
-                     else f"| `{name}` | {label} | | |")
+        label = md_text(label_text(data["labels"].get(name)))
+        lines.append(f"| {md_code(name)} | {label} | {effect:.4f} | {md_code(json.dumps(token)[1:-1])} |" if effect is not None
+                     else f"| {md_code(name)} | {label} | | |")
     lines += ["", "## Examples (held-out)", "", "| prompt (end) | correct | incorrect | full p(correct) | circuit p(correct) |",
               "|---|---|---|---|---|"]
     for x in data["examples"]:
-        prompt = json.dumps(x["prompt"][-50:])[1:-1].replace("|", "\\|")
-        lines.append(f"| `{prompt}` | `{json.dumps(x['correct'])[1:-1]}` | `{json.dumps(x['incorrect'])[1:-1]}` |"
+        prompt = json.dumps(x["prompt"][-50:])[1:-1]
+        lines.append(f"| {md_code(prompt)} | {md_code(json.dumps(x['correct'])[1:-1])} | {md_code(json.dumps(x['incorrect'])[1:-1])} |"
                      f" {x['full'][0]:.3f} | {x['circuit'][0]:.3f} |")
-    others = ", ".join(f"{n} {kind}" for kind, n in c["metrics"].get("n_edges_by_kind", {}).items() if kind != "weight" and n)
+    others = ", ".join(f"{n} {md_text(kind)}" for kind, n in c["metrics"].get("n_edges_by_kind", {}).items() if kind != "weight" and n)
     lines += ["", f"{c['metrics']['n_edges']} weight edges" + (f" (besides: {others})" if others else "")
               + "; open the HTML page to see them.", ""]
     return "\n".join(lines)
