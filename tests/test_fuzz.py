@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import struct
 from pathlib import Path
 
@@ -190,17 +191,29 @@ def _fresh(fuzz_world: Path, tmp: Path) -> dict:
     return {name: tmp / name for name in ("R", "S", "T", "C")} | {"tmp": tmp}
 
 
+HANG_SECONDS = 120
+
+
 def _run_and_check(capsys, argv, world, damaged: Path) -> None:
     """Exit 0 (or a documented status), or exit 2 with one `error:` line and no traceback, leaving the
     user's files as they were."""
     watched = [world[name] for name in ("R", "T", "C")]
     before = {str(folder): _digest(folder) for folder in watched}
     capsys.readouterr()
+
+    def hung(signum, frame):  # a read of a pipe waits forever: fail the example instead of the whole run
+        raise TimeoutError(f"{argv} did not finish in {HANG_SECONDS} s with {damaged} damaged")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(HANG_SECONDS)
     try:
         main(_argv(argv, world))
         code = 0
     except SystemExit as stop:
         code = stop.code
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     err = capsys.readouterr().err
     assert "Traceback" not in err, (argv, damaged, err[-2000:])
     if code == 0 or (code == 1 and argv[0] == "validate"):  # validate's documented status: not evidence

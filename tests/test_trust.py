@@ -118,8 +118,6 @@ RUN_FILES = [
     ("int64 zeros as weights", _rewritten(lambda v: torch.zeros(v.shape, dtype=torch.int64)), "is int64, the model's weights are float32"),
     ("a NaN in the weights", _rewritten(lambda v: v.clone().fill_(float("nan"))), "holds NaN or infinite values"),
     ("an infinity in the weights", _rewritten(lambda v: v.clone().fill_(float("inf"))), "holds NaN or infinite values"),
-    ("no digest recorded", lambda r: _edit_json(r / "run.json", lambda d: {k: v for k, v in d.items() if k != "weights"}),
-     "records no digest"),
 ]
 
 
@@ -159,6 +157,12 @@ def test_resume_refuses_a_folder_holding_another_runs_checkpoint_or_log(capsys, 
     shutil.rmtree(target) if target.is_dir() else target.unlink()
     (shutil.copytree if (stopped / "other" / part).is_dir() else shutil.copyfile)(stopped / "other" / part, target)
     fails(capsys, ["train", "--resume", "--out", str(stopped / "run")], message)
+
+
+def test_a_run_from_before_digests_loads_with_a_warning(capsys, world):
+    _edit_json(world["R"] / "run.json", lambda d: {k: v for k, v in d.items() if k != "weights"})
+    main(["sample", str(world["R"]), "--max-new-tokens", "1"])
+    assert "records no digest" in capsys.readouterr().err
 
 
 def test_a_resumed_run_finishes_and_its_weights_pass_their_check(stopped):
@@ -353,3 +357,28 @@ def test_a_full_disk_names_sizes_people_read():
         "0 bytes", "1 byte", "999 bytes", "12.3 kB", "4.5 MB", "1.2 GB"]
     message = str(disk_error(OSError(errno.ENOSPC, "No space left on device"), Path("/tmp/x"), 2048))
     assert "it needs 2.0 kB" in message and "0.0 MB" not in message
+
+
+def test_special_files_inside_a_corpus_folder_are_skipped_by_name(capsys, tmp_path, corpus_dir):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(corpus_dir, corpus)
+    os.mkfifo(corpus / "pipe.py")  # reading it would wait forever
+    (corpus / "loop.py").symlink_to(corpus / "loop.py")
+    main(["prepare", "--corpus", str(corpus), "--vocab-size", "300", "--out", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert "skipped" in err and "pipe.py" in err and "loop.py" in err and (tmp_path / "data" / "manifest.json").is_file()
+
+
+def test_an_audit_of_a_task_with_too_few_records_is_an_error_not_a_pass(capsys, tmp_path):
+    task = tmp_path / "few.jsonl"
+    task.write_text('{"prompt": "x = 1\\nif x", "correct": ":", "incorrect": " ="}\n'
+                    '{"prompt": "y = 2\\nwhile y", "correct": " =", "incorrect": ":"}\n')
+    fails(capsys, ["tasks", "audit", str(task)], "too few to audit")
+
+
+@pytest.mark.parametrize("make", ["fifo", "folder"])
+def test_resume_with_a_log_that_is_not_a_file_is_refused_not_left_waiting(capsys, stopped, make):
+    log = stopped / "run" / "metrics.jsonl"  # found by tests/test_fuzz.py: a pipe here blocked --resume forever
+    log.unlink()
+    os.mkfifo(log) if make == "fifo" else log.mkdir()
+    fails(capsys, ["train", "--resume", "--out", str(stopped / "run")], "metrics.jsonl is ")

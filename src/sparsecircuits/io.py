@@ -6,7 +6,8 @@
 - A folder a command makes carries a marker file naming the command (`.sparsecircuits.json`);
   `--force` replaces only a folder whose marker names the same command.
 - A directory being written is locked (`directory_lock`): a second writer is refused, naming the
-  process that holds it; a lock held by a process that died is free again.
+  process that holds it; a lock held by a process that died is free again. The lock is the resolved
+  folder's, so a symlink to it and the folder share one; `--force` through a symlink is refused.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     import torch
 
 from .errors import SparseCircuitsError
-from .schemas import PARSE_ERRORS
+from .schemas import PARSE_ERRORS, file_problem
 
 
 def _umask() -> int:
@@ -180,6 +181,8 @@ def output_folder(out: Path, what: str = "--out") -> Path:
 
 def made_by(directory: Path) -> str | None:
     """The command named by a folder's marker file, or None."""
+    if file_problem(Path(directory) / MARKER):
+        return None
     try:
         return json.loads((Path(directory) / MARKER).read_text()).get("made_by")
     except (OSError, AttributeError, *PARSE_ERRORS):

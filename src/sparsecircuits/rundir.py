@@ -107,6 +107,9 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
 def read_metrics(path: Path) -> list[dict]:
     """metrics.jsonl's records. A torn last line (what a full disk or a killed process leaves) is
     dropped with a warning; a damaged line before it is an error naming the line."""
+    found = schemas.file_problem(path)
+    if found:
+        raise SparseCircuitsError(f"{path} {found}: the run's log is damaged; train the run again with --force")
     lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
     records = []
     for number, line in enumerate(lines, 1):
@@ -244,10 +247,12 @@ class Run:
         self._check_trained()
         recorded = self.kept["weights_sha256"] if self.kept else (self.info.get("weights") or {}).get("sha256")
         record = f"{self.weights_dir / KEPT_INFO}" if self.kept else f"{self.path / RUN_INFO_FILE}"
-        if recorded is None:
-            raise SparseCircuitsError(f"{record} records no digest of {self.model_file} (an older sparsecircuits wrote the"
-                                      " run), so its weights cannot be checked: train the run again")
-        if file_sha256(self.model_file) != recorded:
+        actual = file_sha256(self.model_file)
+        if recorded is None:  # a run from before digests were recorded: usable, said aloud
+            print(f"warning: {record} records no digest of {self.model_file} (an older sparsecircuits wrote the run), so"
+                  " its weights are not checked; train the run again to have them checked", file=sys.stderr)
+            return actual
+        if actual != recorded:
             raise SparseCircuitsError(f"{self.model_file} is not the file the run wrote (its sha256 differs from the one in"
                                       f" {record}): it was changed or damaged; train the run again or restore the file")
         return recorded

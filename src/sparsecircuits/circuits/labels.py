@@ -39,7 +39,7 @@ from ..data.dataset import TokenData
 from ..errors import SparseCircuitsError
 from ..model.gpt import SparseGPT
 from ..model.sparsity import sparse_parameters
-from ..schemas import PARSE_ERRORS, problem
+from ..schemas import PARSE_ERRORS, file_problem, problem
 
 DEFAULT_THRESHOLD = 0.6  # AUROC 0.8, or |r| 0.6
 NODE_CHUNK = 512  # nodes scored at once (bounds the memory of the rank tensors)
@@ -343,6 +343,8 @@ def read_labels(directory: str | Path, weights_sha256: str) -> dict | None:
     import json
 
     path = Path(directory) / LABELS_FILE
+    if file_problem(path):  # missing, or a pipe a read would wait on: labelled again
+        return None
     try:
         result = json.loads(path.read_text())
     except (OSError, *PARSE_ERRORS):

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import SparseCircuitsError
+from ..schemas import file_problem
 from ..io import check_output_dir, directory_lock, iter_jsonl, reserve_space, staged_directory
 
 EOT = "<|endoftext|>"
@@ -147,6 +148,10 @@ def scan_sources(corpus: list[str | Path], generated_tokens: int, seed: int,
 
 
 def _read_documents(path: Path, scan: CorpusScan):
+    found = file_problem(path)
+    if found:  # a pipe would block the read; a folder or a link loop cannot be read
+        print(f"warning: skipped {path}: it {found}", file=sys.stderr)
+        return
     try:
         raw = path.read_bytes()
         text = raw.decode("utf-8")

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SparseCircuitsError
-from .records import evaluate_task, load_task, load_task_splits, task_records
+from .records import MIN_RECORDS, evaluate_task, load_task, load_task_splits, task_records
 
 FLAG_ACCURACY = 0.70  # a task some degenerate cue answers this well on held-out records is flagged
 POSITION_FLAG = 0.60  # ... or a token at a fixed position before the last line answers this well
@@ -196,6 +196,11 @@ def audit_task(name_or_path: str, model=None, split: str = "test") -> dict:
 
         pre = pre_tokenizers.ByteLevel(add_prefix_space=False)
         name, splits = task_records(name_or_path, warn=False)
+        for part in ("train", split):  # as pruning needs them: a predictor scored on a handful of records says nothing
+            if len(splits[part]) < MIN_RECORDS:
+                raise SparseCircuitsError(
+                    f"task {name} has {len(splits[part])} records in its {part} split, too few to audit (at least"
+                    f" {MIN_RECORDS}): a task file needs at least {5 * MIN_RECORDS} distinct records")
         train, test = (_examples(splits[part], lambda text: [piece for piece, _ in pre.pre_tokenize_str(text)])
                        for part in ("train", split))
     else:

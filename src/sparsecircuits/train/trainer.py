@@ -210,7 +210,7 @@ def tensorboard_writer(run_dir: Path):
 def _truncate_metrics(path: Path, step: int, run_id: str | None) -> None:
     """On resume, drop records written after the checkpoint so the log reads as one run (checked to
     be this run's log: its first record names the run)."""
-    if path.is_file():
+    if os.path.lexists(path):  # anything there but a file (a pipe, a folder) is refused by read_metrics
         records = read_metrics(path)
         logged = next((record["run_id"] for record in records if "run_id" in record), run_id)
         if logged != run_id:
