@@ -200,6 +200,13 @@ SCHEMAS = [
      "settings.steps must be int"),
     ("a target loss above chance", "C/circuit.json", lambda p: _edit_json(p, lambda d: {**d, "target_loss": 5}),
      ["validate", "@C"], "target_loss must be a number between 0 and ln 2"),
+    # found by tests/test_fuzz.py: keys the readers use that the schema did not name
+    ("format as a list", "C/circuit.json", lambda p: _edit_json(p, lambda d: {**d, "format": []}), ["validate", "@C"],
+     "format must be a whole number >= 1"),
+    ("means_data as a number", "C/circuit.json", lambda p: _edit_json(p, lambda d: {**d, "means_data": 0}),
+     ["validate", "@C"], "means_data must be a string or null"),
+    ("n_edges as a string", "C/circuit.json", lambda p: _edit_json(p, lambda d: {**d, "metrics": {**d["metrics"], "n_edges": "5"}}),
+     ["validate", "@C"], "metrics.n_edges must be a whole number"),
     ("optimizer state without rng.torch", "S/run/checkpoint/optimizer.safetensors",
      lambda p: save_file({k: v for k, v in load_file(p).items() if k != "rng.torch"}, p),
      ["train", "--resume", "--out", "@S/run"], "has no random-number state"),

@@ -60,10 +60,19 @@ KEPT_MODEL = {"step": COUNT, "val_loss": NUMBER, "l0_fraction": NUMBER, "weights
               "config_hash": STRING, "run_id": STRING_OR_NULL}
 NODE = {"site": STRING, "index": COUNT}
 EDGE = {"src": NODE, "dst": NODE, "kind": STRING, "weight": NUMBER}
-CIRCUIT = {"task": STRING, "task_source": STRING, "target_loss": TASK_LOSS, "ablation": one_of("mean", "zero"),
-           "model": {"run_dir": STRING, "weights_sha256": STRING, "step": Optional(COUNT)},
-           "nodes": [NODE], "edges": [EDGE], "metrics": OBJECT, "settings": OBJECT,
-           "edge_circuit": Optional({"nodes": [NODE], "edges": [EDGE], "metrics": OBJECT})}
+COUNTS = Kind("an object of whole numbers >= 0", lambda v: isinstance(v, dict) and all(_int(n) and n >= 0 for n in v.values()))
+# Every key a reader of circuit.json uses is here (other keys are allowed, and not read).
+CIRCUIT_METRICS = {"n_nodes": COUNT, "n_edges": COUNT, "loss_circuit": NUMBER, "n_edges_by_kind": Optional(COUNTS),
+                   **{key: Optional(NUMBER) for key in ("logit_scale", "loss_full_model", "loss_circuit_calibrated",
+                                                       "loss_circuit_ablated", "loss_random_same_size", "loss_empty_circuit",
+                                                       "accuracy_circuit", "accuracy_full_model", "loss_choose")}}
+CIRCUIT = {"format": Optional(POSITIVE), "task": STRING, "task_source": STRING, "target_loss": TASK_LOSS,
+           "ablation": one_of("mean", "zero"), "means_data": Optional(STRING_OR_NULL), "records_sha256": Optional(STRING),
+           "records": Optional(COUNTS), "search_trials": Optional(COUNT),
+           "model": {"run_dir": STRING, "weights_sha256": STRING, "step": Optional(COUNT), "name": Optional(STRING),
+                     "config_hash": Optional(STRING)},
+           "nodes": [NODE], "edges": [EDGE], "metrics": CIRCUIT_METRICS, "settings": OBJECT,
+           "edge_circuit": Optional({"nodes": [NODE], "edges": [EDGE], "metrics": CIRCUIT_METRICS})}
 # The authors' GPTConfig: its optional widths (the required sizes and every key's name are checked on import).
 _WIDTH = Optional(Kind("a whole number >= 1 or null", lambda v: v is None or (_int(v) and v >= 1)))
 OPENAI_CONFIG = {"d_head": _WIDTH, "d_mlp": _WIDTH, "n_mlp": _WIDTH}
