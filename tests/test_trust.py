@@ -140,6 +140,11 @@ RESUME = [
      "past train.steps 20"),
     ("another run's id in state.json", "run/checkpoint/state.json", lambda d: {**d, "run_id": "0" * 32},
      "its checkpoint is another run's"),
+    # found by tests/test_fuzz.py: the optimizer's settings went to torch unchecked
+    ("a huge weight decay in state.json", "run/checkpoint/state.json",
+     lambda d: {**d, "param_groups": [{**g, "weight_decay": 10**60} for g in d["param_groups"]]}, "the optimizer's weight_decay is"),
+    ("a list as weight decay in state.json", "run/checkpoint/state.json",
+     lambda d: {**d, "param_groups": [{**g, "weight_decay": []} for g in d["param_groups"]]}, "the optimizer's weight_decay is"),
 ]
 
 

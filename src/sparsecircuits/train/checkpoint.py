@@ -4,6 +4,7 @@ folder renamed into place). The rest of the run directory's layout is in `rundir
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,8 @@ def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
         raise SparseCircuitsError(f"{directory / 'optimizer.safetensors'} has no random-number state (rng.torch) of the"
                                   " right kind: the checkpoint is damaged; start the run again with --force")
     torch.set_rng_state(rng)
-    opt_state: dict[str, Any] = {"state": {}, "param_groups": state.pop("param_groups")}
+    opt_state: dict[str, Any] = {"state": {}, "param_groups": _checked_param_groups(state.pop("param_groups"), optimizer,
+                                                                                    directory / "state.json")}
     try:  # keys are "INDEX" and "INDEX.NAME", INDEX in ASCII digits
         for index, scalars in state.pop("optimizer_scalars").items():
             opt_state["state"][_parameter_index(index)] = dict(scalars)
@@ -99,3 +101,24 @@ def _parameter_index(text: str) -> int:
     if not schemas.is_index(text):
         raise ValueError(f"{text!r} is not a parameter index")
     return int(text)
+
+
+def _checked_param_groups(saved: list[dict], optimizer: torch.optim.Optimizer, path: Path) -> list[dict]:
+    """The optimizer's parameter groups as state.json holds them, checked against the ones the config
+    makes: the same groups and settings (the learning rate aside, which the schedule sets every step)."""
+    fresh = optimizer.state_dict()["param_groups"]
+    if len(saved) != len(fresh):
+        raise SparseCircuitsError(f"{path} holds {len(saved)} optimizer groups where the model has {len(fresh)}: the"
+                                  " checkpoint is another model's; start the run again with --force")
+    for group, ours in zip(saved, fresh):
+        for key, value in ours.items():
+            theirs = group.get(key)
+            if key == "lr":
+                ok = isinstance(theirs, (int, float)) and not isinstance(theirs, bool) and math.isfinite(theirs) and theirs >= 0
+            else:
+                ok = theirs == (list(value) if isinstance(value, tuple) else value)
+            if not ok:
+                raise SparseCircuitsError(f"{path}: the optimizer's {key} is {str(theirs)[:40]}, the config makes"
+                                          f" {str(value)[:40]}: the checkpoint was edited or is another run's;"
+                                          " start the run again with --force")
+    return saved
