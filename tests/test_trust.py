@@ -118,14 +118,16 @@ RUN_FILES = [
     ("int64 zeros as weights", _rewritten(lambda v: torch.zeros(v.shape, dtype=torch.int64)), "is int64, the model's weights are float32"),
     ("a NaN in the weights", _rewritten(lambda v: v.clone().fill_(float("nan"))), "holds NaN or infinite values"),
     ("an infinity in the weights", _rewritten(lambda v: v.clone().fill_(float("inf"))), "holds NaN or infinite values"),
+    ("finite weights whose activations overflow", _rewritten(lambda v: v.clone().fill_(1e30)), "overflow"),
 ]
 
 
 @pytest.mark.parametrize("damage, message", [c[1:] for c in RUN_FILES], ids=[c[0] for c in RUN_FILES])
 @pytest.mark.parametrize("command", [["sample", "@R", "--max-new-tokens", "1"], ["eval", "@R", "--data", "@R/data"],
-                                     ["tasks", "eval", "@R", "--task", "single_double_quote"]])
+                                     ["tasks", "eval", "@T", "--task", "@task"]])
 def test_a_run_whose_weights_are_not_what_it_wrote_is_refused_on_every_load(capsys, world, damage, message, command):
     damage(world["R"])
+    damage(world["T"])
     fails(capsys, _argv(command, world), message)
 
 

@@ -418,6 +418,9 @@ class SparseGPT(nn.Module):
         tokens = self._as_tokens(tokens)
         for _ in range(max_new_tokens):
             logits = self(tokens[:, -self.config.ctx_len :])[:, -1].float()
+            if not bool(torch.isfinite(logits).all()):
+                raise SparseCircuitsError("the model's logits are not finite (its activations overflow): the weights are"
+                                          " unusable; train the run again")
             if temperature <= 0:
                 next_token = logits.argmax(-1, keepdim=True)
             else:
