@@ -289,11 +289,12 @@ def _check_type(expected: Any, value: Any, name: str, origin: str) -> Any:
         bool: isinstance(value, bool),
         str: isinstance(value, str),
     }.get(expected, isinstance(value, dict))
+    shown = repr(value)[:40] if not isinstance(value, int) or abs(value) < 10**30 else "a number of more than 30 digits"
     if not ok:
         type_name = getattr(expected, "__name__", "table")
-        raise SparseCircuitsError(f"{origin}: bad value for '{name}': expected {type_name}, got {value!r}")
-    if expected is float and not math.isfinite(value):
-        raise SparseCircuitsError(f"{origin}: bad value for '{name}': {value!r} is not a finite number")
+        raise SparseCircuitsError(f"{origin}: bad value for '{name}': expected {type_name}, got {shown}")
+    if expected is float and not (abs(value) < 1e300 and math.isfinite(value)):  # abs() first: an int too large for a float
+        raise SparseCircuitsError(f"{origin}: bad value for '{name}': {shown} is not a finite number of a sane size")
     return float(value) if expected is float else (dict(value) if isinstance(value, dict) else value)
 
 
