@@ -158,12 +158,18 @@ FILE_KINDS = {
     "R/data/manifest.json": ["eval", "@R", "--data", "@R/data", "--max-tokens", "64"],
     "S/run/checkpoint/state.json": ["train", "--resume", "--out", "@S/run"],
     "S/run/metrics.jsonl": ["train", "--resume", "--out", "@S/run"],
+    "R/data/tokenizer.json": ["eval", "@R", "--data", "@R/data", "--max-tokens", "64"],
+    "S/run/config.json": ["train", "--resume", "--out", "@S/run"],
+    "S/run/run.json": ["train", "--resume", "--out", "@S/run"],
+    "T/checkpoints/step_000100/checkpoint.json": ["tasks", "eval", "@T", "--step", "100", "--task", "@C/my_task.jsonl"],
     "C/circuit.json": ["validate", "@C", "--no-control", "--task", "@C/my_task.jsonl"],
     "C/my_task.jsonl": ["tasks", "eval", "@T", "--task", "@C/my_task.jsonl"],
 }
 TENSOR_KINDS = {
     "R/model.safetensors": ["sample", "@R", "--max-new-tokens", "1"],
     "S/run/checkpoint/optimizer.safetensors": ["train", "--resume", "--out", "@S/run"],
+    "S/run/checkpoint/model.safetensors": ["train", "--resume", "--out", "@S/run"],
+    "T/checkpoints/step_000100/model.safetensors": ["tasks", "eval", "@T", "--step", "100", "--task", "@C/my_task.jsonl"],
     "R/data/train.bin": ["eval", "@R", "--data", "@R/data", "--max-tokens", "64"],
 }
 
