@@ -63,8 +63,9 @@ def last_line_cue(rng):
 
 def last_two_cue(rng):
     """The second-last token decides; the last token and the bag of tokens are shared."""
-    return ({"prompt": f"x = {rng.choice(WORDS)} down up end", "correct": " +", "incorrect": " -"},
-            {"prompt": f"x = {rng.choice(WORDS)} up down end", "correct": " -", "incorrect": " +"})
+    head = " ".join(rng.choice(WORDS) for _ in range(3))  # enough distinct prompts for every split (the audit needs 8)
+    return ({"prompt": f"x = {head} down up end", "correct": " +", "incorrect": " -"},
+            {"prompt": f"x = {head} up down end", "correct": " -", "incorrect": " +"})
 
 
 @pytest.mark.parametrize("make, fires, silent", [

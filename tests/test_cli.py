@@ -88,7 +88,7 @@ def test_damaged_runs(capsys, tmp_path, trained_run):
     shutil.copytree(trained_run, truncated)
     data = (truncated / "model.safetensors").read_bytes()
     (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
-    fails(capsys, ["eval", str(truncated)], "corrupted or truncated")
+    fails(capsys, ["eval", str(truncated)], "is not the file the run wrote")
 
     mismatched = tmp_path / "mismatched"
     shutil.copytree(trained_run, mismatched)

@@ -200,15 +200,19 @@ def _fresh(fuzz_world: Path, tmp: Path) -> dict:
 HANG_SECONDS = 120
 
 
+class Hung(BaseException):
+    """Not an OSError (as TimeoutError is), which the CLI would report as one error line and pass."""
+
+
 def _run_and_check(capsys, argv, world, damaged: Path) -> None:
     """Exit 0 (or a documented status), or exit 2 with one `error:` line and no traceback, leaving the
     user's files as they were."""
-    watched = [world[name] for name in ("R", "T", "C")]
+    watched = [world[name] for name in ("R", "S", "T", "C")]
     before = {str(folder): _digest(folder) for folder in watched}
     capsys.readouterr()
 
     def hung(signum, frame):  # a read of a pipe waits forever: fail the example instead of the whole run
-        raise TimeoutError(f"{argv} did not finish in {HANG_SECONDS} s with {damaged} damaged")
+        raise Hung(f"{argv} did not finish in {HANG_SECONDS} s with {damaged} damaged")
 
     previous = signal.signal(signal.SIGALRM, hung)
     signal.alarm(HANG_SECONDS)

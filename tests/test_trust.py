@@ -48,7 +48,8 @@ def _hold_lock(folder: Path):
         from sparsecircuits.io import directory_lock
         with directory_lock({str(folder)!r}):
             print("held", flush=True)
-            time.sleep(120)
+            while True:  # until the test kills it
+                time.sleep(1)
     """)
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -57,14 +58,14 @@ def _hold_lock(folder: Path):
 
 # --- 1. locks follow the real folder -------------------------------------------------------------
 
-def test_two_processes_resuming_one_run_through_a_symlink_the_second_is_refused(capsys, stopped):
+def test_two_processes_resuming_one_run_through_a_symlink_the_second_is_refused(capsys, stopped, data_dir):
     link = stopped / "link"
     link.symlink_to(stopped / "run")
     before = _digest(stopped / "run")
     holder = _hold_lock(stopped / "run")  # a resume writing through the real path
     try:
         fails(capsys, ["train", "--resume", "--out", str(link)], "being written by another sparsecircuits process")
-        fails(capsys, ["train", "--config", "tiny", *TINY_SET, "--out", str(stopped / "run"), "--force"],
+        fails(capsys, ["train", "--config", "tiny", *TINY_SET, "--data", str(data_dir), "--out", str(stopped / "run"), "--force"],
               "being written by another sparsecircuits process")
     finally:
         holder.kill()

@@ -178,11 +178,6 @@ class Config:
         blob = json.dumps({"model": dataclasses.asdict(self.model), "sparsity": dataclasses.asdict(self.sparsity)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def settings_hash(self) -> str:
-        """A hash of every setting (the checkpoint records it: a run resumes only with the config it
-        was trained with)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "config") -> "Config":
         sections = {f.name: f.type for f in dataclasses.fields(cls)}

@@ -55,7 +55,7 @@ RUN_INFO = {"tokenizer_sha256": STRING, "data": Optional(STRING_OR_NULL), "data_
 TOKEN_COUNT = Kind("a whole number from 1 to 65536 (tokens are stored as uint16)", lambda v: _int(v) and 1 <= v <= 65536)
 MANIFEST = {"vocab_size": TOKEN_COUNT, "eot_id": COUNT, "tokenizer_sha256": STRING, "tokens": {"train": COUNT, "val": COUNT}}
 CHECKPOINT_STATE = {"step": COUNT, "param_groups": [OBJECT], "optimizer_scalars": OBJECT, "config_hash": Optional(STRING),
-                    "settings_hash": Optional(STRING), "run_id": Optional(STRING_OR_NULL), "model_sha256": Optional(STRING)}
+                    "config": Optional(OBJECT), "run_id": Optional(STRING_OR_NULL), "model_sha256": Optional(STRING)}
 KEPT_MODEL = {"step": COUNT, "val_loss": NUMBER, "l0_fraction": NUMBER, "weights_sha256": STRING,
               "config_hash": STRING, "run_id": STRING_OR_NULL}
 NODE = {"site": STRING, "index": COUNT}

@@ -12,6 +12,7 @@ the floor rounding of its k.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
@@ -460,9 +461,13 @@ class SparseGPT(nn.Module):
         if ids and isinstance(ids[0], (list, tuple)) or (isinstance(tokens, torch.Tensor) and tokens.dim() == 2):
             return [self.to_string(row) for row in ids]
         vocab = self._require_tokenizer().get_vocab_size()
-        for i in ids:
-            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < vocab:
-                raise ValueError(f"to_string: {i!r} is not a token id of this model's tokenizer (whole numbers 0 to {vocab - 1})")
+        try:  # ints, numpy integers and 0-d tensors; never floats or bools
+            ids = [operator.index(i) if not isinstance(i, bool) else None for i in ids]
+        except TypeError:
+            ids = [None]
+        bad = next((i for i in ids if i is None or not 0 <= i < vocab), "ok")
+        if bad != "ok":
+            raise ValueError(f"to_string: {bad!r} is not a token id of this model's tokenizer (whole numbers 0 to {vocab - 1})")
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
     def to_str_tokens(self, tokens, prepend_eot: bool = False) -> list[str]:
@@ -500,7 +505,7 @@ class SparseGPT(nn.Module):
             raise ValueError(f"tokens must have shape (T,) or (B, T) with B, T >= 1, not {tuple(tokens.shape)}")
         if torch.compiler.is_compiling():  # a compiled training step feeds its own batches: no graph break
             return tokens
-        low, high = int(tokens.min()), int(tokens.max())
+        low, high = torch.stack(torch.aminmax(tokens)).tolist()  # one pass, one transfer from the device
         if low < 0 or high >= self.config.vocab_size:
             bad = low if low < 0 else high
             raise ValueError(f"token id {bad} is not in the model's vocabulary (ids 0 to {self.config.vocab_size - 1})")

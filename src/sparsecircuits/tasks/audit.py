@@ -185,6 +185,9 @@ def _examples_of(task, tokenizer) -> list[Example]:
     return out
 
 
+AUDIT_MIN_RECORDS = 8  # per split
+
+
 def audit_task(name_or_path: str, model=None, split: str = "test") -> dict:
     """Accuracy on the `split` records of each predictor fitted on the train records; `flagged`: the
     degenerate cues above FLAG_ACCURACY and the position predictors above POSITION_FLAG; `mechanisms`:
@@ -196,11 +199,12 @@ def audit_task(name_or_path: str, model=None, split: str = "test") -> dict:
 
         pre = pre_tokenizers.ByteLevel(add_prefix_space=False)
         name, splits = task_records(name_or_path, warn=False)
-        for part in ("train", split):  # as pruning needs them: a predictor scored on a handful of records says nothing
-            if len(splits[part]) < MIN_RECORDS:
+        for part in ("train", split):  # a predictor fitted or scored on a handful of records says nothing
+            if len(splits[part]) < AUDIT_MIN_RECORDS:
                 raise SparseCircuitsError(
                     f"task {name} has {len(splits[part])} records in its {part} split, too few to audit (at least"
-                    f" {MIN_RECORDS}): a task file needs at least {5 * MIN_RECORDS} distinct records")
+                    f" {AUDIT_MIN_RECORDS}; pruning needs {MIN_RECORDS}): a task file needs at least"
+                    f" {5 * AUDIT_MIN_RECORDS} distinct records")
         train, test = (_examples(splits[part], lambda text: [piece for piece, _ in pre.pre_tokenize_str(text)])
                        for part in ("train", split))
     else:

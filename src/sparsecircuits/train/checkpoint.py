@@ -48,8 +48,9 @@ def check_checkpoint(run_dir: Path, state: dict[str, Any], config: Config, run_i
     hand-edited config.json or state.json, is refused with what differs."""
     where = f"cannot resume {run_dir}"
     fix = "start the run again with --force (or restore the file that was changed)"
-    if (state.get("settings_hash", config.settings_hash()), state.get("config_hash", config.hash())) != (
-            config.settings_hash(), config.hash()):
+    # through Config.from_dict, as train compares config.json: keys added since compare as their defaults
+    saved = Config.from_dict(state["config"], origin=f"{run_dir / CHECKPOINT / 'state.json'}: config") if "config" in state else None
+    if saved is not None and saved.to_dict() != Config.from_dict(config.to_dict()).to_dict():
         raise SparseCircuitsError(f"{where}: its config.json is not the config its checkpoint was trained with (the hashes"
                                   f" differ: config.json was edited, or the checkpoint is another run's); {fix}")
     if state["step"] > config.train.steps:
@@ -112,7 +113,9 @@ def _checked_param_groups(saved: list[dict], optimizer: torch.optim.Optimizer, p
                                   " checkpoint is another model's; start the run again with --force")
     for group, ours in zip(saved, fresh):
         for key, value in ours.items():
-            theirs = group.get(key)
+            if key not in group:  # a setting a later torch added: its default
+                continue
+            theirs = group[key]
             if key == "lr":
                 ok = isinstance(theirs, (int, float)) and not isinstance(theirs, bool) and math.isfinite(theirs) and theirs >= 0
             else:

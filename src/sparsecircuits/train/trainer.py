@@ -329,8 +329,8 @@ class Trainer:
         if resume:
             self.step = self.last_checkpoint = load_checkpoint(run_dir, self.model, self.optimizer, self.extra,
                                                                config, self.run_id)["step"]
-            _truncate_metrics(run_dir / METRICS_FILE, self.step, self.run_id)
-            if group.is_main:  # models kept after the checkpoint are trained again, as the metrics are
+            if group.is_main:  # one writer of the log
+                _truncate_metrics(run_dir / METRICS_FILE, self.step, self.run_id)  # models kept after the checkpoint are trained again, as the metrics are
                 for step in Run.open(run_dir).kept_steps():
                     if step > self.step:
                         shutil.rmtree(kept_dir(run_dir, step))
@@ -339,8 +339,7 @@ class Trainer:
         self.tokens_per_step = train_cfg.batch_size * model_cfg.ctx_len
         self.metrics = open(run_dir / METRICS_FILE if group.is_main else os.devnull, "a")
         self.tensorboard = tensorboard_writer(run_dir) if train_cfg.tensorboard and group.is_main else None
-        if not resume:  # the log names its run, so a log from another run is not continued
-            self.log({"step": 0, "run_id": self.run_id})
+        self.resumed = resume
 
     def log(self, record: dict) -> None:
         self.metrics.write(json.dumps(record) + "\n")
@@ -388,7 +387,7 @@ class Trainer:
         if self.group.is_main:
             save_checkpoint(self.run_dir, self.model, self.optimizer,
                             {"step": self.step, "config_hash": self.config.hash(),
-                             "settings_hash": self.config.settings_hash(), "run_id": self.run_id}, self.extra)
+                             "config": self.config.to_dict(), "run_id": self.run_id}, self.extra)
         self.last_checkpoint = self.step
 
     def keep(self, record: dict) -> None:
@@ -419,6 +418,8 @@ class Trainer:
         self.model.train()
         last_time, last_step = time.perf_counter(), self.step
         with interrupted, bar, self.metrics, self.tensorboard or contextlib.nullcontext():
+            if not self.resumed:  # the log names its run, so a log from another run is not continued
+                self.log({"step": 0, "run_id": self.run_id})
             while self.step < train_cfg.steps:
                 loss, grad_rms, lr, l0 = self.train_step()
                 step = self.step
