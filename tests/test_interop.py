@@ -152,7 +152,7 @@ def test_import_refuses_bad_weights_and_writes_nothing(tmp_path, capsys):
                     "missing tensor transformer.h.1.mlp.c_fc.bias"),
         "unexpected": ({**state, "transformer.h.9.attn.c_attn.weight": torch.zeros(1)},
                        "unexpected tensor transformer.h.9.attn.c_attn.weight"),
-        "object": ({**state, "payload": NotATensor()}, "not a weights-only PyTorch state dict"),
+        "object": ({**state, "payload": NotATensor()}, "holds Python objects besides tensors"),
     }
     for name, (bad, message) in cases.items():
         torch.save(bad, folder / "final_model.pt")

@@ -200,7 +200,7 @@ SCHEMAS = [
     ("a 5,000-digit integer", "R/config.json", lambda p: p.write_text('{"train": {"steps": ' + "9" * 5000 + "}}"),
      ["eval", "@R"], "config.json is not valid JSON"),
     ("an integer too large for a float", "R/config.json", lambda p: _edit_json(p, lambda d: {**d, "optim": {**d["optim"], "lr": 10**400}}),
-     ["eval", "@R"], "is not a finite number of a sane size"),  # found by tests/test_fuzz.py
+     ["eval", "@R"], "a number of more than 30 digits is not a finite number"),  # found by tests/test_fuzz.py
     ("ablation bogus", "C/circuit.json", lambda p: _edit_json(p, lambda d: {**d, "ablation": "bogus"}),
      ["validate", "@C"], 'ablation must be "mean" or "zero"'),
     ("an unknown settings key", "C/circuit.json", lambda p: _edit_json(p, lambda d: {**d, "settings": {**d["settings"], "x": 1}}),

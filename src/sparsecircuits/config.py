@@ -288,8 +288,9 @@ def _check_type(expected: Any, value: Any, name: str, origin: str) -> Any:
     if not ok:
         type_name = getattr(expected, "__name__", "table")
         raise SparseCircuitsError(f"{origin}: bad value for '{name}': expected {type_name}, got {shown}")
-    if expected is float and not (abs(value) < 1e300 and math.isfinite(value)):  # abs() first: an int too large for a float
-        raise SparseCircuitsError(f"{origin}: bad value for '{name}': {shown} is not a finite number of a sane size")
+    if expected is float and ((isinstance(value, int) and abs(value) >= 10**300) or not math.isfinite(value)):
+        # the int test first: math.isfinite of an int too large for a float raises OverflowError
+        raise SparseCircuitsError(f"{origin}: bad value for '{name}': {shown} is not a finite number")
     return float(value) if expected is float else (dict(value) if isinstance(value, dict) else value)
 
 
