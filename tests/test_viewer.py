@@ -204,7 +204,7 @@ def test_a_sixty_node_circuit_fits_the_page_with_whole_labels_and_a_toggle_to_it
     data.update(nodes=nodes_of(keep), edges=edges)
     data["metrics"].update(n_nodes=60, n_edges=weight_edge_count(edges), n_edges_by_kind=edge_counts(edges))
     few = nodes_of(keep)[:7]
-    data["edge_circuit"] = {"nodes": few, "edges": [], "metrics": {"n_nodes": 7, "n_edges": 0}}
+    data["edge_circuit"] = {"nodes": few, "edges": [], "metrics": {"n_nodes": 7, "n_edges": 0, "loss_circuit": 0.1}}
     (big / "circuit.json").write_text(json.dumps(data))
     for name in ("validation.json", "labels.json", "circuit.html", "circuit.md"):
         (big / name).unlink(missing_ok=True)

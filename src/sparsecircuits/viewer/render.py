@@ -63,8 +63,10 @@ def circuit_page_data(circuit_dir: str | Path, run: Workbench | Run | str | Path
             alone[node["site"]][node["index"]] = False
             ablation[f"{node['site']}:{node['index']}"] = {"loss_full_model_without_node": evaluator.loss(alone)}
     data = run.data(circuit.means_data)
-    labels = read_labels(circuit_dir, run.weights_sha256) or label_nodes(
-        model, data, run.config.sparsity, [(n["site"], n["index"]) for n in circuit.nodes], show_progress=show_progress)
+    wanted = [(n["site"], n["index"]) for n in circuit.nodes]
+    labels = read_labels(circuit_dir, run.weights_sha256)
+    if labels is None or {(n["site"], n["index"]) for n in labels["nodes"]} != set(wanted):  # cached for other nodes
+        labels = label_nodes(model, data, run.config.sparsity, wanted, show_progress=show_progress)
     info = node_examples(model, data, nodes=[(n["site"], n["index"]) for n in circuit.nodes],
                          n_tokens=n_tokens, top=top, show_progress=show_progress)
     shown = dataclasses.replace(test, prompts=test.prompts[:N_EXAMPLES], correct=test.correct[:N_EXAMPLES],
@@ -159,7 +161,8 @@ def render_markdown(data: dict) -> str:
     lines = [f"# Circuit for {md_code(c['task'])}", "",
              f"Model {md_code(c['model']['name'])} (config {md_text(c['model']['config_hash'])}), target loss {c['target_loss']},"
              f" {md_text(c['ablation'])} ablation.", "", "## Metrics", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {md_text(k)} | {v:.4f} |" if isinstance(v, float) else f"| {md_text(k)} | {md_text(str(v))} |" for k, v in m.items() if not isinstance(v, dict)]
+    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in m.items()  # our own keys and numbers
+              if not isinstance(v, dict)]
     v = data["validation"]
     if v:
         lines += ["", "## Validation", "", "| check | task loss | verdict |", "|---|---|---|",
