@@ -143,7 +143,8 @@ def read_run_config(run_dir: str | Path) -> Config:
 def load_state_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
     """Strict loading: a missing, unexpected, misshapen or mistyped tensor, or one holding NaN or
     infinity, is an error naming it."""
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+    ours = model.state_dict()
+    expected = {k: v.shape for k, v in ours.items()}
     found = {k: v.shape for k, v in tensors.items()}
     if expected != found:
         missing = sorted(set(expected) - set(found))
@@ -152,11 +153,10 @@ def load_state_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], so
         detail = (f"missing {missing[0]}" if missing else f"unexpected {extra[0]}" if extra
                   else f"{wrong[0]} has shape {tuple(found[wrong[0]])}, the config says {tuple(expected[wrong[0]])}")
         raise SparseCircuitsError(f"{source} does not fit the model its config describes ({detail}): it comes from another model")
-    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
     for name, tensor in tensors.items():
-        if tensor.dtype != dtypes[name]:
+        if tensor.dtype != ours[name].dtype:
             raise SparseCircuitsError(f"{source}: {name} is {str(tensor.dtype).removeprefix('torch.')}, the model's weights are"
-                                      f" {str(dtypes[name]).removeprefix('torch.')}: the file is not this model's weights")
+                                      f" {str(ours[name].dtype).removeprefix('torch.')}: the file is not this model's weights")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise SparseCircuitsError(f"{source}: {name} holds NaN or infinite values: the weights are damaged; train the"
                                       " run again, or resume it from a checkpoint written before they were")
@@ -214,7 +214,9 @@ class Run:
         if file_sha256(folder / MODEL_FILE) != kept_info["weights_sha256"]:
             raise SparseCircuitsError(f"{folder}/{MODEL_FILE} holds other weights than the ones kept at step {step}"
                                       f" (its sha256 differs from {KEPT_INFO}'s): delete {folder}")
-        return Run(self.path, self.config, self.info, step, kept_info)
+        view = Run(self.path, self.config, self.info, step, kept_info)
+        view.weights_sha256 = kept_info["weights_sha256"]  # checked just above: not hashed again on load
+        return view
 
     @property
     def model_file(self) -> Path:

@@ -43,7 +43,7 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
 
 
 def check_checkpoint(run_dir: Path, state: dict[str, Any], config: Config, run_id: str | None) -> None:
-    """The checkpoint belongs to this run as it is configured now: the same config (its hash), a step
+    """The checkpoint belongs to this run as it is configured now: the same config (every setting), a step
     within train.steps, the run's id, and the model file it recorded. A folder mixing two runs, or a
     hand-edited config.json or state.json, is refused with what differs."""
     where = f"cannot resume {run_dir}"
@@ -51,8 +51,8 @@ def check_checkpoint(run_dir: Path, state: dict[str, Any], config: Config, run_i
     # through Config.from_dict, as train compares config.json: keys added since compare as their defaults
     saved = Config.from_dict(state["config"], origin=f"{run_dir / CHECKPOINT / 'state.json'}: config") if "config" in state else None
     if saved is not None and saved.to_dict() != Config.from_dict(config.to_dict()).to_dict():
-        raise SparseCircuitsError(f"{where}: its config.json is not the config its checkpoint was trained with (the hashes"
-                                  f" differ: config.json was edited, or the checkpoint is another run's); {fix}")
+        raise SparseCircuitsError(f"{where}: its config.json is not the config its checkpoint was trained with (config.json"
+                                  f" was edited, or the checkpoint is another run's); {fix}")
     if state["step"] > config.train.steps:
         raise SparseCircuitsError(f"{where}: its checkpoint is at step {state['step']}, past train.steps"
                                   f" {config.train.steps}; {fix}")

@@ -329,8 +329,8 @@ class Trainer:
         if resume:
             self.step = self.last_checkpoint = load_checkpoint(run_dir, self.model, self.optimizer, self.extra,
                                                                config, self.run_id)["step"]
-            if group.is_main:  # one writer of the log
-                _truncate_metrics(run_dir / METRICS_FILE, self.step, self.run_id)  # models kept after the checkpoint are trained again, as the metrics are
+            if group.is_main:  # one writer of the log; models kept after the checkpoint are trained again, as the metrics are
+                _truncate_metrics(run_dir / METRICS_FILE, self.step, self.run_id)
                 for step in Run.open(run_dir).kept_steps():
                     if step > self.step:
                         shutil.rmtree(kept_dir(run_dir, step))
@@ -393,11 +393,10 @@ class Trainer:
     def keep(self, record: dict) -> None:
         """The model at this step in checkpoints/step_NNNNNN/, with its step, validation loss, L0,
         digest and the run's id (`Run.at_step` checks them)."""
-        run_id = self.run_id
         with staged_directory(kept_dir(self.run_dir, self.step)) as staging:
             atomic_save_tensors(staging / MODEL_FILE, self.model.state_dict(), metadata={"config_hash": self.config.hash()})
             info = {"step": self.step, "val_loss": record["val_loss"], "l0_fraction": record["l0_fraction"],
-                    "weights_sha256": file_sha256(staging / MODEL_FILE), "config_hash": self.config.hash(), "run_id": run_id}
+                    "weights_sha256": file_sha256(staging / MODEL_FILE), "config_hash": self.config.hash(), "run_id": self.run_id}
             atomic_write_text(staging / KEPT_INFO, json.dumps(info, indent=1))
 
     def finish(self) -> None:
