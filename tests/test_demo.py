@@ -156,7 +156,8 @@ def test_claim_a_interpolates_the_dense_size_between_models_that_bracket_the_spa
 def test_the_demo_plans_its_whole_budget_and_cuts_what_does_not_fit(tmp_path, task_run, capsys):
     """--minutes bounds the whole run: the plan's shares sum to the budget, the circuit stages are cut
     (each cut said and listed) to what is left after training, the stages end within the budget
-    (uncut, this demo takes several times as long), and a resumed run keeps its plan."""
+    (uncut, this demo takes several times as long), and a resumed run keeps its plan (planned again
+    for another budget, it prices the models it trained at nothing)."""
     _, task = task_run
     corpus = write_idiom_corpus(tmp_path / "corpus")
     loop = write_unflagged_lambda_task(tmp_path / "shared.jsonl")
@@ -174,15 +175,23 @@ def test_the_demo_plans_its_whole_budget_and_cuts_what_does_not_fit(tmp_path, ta
     again = run()
     assert "resuming with the plan" in capsys.readouterr().err
     assert again["plan"] == plan and again["cuts"] == summary["cuts"] and again["circuits"] == summary["circuits"]
+    # resumed with another budget: planned again, with the models already trained priced at nothing
+    trained = [m for m in ("sparse", "dense", "dense_matched") if m in summary["models"]]
+    replanned = demo(tmp_path / "demo", minutes=minutes / 3, tasks=[str(task), str(loop)], target_loss=0.68, config="tiny",
+                     overrides=TINY, plan_only=True)
+    stage = {"sparse": "train sparse model", "dense": "train dense model", "dense_matched": "train loss-matched dense model"}
+    assert trained and all(replanned["plan"]["initial"][stage[m]] == 0 for m in trained)
+    assert replanned["plan"]["scope"]["steps"] == plan["scope"]["steps"]
 
 
 def test_the_plan_cuts_claim_seeds_then_targets_then_tasks_and_drops_the_dense_models_it_cannot_use():
     """The planner on fixed rates (no timing): a generous budget cuts nothing and its shares sum to it;
     tighter ones cut claim (a)'s seeds before its targets before its tasks; when not even one claim
-    circuit fits, no dense model trains and the sparse model keeps the config's steps."""
+    circuit fits, no dense model trains and the sparse model keeps the config's steps; resumed with
+    its models trained, the same budget prices no training and keeps them."""
     from dataclasses import replace
 
-    from sparsecircuits.experiments.budget import NO_DENSE, Rates, Scope, estimates, make_plan
+    from sparsecircuits.experiments.budget import NO_DENSE, TRAINING, Rates, Scope, estimates, make_plan
 
     rates = Rates(sparse_step=0.2, dense_step=0.17, mask_step_sparse=0.3, mask_step_dense=0.3)  # `small` on this machine
     wanted = lambda: Scope(steps=3000, tasks=6, evolve=True, claim_targets=[0.15, 0.075, 0.3, 0.5], claim_seeds=3,
@@ -205,6 +214,10 @@ def test_the_plan_cuts_claim_seeds_then_targets_then_tasks_and_drops_the_dense_m
     short = make_plan(20 * 60, rates, 300, wanted(), 30.0)
     assert short.cuts["dense"] == NO_DENSE and not short.scope.dense and short.scope.steps == 3000
     assert short.initial["train dense model"] == 0 and short.scope.tasks >= 1
+    # the same budget on a resumed run whose models are trained: nothing of training priced, the dense models kept
+    resumed = make_plan(20 * 60, rates, 300, wanted(), 0.0, done=TRAINING)
+    assert "dense" not in resumed.cuts and resumed.scope.dense and resumed.scope.claim_tasks >= 1
+    assert all(resumed.initial[stage] == 0 for stage in TRAINING) and resumed.initial["claim (a)"] > 0
 
 
 def test_bracketing_halves_or_doubles_the_schedule_until_two_models_straddle_the_sparse_loss_then_bisects():

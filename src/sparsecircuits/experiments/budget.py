@@ -8,7 +8,9 @@ when they do not fit), the evolution of one circuit, then claim (a) (fewer pruni
 fewer targets, then fewer tasks). Each cut is printed in one line and listed in the summary. A
 stage whose scope can shrink is planned again when it starts, with the time actually left and the
 rate measured so far, so an estimate that was off moves a cut, not the deadline. The plan is kept
-in DIR/plan.json, and a resumed run keeps it (with the time its earlier sessions spent).
+in DIR/plan.json, and a resumed run keeps it (with the time its earlier sessions spent); resumed
+with another budget, it is planned again with the stages already done (a prepared corpus, trained
+models) priced at nothing.
 """
 
 from __future__ import annotations
@@ -201,6 +203,7 @@ class Plan:
     actual: dict[str, float] = field(default_factory=dict)
     decided: list[str] = field(default_factory=list)  # the re-plans made, which a resumed run does not make again
     initial: dict[str, float] = field(default_factory=dict)  # the shares as first planned
+    done: list[str] = field(default_factory=list)  # stages finished before the plan was made: they cost nothing
     path: Path | None = None
     started: float = field(default_factory=time.perf_counter)
     spent_before: float = 0.0  # seconds earlier sessions of a resumed run spent
@@ -218,7 +221,7 @@ class Plan:
                 if math.isclose(data["budget_s"], budget_s):
                     plan = cls(budget_s, Rates(**data["rates"]), data["mask_steps"], Scope(**data["wanted"]),
                                Scope(**data["scope"]), data["shares"], data["cuts"], data["actual"], data["decided"],
-                               data["initial"], path)
+                               data["initial"], data.get("done", []), path)
                     plan.spent_before = sum(plan.actual.values())
                     print(f"resuming with the plan in {path} ({plan.spent_before / 60:.1f} min spent before)", file=sys.stderr)
                     return plan
@@ -234,7 +237,7 @@ class Plan:
         if self.path is not None:
             data = {"budget_s": self.budget_s, "rates": asdict(self.rates), "mask_steps": self.mask_steps,
                     "wanted": asdict(self.wanted), "scope": asdict(self.scope), "shares": self.shares, "cuts": self.cuts,
-                    "actual": self.actual, "decided": self.decided, "initial": self.initial}
+                    "actual": self.actual, "decided": self.decided, "initial": self.initial, "done": self.done}
             atomic_write_text(self.path, json.dumps(data, indent=1))
 
     def elapsed(self) -> float:
@@ -244,7 +247,8 @@ class Plan:
         return self.budget_s - self.elapsed()
 
     def cost(self) -> dict[str, float]:
-        return estimates(self.scope, self.rates, self.mask_steps, self.shares.get("prepare corpus", 0.0))
+        cost = estimates(self.scope, self.rates, self.mask_steps, self.shares.get("prepare corpus", 0.0))
+        return {name: 0.0 if name in self.done else seconds for name, seconds in cost.items()}
 
     def cut(self, area: str, line: str | None) -> None:
         """Set (or, with None, clear) the cut of one area, and say it."""
@@ -302,26 +306,30 @@ class Plan:
         return "\n".join(lines)
 
 
-def make_plan(budget_s: float, rates: Rates, mask_steps: int, wanted: Scope, prepare_s: float) -> Plan:
+def make_plan(budget_s: float, rates: Rates, mask_steps: int, wanted: Scope, prepare_s: float,
+              done: tuple[str, ...] = ()) -> Plan:
     """Shares of `budget_s`: training at the wanted steps while it fits TRAIN_SHARE of the budget
     (else fewer steps), the circuit stages at a guessed scope cut to fit, the rest to claim (a).
     The dense baselines, which only claim (a) needs, train only when all of them fit at the wanted
     steps and claim (a) still fits with one seed, target and task: else the sparse model alone
-    trains, at the wanted steps where they fit (the models are never trained shorter for them)."""
+    trains, at the wanted steps where they fit (the models are never trained shorter for them).
+    `done`: stages a resumed run finished before (its trained models), priced at nothing."""
     if wanted.dense:
-        plan = _make_plan(budget_s, rates, mask_steps, wanted, prepare_s, quiet=True)
+        plan = _make_plan(budget_s, rates, mask_steps, wanted, prepare_s, done, quiet=True)
         if "training" in plan.cuts or plan.cuts.get("claim") == CLAIM_NOT_DRAWN:
             wanted = replace(wanted, dense=False)
             print(f"cut to fit --minutes {budget_s / 60:g}: {NO_DENSE}", file=sys.stderr)
-    plan = _make_plan(budget_s, rates, mask_steps, wanted, prepare_s)
+    plan = _make_plan(budget_s, rates, mask_steps, wanted, prepare_s, done)
     if not wanted.dense:
         plan.cuts = {"dense": NO_DENSE, **plan.cuts}
     plan.initial = dict(plan.shares)
     return plan
 
 
-def _make_plan(budget_s: float, rates: Rates, mask_steps: int, wanted: Scope, prepare_s: float, quiet: bool = False) -> Plan:
-    plan = Plan(budget_s, rates, mask_steps, wanted, replace(wanted), dict.fromkeys(STAGES, 0.0), quiet=quiet)
+def _make_plan(budget_s: float, rates: Rates, mask_steps: int, wanted: Scope, prepare_s: float, done: tuple[str, ...],
+               quiet: bool = False) -> Plan:
+    plan = Plan(budget_s, rates, mask_steps, wanted, replace(wanted), dict.fromkeys(STAGES, 0.0), done=list(done),
+                quiet=quiet)
     plan.shares["prepare corpus"] = prepare_s
     cost = plan.cost()
     training = sum(cost[n] for n in TRAINING)

@@ -42,7 +42,7 @@ from ..config import load_config
 from ..data.dataset import TokenData
 from ..data.prepare import DEFAULT_VOCAB, MANIFEST, prepare
 from ..io import JsonCache, atomic_write_text, output_folder
-from ..rundir import METRICS_FILE, Run, file_sha256, read_metrics
+from ..rundir import METRICS_FILE, MODEL_FILE, Run, file_sha256, read_metrics, read_run_config
 from ..tasks import HARD_FORMS, suite_tasks
 from ..tasks.audit import score_tasks
 from ..train.evaluation import evaluate_run
@@ -88,6 +88,18 @@ def matched_steps(dense_run: Path, sparse_val: float) -> int | None:
 
 def _train_stage(config_name: str, overrides: list[str], data_dir: Path, run_dir: Path) -> None:
     train_or_continue(load_config(config_name, overrides), data_dir, run_dir)
+
+
+def trained_before(out: Path) -> tuple[list[str], int | None]:
+    """The training stages an earlier session of this run finished (a model file is written last) and
+    the sparse model's steps: a plan made again for a new budget prices them at nothing and keeps the
+    steps, instead of pricing (and cutting) models that are already there."""
+    trained = lambda name: (out / name / MODEL_FILE).is_file()
+    done = [stage for stage, name in (("train sparse model", "sparse"), ("train dense model", "dense"),
+                                      ("train loss-matched dense model", "dense_matched")) if trained(name)]
+    if trained("dense_matched") and any(trained(p.name) for p in out.glob("dense_steps*")):
+        done.append("bracket the sparse loss")  # at most a schedule or two more, bisecting: not priced
+    return done, read_run_config(out / "sparse").train.steps if trained("sparse") else None
 
 
 def bracket_sparse_loss(train_dense, n_matched: int, sparse_val: float, val_loss) -> dict:
@@ -154,12 +166,13 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
         vocab = TokenData(data_dir).vocab_size if (data_dir / MANIFEST).is_file() else DEFAULT_VOCAB
         rates = time_this_machine(load_config(config, overrides), load_config(config, overrides + dense_only + dense_set), vocab)
         n_tasks = min(GUESSED_TASKS, len(candidates), max_tasks or len(candidates))
-        wanted = Scope(steps=config_steps, tasks=n_tasks, evolve=True,
+        done, trained_steps = trained_before(out)
+        wanted = Scope(steps=trained_steps or config_steps, tasks=n_tasks, evolve=True,
                        claim_targets=sorted(claim_targets, key=lambda t: abs(t - target_loss)), claim_seeds=claim_seeds,
                        claim_tasks=min(GUESSED_CLAIM_TASKS, n_tasks), claim_dense_models=3, control=control,
                        candidates=len(candidates), models=5)
         prepare_s = 0.0 if (data_dir / MANIFEST).is_file() else PREPARE_SECONDS
-        return make_plan(minutes * 60, rates, settings.steps, wanted, prepare_s)
+        return make_plan(minutes * 60, rates, settings.steps, wanted, prepare_s, tuple(done))
 
     plan = Plan.load_or_make(out, minutes * 60, make)
     print(f"plan for --minutes {minutes:g} on this machine:\n" + plan.table(), file=sys.stderr)
