@@ -92,6 +92,7 @@ def test_page_is_self_contained_and_has_a_markdown_twin(page_path, circuit_dir):
     md = page_path.with_suffix(".md").read_text()
     circuit = json.loads((circuit_dir / "circuit.json").read_text())
     assert f"{circuit['metrics']['n_nodes']}" in md and "## Nodes" in md
+    assert "## Paths that carry the answer (node circuit)" in md and "| share of Δ | path |" in md
     assert md.count("\n| `") >= len(circuit["nodes"])
 
 
@@ -101,6 +102,10 @@ def test_page_data_is_plain(circuit_dir):
     name = f"{data['nodes'][0]['site']}:{data['nodes'][0]['index']}"
     assert set(data["node_info"][name]) >= {"top", "bottom", "histogram"}
     assert len(data["examples"]) > 0 and len(data["examples"][0]["full"]) == 2
+    paths = data["paths"]["node"]
+    assert paths["paths"] and paths["paths_sum"] == pytest.approx(sum(
+        p["flow"] for p in paths["paths"]) if paths["n_paths"] <= len(paths["paths"]) else paths["paths_sum"])
+    assert all(p["nodes"][0] in ("tokens", "offset") and p["nodes"][-1] == "answer" for p in paths["paths"])
 
 
 def test_page_draws_only_the_strongest_edges_of_a_huge_circuit(circuit_dir, monkeypatch):
@@ -126,6 +131,12 @@ def test_page_in_headless_chromium(page_path, circuit_dir, tmp_path):
         assert page.locator("#details h2").inner_text().replace(" ", "") == name
         assert page.locator("#details .context").count() > 0
         assert page.locator("#details svg.histogram rect").count() > 0
+        # the paths beside the graph: a node on one selects it
+        assert page.locator("#paths li").count() >= 1
+        link = page.locator("#paths a.node-link").first
+        target = link.inner_text()
+        link.click()
+        assert page.locator("#details h2").inner_text().replace(" ", "") == target
         # Filtering a layer hides its nodes.
         page.locator("input[data-filter=layer]").first.uncheck()
         hidden = page.locator("circle.node[data-layer='0']").evaluate_all("els => els.filter(e => e.style.display === 'none').length")

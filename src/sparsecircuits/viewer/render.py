@@ -24,6 +24,7 @@ from ..errors import SparseCircuitsError
 from ..io import atomic_write_text, check_output_file, directory_lock
 from ..rundir import Run
 from ..circuits.labels import label_nodes, read_labels
+from ..circuits.paths import circuit_paths
 from ..circuits.workbench import Workbench, circuit_workbench
 
 ASSETS = Path(__file__).parent / "assets"
@@ -43,7 +44,8 @@ def _candidate_probs(model, task, hooks=None) -> torch.Tensor:
 def circuit_page_data(circuit_dir: str | Path, run: Workbench | Run | str | Path | None = None, n_tokens: int = 16384,
                       top: int = 6, show_progress: bool = True, task: str | Path | None = None) -> dict:
     """Everything the page shows: the circuit, validation, node examples and histograms, per-node
-    ablation effects, and held-out examples with both models' probabilities."""
+    ablation effects, the paths that carry the answer (node and edge circuit), and held-out examples
+    with both models' probabilities."""
     circuit = Circuit.load(circuit_dir)
     bench = circuit_workbench(circuit, run)
     run, model = bench.run, bench.model
@@ -83,8 +85,10 @@ def circuit_page_data(circuit_dir: str | Path, run: Workbench | Run | str | Path
     edges = circuit.edges
     if len(edges) > MAX_DRAWN_EDGES:
         edges = sorted(edges, key=lambda e: -abs(e["weight"]))[:MAX_DRAWN_EDGES]
+    paths = circuit_paths(model, test, means, circuit.data)
     return {"circuit": {k: v for k, v in circuit.data.items() if k not in ("nodes", "edges")},
             "nodes": circuit.nodes, "edges": edges, "validation": validation, "d_model": model.config.d_model,
+            "paths": paths,
             "node_info": info, "node_ablation": ablation, "examples": examples,
             "labels": {f"{n['site']}:{n['index']}": n for n in labels["nodes"]},
             "labels_summary": {"threshold": labels["threshold"], "tokens_read": labels["tokens_read"]}}
@@ -197,6 +201,7 @@ def render_markdown(data: dict) -> str:
         label = md_text(label_text(data["labels"].get(name)))
         lines.append(f"| {md_code(name)} | {label} | {effect:.4f} | {md_code(json.dumps(token)[1:-1])} |" if effect is not None
                      else f"| {md_code(name)} | {label} | | |")
+    lines += paths_markdown(data)
     lines += ["", "## Examples (held-out)", "", "| prompt (end) | correct | incorrect | full p(correct) | circuit p(correct) |",
               "|---|---|---|---|---|"]
     for x in data["examples"]:
@@ -207,6 +212,25 @@ def render_markdown(data: dict) -> str:
     lines += ["", f"{c['metrics']['n_edges']} weight edges" + (f" (besides: {others})" if others else "")
               + "; open the HTML page to see them.", ""]
     return "\n".join(lines)
+
+
+def paths_markdown(data: dict, top: int = 5) -> list[str]:
+    """The top paths of the node circuit (and of the edge circuit), each node with its label."""
+    lines = []
+    for which, result in (("node circuit", data["paths"]["node"]), ("edge circuit", data["paths"]["edge"])):
+        if result is None:
+            continue
+        lines += ["", f"## Paths that carry the answer ({which})", "",
+                  f"Logit difference (correct minus incorrect) {result['logit_diff']:.3f} with the circuit,"
+                  f" {result['logit_diff_empty']:.3f} with every node at its mean: the nodes add Δ {result['delta']:.3f},"
+                  f" which {result['n_paths']} paths carry ({result['paths_sum']:.3f} together, a first-order split;"
+                  f" `tokens`: enters where a node reads the residual stream, `offset`: a node's own). The top 3 carry"
+                  f" {result['top3_share']:.0%} of Δ.", "", "| share of Δ | path |", "|---|---|"]
+        for path in result["paths"][:top] + result["against"][:1]:
+            named = [md_code(n) + (f" ({md_text(label_text(data['labels'].get(n)))})"
+                                   if data["labels"].get(n, {}).get("labels") else "") for n in path["nodes"]]
+            lines.append(f"| {path['share']:+.0%} | {' → '.join(named)} |")
+    return lines
 
 
 def view(circuit_dir: str | Path, out: str | Path | None = None, run: Workbench | Run | str | Path | None = None,

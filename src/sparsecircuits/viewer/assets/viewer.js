@@ -185,6 +185,28 @@
     }
   }
 
+  // ---- the paths that carry the answer, beside the graph ----
+  const pathsBox = document.getElementById("paths");
+  const paths = data.paths && (showEdges ? data.paths.edge : data.paths.node);
+  if (paths) {
+    el("h2", { text: "paths that carry the answer" }, pathsBox);
+    el("p", { class: "hint", text: `The nodes add ${fmt(paths.delta, 3)} to the logit difference (correct − incorrect); ` +
+      `the top 3 paths carry ${Math.round(100 * paths.top3_share)}% of it (of ${paths.n_paths}; a first-order split). ` +
+      "tokens: enters where a node reads the residual stream; offset: a node's own." }, pathsBox);
+    const list = el("ol", {}, pathsBox);
+    for (const path of [...paths.paths.slice(0, 5), ...paths.against.slice(0, 1)]) {
+      const item = el("li", {}, list);
+      el("span", { class: "share", text: `${path.share >= 0 ? "+" : ""}${Math.round(100 * path.share)}%` }, item);
+      path.nodes.forEach((name, i) => {
+        if (i) item.append(" → ");
+        if (!nodeElements.has(name)) { item.append(name); return; }
+        const best = ((data.labels || {})[name] || {}).labels || [];
+        const link = el("a", { class: "node-link", text: name, title: best.length ? best[0].concept : "" }, item);
+        link.addEventListener("click", () => select(name));
+      });
+    }
+  }
+
   // ---- tables ----
   const tables = document.getElementById("tables");
   function table(title, header, rowsData) {
