@@ -211,7 +211,7 @@ def test_version_and_a_closed_pipe_and_a_fast_start(capsys):
 def test_every_command_is_a_function_at_the_package_root():
     import sparsecircuits
 
-    for name in ("prepare", "train", "prune", "validate", "cleanup", "view", "label", "explain", "evolve", "compare",
+    for name in ("prepare", "train", "prune", "validate", "cleanup", "paths", "view", "label", "explain", "evolve", "compare",
                  "sweep", "demo", "Run", "SparseGPT", "Circuit", "PruneSettings"):
         assert callable(getattr(sparsecircuits, name)), name
         assert name in sparsecircuits.__all__ and name in dir(sparsecircuits)

@@ -325,3 +325,20 @@ def test_cleanup_writes_its_checks_beside_the_circuit_and_names_droppable_nodes(
     assert {n["site"] + str(n["index"]) for n in result["droppable"]} == {
         n["site"] + str(n["index"]) for n in result["nodes"] if n["cost_dropped"] < result["drop_threshold"]}
     assert "nodes whose removal costs less than" in printed and "wrote" in printed
+
+
+def test_paths_writes_the_paths_beside_the_circuit_and_they_carry_the_first_order_difference(circuit_dir, capsys):
+    main(["paths", str(circuit_dir), "--top", "2"])
+    printed = capsys.readouterr().out
+    result = json.loads((circuit_dir / "paths.json").read_text())["node"]
+    assert "node circuit: logit difference" in printed and "wrote" in printed
+    assert len([line for line in printed.splitlines() if line.startswith("  +") or line.startswith("  -")]) <= 2
+    # every path ends at the answer and starts where something enters a kept node
+    nodes = {f"{n['site']}:{n['index']}" for n in Circuit.load(circuit_dir).nodes}
+    assert all(p["nodes"][0] in ("tokens", "offset") and p["nodes"][-1] == "answer" and set(p["nodes"][1:-1]) <= nodes
+               for p in result["paths"] + result["against"])
+    # the paths carry together all that enters the nodes (which sums to the writes' flow into the answer),
+    # less the partial paths too weak to follow
+    entering = sum(n["enters"] for n in result["nodes"].values())
+    assert abs(result["paths_sum"] - entering) <= result["unfollowed"] + 1e-6
+    assert result["delta"] == pytest.approx(result["logit_diff"] - result["logit_diff_empty"])

@@ -1,7 +1,7 @@
 """sparsecircuits: weight-sparse transformers and their circuits.
 
 Every command of the `sparsecircuits` CLI is a function here with the same defaults (the CLI calls
-it): prepare, train, prune, validate, cleanup, view, label, explain, evolve, compare, sweep, demo.
+it): prepare, train, prune, validate, cleanup, paths, view, label, explain, evolve, compare, sweep, demo.
 Names load on first use, so `import sparsecircuits` (and `sparsecircuits --help`) reads no torch.
 """
 
@@ -18,7 +18,7 @@ _LAZY = {
     "SparseGPT": ("model.gpt", "SparseGPT"), "Run": ("rundir", "Run"),
     "Circuit": ("circuits.circuit", "Circuit"), "PruneSettings": ("circuits.find", "PruneSettings"),
     "prune": ("circuits.prune", "prune"), "validate": ("circuits.validate", "validate"),
-    "cleanup": ("circuits.cleanup", "cleanup"), "view": ("viewer", "view"), "label": ("circuits.labels", "label_run"),
+    "cleanup": ("circuits.cleanup", "cleanup"), "paths": ("circuits.paths", "paths"), "view": ("viewer", "view"), "label": ("circuits.labels", "label_run"),
     "explain": ("circuits.explain", "node_examples"), "evolve": ("experiments.evolve", "evolve"),
     "compare": ("experiments.compare", "compare"), "sweep": ("experiments.sweep", "sweep"),
     "demo": ("experiments.demo", "demo"),

@@ -30,8 +30,10 @@ from .settings import PruneSettings
 from .masks import ablation_hooks
 
 CIRCUIT_FILE = "circuit.json"
-# What a circuit folder holds (what `prune --force` may replace): prune's files and validate's, view's and label's.
-CIRCUIT_ENTRIES = frozenset({CIRCUIT_FILE, "scores.safetensors", "validation.json", "circuit.html", "circuit.md", "labels.json", "cleanup.json"})
+# What a circuit folder holds (what `prune --force` may replace): prune's files and validate's, view's, label's,
+# cleanup's and paths'.
+CIRCUIT_ENTRIES = frozenset({CIRCUIT_FILE, "scores.safetensors", "validation.json", "circuit.html", "circuit.md", "labels.json", "cleanup.json",
+                              "paths.json"})
 
 
 def ablation_values(model: SparseGPT, run: Run, ablation: str, show_progress: bool = True,

@@ -27,17 +27,23 @@ is reported beside its outflow: they agree where the first-order split holds.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..io import atomic_write_text, check_writable, directory_lock
 from ..model.gpt import SparseGPT
+from ..rundir import Run
 from ..tasks.records import TokenizedTask
-from .circuit import keep_from_nodes
+from .circuit import Circuit, keep_from_nodes
 from .edges import EdgeSet, edges_only
 from .masks import ablation_hooks
+from .workbench import Workbench, circuit_workbench
 
+PATHS_FILE = "paths.json"
 TOP_PATHS = 10
 MAX_EXPANSIONS = 200_000  # path search steps: a larger circuit's weakest paths are left out (said in the result)
 MIN_SHARE = 1e-4  # a partial path carrying less than this fraction of |Δ| is not followed further
@@ -297,4 +303,19 @@ def circuit_paths(model: SparseGPT, task: TokenizedTask, means: Mapping[str, tor
         edge_set = EdgeSet(model, keep)
         with edges_only(model, edge_set, kept_edges(edge_set, edge_circuit["edges"]), means):
             result["edge"] = answer_paths(model, task, means, keep_from_nodes(model, edge_circuit["nodes"]))
+    return result
+
+
+def paths(circuit_dir: str | Path, run: Workbench | Run | str | Path | None = None, task: str | Path | None = None,
+          show_progress: bool = True) -> dict:
+    """The paths that carry the answer in a circuit directory (its node circuit, and its edge circuit when
+    pruned with --edges), on its task's test records; written to CIRCUIT_DIR/paths.json."""
+    circuit = Circuit.load(circuit_dir)
+    check_writable(Path(circuit_dir) / PATHS_FILE, "CIRCUIT_DIR")
+    bench = circuit_workbench(circuit, run)
+    with directory_lock(Path(circuit_dir)):
+        means = bench.means(circuit.data["ablation"], circuit.means_data, show_progress)
+        result = {"task": circuit.task, **circuit_paths(bench.model, bench.splits(circuit.task_source(task)).test, means,
+                                                         circuit.data)}
+        atomic_write_text(Path(circuit_dir) / PATHS_FILE, json.dumps(result, indent=1))
     return result

@@ -18,7 +18,7 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_VALIDATION_FAILED", "build_parser", "main"]
 COMMANDS = {**training.COMMANDS, **bridges.COMMANDS, **tasks.COMMANDS, **circuits.COMMANDS, **experiments.COMMANDS,
             **interop.COMMANDS}
 # the order of `sparsecircuits --help`
-ORDER = ["prepare", "train", "bridge", "steer", "eval", "sample", "tasks", "prune", "validate", "cleanup", "view", "evolve", "explain", "demo",
+ORDER = ["prepare", "train", "bridge", "steer", "eval", "sample", "tasks", "prune", "validate", "cleanup", "paths", "view", "evolve", "explain", "demo",
          "compare", "sweep", "label", "import-openai", "import-openai-circuit", "export-openai", "configs"]
 
 

@@ -1,4 +1,4 @@
-"""`sparsecircuits` subcommands. Circuits: prune, validate, cleanup, view, explain, label."""
+"""`sparsecircuits` subcommands. Circuits: prune, validate, cleanup, paths, view, explain, label."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import SparseCircuitsError
-from .args import (force_argument, POSITIVE, NON_NEGATIVE, TASK_LOSS, real, step_list, suite_argument, prune_default,
+from .args import (force_argument, integer, POSITIVE, NON_NEGATIVE, TASK_LOSS, real, step_list, suite_argument, prune_default,
                    EXIT_VALIDATION_FAILED)
 
 
@@ -49,6 +49,16 @@ def cmd_cleanup(args: argparse.Namespace) -> None:
 
     print(format_cleanup(cleanup(args.circuit_dir, args.run_dir, task=args.task)))
     print(f"wrote {args.circuit_dir}/cleanup.json")
+
+
+def cmd_paths(args: argparse.Namespace) -> None:
+    from ..circuits.paths import format_paths, paths
+
+    result = paths(args.circuit_dir, args.run_dir, task=args.task)
+    for which in ("node", "edge"):
+        if result[which] is not None:
+            print(f"{which} circuit: " + format_paths(result[which], top=args.top))
+    print(f"wrote {args.circuit_dir}/paths.json")
 
 
 def cmd_view(args: argparse.Namespace) -> None:
@@ -159,6 +169,18 @@ def register_cleanup(sub) -> None:
     p.set_defaults(func=cmd_cleanup)
 
 
+def register_paths(sub) -> None:
+    p = sub.add_parser("paths", help="the paths through a circuit's nodes that carry its answer, with their shares",
+                       description="Splits the logit difference (correct minus incorrect) that the circuit's nodes add"
+                                   " over their means, on the test records, into paths from the tokens through the kept"
+                                   " nodes to the answer (a first-order split: docs/method.md). Prints the top paths of"
+                                   " the node circuit and of its edge circuit, writes CIRCUIT_DIR/paths.json.")
+    p.add_argument("circuit_dir", metavar="CIRCUIT_DIR")
+    moved_arguments(p)
+    p.add_argument("--top", type=integer(1), default=5, help="paths to print per circuit (default 5)")
+    p.set_defaults(func=cmd_paths)
+
+
 def register_view(sub) -> None:
     p = sub.add_parser("view", help="write a circuit's interactive HTML page and Markdown summary",
                        description="One self-contained HTML file (works offline) and circuit.md beside it.")
@@ -215,5 +237,5 @@ def register_label(sub) -> None:
 
 
 # each top-level command and the function that adds it to the parser
-COMMANDS = {"prune": register_prune, "validate": register_validate, "cleanup": register_cleanup, "view": register_view,
-            "evolve": register_evolve, "explain": register_explain, "label": register_label}
+COMMANDS = {"prune": register_prune, "validate": register_validate, "cleanup": register_cleanup, "paths": register_paths,
+            "view": register_view, "evolve": register_evolve, "explain": register_explain, "label": register_label}
