@@ -45,6 +45,7 @@ MODEL_FILE = "model.safetensors"
 MEANS_FILE = "node_means.safetensors"
 KEPT_DIR = "checkpoints"
 KEPT_INFO = "checkpoint.json"
+_UNCHECKED_WARNED: set[str] = set()  # runs without a weights digest already warned about in this process
 
 
 # What a run folder holds (what `train --force` may replace): its files, and what commands write into it.
@@ -250,9 +251,11 @@ class Run:
         recorded = self.kept["weights_sha256"] if self.kept else (self.info.get("weights") or {}).get("sha256")
         record = f"{self.weights_dir / KEPT_INFO}" if self.kept else f"{self.path / RUN_INFO_FILE}"
         actual = file_sha256(self.model_file)
-        if recorded is None:  # a run from before digests were recorded: usable, said aloud
-            print(f"warning: {record} records no digest of {self.model_file} (an older sparsecircuits wrote the run), so"
-                  " its weights are not checked; train the run again to have them checked", file=sys.stderr)
+        if recorded is None:  # a run from before digests were recorded: usable, said aloud (once per process)
+            if record not in _UNCHECKED_WARNED:
+                _UNCHECKED_WARNED.add(record)
+                print(f"warning: {record} records no digest of {self.model_file} (an older sparsecircuits wrote the run),"
+                      " so its weights are not checked; train the run again to have them checked", file=sys.stderr)
             return actual
         if actual != recorded:
             raise SparseCircuitsError(f"{self.model_file} is not the file the run wrote (its sha256 differs from the one in"
