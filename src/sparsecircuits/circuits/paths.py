@@ -67,7 +67,7 @@ def norm_slope(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _reads(model: SparseGPT) -> dict[str, tuple[str, nn.Module]]:
-    """{act_in site: (the residual site it reads, its norm)}, and the answer's."""
+    """{act_in site: (the residual site it reads, its norm)}."""
     reads = {}
     for layer, block in enumerate(model.blocks):
         reads[f"{layer}.attn.act_in"] = (f"{layer}.resid_in", block.attn_norm)
