@@ -57,6 +57,10 @@ def test_demo_on_tiny_models(tmp_path, task_run):
     assert (row["edge_circuit"] is None) == any("no edge pruning" in line for line in summary["cuts"])
     assert row["edge_circuit"] is None or row["edge_circuit"]["n_edges"] <= row["edges"]
     assert f">{row['nodes']}</a>" in report
+    # the paths that carry the answer, which `view` wrote beside the page, in the summary and the report
+    paths = json.loads((out / "circuits" / "sparse" / "lambda" / "paths.json").read_text())
+    assert row["paths"]["node"] == {k: paths["node"][k] for k in ("delta", "n_paths", "top3_share")}
+    assert f"{row['paths']['node']['top3_share']:.0%} of {row['paths']['node']['delta']:.2f}" in report
     assert set(row["controls"]) == {"random_nodes", "empty_circuit"}  # control=False: no pruning controls
     baseline = json.loads((out / "circuits" / "sparse-attribution" / "lambda" / "circuit.json").read_text())
     assert baseline["settings"]["method"] == "attribution" and row["attribution"]["edges"] == baseline["metrics"]["n_edges"]

@@ -35,6 +35,7 @@ from pathlib import Path
 from ..circuits.circuit import CIRCUIT_FILE, Circuit
 from ..circuits.find import NoCircuitToFind
 from ..circuits.labels import label_run, read_labels
+from ..circuits.paths import PATHS_FILE
 from ..circuits.prune import TARGET_LOSS, PruneSettings
 from ..circuits.validate import not_evidence_reasons, read_validation
 from ..circuits.workbench import Workbench
@@ -435,6 +436,17 @@ def evolve_smallest(out: Path, run: Run, sparse_tasks: list[str], circuit_dir, s
                              "left": len(t["left"])} for t in result["transitions"]]}
 
 
+def _path_figures(directory: Path) -> dict | None:
+    """Δ, the paths' count and the top 3's share of Δ, of the node and the edge circuit (paths.json,
+    which `view` wrote); None for a circuit drawn before paths were."""
+    path = directory / PATHS_FILE
+    if not path.is_file():
+        return None
+    found = json.loads(path.read_text())
+    return {which: None if found.get(which) is None else {k: found[which][k] for k in ("delta", "n_paths", "top3_share")}
+            for which in ("node", "edge")}
+
+
 def collect_summary(out: Path, evolution: dict, sparse_tasks: list[str], candidates: list[str], task_losses: dict,
                     losses: dict, flagged: dict, comparisons: dict, circuit_dir, target_loss: float, margin: float,
                     n_matched: int | None, val_losses: dict[str, float], bracket: dict | None, hard_forms: dict,
@@ -462,6 +474,7 @@ def collect_summary(out: Path, evolution: dict, sparse_tasks: list[str], candida
             "attribution": _attribution_figures(circuit_dir("sparse-attribution", task)),
             "audit_flagged": flagged.get(task, []),
             "page": str((directory / "circuit.html").relative_to(out)),
+            "paths": _path_figures(directory),
         }
     models = {m: {"val_loss": val_losses[m], "run_dir": m,
                   "does_at_target": [t for t in candidates if losses[m].get(t) is not None and losses[m][t] <= target_loss],

@@ -65,6 +65,12 @@ def _edge_cell(x: dict) -> str:
     return f"{edge['n_nodes']} / {edge['n_edges']} ({_fmt(edge['loss_circuit'], 3)})" + ("" if edge["reached"] else " missed")
 
 
+def _paths_cell(x: dict) -> str:
+    """'38% of 2.05 (253 paths)': the share of Δ the node circuit's top 3 paths carry, or '-'."""
+    found = (x.get("paths") or {}).get("node")
+    return "-" if not found else f"{found['top3_share']:.0%} of {found['delta']:.2f} ({found['n_paths']} paths)"
+
+
 def _evidence_cell(x: dict) -> str:
     return "yes" if x["evidence"] else "NO: " + ", ".join(x["failed"])
 
@@ -126,12 +132,13 @@ def render_report(summary: dict) -> str:
             + f"</td><td class=num>{_fmt(x['loss_circuit_ablated'])}</td><td>{e(_controls_cell(x))}</td>"
             f"<td>{e(_evidence_cell(x))}</td><td class=num>{_labelled_cell(x)}</td><td>{e(_hard_cell(x))}</td>"
             f"<td>{e(', '.join(x['audit_flagged']) or 'none')}</td><td class=num>{_attribution_cell(x)}</td>"
-            f"<td class=num>{_edge_cell(x)}</td></tr>"
+            f"<td class=num>{_edge_cell(x)}</td><td class=num>{_paths_cell(x)}</td></tr>"
             for t, x in summary["circuits"].items())
         circuits = (f"<table><tr><th>task</th><th>full-model loss</th><th>nodes</th><th>edges</th><th>circuit loss (95% interval)"
                     f"</th><th>circuit ablated</th><th>controls</th><th>evidence</th><th>nodes labelled (above shuffled"
                     f" baseline)</th><th>circuit loss on the hard forms</th><th>degenerate cue</th><th>attribution patching:"
-                    f" nodes / edges (loss, seconds)</th><th>edge circuit: nodes / weight edges (test loss)</th></tr>{rows}</table>"
+                    f" nodes / edges (loss, seconds)</th><th>edge circuit: nodes / weight edges (test loss)</th><th>top 3 paths: share"
+                    f" of the logit difference the nodes add</th></tr>{rows}</table>"
                     "<img src='edges.png' alt='circuit edges per task'>")
     else:
         circuits = f"<p><b>No circuit:</b> {e(summary['no_circuits'])}.</p>"
@@ -227,7 +234,8 @@ def format_summary(summary: dict) -> str:
     for task, x in summary["circuits"].items():
         lines.append(f"{task:26s} {x['task_loss']:7.4f} {x['nodes']:6d} {x['edges']:6d} {_fmt(x['loss_circuit']):>8s}"
                      f"  {_evidence_cell(x)}; {_controls_cell(x)}; {_hard_cell(x)}"
-                     + (f"; edge circuit {_edge_cell(x)}" if x.get("edge_circuit") else ""))
+                     + (f"; edge circuit {_edge_cell(x)}" if x.get("edge_circuit") else "")
+                     + (f"; top 3 paths {_paths_cell(x)}" if (x.get("paths") or {}).get("node") else ""))
     evolution = summary["evolution"]
     if "skipped" in evolution:
         lines.append(f"evolution: not drawn ({evolution['skipped']})")

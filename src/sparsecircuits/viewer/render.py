@@ -24,7 +24,7 @@ from ..errors import SparseCircuitsError
 from ..io import atomic_write_text, check_output_file, directory_lock
 from ..rundir import Run
 from ..circuits.labels import label_nodes, read_labels
-from ..circuits.paths import circuit_paths
+from ..circuits.paths import PATHS_FILE, circuit_paths
 from ..circuits.workbench import Workbench, circuit_workbench
 
 ASSETS = Path(__file__).parent / "assets"
@@ -235,8 +235,9 @@ def paths_markdown(data: dict, top: int = 5) -> list[str]:
 
 def view(circuit_dir: str | Path, out: str | Path | None = None, run: Workbench | Run | str | Path | None = None,
          show_progress: bool = True, force: bool = False, task: str | Path | None = None) -> Path:
-    """Write circuit.html (default inside CIRCUIT_DIR) and circuit.md beside it. Files elsewhere
-    that exist already are replaced only with `force`."""
+    """Write circuit.html (default inside CIRCUIT_DIR) and circuit.md beside it, and the paths that carry
+    the answer to CIRCUIT_DIR/paths.json (as `paths` does). Files elsewhere that exist already are
+    replaced only with `force`."""
     default = Path(circuit_dir) / "circuit.html"
     out = Path(out) if out else default
     if out.is_dir():
@@ -250,6 +251,7 @@ def view(circuit_dir: str | Path, out: str | Path | None = None, run: Workbench 
     with directory_lock(Path(circuit_dir)):
         atomic_write_text(out, render_html(data))
         atomic_write_text(out.with_suffix(".md"), render_markdown(data))
+        atomic_write_text(Path(circuit_dir) / PATHS_FILE, json.dumps({"task": data["circuit"]["task"], **data["paths"]}, indent=1))
     if show_progress:
         print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) and {out.with_suffix('.md')}", file=sys.stderr)
     return out
