@@ -315,7 +315,12 @@ def paths(circuit_dir: str | Path, run: Workbench | Run | str | Path | None = No
     bench = circuit_workbench(circuit, run)
     with directory_lock(Path(circuit_dir)):
         means = bench.means(circuit.data["ablation"], circuit.means_data, show_progress)
-        result = {"task": circuit.task, **circuit_paths(bench.model, bench.splits(circuit.task_source(task)).test, means,
-                                                         circuit.data)}
-        atomic_write_text(Path(circuit_dir) / PATHS_FILE, json.dumps(result, indent=1))
-    return result
+        result = circuit_paths(bench.model, bench.splits(circuit.task_source(task)).test, means, circuit.data)
+        return write_paths(circuit_dir, circuit.task, result)
+
+
+def write_paths(circuit_dir: str | Path, task: str, result: dict) -> dict:
+    """CIRCUIT_DIR/paths.json: the task and `circuit_paths`'s result (the caller holds the folder's lock)."""
+    data = {"task": task, **result}
+    atomic_write_text(Path(circuit_dir) / PATHS_FILE, json.dumps(data, indent=1))
+    return data

@@ -24,7 +24,7 @@ from ..errors import SparseCircuitsError
 from ..io import atomic_write_text, check_output_file, directory_lock
 from ..rundir import Run
 from ..circuits.labels import label_nodes, read_labels
-from ..circuits.paths import PATHS_FILE, circuit_paths
+from ..circuits.paths import circuit_paths, write_paths
 from ..circuits.workbench import Workbench, circuit_workbench
 
 ASSETS = Path(__file__).parent / "assets"
@@ -251,7 +251,7 @@ def view(circuit_dir: str | Path, out: str | Path | None = None, run: Workbench 
     with directory_lock(Path(circuit_dir)):
         atomic_write_text(out, render_html(data))
         atomic_write_text(out.with_suffix(".md"), render_markdown(data))
-        atomic_write_text(Path(circuit_dir) / PATHS_FILE, json.dumps({"task": data["circuit"]["task"], **data["paths"]}, indent=1))
+        write_paths(circuit_dir, data["circuit"]["task"], data["paths"])
     if show_progress:
         print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) and {out.with_suffix('.md')}", file=sys.stderr)
     return out
