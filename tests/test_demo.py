@@ -147,6 +147,20 @@ def test_claim_a_chooses_tasks_on_choose_records_keeps_the_best_seed_and_reports
     assert list(again["tasks"]) == list(rows["tasks"]) and again["edges_ratio_geomean"] == rows["edges_ratio_geomean"]
 
 
+def test_the_plan_counts_claim_a_tasks_per_comparison_not_over_every_dense_model_at_once():
+    """The full dense model does five tasks with the sparse one; the bracketing models only two: the
+    comparison with the full model draws five, so the budget must not cut it to the two all share."""
+    from sparsecircuits.experiments.claim import claimed_tasks
+
+    tasks = [f"t{i}" for i in range(5)]
+    losses = {"sparse": {t: 0.01 * (i + 1) for i, t in enumerate(tasks)}, "dense": dict.fromkeys(tasks, 0.01),
+              "low": {t: 0.01 if i < 2 else 0.5 for i, t in enumerate(tasks)}, "high": {t: 0.01 if i < 3 else 0.5 for i, t in enumerate(tasks)}}
+    baselines = {"dense_at_sparse_loss": {"low": 3.4, "high": 3.5}, "dense": {"dense": 3.0}}
+    most, claimed = claimed_tasks(losses, {}, baselines, [0.15, 0.3])
+    assert most == 5 and claimed == tasks
+    assert claimed_tasks(losses, {"t0": ["last token"]}, baselines, [0.15]) == (4, tasks[1:])
+
+
 def test_claim_a_interpolates_the_dense_size_between_models_that_bracket_the_sparse_loss():
     from sparsecircuits.experiments.claim import claim_rows, interpolate_log
 

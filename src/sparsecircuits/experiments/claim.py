@@ -56,6 +56,21 @@ def claim_tasks(losses: dict[str, dict[str, float | None]], flagged: dict[str, l
     return chosen, excluded
 
 
+def claimed_tasks(losses: dict[str, dict[str, float | None]], flagged: dict[str, list[str]],
+                  baselines: dict[str, dict[str, float]], targets, margin: float = MARGIN) -> tuple[int, list[str]]:
+    """(the most tasks one comparison of claim (a) draws, every task some comparison draws): each
+    baseline ({name: {dense model: validation loss}}) is compared with the sparse model at each target
+    on the tasks both (all its models) do with margin (`claim_tasks`), never on the tasks every
+    baseline's models do together."""
+    counts, claimed = [0], set()
+    for baseline in baselines.values():
+        for target in targets:
+            chosen, _ = claim_tasks({m: losses[m] for m in ["sparse", *baseline]}, flagged, target, margin)
+            counts.append(len(chosen))
+            claimed.update(chosen)
+    return max(counts), sorted(claimed, key=lambda t: losses["sparse"][t])
+
+
 def flagged_by_audit(models: list, names: list[str]) -> dict[str, list[str]]:
     """{task: degenerate cues} for the tasks `tasks audit` flags under any of `models` (their tokenizers
     and bigram tables). A flagged task is left out of every claim: demo, compare and sweep alike."""

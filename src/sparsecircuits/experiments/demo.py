@@ -51,7 +51,7 @@ from ..train.trainer import train_or_continue
 from .budget import (CLAIM_NOT_DRAWN, DEMO_MINUTES, GUESSED_CLAIM_TASKS, GUESSED_TASKS, PREPARE_SECONDS, Plan, Scope,
                      fit_circuits, fit_claim, make_plan, time_this_machine)
 from .claim import (CLAIM_SEEDS, CLAIM_TARGETS, COMPARISONS, MARGIN, best_circuit, circuit_is_evidence, claim_rows,
-                    claim_tasks, does_with_margin, plot_claim)
+                    claim_tasks, claimed_tasks, does_with_margin, plot_claim)
 from .report import format_summary, write_report
 
 KEPT_MODELS = 4  # models the demo's sparse run keeps for `evolve`: 4 x 22 MB on `small`
@@ -243,12 +243,10 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
     cheapest = sorted(sparse_tasks, key=width)
 
     def counted():  # the circuit stages planned again with the tasks counted (once: a resumed run keeps it)
-        chosen = [claim_tasks({m: losses[m] for m in ["sparse", *dense_models]}, flagged, t, margin)[0]
-                  for t in plan.wanted.claim_targets]
-        claimed = sorted(set().union(*chosen), key=lambda t: losses["sparse"][t]) if chosen else []
+        most, claimed = claimed_tasks(losses, flagged, baselines, plan.wanted.claim_targets, margin)
         wanted = plan.wanted
         wanted.tasks, wanted.task_tokens = len(sparse_tasks), [width(t) for t in cheapest]
-        wanted.claim_tasks, wanted.claim_tokens = max(map(len, chosen), default=0), [width(t) for t in claimed]
+        wanted.claim_tasks, wanted.claim_tokens = most, [width(t) for t in claimed]
         wanted.claim_dense_models = len(dense_models)
         fit_circuits(plan, plan.left() - plan.shares["report"])
 
