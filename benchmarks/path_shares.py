@@ -25,7 +25,8 @@ def labels_of(directory: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     nodes = json.loads(path.read_text())["nodes"]
-    return {f"{n['site']}:{n['index']}": n["labels"][0]["concept"] for n in nodes if n["labels"]}
+    return {f"{n['site']}:{n['index']}": n["labels"][0]["concept"]
+            + ("" if n["labels"][0].get("beats_baseline", True) else ", not above baseline") for n in nodes if n["labels"]}
 
 
 def main() -> None:

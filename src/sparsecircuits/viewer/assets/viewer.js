@@ -201,7 +201,8 @@
         if (i) item.append(" → ");
         if (!nodeElements.has(name)) { item.append(name); return; }
         const best = ((data.labels || {})[name] || {}).labels || [];
-        const link = el("a", { class: "node-link", text: name, title: best.length ? best[0].concept : "" }, item);
+        const title = best.length ? best[0].concept + (best[0].beats_baseline === false ? " (not above baseline)" : "") : "";
+        const link = el("a", { class: "node-link", text: name, title }, item);
         link.addEventListener("click", () => select(name));
       });
     }
