@@ -37,7 +37,8 @@ from torch import nn
 from ..io import atomic_write_text, check_writable, directory_lock
 from ..model.gpt import SparseGPT
 from ..rundir import Run
-from ..tasks.records import TokenizedTask
+from ..model.sites import residual_sites
+from ..tasks.records import TokenizedTask, candidate_logits, pair_logits
 from .circuit import Circuit, keep_from_nodes
 from .edges import EdgeSet, edges_only
 from .masks import ablation_hooks
@@ -48,12 +49,6 @@ TOP_PATHS = 10
 MAX_EXPANSIONS = 200_000  # path search steps: a larger circuit's weakest paths are left out (said in the result)
 MIN_SHARE = 1e-4  # a partial path carrying less than this fraction of |Δ| is not followed further
 STEP = 0.01  # the central difference's step, as a fraction of a query or key node's deviation
-
-
-def unembedding_matrix(model: SparseGPT) -> torch.Tensor:
-    """(vocab, d_model): the logits' weights on the normed final residual."""
-    head = model.lm_head
-    return head.weight if isinstance(head, nn.Linear) else head.tied_to[0].weight
 
 
 def norm_slope(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -108,10 +103,11 @@ class _Flows:
         removed = {name: torch.zeros_like(c, dtype=torch.float32, requires_grad=True)
                    for name, c in self.edge_set.candidates.items()}
         params = self.edge_set.parameters(removed, means)
-        residual_sites = [s for s in model.hook_points.site_names if s.endswith(("resid_in", "resid_mid", "final_resid"))]
-        with model.hooks(ablation_hooks(model, keep, means)), model.hooks({s: record for s in [*keep, *residual_sites]}):
+        recorded = [*keep, *residual_sites(model.config.n_layer)]
+        with model.hooks(ablation_hooks(model, keep, means)), model.hooks({s: record for s in recorded}):
             logits = torch.func.functional_call(model, params, (tokens,), {"at": last})
-        diff = logits[rows, correct] - logits[rows, incorrect]
+        pair = candidate_logits(logits, correct, incorrect)
+        diff = pair[:, 0] - pair[:, 1]
         diff.sum().backward()
         with torch.no_grad():
             self.delta += float(diff.sum())
@@ -142,7 +138,7 @@ class _Flows:
                         for c, f in zip(channels, flow.tolist()):
                             self.add((write, c), (read, c), f)
             final = values["final_resid"][rows, last]
-            w_u = unembedding_matrix(model)
+            w_u = model.unembedding_weight
             answer = norm_slope(model.final_norm, final) * (w_u[correct] - w_u[incorrect])
             for write in writes:
                 channels = keep[write].nonzero().flatten().tolist()
@@ -188,20 +184,6 @@ class _Flows:
                             self.add((site, j), (out, i), f)
 
 
-@torch.no_grad()
-def _empty_delta(model: SparseGPT, task: TokenizedTask, keep: Mapping[str, torch.Tensor],
-                 means: Mapping[str, torch.Tensor]) -> float:
-    none = {site: torch.zeros_like(k) for site, k in keep.items()}
-    total = 0.0
-    with model.hooks(ablation_hooks(model, none, means)):
-        for group in task.width_groups():
-            tokens, last, correct, incorrect = task.batch(group)
-            logits = model(tokens, at=last)
-            rows = torch.arange(len(tokens))
-            total += float((logits[rows, correct] - logits[rows, incorrect]).sum())
-    return total / len(task.prompts)
-
-
 def answer_paths(model: SparseGPT, task: TokenizedTask, means: Mapping[str, torch.Tensor],
                  keep: Mapping[str, torch.Tensor], top: int = TOP_PATHS) -> dict:
     """The circuit `keep`'s logit difference on `task`'s records split into paths (module docstring):
@@ -228,7 +210,9 @@ def answer_paths(model: SparseGPT, task: TokenizedTask, means: Mapping[str, torc
     outflow = {node: sum(f for _, f in edges) for node, edges in out.items()}
     source = {node: outflow[node] - inflow[node] for node in effect}
     logit_diff = flows.delta / n
-    empty = _empty_delta(model, task, keep, means)
+    none = {site: torch.zeros_like(k) for site, k in keep.items()}
+    empty_pairs = pair_logits(model, task, ablation_hooks(model, none, means))  # every node at its mean
+    empty = float((empty_pairs[:, 0] - empty_pairs[:, 1]).mean())
     delta = logit_diff - empty
     floor = MIN_SHARE * max(abs(delta), 1e-12)
     found: list[tuple[float, list]] = []
