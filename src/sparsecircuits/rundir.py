@@ -54,6 +54,22 @@ RUN_ENTRIES = frozenset({CONFIG_FILE, RUN_INFO_FILE, TOKENIZER_FILE, METRICS_FIL
                          "tensorboard"})
 
 
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_device(name: str | torch.device, setting: str = "--device") -> torch.device:
+    """'cpu', 'cuda' (an error naming `setting` when there is none) or 'auto' (CUDA when there is one)."""
+    if isinstance(name, torch.device):
+        return name
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise SparseCircuitsError(f"{setting} must be 'cpu', 'cuda' or 'auto', not '{name}'")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SparseCircuitsError(f"{setting} is '{name}' but no CUDA device is available: use 'auto' or 'cpu'")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def kept_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / KEPT_DIR / f"step_{step:06d}"
 
@@ -263,9 +279,11 @@ class Run:
         return recorded
 
     def model(self, device: str | torch.device = "cpu") -> SparseGPT:
-        """The trained model, checked against the config and the tokenizer; `model.tokenizer` is the run's."""
+        """The trained model, checked against the config and the tokenizer; `model.tokenizer` is the run's.
+        `device`: 'cpu', 'cuda', 'auto' (CUDA when there is one) or a torch.device."""
         from .io import load_tensors
 
+        device = resolve_device(device)
         self.weights_sha256  # the file is the one the run wrote
         tokenizer = self.tokenizer
         model = SparseGPT(self.config.model)

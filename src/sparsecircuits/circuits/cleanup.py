@@ -122,11 +122,12 @@ def cleanup_checks(model: SparseGPT, splits: TaskSplits, means: Mapping[str, tor
 
 
 def cleanup(circuit_dir: str | Path, run: Workbench | Run | str | Path | None = None, task: str | Path | None = None,
-            show_progress: bool = True) -> dict:
-    """The clean-up checks of a circuit directory, written to CIRCUIT_DIR/cleanup.json."""
+            show_progress: bool = True, device: str = "cpu") -> dict:
+    """The clean-up checks of a circuit directory, written to CIRCUIT_DIR/cleanup.json. `device`: where the
+    model runs ('cpu', 'cuda' or 'auto'), unless `run` is a workbench."""
     circuit = Circuit.load(circuit_dir)
     check_writable(Path(circuit_dir) / CLEANUP_FILE, "CIRCUIT_DIR")
-    bench = circuit_workbench(circuit, run)
+    bench = circuit_workbench(circuit, run, device)
     with directory_lock(Path(circuit_dir)):
         model = bench.model
         result = cleanup_checks(model, bench.splits(circuit.task_source(task)),

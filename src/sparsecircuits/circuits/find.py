@@ -154,6 +154,7 @@ def train_mask(model: SparseGPT, task: TokenizedTask, means: Mapping[str, torch.
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(settings.seed)
     mask = NodeMask(model.node_sites, settings.init_mean, settings.init_std, settings.temperature, generator).to(device)
+    means = {site: m.to(device) for site, m in means.items()}
     gates: dict[str, torch.Tensor] = {}
 
     def masked(x: torch.Tensor, site: str) -> torch.Tensor:
@@ -289,7 +290,7 @@ def find_circuit(model: SparseGPT, splits: TaskSplits, means: Mapping[str, torch
         scores, k_final = attribution_scores(model, splits.train, means, settings.batch_pairs), None
     else:
         mask = train_mask(model, splits.train, means, settings, show_progress)
-        scores, k_final = mask.scores(), mask.k_final
+        scores, k_final = {site: tau.cpu() for site, tau in mask.scores().items()}, mask.k_final  # keep vectors live on the CPU
     ranking_seconds = time.perf_counter() - started
     # the mask's own active set (τ > 0) is a count worth trying; attribution scores are all positive
     active = int(sum((t > 0).sum() for t in scores.values())) if settings.method == "mask" else None

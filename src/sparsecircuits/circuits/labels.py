@@ -315,16 +315,18 @@ LABELS_FILE = "labels.json"
 
 def label_run(run: "Workbench | Run | str | Path", node_names: Sequence[str] | None = None, circuit_dir: str | Path | None = None,
               n_tokens: int = 16384, data_dir: str | Path | None = None, threshold: float = DEFAULT_THRESHOLD,
-              out: str | Path | None = None, show_progress: bool = True, force: bool = False) -> tuple[dict, Path]:
+              out: str | Path | None = None, show_progress: bool = True, force: bool = False,
+              device: str = "cpu") -> tuple[dict, Path]:
     """`sparsecircuits label`: label nodes of a run (a `Workbench`, a `Run` or its directory; or of a
-    circuit of it) and write labels.json."""
+    circuit of it) and write labels.json. `device`: where the model runs ('cpu', 'cuda' or 'auto'), unless
+    `run` is a workbench."""
     import json
 
     from ..io import atomic_write_text, check_output_file
     from .circuit import Circuit
     from .workbench import Workbench, circuit_workbench
 
-    bench = circuit_workbench(Circuit.load(circuit_dir), run) if circuit_dir is not None else Workbench.of(run)
+    bench = circuit_workbench(Circuit.load(circuit_dir), run, device) if circuit_dir is not None else Workbench.of(run, device)
     run = bench.run
     default = Path(circuit_dir or run.path) / LABELS_FILE
     out = Path(out) if out else default

@@ -16,11 +16,16 @@ from ..model.gpt import SparseGPT
 
 def ablation_hooks(model: SparseGPT, keep: Mapping[str, torch.Tensor], means: Mapping[str, torch.Tensor]):
     """Hooks that keep the nodes where `keep[site]` is true (a 0/1 or bool vector) and replace the rest
-    by `means[site]`. A site missing from `keep` is left alone."""
+    by `means[site]`. A site missing from `keep` is left alone. Both move to the activation's device
+    and dtype (once per site, device and dtype)."""
+    moved: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def hook(x: torch.Tensor, site: str) -> torch.Tensor:
-        gate = keep[site].to(x.dtype)
-        return x * gate + means[site].to(x.dtype) * (1 - gate)
+        key = (site, x.device, x.dtype)
+        if key not in moved:
+            moved[key] = keep[site].to(x.device, x.dtype), means[site].to(x.device, x.dtype)
+        gate, mean = moved[key]
+        return x * gate + mean * (1 - gate)
 
     return {site: hook for site in keep}
 

@@ -291,12 +291,13 @@ def circuit_paths(model: SparseGPT, task: TokenizedTask, means: Mapping[str, tor
 
 
 def paths(circuit_dir: str | Path, run: Workbench | Run | str | Path | None = None, task: str | Path | None = None,
-          show_progress: bool = True) -> dict:
+          show_progress: bool = True, device: str = "cpu") -> dict:
     """The paths that carry the answer in a circuit directory (its node circuit, and its edge circuit when
-    pruned with --edges), on its task's test records; written to CIRCUIT_DIR/paths.json."""
+    pruned with --edges), on its task's test records; written to CIRCUIT_DIR/paths.json. `device`: where
+    the model runs ('cpu', 'cuda' or 'auto'), unless `run` is a workbench."""
     circuit = Circuit.load(circuit_dir)
     check_writable(Path(circuit_dir) / PATHS_FILE, "CIRCUIT_DIR")
-    bench = circuit_workbench(circuit, run)
+    bench = circuit_workbench(circuit, run, device)
     with directory_lock(Path(circuit_dir)):
         means = bench.means(circuit.data["ablation"], circuit.means_data, show_progress)
         result = circuit_paths(bench.model, bench.splits(circuit.task_source(task)).test, means, circuit.data)

@@ -106,13 +106,14 @@ def write_circuit_dir(out: Path, record: dict, scores: Mapping[str, torch.Tensor
 
 def prune(run: Workbench | Run | str | Path, task: str, out: str | Path, settings: PruneSettings | None = None,
           search_trials: int = 0, show_progress: bool = True, force: bool = False,
-          data_dir: str | Path | None = None) -> "Circuit":
+          data_dir: str | Path | None = None, device: str = "cpu") -> "Circuit":
     """Find, measure and save the circuit of `task` in the model of `run` (a `Workbench`, a `Run` or
     its directory). `data_dir` is the text mean ablation averages over (default: the run's own data;
-    an imported run has none)."""
+    an imported run has none). `device`: where the model runs ('cpu', 'cuda' or 'auto'), unless `run` is a
+    workbench."""
     settings = settings or PruneSettings()
     settings.validate()
-    bench, out = Workbench.of(run), Path(out)
+    bench, out = Workbench.of(run, device), Path(out)
     check_output_dir(out, "prune", force, replaces=CIRCUIT_ENTRIES,
                      inputs=[("the run", bench.run.path), ("the task file", task if Path(task).is_file() else None),
                              ("--data", data_dir)])

@@ -175,12 +175,14 @@ def read_validation(circuit_dir: str | Path) -> dict | None:
 
 
 def validate(circuit_dir: str | Path, run: Workbench | Run | str | Path | None = None, control: bool = True,
-             show_progress: bool = True, max_per_node: int = MAX_PER_NODE, task: str | Path | None = None) -> dict:
+             show_progress: bool = True, max_per_node: int = MAX_PER_NODE, task: str | Path | None = None,
+             device: str = "cpu") -> dict:
     """Sufficiency, necessity, random and shuffled-label controls, and each node's ablation effect
-    (skipped above `max_per_node` nodes: such a circuit is not one to read node by node)."""
+    (skipped above `max_per_node` nodes: such a circuit is not one to read node by node). `device`: where
+    the model runs ('cpu', 'cuda' or 'auto'), unless `run` is a workbench."""
     circuit = Circuit.load(circuit_dir)
     check_writable(Path(circuit_dir) / VALIDATION_FILE, "CIRCUIT_DIR")
-    bench = circuit_workbench(circuit, run)
+    bench = circuit_workbench(circuit, run, device)
     task_source = circuit.task_source(task)
     with directory_lock(Path(circuit_dir)):
         return _validate(circuit, bench, task_source, control, show_progress, max_per_node)

@@ -85,6 +85,22 @@ def force_argument(parser: argparse.ArgumentParser, folder: str, command: str) -
     parser.add_argument("--force", action="store_true", help=f"replace {folder} if `{command}` made it")
 
 
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def device_argument(parser: argparse.ArgumentParser, trains: bool = False) -> None:
+    """`--device` on a command that runs a model. The circuit commands default to the CPU, where a circuit
+    comes out the same on every machine; a command that trains defaults to its config's train.device."""
+    if trains:
+        parser.add_argument("--device", choices=DEVICES, help="where the models train and run: cpu, cuda or auto (CUDA"
+                            " when there is one); default: training on the config's train.device (auto), everything else"
+                            " on the CPU")
+    else:
+        parser.add_argument("--device", choices=DEVICES, default="cpu",
+                            help="where the model runs: cpu (default: the same results on every machine), cuda, or auto"
+                                 " (CUDA when there is one)")
+
+
 def prune_default(name: str):
     from ..circuits.settings import PruneSettings
 
@@ -103,5 +119,6 @@ def training_arguments(p: argparse.ArgumentParser, data_help: str = "prepared da
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create (or continue with --resume)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
     p.add_argument("--force", action="store_true", help="start RUN_DIR again if `train` made it (e.g. after a failed start)")
+    device_argument(p, trains=True)
     p.add_argument("--stop-after", type=POSITIVE, metavar="STEP",
                    help="end at this step with a checkpoint, to continue later with --resume (e.g. to fit a job time limit)")

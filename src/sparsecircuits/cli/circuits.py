@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import SparseCircuitsError
-from .args import (force_argument, integer, POSITIVE, NON_NEGATIVE, TASK_LOSS, real, step_list, suite_argument, prune_default,
+from .args import (device_argument, force_argument, integer, POSITIVE, NON_NEGATIVE, TASK_LOSS, real, step_list, suite_argument, prune_default,
                    EXIT_VALIDATION_FAILED)
 
 
@@ -21,7 +21,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     if args.method == "attribution" and (args.search or args.k_coef is not None):
         raise SparseCircuitsError("--search and --k-coef tune the learned mask: drop them with --method attribution")
     circuit = prune(args.run_dir, resolve_task(args.task, args.suite), args.out, settings, search_trials=args.search,
-                    force=args.force, data_dir=args.data)
+                    force=args.force, data_dir=args.data, device=args.device)
     m = circuit.metrics
     # the random draws each get a fitted logit scale: they stand beside the circuit's calibrated loss
     print(f"{circuit.task}: {m['n_nodes']} nodes, {m['n_edges']} weight edges; task loss: full model {m['loss_full_model']:.4f},"
@@ -38,7 +38,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
 def cmd_validate(args: argparse.Namespace) -> None:
     from ..circuits.validate import format_validation, validate
 
-    result = validate(args.circuit_dir, args.run_dir, control=not args.no_control, task=args.task)
+    result = validate(args.circuit_dir, args.run_dir, control=not args.no_control, task=args.task, device=args.device)
     print(format_validation(result))
     if not result["evidence"]:
         sys.exit(EXIT_VALIDATION_FAILED)
@@ -47,14 +47,14 @@ def cmd_validate(args: argparse.Namespace) -> None:
 def cmd_cleanup(args: argparse.Namespace) -> None:
     from ..circuits.cleanup import cleanup, format_cleanup
 
-    print(format_cleanup(cleanup(args.circuit_dir, args.run_dir, task=args.task)))
+    print(format_cleanup(cleanup(args.circuit_dir, args.run_dir, task=args.task, device=args.device)))
     print(f"wrote {args.circuit_dir}/cleanup.json")
 
 
 def cmd_paths(args: argparse.Namespace) -> None:
     from ..circuits.paths import format_paths, paths
 
-    result = paths(args.circuit_dir, args.run_dir, task=args.task)
+    result = paths(args.circuit_dir, args.run_dir, task=args.task, device=args.device)
     for which in ("node", "edge"):
         if result[which] is not None:
             print(f"{which} circuit: " + format_paths(result[which], top=args.top))
@@ -64,7 +64,7 @@ def cmd_paths(args: argparse.Namespace) -> None:
 def cmd_view(args: argparse.Namespace) -> None:
     from ..viewer import view
 
-    view(args.circuit_dir, args.out, args.run_dir, force=args.force, task=args.task)
+    view(args.circuit_dir, args.out, args.run_dir, force=args.force, task=args.task, device=args.device)
 
 
 def cmd_evolve(args: argparse.Namespace) -> None:
@@ -73,7 +73,7 @@ def cmd_evolve(args: argparse.Namespace) -> None:
     from ..tasks.builtin import resolve_task
 
     result = evolve(args.run_dir, resolve_task(args.task, args.suite), args.out, PruneSettings(target_loss=args.target_loss),
-                    steps=args.steps, control=not args.no_control)
+                    steps=args.steps, control=not args.no_control, device=args.device)
     print(format_evolution(result))
     print(f"wrote {args.out}/evolution.json, evolution.png and evolution.html")
 
@@ -83,7 +83,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
     from ..rundir import Run
 
     run = Run.open(args.run_dir)
-    examples = node_examples(run.model(), run.data(args.data), node_names=args.node, top=args.top,
+    examples = node_examples(run.model(args.device), run.data(args.data), node_names=args.node, top=args.top,
                              n_tokens=args.tokens)
     for name, example in examples.items():
         print(f"== {name}")
@@ -94,7 +94,7 @@ def cmd_label(args: argparse.Namespace) -> None:
     from ..circuits.labels import format_labels, label_run
 
     result, out = label_run(args.run_dir, args.node, args.circuit, args.tokens, args.data, args.threshold, args.out,
-                            force=args.force)
+                            force=args.force, device=args.device)
     if len(result["nodes"]) <= 200:
         print(format_labels(result))
     labelled = sum(bool(node["labels"]) for node in result["nodes"])
@@ -138,6 +138,7 @@ def register_prune(sub) -> None:
                    help="on CPU, layers with at most this fraction of nonzero weights multiply through sparse CSR kernels"
                         " (default %(default)s, the measured crossover; 0 = always dense)")
     force_argument(p, "CIRCUIT_DIR", "prune")
+    device_argument(p)
     p.set_defaults(func=cmd_prune)
 
 
@@ -155,6 +156,7 @@ def register_validate(sub) -> None:
     moved_arguments(p)
     p.add_argument("--no-control", action="store_true",
                    help="skip both pruning controls (the masks trained on shuffled labels and on a nonsense rule)")
+    device_argument(p)
     p.set_defaults(func=cmd_validate)
 
 
@@ -166,6 +168,7 @@ def register_cleanup(sub) -> None:
                                    " dropped alone. Writes CIRCUIT_DIR/cleanup.json and prints a summary.")
     p.add_argument("circuit_dir", metavar="CIRCUIT_DIR")
     moved_arguments(p)
+    device_argument(p)
     p.set_defaults(func=cmd_cleanup)
 
 
@@ -178,6 +181,7 @@ def register_paths(sub) -> None:
     p.add_argument("circuit_dir", metavar="CIRCUIT_DIR")
     moved_arguments(p)
     p.add_argument("--top", type=integer(1), default=5, help="paths to print per circuit (default 5)")
+    device_argument(p)
     p.set_defaults(func=cmd_paths)
 
 
@@ -188,6 +192,7 @@ def register_view(sub) -> None:
     p.add_argument("--out", metavar="HTML", help="where to write the page (default CIRCUIT_DIR/circuit.html)")
     moved_arguments(p)
     p.add_argument("--force", action="store_true", help="replace HTML and its .md twin if they exist")
+    device_argument(p)
     p.set_defaults(func=cmd_view)
 
 
@@ -205,6 +210,7 @@ def register_evolve(sub) -> None:
                    help="held-out task loss each circuit must reach (default %(default)s)")
     p.add_argument("--steps", type=step_list, metavar="A,B,C", help="only these kept steps (default: every kept one)")
     p.add_argument("--no-control", action="store_true", help="skip the pruning controls of each circuit's validation")
+    device_argument(p)
     p.set_defaults(func=cmd_evolve)
 
 
@@ -216,6 +222,7 @@ def register_explain(sub) -> None:
     p.add_argument("--tokens", type=POSITIVE, default=32768, help="validation tokens to scan (default 32768)")
     p.add_argument("--data", metavar="DATA_DIR", help="text to scan (default: the run's own data)")
     p.add_argument("--no-color", action="store_true")
+    device_argument(p)
     p.set_defaults(func=cmd_explain)
 
 
@@ -233,6 +240,7 @@ def register_label(sub) -> None:
                    help="least strength of a label: 2 AUROC - 1 or |r| (default 0.6)")
     p.add_argument("--out", metavar="FILE", help="where to write the JSON (default CIRCUIT_DIR or RUN_DIR/labels.json)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    device_argument(p)
     p.set_defaults(func=cmd_label)
 
 

@@ -7,7 +7,7 @@ import argparse
 from ..config import builtin_grids
 from ..experiments.budget import DEMO_MINUTES
 from ..experiments.claim import CLAIM_SEEDS, CLAIM_TARGETS
-from .args import POSITIVE, TASK_LOSS, real, targets, suite_argument, prune_default
+from .args import device_argument, POSITIVE, TASK_LOSS, real, targets, suite_argument, prune_default
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -16,7 +16,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     tasks = args.tasks if args.tasks in ("auto", "all") else [t for t in args.tasks.split(",") if t]
     demo(args.out, minutes=args.minutes, tasks=tasks, max_tasks=args.max_tasks, target_loss=args.target_loss,
          config=args.config, overrides=args.set, corpus=args.corpus, control=not args.no_control, dense_set=args.dense_set,
-         suite=args.suite, claim_targets=args.claim_targets, claim_seeds=args.claim_seeds, plan_only=args.plan)
+         suite=args.suite, claim_targets=args.claim_targets, claim_seeds=args.claim_seeds, plan_only=args.plan,
+         device=args.device)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -24,7 +25,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     targets = args.targets
     rows = compare(args.run_a, args.run_b, args.out, tasks=args.tasks.split(",") if args.tasks else None,
-                   targets=targets, margin=args.margin, keep_flagged=args.keep_flagged)
+                   targets=targets, margin=args.margin, keep_flagged=args.keep_flagged, device=args.device)
     labels = list(dict.fromkeys(r["model"] for r in rows))
     print(f"{'target':>7s} " + " ".join(f"{label[:20]:>20s}" for label in labels)
           + "   (geometric-mean edges over the tasks both models reach)")
@@ -39,7 +40,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from ..data.dataset import ensure_default_data
     from ..experiments.sweep import sweep
 
-    rows = sweep(args.grid, args.out, args.data or ensure_default_data())
+    rows = sweep(args.grid, args.out, args.data or ensure_default_data(), device=args.device)
     print(f"{'run':40s} {'val loss':>8s} {'tasks':>5s} {'edges (geo. mean)':>17s}")
     for r in rows:
         edges = f"{r['edges_geomean']:.1f}" if r["edges_geomean"] else "-"
@@ -78,6 +79,7 @@ def register_demo(sub) -> None:
                    help=f"pruning seeds per model, task and target in claim (a); the smallest circuit that meets the"
                         f" target on the choose records is kept (default {CLAIM_SEEDS})")
     suite_argument(p)
+    device_argument(p, trains=True)
     p.set_defaults(func=cmd_demo)
 
 
@@ -92,6 +94,7 @@ def register_compare(sub) -> None:
                    help="at each target, prune the tasks both models do to loss <= MARGIN x the target (default 0.5)")
     p.add_argument("--keep-flagged", action="store_true",
                    help="also compare tasks `tasks audit` flags (a degenerate cue answers them; left out by default)")
+    device_argument(p)
     p.set_defaults(func=cmd_compare)
 
 
@@ -101,6 +104,7 @@ def register_sweep(sub) -> None:
     p.add_argument("--grid", required=True, metavar="GRID", help="a grid TOML file, or a built-in grid: " + ", ".join(builtin_grids()))
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--data", metavar="DATA_DIR", help="prepared data (default: the default corpus, prepared and cached)")
+    device_argument(p, trains=True)
     p.set_defaults(func=cmd_sweep)
 
 

@@ -8,7 +8,7 @@ import math
 import sys
 
 from ..errors import SparseCircuitsError
-from .args import NON_NEGATIVE, suite_argument, EXIT_VALIDATION_FAILED
+from .args import device_argument, NON_NEGATIVE, suite_argument, EXIT_VALIDATION_FAILED
 
 
 def cmd_tasks_list(args: argparse.Namespace) -> None:
@@ -47,7 +47,7 @@ def cmd_tasks_eval(args: argparse.Namespace) -> None:
     from ..tasks.audit import score_tasks
 
     run = Run.open(args.run_dir)
-    model = (run if args.step is None else run.at_step(args.step)).model()
+    model = (run if args.step is None else run.at_step(args.step)).model(args.device)
     names = args.task or suite_tasks(args.suite)
     table = score_tasks(model, names, args.split, warn=len(names) == 1)
     if len(names) == 1 and "error" in table[names[0]]:
@@ -100,6 +100,7 @@ def register_tasks(sub) -> None:
     p.add_argument("--step", type=NON_NEGATIVE, metavar="STEP",
                    help="score the model kept at this training step (train.keep_every) instead of the final one")
     p.add_argument("--json", action="store_true")
+    device_argument(p)
     p.set_defaults(func=cmd_tasks_eval)
 
 

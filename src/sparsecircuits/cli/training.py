@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import SparseCircuitsError
-from .args import force_argument, POSITIVE, NON_NEGATIVE, real, training_arguments
+from .args import device_argument, force_argument, POSITIVE, NON_NEGATIVE, real, training_arguments
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -36,7 +36,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.set) if args.config is not None else None
     try:
         train(config, args.data, run_dir, resume=args.resume, stop_after=args.stop_after, force=args.force,
-              dense_run=getattr(args, "dense", None), init_from=getattr(args, "init", None))
+              dense_run=getattr(args, "dense", None), init_from=getattr(args, "init", None), device=args.device)
     except TrainingInterrupted:  # the loop wrote its checkpoint and said so
         sys.exit(130)
     except KeyboardInterrupt:  # outside the training loop, which checkpoints and says so itself
@@ -48,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"stopped at step {args.stop_after} of {run.config.train.steps} with a checkpoint; continue with"
               f" `sparsecircuits train --out {run_dir} --resume`")
         return
-    print(_format_eval(run_dir, evaluate_run(run, args.data)))
+    print(_format_eval(run_dir, evaluate_run(run, args.data, device=args.device or "cpu")))
 
 
 def _format_eval(run_dir: Path, result: dict) -> str:
@@ -61,7 +61,7 @@ def _format_eval(run_dir: Path, result: dict) -> str:
 def cmd_eval(args: argparse.Namespace) -> None:
     from ..train.evaluation import evaluate_run
 
-    result = evaluate_run(args.run_dir, args.data, max_tokens=args.max_tokens)
+    result = evaluate_run(args.run_dir, args.data, max_tokens=args.max_tokens, device=args.device)
     print(json.dumps(result, indent=1) if args.json else _format_eval(Path(args.run_dir), result))
 
 
@@ -70,12 +70,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     from ..model.gpt import SparseGPT
 
-    model = SparseGPT.from_pretrained(args.run_dir)
+    model = SparseGPT.from_pretrained(args.run_dir, args.device)
     tokenizer = model.tokenizer
     ids = tokenizer.encode(args.prompt).ids
     if not ids:
         raise SparseCircuitsError("--prompt is empty: give some text to continue, e.g. --prompt 'def '")
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)  # sampling draws where the model runs
     for _ in range(args.num_samples):
         out = model.generate(torch.tensor([ids]), args.max_new_tokens, args.temperature, args.top_k, generator)
         print(tokenizer.decode(out[0].tolist(), skip_special_tokens=False))
@@ -129,6 +129,7 @@ def register_eval(sub) -> None:
     p.add_argument("--data", metavar="DATA_DIR", help="data to evaluate on (default: the run's own)")
     p.add_argument("--max-tokens", type=POSITIVE, default=262144, help="validation tokens to use (default 262144)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    device_argument(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -141,6 +142,7 @@ def register_sample(sub) -> None:
     p.add_argument("--top-k", type=NON_NEGATIVE, default=50, help="sample from the k likeliest tokens (0: all)")
     p.add_argument("--num-samples", type=POSITIVE, default=1)
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    device_argument(p)
     p.set_defaults(func=cmd_sample)
 
 

@@ -24,13 +24,14 @@ DEFAULT_TARGETS = (0.5, 0.3, 0.15, 0.05)
 
 def compare(run_a: Run | str | Path, run_b: Run | str | Path, out: str | Path, tasks: list[str] | None = None,
             targets: tuple[float, ...] = DEFAULT_TARGETS, margin: float = MARGIN, keep_flagged: bool = False,
-            show_progress: bool = True) -> list[dict]:
+            show_progress: bool = True, device: str = "cpu") -> list[dict]:
     """Circuit weight edges against target loss for two runs (`sparsecircuits compare`): each task both
-    do with margin pruned at every target, rows written to OUT as CSV and PNG and returned."""
+    do with margin pruned at every target, rows written to OUT as CSV and PNG and returned. `device`: where
+    the models run ('cpu', 'cuda' or 'auto')."""
     out = output_folder(out)
     runs = [as_run(run_a), as_run(run_b)]
     labels = [r.path.name if r.path.name != runs[1 - i].path.name else str(r.path) for i, r in enumerate(runs)]
-    models = [r.model() for r in runs]
+    models = [r.model(device) for r in runs]
     candidates = tasks or list(BUILTIN_TASKS)
     losses: dict[str, list[float]] = {}
     for name in candidates:

@@ -87,8 +87,8 @@ def matched_steps(dense_run: Path, sparse_val: float) -> int | None:
     return next((step for step, loss in _val_losses(dense_run) if loss <= sparse_val), None)
 
 
-def _train_stage(config_name: str, overrides: list[str], data_dir: Path, run_dir: Path) -> None:
-    train_or_continue(load_config(config_name, overrides), data_dir, run_dir)
+def _train_stage(config_name: str, overrides: list[str], data_dir: Path, run_dir: Path, device: str | None) -> None:
+    train_or_continue(load_config(config_name, overrides), data_dir, run_dir, device=device)
 
 
 def trained_before(out: Path) -> tuple[list[str], int | None]:
@@ -146,9 +146,12 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
          target_loss: float = TARGET_LOSS, config: str = "small", overrides: list[str] | None = None,
          corpus: list[str] | None = None, control: bool = True, margin: float = MARGIN,
          dense_set: list[str] | None = None, suite: str = "paper",
-         claim_targets: tuple[float, ...] = CLAIM_TARGETS, claim_seeds: int = CLAIM_SEEDS, plan_only: bool = False) -> dict:
+         claim_targets: tuple[float, ...] = CLAIM_TARGETS, claim_seeds: int = CLAIM_SEEDS, plan_only: bool = False,
+         device: str | None = None) -> dict:
     """`minutes` bounds the whole run (experiments/budget.py); `dense_set`: overrides for every dense
-    model, after the shared ones (another width, more steps); `plan_only`: print the plan and return it."""
+    model, after the shared ones (another width, more steps); `plan_only`: print the plan and return it;
+    `device`: where every model trains and runs ('cpu', 'cuda' or 'auto'; default: training as the config
+    says, train.device 'auto', and the circuits on the CPU)."""
     from ..circuits.validate import validate
     from ..circuits.prune import prune_or_reuse
     from ..viewer import view
@@ -189,19 +192,19 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
         plan.run("prepare corpus", lambda: prepare(data_dir, corpus=corpus, force=True))
     # the sparse model keeps KEPT_MODELS models along its training, for `evolve`
     kept = [f"train.keep_every={max(1, steps // KEPT_MODELS)}"]
-    plan.run("train sparse model", lambda: _train_stage(config, overrides + kept, data_dir, out / "sparse"))
+    plan.run("train sparse model", lambda: _train_stage(config, overrides + kept, data_dir, out / "sparse", device))
     sparse_val = _val_losses(out / "sparse")[-1][1]
     if plan.scope.dense:
-        plan.run("train dense model", lambda: _train_stage(config, dense_overrides, data_dir, out / "dense"))
+        plan.run("train dense model", lambda: _train_stage(config, dense_overrides, data_dir, out / "dense", device))
     n_matched = matched_steps(out / "dense", sparse_val) if plan.scope.dense else None
     val_losses = JsonCache(out / "val_losses.json")
 
     def val_loss(model: str) -> float:  # the whole validation split, once per model's weights
         run = Run.open(out / model)
-        return val_losses.get(model, run.weights_sha256, lambda: evaluate_run(run)["val_loss"])
+        return val_losses.get(model, run.weights_sha256, lambda: evaluate_run(run, device=device or "cpu")["val_loss"])
 
     def train_dense(name: str, n_steps: int) -> None:
-        _train_stage(config, dense_overrides + [f"train.steps={n_steps}"], data_dir, out / name)
+        _train_stage(config, dense_overrides + [f"train.steps={n_steps}"], data_dir, out / name, device)
 
     bracket = None  # without dense models (claim (a) does not fit the budget, said in the plan) none is matched
     if plan.scope.dense and n_matched is None:  # the dense model never reached the sparse model's loss: nothing to match
@@ -216,7 +219,7 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
             + ("" if bracket["bracketed"] else "; none on the other side: the nearest stands alone"), file=sys.stderr)
     models = ["sparse", *(bracket["tried"] if bracket else []), *(["dense"] if plan.scope.dense else [])]
     runs = {m: Run.open(out / m) for m in models}
-    benches = {m: Workbench(runs[m]) for m in models}  # each model loaded once, each task tokenized once
+    benches = {m: Workbench(runs[m], device or "cpu") for m in models}  # each model loaded once, each task tokenized once
     scores = JsonCache(out / "task_scores.json")  # once per model's weights and task list: a resumed run reads them
     task_losses = plan.run("evaluate tasks", lambda: {
         m: scores.get(m, f"{runs[m].weights_sha256} {' '.join(candidates)}",
@@ -310,7 +313,7 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
     plan.run("label circuit nodes", label_all)
     plan.run("view circuits", view_all)
     evolution = (plan.run("evolve the smallest circuit", lambda: evolve_smallest(out, runs["sparse"], sparse_tasks,
-                                                                                 circuit_dir, settings))
+                                                                                 circuit_dir, settings, device or "cpu"))
                  if plan.scope.evolve else {"skipped": "left out to fit the time budget (--minutes)"})
     plan.decide("claim (a) fitted", claim_fitted)
     claim_cut = plan.cuts.get("claim") == CLAIM_NOT_DRAWN
@@ -413,7 +416,7 @@ def hard_form_losses(circuit_dir: Path, task: str, bench: Workbench) -> dict[str
     return out
 
 
-def evolve_smallest(out: Path, run: Run, sparse_tasks: list[str], circuit_dir, settings) -> dict:
+def evolve_smallest(out: Path, run: Run, sparse_tasks: list[str], circuit_dir, settings, device: str = "cpu") -> dict:
     """The circuit with the fewest edges (evidence first), pruned again at each model the sparse run
     kept: how it formed. Validated without the pruning controls, which would triple the time."""
     from .evolve import evolve
@@ -425,7 +428,7 @@ def evolve_smallest(out: Path, run: Run, sparse_tasks: list[str], circuit_dir, s
     validations = {t: read_validation(circuit_dir("sparse", t)) for t in sparse_tasks}
     task = min(sparse_tasks, key=lambda t: (not validations[t]["evidence"], validations[t]["n_edges"]))
     folder = out / "evolution" / Path(task).stem
-    result = evolve(run, task, folder, settings, control=False)
+    result = evolve(run, task, folder, settings, control=False, device=device)
     return {"task": Path(task).stem, "page": str((folder / "evolution.html").relative_to(out)),
             "plot": str((folder / "evolution.png").relative_to(out)),
             "checkpoints": [{k: r[k] for k in ("step", "val_loss", "task_loss", "reached", "n_nodes", "n_edges")}

@@ -12,10 +12,11 @@ import json
 import sys
 from pathlib import Path
 
-from ..circuits.circuit import Circuit, load_task_splits
+from ..circuits.circuit import Circuit
 from ..circuits.find import NoCircuitToFind
 from ..circuits.prune import PruneSettings, prune_or_reuse
 from ..circuits.validate import read_validation, validate
+from ..circuits.workbench import Workbench
 from ..errors import SparseCircuitsError
 from ..io import atomic_write_text, check_not_an_input, output_folder
 from ..model.sparsity import count_nonzeros, sparse_parameters
@@ -39,21 +40,22 @@ def overlap(before: set[str], after: set[str]) -> dict:
 
 
 def checkpoint_row(view: Run, task: str, circuit_dir: Path, settings: PruneSettings, control: bool,
-                   show_progress: bool) -> dict:
+                   show_progress: bool, device: str = "cpu") -> dict:
     """One kept checkpoint: its losses and L0, and its circuit for `task` when the model does it."""
-    model = view.model()
+    bench = Workbench(view, device)
+    model = bench.model
     nonzero, total = count_nonzeros(sparse_parameters(model, view.config.sparsity))
     row = {"step": view.step, "val_loss": view.kept["val_loss"], "l0_fraction": nonzero / max(total, 1)}
     try:
-        circuit = prune_or_reuse(view, task, circuit_dir, settings, show_progress)
+        circuit = prune_or_reuse(bench, task, circuit_dir, settings, show_progress)
     except NoCircuitToFind as err:  # the full model misses the target, or the empty circuit meets it
-        loss = evaluate_task(model, load_task_splits(model, task).test)["loss"]
+        loss = evaluate_task(model, bench.splits(task).test)["loss"]
         return {**row, "task_loss": loss, "reached": False, "n_nodes": None, "n_edges": None, "loss_circuit": None,
                 "controls": None, "evidence": False, "why": str(err)}
     # prune_or_reuse kept the circuit, so its validation stands if it ran the controls asked for
     validation = read_validation(circuit_dir)
     if validation is None or (control and "control_shuffled" not in validation):
-        validation = validate(circuit_dir, view, control=control, show_progress=show_progress)
+        validation = validate(circuit_dir, bench, control=control, show_progress=show_progress)
     m = circuit.metrics
     return {**row, "task_loss": m["loss_full_model"], "reached": bool(validation["sufficient"]),
             "n_nodes": m["n_nodes"], "n_edges": m["n_edges"], "loss_circuit": m["loss_circuit"],
@@ -62,11 +64,12 @@ def checkpoint_row(view: Run, task: str, circuit_dir: Path, settings: PruneSetti
 
 
 def evolve(run: Run | str | Path, task: str, out: str | Path, settings: PruneSettings | None = None,
-           steps: list[int] | None = None, control: bool = True, show_progress: bool = True) -> dict:
+           steps: list[int] | None = None, control: bool = True, show_progress: bool = True, device: str = "cpu") -> dict:
     """Prune `task` at every kept checkpoint of `run` (or at `steps`), validate each circuit, and
     write DIR/evolution.json, .png and .html. Resumable: circuits of the same weights, records and
     settings are reused. Returns what evolution.json holds: `checkpoints` (one row per checkpoint,
-    in step order) and `transitions` (between consecutive checkpoints that both reached the target)."""
+    in step order) and `transitions` (between consecutive checkpoints that both reached the target).
+    `device`: where the models run ('cpu', 'cuda' or 'auto')."""
     run = as_run(run)
     settings = settings or PruneSettings()
     settings.validate()
@@ -84,7 +87,8 @@ def evolve(run: Run | str | Path, task: str, out: str | Path, settings: PruneSet
     for step in sorted(set(steps or kept)):
         if show_progress:
             print(f"[evolve] step {step}", file=sys.stderr, flush=True)
-        rows.append(checkpoint_row(run.at_step(step), task, out / f"step_{step:06d}", settings, control, show_progress))
+        rows.append(checkpoint_row(run.at_step(step), task, out / f"step_{step:06d}", settings, control, show_progress,
+                                   device))
     nodes = {row["step"]: node_names(Circuit.load(out / row["circuit"]).nodes) for row in rows if row["reached"]}
     transitions = [{"from_step": a["step"], "to_step": b["step"], **overlap(nodes[a["step"]], nodes[b["step"]])}
                    for a, b in zip(rows, rows[1:]) if a["reached"] and b["reached"]]

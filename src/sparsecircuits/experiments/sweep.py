@@ -101,11 +101,15 @@ def grid_runs(grid: dict, vocab_size: int) -> list[tuple[str, list[str]]]:
     return runs
 
 
-def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: bool = True) -> list[dict]:
+def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: bool = True,
+          device: str | None = None) -> list[dict]:
     """Train every model of a grid (a TOML file or a built-in grid's name) on `data_dir`, prune the tasks
-    each does, and write the capability-interpretability frontier (`sparsecircuits sweep`); returns its rows."""
+    each does, and write the capability-interpretability frontier (`sparsecircuits sweep`); returns its rows.
+    `device`: where the models train and run ('cpu', 'cuda' or 'auto'; default: training as the config
+    says, the circuits on the CPU)."""
     from ..circuits.find import NoCircuitToFind
     from ..circuits.prune import prune_or_reuse
+    from ..circuits.workbench import Workbench
 
     grid = read_grid(grid_path)
     out = output_folder(out)
@@ -123,12 +127,13 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
         run_dir = out / "runs" / tag
         print(f"[sweep {index}/{len(runs)}] {tag}", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        train_or_continue(load_config(base, overrides), data_dir, run_dir, show_progress=show_progress)
+        train_or_continue(load_config(base, overrides), data_dir, run_dir, show_progress=show_progress, device=device)
         seconds = {"train": round(time.perf_counter() - started, 1)}  # near 0 for a run trained before
         started = time.perf_counter()
         run = Run.open(run_dir)
-        model, config = run.model(), run.config
-        evaluation = evaluate_run(run)  # nonzeros counted from the trained weights, not from the config
+        bench = Workbench(run, device or "cpu")  # the model loaded once for every task
+        model, config = bench.model, run.config
+        evaluation = evaluate_run(run, device=device or "cpu")  # nonzeros counted from the trained weights, not from the config
         row = {"run": tag, "d_model": config.model.d_model, "l0_fraction": evaluation["l0_fraction_measured"],
                "l0_fraction_config": config.sparsity.l0_fraction, "l0_nonzeros": evaluation["nonzero_weights"],
                "keep_fraction": config.model.keep_fraction, "val_loss": evaluation["val_loss"]}
@@ -150,7 +155,7 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
                 continue
             circuit_dir = out / "circuits" / tag / Path(name).stem
             try:
-                circuit = prune_or_reuse(run, name, circuit_dir, PruneSettings(target_loss=target), show_progress)
+                circuit = prune_or_reuse(bench, name, circuit_dir, PruneSettings(target_loss=target), show_progress)
             except NoCircuitToFind as err:
                 print(f"{tag}: left out {Path(name).stem}: {err}", file=sys.stderr)
                 continue

@@ -11,7 +11,7 @@ import torch
 from ..data.dataset import TokenData
 from ..errors import SparseCircuitsError
 from ..model.sparsity import count_nonzeros, sparse_parameters
-from ..rundir import Run, as_run
+from ..rundir import Run, as_run, resolve_device
 from .trainer import evaluate
 
 
@@ -39,11 +39,11 @@ def ngram_baselines(data: TokenData, max_tokens: int) -> dict[str, float]:
 
 def evaluate_run(run: Run | str | Path, data_dir: str | Path | None = None, max_tokens: int = 262144,
                  device: str = "cpu") -> dict[str, float]:
-    run = as_run(run)
+    run, device = as_run(run), resolve_device(device)
     model, data = run.model(device), run.data(data_dir)
     ctx = model.config.ctx_len
     inputs, targets = data.eval_windows("val", ctx, max_tokens)
-    result = evaluate(model, inputs, targets, batch_size=16, device=torch.device(device))
+    result = evaluate(model, inputs, targets, batch_size=16, device=device)
     if not math.isfinite(result["val_loss"]):  # finite weights can still overflow: never a nan reported as a result
         raise SparseCircuitsError(f"{run.path}: the validation loss is {result['val_loss']} (the model's activations overflow"
                                   " on this text): the weights are unusable; train the run again")

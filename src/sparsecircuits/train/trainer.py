@@ -25,19 +25,11 @@ from ..model.sparsity import apply_weight_topk, check_sparsity_budget, l0_fracti
 from ..io import atomic_save_tensors, atomic_write_text, check_output_dir, directory_lock, staged_directory, write_marker
 from ..bridges.bridge import BRIDGES_FILE, BridgedObjective, bridged_dense_run, check_bridgeable, dense_run_record
 from ..rundir import (CHECKPOINT, CONFIG_FILE, KEPT_INFO, METRICS_FILE, MODEL_FILE, RUN_ENTRIES, RUN_INFO_FILE, TOKENIZER_FILE, Run,
-                      file_sha256, kept_dir, read_metrics, read_run_config, read_run_info, run_info,
+                      file_sha256, kept_dir, read_metrics, resolve_device, read_run_config, read_run_info, run_info,
                       write_model)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Distributed
 from .runtime import StopOnInterrupt, TrainingInterrupted, check_memory, keep_freed_memory
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SparseCircuitsError("train.device is 'cuda' but no CUDA device is available: use 'auto' or 'cpu'")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def autocast(device: torch.device, cpu_bf16: bool = False):
@@ -239,7 +231,8 @@ def _data_for(run_dir: Path, resume: bool, dense_run: str | Path | None) -> Path
 
 def train(config: Config | None, data_dir: str | Path | None, run_dir: str | Path, resume: bool = False,
           show_progress: bool = True, stop_after: int | None = None, stop_at_val_loss: float | None = None,
-          force: bool = False, dense_run: str | Path | None = None, init_from: str | Path | None = None) -> Path:
+          force: bool = False, dense_run: str | Path | None = None, init_from: str | Path | None = None,
+          device: str | None = None) -> Path:
     """Train a model into `run_dir`. `config` None continues a run with its own (`resume`);
     `data_dir` None: the run's own data on resume, the dense run's when bridged, else the default
     corpus. `stop_after` ends the run early at that step with a checkpoint
@@ -248,7 +241,8 @@ def train(config: Config | None, data_dir: str | Path | None, run_dir: str | Pat
     starts again in a run directory that `train` made (never in any other folder). `dense_run`:
     train the sparse model with bridges to that frozen dense run (`bridges`); on resume, the one
     the run recorded. `init_from`: start from that run's trained weights (same model config and
-    tokenizer) instead of a fresh initialisation, e.g. to bridge an existing sparse model.
+    tokenizer) instead of a fresh initialisation, e.g. to bridge an existing sparse model. `device`: 'cpu',
+    'cuda' or 'auto' instead of the config's train.device (a resumed run may change it).
 
     A loss or gradient that becomes NaN or infinite stops the run with an error; the last checkpoint
     (written only while every weight is finite) stays for inspection."""
@@ -259,7 +253,7 @@ def train(config: Config | None, data_dir: str | Path | None, run_dir: str | Pat
         if not resume:
             raise SparseCircuitsError("give a config (e.g. --config small), or --resume to continue a run")
         config = read_run_config(run_dir)
-    device = resolve_device(config.train.device)
+    device = resolve_device(device, "--device") if device else resolve_device(config.train.device, "train.device")
     group = Distributed.from_environment(device)
     if not resume and group.is_main:  # before any work, the default data included
         check_new_run_dir(run_dir, force, [("--data", data_dir), ("--dense", dense_run), ("--init", init_from)])

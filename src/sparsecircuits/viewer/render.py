@@ -42,12 +42,13 @@ def _candidate_probs(model, task, hooks=None) -> torch.Tensor:
 
 
 def circuit_page_data(circuit_dir: str | Path, run: Workbench | Run | str | Path | None = None, n_tokens: int = 16384,
-                      top: int = 6, show_progress: bool = True, task: str | Path | None = None) -> dict:
+                      top: int = 6, show_progress: bool = True, task: str | Path | None = None,
+                      device: str = "cpu") -> dict:
     """Everything the page shows: the circuit, validation, node examples and histograms, per-node
     ablation effects, the paths that carry the answer (node and edge circuit), and held-out examples
     with both models' probabilities."""
     circuit = Circuit.load(circuit_dir)
-    bench = circuit_workbench(circuit, run)
+    bench = circuit_workbench(circuit, run, device)
     run, model = bench.run, bench.model
     splits = bench.splits(circuit.task_source(task))
     test = splits.test
@@ -234,10 +235,11 @@ def paths_markdown(data: dict, top: int = 5) -> list[str]:
 
 
 def view(circuit_dir: str | Path, out: str | Path | None = None, run: Workbench | Run | str | Path | None = None,
-         show_progress: bool = True, force: bool = False, task: str | Path | None = None) -> Path:
+         show_progress: bool = True, force: bool = False, task: str | Path | None = None, device: str = "cpu") -> Path:
     """Write circuit.html (default inside CIRCUIT_DIR) and circuit.md beside it, and the paths that carry
     the answer to CIRCUIT_DIR/paths.json (as `paths` does). Files elsewhere that exist already are
-    replaced only with `force`."""
+    replaced only with `force`. `device`: where the model runs ('cpu', 'cuda' or 'auto'), unless `run` is
+    a workbench."""
     default = Path(circuit_dir) / "circuit.html"
     out = Path(out) if out else default
     if out.is_dir():
@@ -246,7 +248,7 @@ def view(circuit_dir: str | Path, out: str | Path | None = None, run: Workbench 
         raise SparseCircuitsError(f"--out {out} must end in .html (the Markdown summary is written beside it as .md)")
     for target, own in ((out, default), (out.with_suffix(".md"), default.with_suffix(".md"))):
         check_output_file(target, force, own)
-    data = circuit_page_data(circuit_dir, run, show_progress=show_progress, task=task)
+    data = circuit_page_data(circuit_dir, run, show_progress=show_progress, task=task, device=device)
     out.parent.mkdir(parents=True, exist_ok=True)
     with directory_lock(Path(circuit_dir)):
         atomic_write_text(out, render_html(data))
