@@ -215,3 +215,48 @@ def test_every_command_is_a_function_at_the_package_root():
                  "sweep", "demo", "Run", "SparseGPT", "Circuit", "PruneSettings"):
         assert callable(getattr(sparsecircuits, name)), name
         assert name in sparsecircuits.__all__ and name in dir(sparsecircuits)
+
+
+MODEL_COMMANDS = [["train"], ["eval"], ["sample"], ["tasks", "eval"], ["prune"], ["validate"], ["cleanup"], ["paths"], ["view"],
+                  ["evolve"], ["explain"], ["label"], ["demo"], ["compare"], ["sweep"]]
+
+
+def test_every_command_that_runs_a_model_takes_a_device(capsys, task_run, circuit_dir, tmp_path):
+    """--device cpu|cuda|auto on each such command; cpu and auto (the CPU on this machine) give the default's
+    figures; cuda without a CUDA device is one error line."""
+    import torch
+
+    for argv in MODEL_COMMANDS:
+        assert "--device {cpu,cuda,auto}" in _help_text(capsys, argv), argv
+    run, task = task_run
+    outputs = []
+    for device in ([], ["--device", "cpu"], ["--device", "auto"]):
+        main(["tasks", "eval", str(run), "--task", str(task), "--json", *device])
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] == outputs[2] and json.loads(outputs[0])
+    copy = tmp_path / "circuit"
+    shutil.copytree(circuit_dir, copy)
+    main(["paths", str(copy), "--device", "auto"])
+    on_auto = json.loads((copy / "paths.json").read_text())
+    main(["paths", str(copy)])
+    assert json.loads((copy / "paths.json").read_text()) == on_auto
+    if not torch.cuda.is_available():
+        fails(capsys, ["tasks", "eval", str(run), "--task", str(task), "--device", "cuda"],
+              "--device is 'cuda' but no CUDA device is available: use 'auto' or 'cpu'")
+        fails(capsys, ["prune", str(run), "--task", str(task), "--out", str(tmp_path / "c"), "--device", "cuda"],
+              "no CUDA device is available")
+        assert not (tmp_path / "c").exists()
+
+
+def test_the_python_api_takes_a_device(task_run, tmp_path):
+    import torch
+
+    from sparsecircuits import PruneSettings, prune
+    from sparsecircuits.circuits.workbench import Workbench
+
+    run, task = task_run
+    assert Workbench(run, "auto").device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert Workbench(run, "cpu").model.wte.weight.device == torch.device("cpu")
+    settings = PruneSettings(target_loss=0.6, steps=20, calibration_steps=4)
+    circuits = [prune(run, str(task), tmp_path / device, settings, show_progress=False, device=device) for device in ("cpu", "auto")]
+    assert circuits[0].nodes == circuits[1].nodes and circuits[0].metrics["loss_circuit"] == circuits[1].metrics["loss_circuit"]

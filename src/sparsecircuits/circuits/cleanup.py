@@ -58,7 +58,7 @@ def site_values(model: SparseGPT, task: TokenizedTask, hooks: Mapping, site: str
 def two_level_step(values: torch.Tensor) -> tuple[float, float, float]:
     """(threshold, low, high): the step x -> low if x < threshold else high with the least squared
     error over `values` (1-D), found by scanning every split of the sorted values."""
-    x, _ = values.double().sort()
+    x, _ = values.double().cpu().sort()
     n = len(x)
     if n < 2 or x[0] == x[-1]:
         level = float(x.mean()) if n else 0.0

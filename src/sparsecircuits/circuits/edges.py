@@ -70,7 +70,7 @@ class EdgeSet:
         for name, candidates in self.candidates.items():
             n = int(candidates.sum())
             matrix = torch.zeros(candidates.shape, dtype=vector.dtype, device=candidates.device)
-            matrix[candidates] = vector[start:start + n]
+            matrix[candidates] = vector[start:start + n].to(matrix.device)
             out[name], start = matrix, start + n
         return out
 
@@ -230,7 +230,7 @@ def find_edge_circuit(model: SparseGPT, splits: TaskSplits, means: Mapping[str, 
     # always at its mean, and every node moves the norms; then only those reaching no answer go, or none
     for dropped, from_input in (("off every path from input to answer", True), ("reaching no answer", False), ("none", None)):
         nodes = on_paths(model, keep, edge_set, kept, from_input) if from_input is not None else dict(keep)
-        on = {name: m & nodes[edge_set.sites[name][1]][:, None] & nodes[edge_set.sites[name][0]][None, :]
+        on = {name: m & nodes[edge_set.sites[name][1]].to(m.device)[:, None] & nodes[edge_set.sites[name][0]].to(m.device)[None, :]
               for name, m in kept.items()}
         loss_choose = loss_with(nodes, on, "choose")
         if from_input is None or loss_choose <= (cache[n_edges] if not reached else settings.goal):

@@ -483,7 +483,7 @@ class SparseGPT(nn.Module):
 
     def _as_tokens(self, tokens) -> torch.Tensor:
         """Ids (B, T) from ids (B, T) or (T,) (a tensor or lists of ints) or text, checked: whole
-        numbers, at least one token, every id in the vocabulary."""
+        numbers, at least one token, every id in the vocabulary; on the model's device."""
         if isinstance(tokens, str) or (isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str)):
             return self.to_tokens(tokens)
         if isinstance(tokens, (list, tuple)):
@@ -509,7 +509,7 @@ class SparseGPT(nn.Module):
         if low < 0 or high >= self.config.vocab_size:
             bad = low if low < 0 else high
             raise ValueError(f"token id {bad} is not in the model's vocabulary (ids 0 to {self.config.vocab_size - 1})")
-        return tokens.long()
+        return tokens.long().to(self.wte.weight.device)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

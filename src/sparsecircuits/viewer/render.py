@@ -23,6 +23,7 @@ from ..circuits.validate import MAX_PER_NODE, read_validation
 from ..errors import SparseCircuitsError
 from ..io import atomic_write_text, check_output_file, directory_lock
 from ..rundir import Run
+from ..tasks.records import candidate_logits
 from ..circuits.labels import label_nodes, read_labels
 from ..circuits.paths import circuit_paths, write_paths
 from ..circuits.workbench import Workbench, circuit_workbench
@@ -38,7 +39,7 @@ def _candidate_probs(model, task, hooks=None) -> torch.Tensor:
     tokens, last, correct, incorrect = task.batch()
     with model.hooks(hooks or {}):
         probs = model(tokens, at=last).float().softmax(-1)
-    return torch.stack([probs.gather(-1, correct[:, None])[:, 0], probs.gather(-1, incorrect[:, None])[:, 0]], -1)
+    return candidate_logits(probs, correct, incorrect).cpu()  # (B, 2): the same gather as the logits
 
 
 def circuit_page_data(circuit_dir: str | Path, run: Workbench | Run | str | Path | None = None, n_tokens: int = 16384,
