@@ -61,10 +61,12 @@ class Rates:
     mask_step_dense: float
 
 
-def time_steps(config: Config, steps: int = 2) -> tuple[float, float]:
-    """(seconds per training step, seconds per mask step) of `config`'s model at its final weight
-    sparsity, each the mean of `steps` after one warm-up step."""
+def time_steps(config: Config, steps: int = 2, train_device: str = "cpu", circuit_device: str = "cpu") -> tuple[float, float]:
+    """(seconds per training step on `train_device`, seconds per mask step on `circuit_device`) of
+    `config`'s model at its final weight sparsity, each the mean of `steps` after one warm-up step."""
     import torch
+
+    from ..rundir import resolve_device
 
     from ..circuits.find import PruneSettings, train_mask
     from ..model.gpt import SparseGPT
@@ -78,15 +80,19 @@ def time_steps(config: Config, steps: int = 2) -> tuple[float, float]:
     sparse = sparse_parameters(model, config.sparsity)
     s = config.sparsity
     apply_weight_topk(sparse, s.l0_fraction, s.min_nonzero_per_neuron, s.min_nonzero_on)
-    optimizer = make_optimizer(model, config.optim)
     shape = (config.train.batch_size, config.model.ctx_len)
     x, y = (torch.randint(0, config.model.vocab_size, shape, generator=generator) for _ in range(2))
+    train_device, circuit_device = resolve_device(train_device), resolve_device(circuit_device)
+    model.to(train_device)
+    optimizer = make_optimizer(model, config.optim)  # over the parameters where they now live
 
     def train_once():
-        training_step(model, optimizer, sparse, x, y, config.optim.lr, s.l0_fraction, config)
+        training_step(model, optimizer, sparse, x.to(train_device), y.to(train_device), config.optim.lr, s.l0_fraction, config)
         optimizer.zero_grad(set_to_none=True)
+        _synchronize(train_device)
 
     train_s = _seconds(train_once, steps)
+    model.to(circuit_device)
     prompt_tokens = min(PROBE_TOKENS, config.model.ctx_len - 1)
     settings = PruneSettings()
     n = 2 * settings.batch_pairs
@@ -99,6 +105,7 @@ def time_steps(config: Config, steps: int = 2) -> tuple[float, float]:
     def mask_seconds(n: int) -> float:
         start = time.perf_counter()
         train_mask(model, task, means, PruneSettings(steps=n), show_progress=False)
+        _synchronize(circuit_device)
         return time.perf_counter() - start
 
     with sparse_weight_kernels(model, settings.csr_max_density):
@@ -106,6 +113,13 @@ def time_steps(config: Config, steps: int = 2) -> tuple[float, float]:
         # a mask's setup (its optimizer, the hooks) is paid once per mask: the difference leaves one step
         mask_s = max(mask_seconds(steps + 1) - mask_seconds(1), 0.0) / steps
     return train_s, mask_s
+
+
+def _synchronize(device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: time them finished
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 def _seconds(fn, repeats: int) -> float:
@@ -116,12 +130,13 @@ def _seconds(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def time_this_machine(sparse_config: Config, dense_config: Config, vocab_size: int) -> Rates:
-    """`vocab_size`: the tokenizer's (a config leaves it to the data)."""
+def time_this_machine(sparse_config: Config, dense_config: Config, vocab_size: int, device: str | None = None) -> Rates:
+    """`vocab_size`: the tokenizer's (a config leaves it to the data). `device`: where everything runs
+    (default: training on each config's train.device, circuits on the CPU, as the demo runs them)."""
     for config in (sparse_config, dense_config):
         config.model.vocab_size = config.model.vocab_size or vocab_size
-    sparse_step, mask_sparse = time_steps(sparse_config)
-    dense_step, mask_dense = time_steps(dense_config)
+    sparse_step, mask_sparse = time_steps(sparse_config, 2, device or sparse_config.train.device, device or "cpu")
+    dense_step, mask_dense = time_steps(dense_config, 2, device or dense_config.train.device, device or "cpu")
     return Rates(sparse_step, dense_step, mask_sparse, mask_dense)
 
 

@@ -168,7 +168,8 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
     def make() -> Plan:  # a quick timing of this machine prices each stage
         print("timing this machine for the plan ...", file=sys.stderr, flush=True)
         vocab = TokenData(data_dir).vocab_size if (data_dir / MANIFEST).is_file() else DEFAULT_VOCAB
-        rates = time_this_machine(load_config(config, overrides), load_config(config, overrides + dense_only + dense_set), vocab)
+        rates = time_this_machine(load_config(config, overrides), load_config(config, overrides + dense_only + dense_set), vocab,
+                                  device)
         n_tasks = min(GUESSED_TASKS, len(candidates), max_tasks or len(candidates))
         done, trained_steps = trained_before(out)
         wanted = Scope(steps=trained_steps or config_steps, tasks=n_tasks, evolve=True,
