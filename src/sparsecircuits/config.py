@@ -28,6 +28,7 @@ from .schemas import PARSE_ERRORS
 # model/sparse_kernels.py: measured with `python benchmarks/sparse_kernels.py`: at or below this fraction of nonzero weights,
 # CSR forward + input gradient beat dense for most shapes of the small and reference configs.
 CSR_MAX_DENSITY = 1 / 32
+DEVICES = ("cpu", "cuda", "auto")  # where a model trains or runs: `auto` is CUDA when there is one
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -249,7 +250,7 @@ class Config:
             (s.anneal_start <= s.anneal_end, "sparsity.anneal_start must not be after sparsity.anneal_end"),
             (s.min_nonzero_on in ("neurons", "rows_and_columns"), "sparsity.min_nonzero_on must be 'neurons' or 'rows_and_columns'"),
             (o.grad_clip in ("clip", "normalize", "none"), "optim.grad_clip must be 'clip', 'normalize' or 'none'"),
-            (t.device in ("auto", "cpu", "cuda"), "train.device must be 'auto', 'cpu' or 'cuda'"),
+            (t.device in DEVICES, "train.device must be 'auto', 'cpu' or 'cuda'"),
         ]
         for ok, message in checks:
             if not ok:

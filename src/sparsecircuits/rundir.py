@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .config import Config
+from .config import DEVICES, Config
 from . import schemas
 from .errors import SparseCircuitsError, path_argument
 from .model.gpt import SparseGPT
@@ -54,13 +54,12 @@ RUN_ENTRIES = frozenset({CONFIG_FILE, RUN_INFO_FILE, TOKENIZER_FILE, METRICS_FIL
                          "tensorboard"})
 
 
-DEVICES = ("cpu", "cuda", "auto")
-
-
 def resolve_device(name: str | torch.device, setting: str = "--device") -> torch.device:
     """'cpu', 'cuda' (an error naming `setting` when there is none) or 'auto' (CUDA when there is one)."""
     if isinstance(name, torch.device):
         return name
+    if not isinstance(name, str):
+        raise TypeError(f"{setting} must be 'cpu', 'cuda', 'auto' or a torch.device, not {type(name).__name__}")
     if name not in DEVICES and not name.startswith("cuda:"):
         raise SparseCircuitsError(f"{setting} must be 'cpu', 'cuda' or 'auto', not '{name}'")
     if name.startswith("cuda") and not torch.cuda.is_available():

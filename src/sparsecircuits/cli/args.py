@@ -85,12 +85,11 @@ def force_argument(parser: argparse.ArgumentParser, folder: str, command: str) -
     parser.add_argument("--force", action="store_true", help=f"replace {folder} if `{command}` made it")
 
 
-DEVICES = ("cpu", "cuda", "auto")
-
-
 def device_argument(parser: argparse.ArgumentParser, trains: bool = False) -> None:
     """`--device` on a command that runs a model. The circuit commands default to the CPU, where a circuit
     comes out the same on every machine; a command that trains defaults to its config's train.device."""
+    from ..config import DEVICES
+
     if trains:
         parser.add_argument("--device", choices=DEVICES, help="where the models train and run: cpu, cuda or auto (CUDA"
                             " when there is one); default: training on the config's train.device (auto), everything else"
