@@ -66,12 +66,11 @@ def time_steps(config: Config, steps: int = 2, train_device: str = "cpu", circui
     `config`'s model at its final weight sparsity, each the mean of `steps` after one warm-up step."""
     import torch
 
-    from ..rundir import resolve_device
-
     from ..circuits.find import PruneSettings, train_mask
     from ..model.gpt import SparseGPT
     from ..model.sparse_kernels import sparse_weight_kernels
     from ..model.sparsity import apply_weight_topk, sparse_parameters
+    from ..rundir import resolve_device
     from ..tasks.records import TokenizedTask
     from ..train.trainer import make_optimizer, training_step
 
