@@ -202,9 +202,9 @@ def test_the_demo_plans_its_whole_budget_and_cuts_what_does_not_fit(tmp_path, ta
     assert replanned["plan"]["scope"]["steps"] == plan["scope"]["steps"]
 
 
-def test_the_plan_cuts_claim_seeds_then_targets_then_tasks_and_drops_the_dense_models_it_cannot_use():
+def test_the_plan_cuts_claim_tasks_then_targets_then_seeds_and_drops_the_dense_models_it_cannot_use():
     """The planner on fixed rates (no timing): a generous budget cuts nothing and its shares sum to it;
-    tighter ones cut claim (a)'s seeds before its targets before its tasks; when not even one claim
+    tighter ones cut claim (a)'s tasks to two, then its targets, then a task, then its seeds; when not even one claim
     circuit fits, no dense model trains and the sparse model keeps the config's steps; resumed with
     its models trained, the same budget prices no training and keeps them."""
     from dataclasses import replace
@@ -221,14 +221,17 @@ def test_the_plan_cuts_claim_seeds_then_targets_then_tasks_and_drops_the_dense_m
     def budget_for(**claim) -> float:  # a budget that just holds claim (a) at this scope
         return others + estimates(replace(full.scope, **claim), rates, 300, 30.0)["claim (a)"] + 1
 
-    two_seeds = make_plan(budget_for(claim_seeds=2), rates, 300, wanted(), 30.0)
-    assert (two_seeds.scope.claim_seeds, len(two_seeds.scope.claim_targets), two_seeds.scope.claim_tasks) == (2, 4, 4)
-    assert sum(two_seeds.initial.values()) == pytest.approx(two_seeds.budget_s, abs=1)
-    two_targets = make_plan(budget_for(claim_seeds=1, claim_targets=[0.15, 0.075]), rates, 300, wanted(), 30.0)
-    assert (two_targets.scope.claim_seeds, two_targets.scope.claim_targets, two_targets.scope.claim_tasks) == (1, [0.15, 0.075], 4)
-    two_tasks = make_plan(budget_for(claim_seeds=1, claim_targets=[0.15], claim_tasks=2), rates, 300, wanted(), 30.0)
-    assert (two_tasks.scope.claim_seeds, two_tasks.scope.claim_targets, two_tasks.scope.claim_tasks) == (1, [0.15], 2)
-    assert all(f"{p.scope.claim_seeds} pruning seeds (of 3)" in p.cuts["claim"] for p in (two_seeds, two_targets, two_tasks))
+    scope_of = lambda plan: (plan.scope.claim_seeds, plan.scope.claim_targets, plan.scope.claim_tasks)
+    two_tasks = make_plan(budget_for(claim_tasks=2), rates, 300, wanted(), 30.0)
+    assert scope_of(two_tasks) == (3, [0.15, 0.075, 0.3, 0.5], 2)
+    assert sum(two_tasks.initial.values()) == pytest.approx(two_tasks.budget_s, abs=1)
+    two_targets = make_plan(budget_for(claim_tasks=2, claim_targets=[0.15, 0.075]), rates, 300, wanted(), 30.0)
+    assert scope_of(two_targets) == (3, [0.15, 0.075], 2)
+    one_task = make_plan(budget_for(claim_tasks=1, claim_targets=[0.15]), rates, 300, wanted(), 30.0)
+    assert scope_of(one_task) == (3, [0.15], 1)
+    two_seeds = make_plan(budget_for(claim_seeds=2, claim_tasks=1, claim_targets=[0.15]), rates, 300, wanted(), 30.0)
+    assert scope_of(two_seeds) == (2, [0.15], 1)
+    assert all(f"{p.scope.claim_seeds} pruning seeds (of 3)" in p.cuts["claim"] for p in (two_tasks, two_targets, one_task, two_seeds))
     short = make_plan(20 * 60, rates, 300, wanted(), 30.0)
     assert short.cuts["dense"] == NO_DENSE and not short.scope.dense and short.scope.steps == 3000
     assert short.initial["train dense model"] == 0 and short.scope.tasks >= 1

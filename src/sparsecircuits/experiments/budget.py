@@ -4,8 +4,8 @@ At the start a quick timing of this machine (a few training steps of the sparse 
 model, a few mask-training steps) prices every stage, and the plan shares N among the stages:
 training keeps the config's steps while they fit TRAIN_SHARE of N (else it trains fewer), and the
 circuit stages get what is left, in order of priority: the sparse model's circuits (fewer tasks
-when they do not fit), the evolution of one circuit, then claim (a) (fewer pruning seeds, then
-fewer targets, then fewer tasks). Each cut is printed in one line and listed in the summary. A
+when they do not fit), the evolution of one circuit, then claim (a) (fewer tasks down to two,
+then fewer targets, then one task, then fewer pruning seeds). Each cut is printed in one line and listed in the summary. A
 stage whose scope can shrink is planned again when it starts, with the time actually left and the
 rate measured so far, so an estimate that was off moves a cut, not the deadline. The plan is kept
 in DIR/plan.json, and a resumed run keeps it (with the time its earlier sessions spent); resumed
@@ -397,9 +397,10 @@ def fit_circuits(plan: Plan, seconds: float) -> None:
 
 
 def fit_claim(plan: Plan, seconds: float) -> None:
-    """Claim (a)'s scope, from the wanted one, cut to `seconds`: fewer pruning seeds, then fewer
-    targets (the farthest from the circuits' own first), then fewer tasks; not drawn when one
-    circuit per model does not fit."""
+    """Claim (a)'s scope, from the wanted one, cut to `seconds`: fewer tasks down to 2 (the fewest
+    an interval over tasks needs), then fewer targets (the farthest from the circuits' own first), then
+    one task, then fewer pruning seeds (last: each circuit is the best of its seeds, and one seed's
+    mask may not have converged); not drawn when one circuit per model does not fit."""
     wanted, scope = plan.wanted, plan.scope
     scope.claim_seeds, scope.claim_targets, scope.claim_tasks = wanted.claim_seeds, list(wanted.claim_targets), wanted.claim_tasks
     if not wanted.dense:  # no dense baseline to compare with
@@ -411,10 +412,14 @@ def fit_claim(plan: Plan, seconds: float) -> None:
     def over() -> bool:
         return plan.cost()["claim (a)"] > seconds
 
-    while over() and scope.claim_seeds > 1:
-        scope.claim_seeds -= 1
+    while over() and scope.claim_tasks > min(2, wanted.claim_tasks):
+        scope.claim_tasks -= 1
     while over() and len(scope.claim_targets) > 1:
         scope.claim_targets.pop()
+    while over() and scope.claim_tasks > 1:
+        scope.claim_tasks -= 1
+    while over() and scope.claim_seeds > 1:
+        scope.claim_seeds -= 1
     while over() and scope.claim_tasks > 0:
         scope.claim_tasks -= 1
     if scope.claim_tasks == 0 and wanted.claim_tasks > 0:
