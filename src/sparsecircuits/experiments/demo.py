@@ -163,6 +163,7 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
     load_config(config, overrides + dense_only + dense_set)  # a bad --dense-set fails now, not after training
     candidates = suite_tasks(suite) if tasks in ("auto", "all") else list(tasks)
     data_dir = out / "data"
+    circuits_on = device or "cpu"  # training follows the config unless `device` is given
     settings = PruneSettings(target_loss=target_loss)
 
     def make() -> Plan:  # a quick timing of this machine prices each stage
@@ -202,7 +203,7 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
 
     def val_loss(model: str) -> float:  # the whole validation split, once per model's weights
         run = Run.open(out / model)
-        return val_losses.get(model, run.weights_sha256, lambda: evaluate_run(run, device=device or "cpu")["val_loss"])
+        return val_losses.get(model, run.weights_sha256, lambda: evaluate_run(run, device=circuits_on)["val_loss"])
 
     def train_dense(name: str, n_steps: int) -> None:
         _train_stage(config, dense_overrides + [f"train.steps={n_steps}"], data_dir, out / name, device)
@@ -220,7 +221,7 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
             + ("" if bracket["bracketed"] else "; none on the other side: the nearest stands alone"), file=sys.stderr)
     models = ["sparse", *(bracket["tried"] if bracket else []), *(["dense"] if plan.scope.dense else [])]
     runs = {m: Run.open(out / m) for m in models}
-    benches = {m: Workbench(runs[m], device or "cpu") for m in models}  # each model loaded once, each task tokenized once
+    benches = {m: Workbench(runs[m], circuits_on) for m in models}  # each model loaded once, each task tokenized once
     scores = JsonCache(out / "task_scores.json")  # once per model's weights and task list: a resumed run reads them
     task_losses = plan.run("evaluate tasks", lambda: {
         m: scores.get(m, f"{runs[m].weights_sha256} {' '.join(candidates)}",
@@ -314,7 +315,7 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
     plan.run("label circuit nodes", label_all)
     plan.run("view circuits", view_all)
     evolution = (plan.run("evolve the smallest circuit", lambda: evolve_smallest(out, runs["sparse"], sparse_tasks,
-                                                                                 circuit_dir, settings, device or "cpu"))
+                                                                                 circuit_dir, settings, circuits_on))
                  if plan.scope.evolve else {"skipped": "left out to fit the time budget (--minutes)"})
     plan.decide("claim (a) fitted", claim_fitted)
     claim_cut = plan.cuts.get("claim") == CLAIM_NOT_DRAWN

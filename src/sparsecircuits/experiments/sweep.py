@@ -112,6 +112,7 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
     from ..circuits.workbench import Workbench
 
     grid = read_grid(grid_path)
+    circuits_on = device or "cpu"  # training follows the config unless `device` is given
     out = output_folder(out)
     base = grid.get("config", "small")
     target = float(grid.get("target_loss", TARGET_LOSS))
@@ -131,9 +132,9 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
         seconds = {"train": round(time.perf_counter() - started, 1)}  # near 0 for a run trained before
         started = time.perf_counter()
         run = Run.open(run_dir)
-        bench = Workbench(run, device or "cpu")  # the model loaded once for every task
+        bench = Workbench(run, circuits_on)  # the model loaded once for every task
         model, config = bench.model, run.config
-        evaluation = evaluate_run(run, device=device or "cpu")  # nonzeros counted from the trained weights, not from the config
+        evaluation = evaluate_run(run, device=circuits_on)  # nonzeros counted from the trained weights, not from the config
         row = {"run": tag, "d_model": config.model.d_model, "l0_fraction": evaluation["l0_fraction_measured"],
                "l0_fraction_config": config.sparsity.l0_fraction, "l0_nonzeros": evaluation["nonzero_weights"],
                "keep_fraction": config.model.keep_fraction, "val_loss": evaluation["val_loss"]}

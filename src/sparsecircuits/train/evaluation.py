@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..data.dataset import TokenData
 from ..errors import SparseCircuitsError
