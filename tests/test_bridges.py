@@ -201,6 +201,8 @@ def test_bridge_eval_and_steer_from_the_command_line(tmp_path, task_run, capsys)
     assert [row["site"] for row in result["sites"]] == bridge_sites(2, final_site=False)
     assert all(row["nmse_dense_to_sparse"] > 0 and row["loss_sparse_to_dense"] > 0 for row in result["sites"])
     assert "0.resid_mid" in table and (out / "bridge_eval.png").stat().st_size > 1000
+    main(["bridge", "eval", str(out), "--max-tokens", "2048", "--device", "auto"])  # the CPU on a machine without CUDA
+    assert table.endswith(capsys.readouterr().out) and json.loads((out / "bridge_eval.json").read_text()) == result
 
     task = tmp_path / "while.jsonl"
     task.write_text("".join(json.dumps(r) + "\n" for r in idiom_records("while", 120, 3)))
@@ -218,7 +220,7 @@ def test_bridge_eval_and_steer_from_the_command_line(tmp_path, task_run, capsys)
     assert (tmp_path / "steer" / "steer.png").is_file()
 
     main(["steer", str(out), "--node", "1.mlp.act_in:5", "--task", str(task), "--correct", ":", "--strengths", "0,1",
-          "--out", str(tmp_path / "steer-colon")])
+          "--out", str(tmp_path / "steer-colon"), "--device", "auto"])
     colon = json.loads((tmp_path / "steer-colon" / "steer.json").read_text())
     assert colon["records"] == steer["records"] // 2 and colon["correct"] == ":"
 

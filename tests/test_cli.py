@@ -212,13 +212,15 @@ def test_every_command_is_a_function_at_the_package_root():
     import sparsecircuits
 
     for name in ("prepare", "train", "prune", "validate", "cleanup", "paths", "view", "label", "explain", "evolve", "compare",
-                 "sweep", "demo", "Run", "SparseGPT", "Circuit", "PruneSettings"):
+                 "sweep", "demo", "evaluate", "score_tasks", "audit_task", "bridge_eval", "bridge_demo", "steer", "import_openai",
+                 "import_openai_circuit", "export_openai", "Run", "SparseGPT", "Circuit", "PruneSettings"):
         assert callable(getattr(sparsecircuits, name)), name
         assert name in sparsecircuits.__all__ and name in dir(sparsecircuits)
 
 
 MODEL_COMMANDS = [["train"], ["eval"], ["sample"], ["tasks", "eval"], ["prune"], ["validate"], ["cleanup"], ["paths"], ["view"],
-                  ["evolve"], ["explain"], ["label"], ["demo"], ["compare"], ["sweep"]]
+                  ["evolve"], ["explain"], ["label"], ["demo"], ["compare"], ["sweep"], ["bridge", "train"], ["bridge", "eval"],
+                  ["bridge", "demo"], ["steer"]]
 
 
 def test_every_command_that_runs_a_model_takes_a_device(capsys, task_run, circuit_dir, tmp_path):

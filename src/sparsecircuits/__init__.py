@@ -1,7 +1,9 @@
 """sparsecircuits: weight-sparse transformers and their circuits.
 
 Every command of the `sparsecircuits` CLI is a function here with the same defaults (the CLI calls
-it): prepare, train, prune, validate, cleanup, paths, view, label, explain, evolve, compare, sweep, demo.
+it): prepare, train (and `bridge train`: train with `dense_run`), evaluate (`eval`), score_tasks and
+audit_task (`tasks eval`, `tasks audit`), prune, validate, cleanup, paths, view, label, explain, evolve,
+compare, sweep, demo, bridge_eval, bridge_demo, steer, import_openai, import_openai_circuit, export_openai.
 Names load on first use, so `import sparsecircuits` (and `sparsecircuits --help`) reads no torch.
 """
 
@@ -21,7 +23,11 @@ _LAZY = {
     "cleanup": ("circuits.cleanup", "cleanup"), "paths": ("circuits.paths", "paths"), "view": ("viewer", "view"), "label": ("circuits.labels", "label_run"),
     "explain": ("circuits.explain", "node_examples"), "evolve": ("experiments.evolve", "evolve"),
     "compare": ("experiments.compare", "compare"), "sweep": ("experiments.sweep", "sweep"),
-    "demo": ("experiments.demo", "demo"),
+    "demo": ("experiments.demo", "demo"), "evaluate": ("train.evaluation", "evaluate_run"),
+    "score_tasks": ("tasks.audit", "score_tasks"), "audit_task": ("tasks.audit", "audit_task"),
+    "bridge_eval": ("bridges.evaluate", "run_bridge_eval"), "bridge_demo": ("experiments.bridge_demo", "bridge_demo"),
+    "steer": ("bridges.steer", "run_steer"), "import_openai": ("interop.openai", "import_openai"),
+    "import_openai_circuit": ("interop.openai", "import_openai_circuit"), "export_openai": ("interop.openai", "export_openai"),
 }
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..io import atomic_write_text
-from ..rundir import Run, as_run
+from ..rundir import Run, as_run, resolve_device
 from .bridge import load_bridged_run
 
 EVAL_FILE, PLOT_FILE = "bridge_eval.json", "bridge_eval.png"
@@ -38,11 +38,12 @@ class _SumOfSquares:
 
 @torch.no_grad()
 def evaluate_bridges(run: Run | str | Path, data_dir: str | Path | None = None, max_tokens: int = 32768,
-                     batch_size: int = 8) -> dict:
+                     batch_size: int = 8, device: str | torch.device = "cpu") -> dict:
     """Per bridge site: NMSE of the encoder and the decoder, and the cross-entropy of the dense ->
-    sparse and sparse -> dense hybrid passes, beside each model's own loss, on validation windows."""
+    sparse and sparse -> dense hybrid passes, beside each model's own loss, on validation windows.
+    `device`: where the models run ('cpu', 'cuda' or 'auto')."""
     run = as_run(run)
-    sparse, dense, bridges = load_bridged_run(run)
+    sparse, dense, bridges = load_bridged_run(run, resolve_device(device))
     inputs, targets = run.data(data_dir).eval_windows("val", sparse.config.ctx_len, max_tokens)
     ce = lambda logits, y: float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
     sites = bridges.sites
@@ -50,7 +51,7 @@ def evaluate_bridges(run: Run | str | Path, data_dir: str | Path | None = None, 
     hybrid = {s: {"dense_to_sparse": 0.0, "sparse_to_dense": 0.0} for s in sites}
     own = {"dense": 0.0, "sparse": 0.0}
     for start in range(0, len(inputs), batch_size):
-        x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
+        x, y = inputs[start : start + batch_size], targets[start : start + batch_size].to(next(sparse.parameters()).device)
         dense_logits, dense_cache = dense.run_with_cache(x, sites)
         sparse_logits, sparse_cache = sparse.run_with_cache(x, sites)
         own["dense"] += ce(dense_logits, y)
@@ -101,11 +102,12 @@ def plot(result: dict, path: Path) -> None:
     save(fig, path)
 
 
-def run_bridge_eval(run: Run | str | Path, data_dir: str | Path | None = None, max_tokens: int = 32768) -> dict:
+def run_bridge_eval(run: Run | str | Path, data_dir: str | Path | None = None, max_tokens: int = 32768,
+                    device: str | torch.device = "cpu") -> dict:
     """Evaluate, print the table, and write bridge_eval.json and bridge_eval.png into the run."""
     run = as_run(run)
     run_dir = run.path
-    result = evaluate_bridges(run, data_dir, max_tokens)
+    result = evaluate_bridges(run, data_dir, max_tokens, device=device)
     print(format_table(result))
     atomic_write_text(run_dir / EVAL_FILE, json.dumps(result, indent=1))
     plot(result, run_dir / PLOT_FILE)

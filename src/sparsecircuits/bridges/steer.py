@@ -29,7 +29,7 @@ from ..errors import SparseCircuitsError
 from ..schemas import is_index
 from ..io import atomic_write_text, output_folder
 from ..model.gpt import Norm, SparseGPT
-from ..rundir import Run, as_run
+from ..rundir import Run, as_run, resolve_device
 from ..tasks.records import task_records, tokenize_records
 from .bridge import Bridges, load_bridged_run
 
@@ -83,7 +83,7 @@ class Steering:
 
     def random_direction(self, generator: torch.Generator) -> torch.Tensor:
         """The same norm at every token, in one random direction: the control for the direction."""
-        direction = torch.randn(self.change.shape[-1], generator=generator)
+        direction = torch.randn(self.change.shape[-1], generator=generator).to(self.change.device)
         return self.change.norm(dim=-1, keepdim=True) * (direction / direction.norm())
 
     def hook(self, change: torch.Tensor, strength: float):
@@ -139,7 +139,8 @@ def twin_batches(task: str, tokenizer, split: str, limit: int | None, correct: s
 
 
 def _log_odds(logits: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor) -> torch.Tensor:
-    last = logits[:, -1].float()
+    """(B,) on the CPU: the answer ids live there, the logits where the model runs."""
+    last = logits[:, -1].float().cpu()
     return last.gather(-1, correct[:, None])[:, 0] - last.gather(-1, incorrect[:, None])[:, 0]
 
 
@@ -277,13 +278,14 @@ def plot(result: dict, path: Path) -> None:
 
 def run_steer(run: Run | str | Path, node: str, task: str, strengths=None, split: str = "test",
               circuit: str | Path | None = None, out: str | Path | None = None, seed: int = 0,
-              limit: int | None = None, correct: str | None = None) -> dict:
+              limit: int | None = None, correct: str | None = None, device: str | torch.device = "cpu") -> dict:
     """`node` "auto": the circuit's sublayer-input node that, patched to its twin's value, moves the sparse
-    model's own log-odds furthest toward the twin's answer (`pick_node`)."""
+    model's own log-odds furthest toward the twin's answer (`pick_node`). `device`: where the models run
+    ('cpu', 'cuda' or 'auto')."""
     from ..circuits.circuit import Circuit
 
     run = as_run(run)
-    sparse, dense, bridges = load_bridged_run(run)
+    sparse, dense, bridges = load_bridged_run(run, resolve_device(device))
     if node == "auto" and circuit is None:
         raise SparseCircuitsError("--node auto picks a node of the task's circuit: give --circuit CIRCUIT_DIR")
     circuit_nodes = None

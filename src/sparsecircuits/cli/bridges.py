@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import SparseCircuitsError
-from .args import POSITIVE, NON_NEGATIVE, TASK_LOSS, prune_default, training_arguments
+from .args import POSITIVE, NON_NEGATIVE, TASK_LOSS, device_argument, prune_default, training_arguments
 from .training import cmd_train
 
 
@@ -18,14 +18,14 @@ def cmd_bridge_train(args: argparse.Namespace) -> None:
 def cmd_bridge_eval(args: argparse.Namespace) -> None:
     from ..bridges.evaluate import run_bridge_eval
 
-    run_bridge_eval(args.run_dir, args.data, args.max_tokens)
+    run_bridge_eval(args.run_dir, args.data, args.max_tokens, device=args.device)
 
 
 def cmd_bridge_demo(args: argparse.Namespace) -> None:
     from ..experiments.bridge_demo import bridge_demo
 
     bridge_demo(args.out, args.config, args.set, args.dense_set, args.data, args.second_task, args.target_loss,
-                warm_start_steps=args.warm_start)
+                warm_start_steps=args.warm_start, device=args.device)
 
 
 def _strengths(text: str) -> tuple[float, ...]:
@@ -42,7 +42,7 @@ def cmd_steer(args: argparse.Namespace) -> None:
     from ..bridges.steer import run_steer
 
     run_steer(args.run_dir, args.node, args.task, args.strengths, args.split, args.circuit, args.out, args.seed, args.records,
-              args.correct)
+              args.correct, device=args.device)
 
 
 def register_bridge(sub) -> None:
@@ -68,6 +68,7 @@ def register_bridge(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data", metavar="DATA_DIR", help="data to evaluate on (default: the run's own)")
     p.add_argument("--max-tokens", type=POSITIVE, default=32768, help="validation tokens to use (default 32768)")
+    device_argument(p)
     p.set_defaults(func=cmd_bridge_eval)
     p = bridge_sub.add_parser("demo", help="the paper's steering experiment: dense model, bridged sparse model, circuits,"
                                            " steering with controls",
@@ -90,6 +91,7 @@ def register_bridge(sub) -> None:
     p.add_argument("--warm-start", type=POSITIVE, metavar="STEPS",
                    help="train the sparse model without bridges first, then bridge it for STEPS steps from those weights"
                         " (default: bridged from scratch, as the paper does)")
+    device_argument(p, trains=True)
     p.set_defaults(func=cmd_bridge_demo)
 
 
@@ -115,6 +117,7 @@ def register_steer(sub) -> None:
                                                      " (e.g. '\")' for the double-quoted prompts of single_double_quote)")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of the controls and the bootstrap (default 0)")
     p.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/steer/TASK-NODE)")
+    device_argument(p)
     p.set_defaults(func=cmd_steer)
 
 

@@ -36,17 +36,19 @@ def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | N
                 dense_set: list[str] | None = None, data: str | Path | None = None, second_task: str = "auto",
                 target_loss: float = TARGET_LOSS, strengths=None, first_task: str = FIRST_TASK,
                 first_correct: str | None = FIRST_CORRECT, prune_settings: PruneSettings | None = None,
-                warm_start_steps: int | None = None) -> dict:
+                warm_start_steps: int | None = None, device: str | None = None) -> dict:
     """`first_task` (a built-in name or a JSONL file) is steered on the prompts whose correct completion
     is `first_correct` (all prompts with None); the second task is chosen among the built-in tasks.
     `warm_start_steps`: train the sparse model without bridges first (the config as it is), then
     bridge it for this many steps from those weights at its final L0 and a third of the learning
     rate, instead of training it bridged from scratch as the paper does (a bridged step costs about
-    10 plain ones)."""
+    10 plain ones). `device`: where every model trains and runs ('cpu', 'cuda' or 'auto'; default: training
+    as the config says, train.device 'auto', and the rest on the CPU)."""
     from ..bridges.evaluate import run_bridge_eval
     from ..bridges.steer import run_steer
 
     out = output_folder(out)
+    runs_on = device or "cpu"  # training follows the config unless `device` is given
     overrides = list(overrides or [])
     dense_overrides = overrides + DENSE_SET + list(dense_set or [])
     bridged_overrides = list(overrides)
@@ -60,21 +62,23 @@ def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | N
     data_dir = Path(data) if data else out / "data"
     if not (data_dir / MANIFEST).is_file():
         stages.run("prepare corpus", lambda: prepare(data_dir, force=True))
-    stages.run("train dense model", lambda: train_or_continue(dense_config, data_dir, out / "dense"))
+    stages.run("train dense model", lambda: train_or_continue(dense_config, data_dir, out / "dense", device=device))
     init_from = None
     if warm_start_steps:
         init_from = out / "sparse-plain"
-        stages.run("train sparse model", lambda: train_or_continue(load_config(config, overrides), data_dir, init_from))
+        stages.run("train sparse model", lambda: train_or_continue(load_config(config, overrides), data_dir, init_from,
+                                                                   device=device))
     stages.run("train bridged sparse model", lambda: train_or_continue(bridged_config, data_dir, out / "sparse",
-                                                                       dense_run=out / "dense", init_from=init_from))
+                                                                       dense_run=out / "dense", init_from=init_from,
+                                                                       device=device))
     runs = {model: Run.open(out / model) for model in ("sparse", "dense")}
     if not (out / "sparse" / "bridge_eval.json").is_file():
-        stages.run("evaluate bridges", lambda: run_bridge_eval(runs["sparse"]))
+        stages.run("evaluate bridges", lambda: run_bridge_eval(runs["sparse"], device=runs_on))
     bridge_eval = json.loads((out / "sparse" / "bridge_eval.json").read_text())
 
     def task_table() -> dict:
         names = list(dict.fromkeys([first_task, *BUILTIN_TASKS]))
-        return {model: score_tasks(run.model(), names, "choose") for model, run in runs.items()}
+        return {model: score_tasks(run.model(runs_on), names, "choose") for model, run in runs.items()}
     if not (out / "tasks.json").is_file():
         atomic_write_text(out / "tasks.json", json.dumps(stages.run("evaluate tasks", task_table), indent=1))
     losses = json.loads((out / "tasks.json").read_text())
@@ -91,12 +95,13 @@ def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | N
     def prune_all():
         for task in tasks:
             if not (out / "circuits" / folder(task) / "circuit.json").is_file():
-                prune(runs["sparse"], task, out / "circuits" / folder(task), settings, force=True)
+                prune(runs["sparse"], task, out / "circuits" / folder(task), settings, force=True, device=runs_on)
     stages.run("prune circuits", prune_all)
 
     def steer_all() -> dict:
         return {task: run_steer(runs["sparse"], "auto", task, strengths, circuit=out / "circuits" / folder(task),
-                                out=out / "steer" / folder(task), correct=correct) for task, correct in tasks.items()}
+                                out=out / "steer" / folder(task), correct=correct, device=runs_on)
+                for task, correct in tasks.items()}
     steering = stages.run("steer", steer_all)
     summary = {"dense": {"config": dense_overrides, "val_loss": bridge_eval["dense_loss"]},
                "sparse": {"config": bridged_overrides, "warm_started_from": runs["sparse"].info.get("initialised_from"),

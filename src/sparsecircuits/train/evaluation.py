@@ -38,6 +38,9 @@ def ngram_baselines(data: TokenData, max_tokens: int) -> dict[str, float]:
 
 def evaluate_run(run: Run | str | Path, data_dir: str | Path | None = None, max_tokens: int = 262144,
                  device: str = "cpu") -> dict[str, float]:
+    """`sparsecircuits eval`: on up to `max_tokens` validation tokens of the run's data (or `data_dir`'s), the
+    validation loss (nats/token) beside the unigram and bigram baselines', dead neurons, nonzero weights and
+    the measured L0 fraction; the model runs on `device` ('cpu', 'cuda' or 'auto')."""
     run, device = as_run(run), resolve_device(device)
     model, data = run.model(device), run.data(data_dir)
     ctx = model.config.ctx_len
