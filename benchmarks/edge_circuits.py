@@ -45,7 +45,7 @@ def main() -> None:
         found = find_edge_circuit(model, bench.splits(circuit.task_source()), bench.means(settings.ablation, circuit.means_data, False),
                                   circuit.keep(model), settings, show_progress=False)
         m = circuit.metrics
-        n_nodes = int(sum(k.sum() for k in found["keep"].values()))
+        n_nodes = count(found["keep"])
         ratios.append(m["n_edges"] / max(1, len(found["edges"])))
         print(f"{circuit.task:24s} {m['n_nodes']:6d} {m['n_edges']:6d} {m['loss_circuit']:7.4f} | {n_nodes:6d} {len(found['edges']):6d}"
               f" {found['loss']:7.4f} {found['dropped_nodes'][:20]:>20s} {time.perf_counter() - start:5.0f}"
@@ -72,12 +72,8 @@ def greedy_trim(model, splits, means, found: dict, goal: float):
     nodes = {site: k.clone() for site, k in found["keep"].items()}
     kept = {name: m.clone() for name, m in found["kept"].items()}
 
-    def between(nodes):  # the kept edges whose both ends are kept
-        return {name: m & nodes[edge_set.sites[name][1]].to(m.device)[:, None] & nodes[edge_set.sites[name][0]].to(m.device)[None, :]
-                for name, m in kept.items()}
-
     def loss(nodes, split="choose"):
-        with edges_only(model, edge_set, between(nodes), means):
+        with edges_only(model, edge_set, edge_set.between(kept, nodes), means):
             return evaluator.loss(nodes, split)
 
     evaluations = 0
@@ -94,7 +90,7 @@ def greedy_trim(model, splits, means, found: dict, goal: float):
             evaluations += 1
             if loss(nodes) > goal:
                 nodes[site][i] = True
-    return nodes, between(nodes), loss(nodes, "test"), evaluations
+    return nodes, edge_set.between(kept, nodes), loss(nodes, "test"), evaluations
 
 
 if __name__ == "__main__":

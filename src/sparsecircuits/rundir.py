@@ -54,6 +54,13 @@ RUN_ENTRIES = frozenset({CONFIG_FILE, RUN_INFO_FILE, TOKENIZER_FILE, METRICS_FIL
                          "tensorboard"})
 
 
+def circuit_device(device: str | None) -> str:
+    """Where a command that trains (demo, sweep, bridge demo, train's closing evaluation) runs everything but
+    training: `device` when given, else the CPU, where a circuit comes out the same on every machine.
+    Training itself follows the config's train.device unless `device` is given."""
+    return device or "cpu"
+
+
 def resolve_device(name: str | torch.device, setting: str = "--device") -> torch.device:
     """'cpu', 'cuda' (an error naming `setting` when there is none) or 'auto' (CUDA when there is one)."""
     if isinstance(name, torch.device):

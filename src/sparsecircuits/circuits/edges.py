@@ -84,6 +84,11 @@ class EdgeSet:
             params[f"{name}.bias"] = linear.bias + cut @ means[self.source[name]].to(cut)
         return params
 
+    def between(self, kept: Mapping[str, torch.Tensor], nodes: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The `kept` edges (bool matrices) whose source and destination are both among `nodes`."""
+        return {name: m & nodes[self.sites[name][1]].to(m.device)[:, None] & nodes[self.sites[name][0]].to(m.device)[None, :]
+                for name, m in kept.items()}
+
     def edges(self, kept: Mapping[str, torch.Tensor]) -> list[dict]:
         """The kept weight edges as circuit.json writes them."""
         out = []
@@ -230,8 +235,7 @@ def find_edge_circuit(model: SparseGPT, splits: TaskSplits, means: Mapping[str, 
     # always at its mean, and every node moves the norms; then only those reaching no answer go, or none
     for dropped, from_input in (("off every path from input to answer", True), ("reaching no answer", False), ("none", None)):
         nodes = on_paths(model, keep, edge_set, kept, from_input) if from_input is not None else dict(keep)
-        on = {name: m & nodes[edge_set.sites[name][1]].to(m.device)[:, None] & nodes[edge_set.sites[name][0]].to(m.device)[None, :]
-              for name, m in kept.items()}
+        on = edge_set.between(kept, nodes)
         loss_choose = loss_with(nodes, on, "choose")
         if from_input is None or loss_choose <= (cache[n_edges] if not reached else settings.goal):
             break

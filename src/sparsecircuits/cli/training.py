@@ -23,7 +23,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from ..config import load_config
-    from ..rundir import Run
+    from ..rundir import Run, circuit_device
     from ..train.evaluation import evaluate_run
     from ..train.runtime import TrainingInterrupted
     from ..train.trainer import train
@@ -48,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"stopped at step {args.stop_after} of {run.config.train.steps} with a checkpoint; continue with"
               f" `sparsecircuits train --out {run_dir} --resume`")
         return
-    print(_format_eval(run_dir, evaluate_run(run, args.data, device=args.device or "cpu")))
+    print(_format_eval(run_dir, evaluate_run(run, args.data, device=circuit_device(args.device))))
 
 
 def _format_eval(run_dir: Path, result: dict) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..config import load_config
 from ..data.prepare import MANIFEST, prepare
 from ..io import atomic_write_text, output_folder
-from ..rundir import Run
+from ..rundir import Run, circuit_device
 from ..tasks import BUILTIN_TASKS
 from ..tasks.audit import score_tasks
 from ..train.trainer import train_or_continue
@@ -48,7 +48,7 @@ def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | N
     from ..bridges.steer import run_steer
 
     out = output_folder(out)
-    runs_on = device or "cpu"  # training follows the config unless `device` is given
+    circuits_on = circuit_device(device)
     overrides = list(overrides or [])
     dense_overrides = overrides + DENSE_SET + list(dense_set or [])
     bridged_overrides = list(overrides)
@@ -73,12 +73,12 @@ def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | N
                                                                        device=device))
     runs = {model: Run.open(out / model) for model in ("sparse", "dense")}
     if not (out / "sparse" / "bridge_eval.json").is_file():
-        stages.run("evaluate bridges", lambda: run_bridge_eval(runs["sparse"], device=runs_on))
+        stages.run("evaluate bridges", lambda: run_bridge_eval(runs["sparse"], device=circuits_on))
     bridge_eval = json.loads((out / "sparse" / "bridge_eval.json").read_text())
 
     def task_table() -> dict:
         names = list(dict.fromkeys([first_task, *BUILTIN_TASKS]))
-        return {model: score_tasks(run.model(runs_on), names, "choose") for model, run in runs.items()}
+        return {model: score_tasks(run.model(circuits_on), names, "choose") for model, run in runs.items()}
     if not (out / "tasks.json").is_file():
         atomic_write_text(out / "tasks.json", json.dumps(stages.run("evaluate tasks", task_table), indent=1))
     losses = json.loads((out / "tasks.json").read_text())
@@ -95,12 +95,12 @@ def bridge_demo(out: str | Path, config: str = "small", overrides: list[str] | N
     def prune_all():
         for task in tasks:
             if not (out / "circuits" / folder(task) / "circuit.json").is_file():
-                prune(runs["sparse"], task, out / "circuits" / folder(task), settings, force=True, device=runs_on)
+                prune(runs["sparse"], task, out / "circuits" / folder(task), settings, force=True, device=circuits_on)
     stages.run("prune circuits", prune_all)
 
     def steer_all() -> dict:
         return {task: run_steer(runs["sparse"], "auto", task, strengths, circuit=out / "circuits" / folder(task),
-                                out=out / "steer" / folder(task), correct=correct, device=runs_on)
+                                out=out / "steer" / folder(task), correct=correct, device=circuits_on)
                 for task, correct in tasks.items()}
     steering = stages.run("steer", steer_all)
     summary = {"dense": {"config": dense_overrides, "val_loss": bridge_eval["dense_loss"]},

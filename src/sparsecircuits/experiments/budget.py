@@ -132,10 +132,12 @@ def _seconds(fn, repeats: int) -> float:
 def time_this_machine(sparse_config: Config, dense_config: Config, vocab_size: int, device: str | None = None) -> Rates:
     """`vocab_size`: the tokenizer's (a config leaves it to the data). `device`: where everything runs
     (default: training on each config's train.device, circuits on the CPU, as the demo runs them)."""
+    from ..rundir import circuit_device
+
     for config in (sparse_config, dense_config):
         config.model.vocab_size = config.model.vocab_size or vocab_size
-    sparse_step, mask_sparse = time_steps(sparse_config, 2, device or sparse_config.train.device, device or "cpu")
-    dense_step, mask_dense = time_steps(dense_config, 2, device or dense_config.train.device, device or "cpu")
+    sparse_step, mask_sparse = time_steps(sparse_config, 2, device or sparse_config.train.device, circuit_device(device))
+    dense_step, mask_dense = time_steps(dense_config, 2, device or dense_config.train.device, circuit_device(device))
     return Rates(sparse_step, dense_step, mask_sparse, mask_dense)
 
 

@@ -43,7 +43,7 @@ from ..config import load_config
 from ..data.dataset import TokenData
 from ..data.prepare import DEFAULT_VOCAB, MANIFEST, prepare
 from ..io import JsonCache, atomic_write_text, output_folder
-from ..rundir import METRICS_FILE, MODEL_FILE, Run, file_sha256, read_metrics, read_run_config
+from ..rundir import METRICS_FILE, MODEL_FILE, Run, circuit_device, file_sha256, read_metrics, read_run_config
 from ..tasks import HARD_FORMS, suite_tasks
 from ..tasks.audit import score_tasks
 from ..train.evaluation import evaluate_run
@@ -163,7 +163,7 @@ def demo(out: str | Path, minutes: float = DEMO_MINUTES, tasks: str | list[str] 
     load_config(config, overrides + dense_only + dense_set)  # a bad --dense-set fails now, not after training
     candidates = suite_tasks(suite) if tasks in ("auto", "all") else list(tasks)
     data_dir = out / "data"
-    circuits_on = device or "cpu"  # training follows the config unless `device` is given
+    circuits_on = circuit_device(device)
     settings = PruneSettings(target_loss=target_loss)
 
     def make() -> Plan:  # a quick timing of this machine prices each stage

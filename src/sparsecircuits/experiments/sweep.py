@@ -38,7 +38,7 @@ from ..data.dataset import TokenData
 from ..io import atomic_write_csv, atomic_write_text, output_folder
 from ..model.gpt import SparseGPT
 from ..model.sparsity import check_sparsity_budget, sparse_parameters
-from ..rundir import Run
+from ..rundir import Run, circuit_device
 from ..tasks import BUILTIN_TASKS, evaluate_task, load_task
 from ..train.evaluation import evaluate_run
 from ..train.trainer import train_or_continue
@@ -112,7 +112,7 @@ def sweep(grid_path: str, out: str | Path, data_dir: str | Path, show_progress: 
     from ..circuits.workbench import Workbench
 
     grid = read_grid(grid_path)
-    circuits_on = device or "cpu"  # training follows the config unless `device` is given
+    circuits_on = circuit_device(device)
     out = output_folder(out)
     base = grid.get("config", "small")
     target = float(grid.get("target_loss", TARGET_LOSS))
